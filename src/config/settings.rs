@@ -1,0 +1,1014 @@
+//! The settings table: one row per key the agent understands, with its config.toml path (our
+//! settings only), its default as documented, a one-line meaning, and how a value is applied.
+//!
+//! The README's configuration table lists exactly these keys (a test checks it).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::values::*;
+use super::{Config, MetricsProfile, PullBehavior, Raw, RebalanceAction};
+
+/// What happened to one value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The value was applied.
+    Set,
+    /// A recognised official key that ecs-hostd does not implement; the text says why.
+    Unsupported(String),
+    /// A key nobody knows.
+    Unknown,
+}
+
+type ApplyFn = fn(&mut Config, &Raw, &mut Vec<String>) -> Result<(), String>;
+
+/// One setting.
+pub struct Setting {
+    /// Name in ecs.config and the environment.
+    pub key: &'static str,
+    /// Dotted path in config.toml (our own settings only).
+    pub toml: Option<&'static str>,
+    /// The default, as written in the docs.
+    pub default: &'static str,
+    /// What it does.
+    pub help: &'static str,
+    apply: ApplyFn,
+}
+
+/// Official keys that are recognised but not implemented: `(key, values that are harmless because
+/// they ask for what we do anyway, why)`.
+pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
+    (
+        "ECS_CHECKPOINT",
+        &["true", "1"],
+        "ecs-hostd always keeps its state in ECS_DATADIR",
+    ),
+    (
+        "ECS_LOGFILE",
+        &[],
+        "ecs-hostd logs to the journal (or stderr), not to a file",
+    ),
+    (
+        "ECS_LOG_MAX_FILE_SIZE_MB",
+        &[],
+        "ecs-hostd logs to the journal, which rotates its own files",
+    ),
+    (
+        "ECS_LOG_MAX_ROLL_COUNT",
+        &[],
+        "ecs-hostd logs to the journal, which rotates its own files",
+    ),
+    (
+        "ECS_CONTAINER_INSTANCE_PROPAGATE_TAGS_FROM",
+        &["none"],
+        "copying EC2 tags is not implemented; set ECS_CONTAINER_INSTANCE_TAGS",
+    ),
+    (
+        "ECS_ENABLE_TASK_IAM_ROLE",
+        &["false", "0"],
+        "the task credentials endpoint (169.254.170.2) is not implemented, so task-iam-role is not advertised",
+    ),
+    (
+        "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST",
+        &["false", "0"],
+        "the task credentials endpoint is not implemented",
+    ),
+    (
+        "ECS_ENABLE_TASK_ENI",
+        &["false", "0"],
+        "awsvpc networking is not implemented",
+    ),
+    (
+        "ECS_ENABLE_GPU_SUPPORT",
+        &["false", "0"],
+        "GPUs are not implemented",
+    ),
+    (
+        "ECS_ENABLE_CONTAINER_METADATA",
+        &["false", "0"],
+        "container metadata files are not implemented",
+    ),
+    (
+        "ECS_TASK_METADATA_RPS_LIMIT",
+        &[],
+        "the task metadata endpoint is not implemented",
+    ),
+    (
+        "ECS_DISABLE_METRICS",
+        &[],
+        "ecs-hostd does not send task metrics to TCS",
+    ),
+    (
+        "ECS_POLL_METRICS",
+        &[],
+        "ecs-hostd does not send task metrics to TCS",
+    ),
+    (
+        "ECS_POLLING_METRICS_WAIT_DURATION",
+        &[],
+        "ecs-hostd does not send task metrics to TCS",
+    ),
+    (
+        "ECS_UPDATES_ENABLED",
+        &["false", "0"],
+        "ecs-hostd never updates itself over ACS; upgrade the package instead",
+    ),
+    (
+        "ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE",
+        &["false", "0"],
+        "awslogs through the execution role is not implemented",
+    ),
+    (
+        "ECS_ENABLE_RUNTIME_STATS",
+        &["false", "0"],
+        "pprof-style runtime stats are not served",
+    ),
+    (
+        "ECS_EXTERNAL",
+        &["false", "0"],
+        "ECS Anywhere is not supported",
+    ),
+    (
+        "ECS_SHARED_VOLUME_MATCH_FULL_CONFIG",
+        &[],
+        "shared Docker volume matching uses the volume name only",
+    ),
+    (
+        "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER",
+        &[],
+        "ecs-hostd installs no iptables rules",
+    ),
+    (
+        "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS",
+        &["false", "0"],
+        "the local API binds to ECS_HOSTD_API_ADDR (127.0.0.1 by default) instead of using a firewall rule",
+    ),
+    (
+        "ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME",
+        &[],
+        "the local API binds to ECS_HOSTD_API_ADDR",
+    ),
+];
+
+fn text(v: &Raw) -> Result<String, String> {
+    match v {
+        Raw::Text(s) => Ok(s.clone()),
+        Raw::Toml(toml::Value::String(s)) => Ok(s.clone()),
+        Raw::Toml(toml::Value::Integer(i)) => Ok(i.to_string()),
+        Raw::Toml(toml::Value::Float(f)) => Ok(f.to_string()),
+        Raw::Toml(toml::Value::Boolean(b)) => Ok(b.to_string()),
+        Raw::Toml(other) => Err(format!("expected a single value, got {}", other.type_str())),
+    }
+}
+
+fn boolean(v: &Raw) -> Result<bool, String> {
+    match v {
+        Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
+        other => parse_bool(&text(other)?),
+    }
+}
+
+fn duration(v: &Raw) -> Result<Duration, String> {
+    match v {
+        Raw::Toml(toml::Value::Integer(i)) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
+        other => parse_duration(&text(other)?),
+    }
+}
+
+fn number(v: &Raw) -> Result<u64, String> {
+    parse_u64(&text(v)?)
+}
+
+fn nonempty(v: &Raw) -> Result<String, String> {
+    let s = text(v)?;
+    if s.trim().is_empty() {
+        Err("expected a non-empty value".into())
+    } else {
+        Ok(s.trim().to_owned())
+    }
+}
+
+/// A TOML array of strings, or text as a JSON list or a comma-separated list.
+fn string_list(v: &Raw) -> Result<Vec<String>, String> {
+    match v {
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                toml::Value::String(s) => Ok(s.clone()),
+                other => Err(format!(
+                    "expected a list of strings, found a {}",
+                    other.type_str()
+                )),
+            })
+            .collect(),
+        other => {
+            let s = text(other)?;
+            if s.trim_start().starts_with('[') {
+                parse_string_list(&s)
+            } else {
+                Ok(parse_comma_list(&s))
+            }
+        }
+    }
+}
+
+/// Timeouts below their minimum are clamped (official behaviour).
+fn clamp_min(d: Duration, min: Duration, notes: &mut Vec<String>) -> Duration {
+    if d < min {
+        notes.push(format!("below the minimum of {min:?}; {min:?} is used"));
+        min
+    } else {
+        d
+    }
+}
+
+/// Cleanup settings below their minimum are replaced by the default (official behaviour).
+fn default_below(
+    d: Duration,
+    min: Duration,
+    default: Duration,
+    notes: &mut Vec<String>,
+) -> Duration {
+    if d < min {
+        notes.push(format!(
+            "below the minimum of {min:?}; the default {default:?} is used"
+        ));
+        default
+    } else {
+        d
+    }
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+macro_rules! s {
+    ($key:literal, $toml:expr, $default:literal, $help:literal, $apply:expr) => {
+        Setting {
+            key: $key,
+            toml: $toml,
+            default: $default,
+            help: $help,
+            apply: $apply,
+        }
+    };
+}
+
+/// Every supported setting. Official keys first (protocol spec §11), then ours.
+pub static SETTINGS: &[Setting] = &[
+    s!(
+        "ECS_CLUSTER",
+        None,
+        "default",
+        "Cluster to join (name or ARN).",
+        |c, v, _| {
+            c.cluster = nonempty(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "AWS_DEFAULT_REGION",
+        None,
+        "from IMDS",
+        "Region; otherwise taken from the instance identity document.",
+        |c, v, _| {
+            c.region = Some(nonempty(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_BACKEND_HOST",
+        None,
+        "-",
+        "ECS API endpoint override (AWS_ENDPOINT_URL_ECS works too).",
+        |c, v, _| {
+            c.ecs_endpoint = Some(nonempty(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        None,
+        "http://169.254.169.254",
+        "IMDS base URL.",
+        |c, v, _| {
+            let s = nonempty(v)?;
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(format!("expected an http:// URL, got {s:?}"));
+            }
+            c.imds_endpoint = s.trim_end_matches('/').to_owned();
+            Ok(())
+        }
+    ),
+    s!(
+        "DOCKER_HOST",
+        None,
+        "unix:///var/run/docker.sock",
+        "Docker endpoint.",
+        |c, v, _| {
+            c.docker_host = Some(nonempty(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_DATADIR",
+        None,
+        "/var/lib/ecs-hostd",
+        "Where the state database lives.",
+        |c, v, _| {
+            let s = nonempty(v)?;
+            if !s.starts_with('/') {
+                return Err(format!("expected an absolute path, got {s:?}"));
+            }
+            c.data_dir = s.into();
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_LOGLEVEL",
+        None,
+        "info",
+        "crit, error, warn, info, debug (RUST_LOG wins).",
+        |c, v, _| {
+            let s = nonempty(v)?.to_ascii_lowercase();
+            match s.as_str() {
+                "crit" | "error" | "warn" | "info" | "debug" | "trace" => {
+                    c.log_level = s;
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "expected one of crit, error, warn, info, debug, got {s:?}"
+                )),
+            }
+        }
+    ),
+    s!(
+        "ECS_RESERVED_MEMORY",
+        None,
+        "0",
+        "MiB not offered to ECS.",
+        |c, v, _| {
+            c.reserved_memory_mib = number(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_RESERVED_PORTS",
+        None,
+        "[22,2375,2376,51678,51679]",
+        "TCP ports ECS must not assign; replaces the default list.",
+        |c, v, _| {
+            c.reserved_ports = parse_port_list(&text(v)?)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_RESERVED_PORTS_UDP",
+        None,
+        "[]",
+        "UDP ports ECS must not assign.",
+        |c, v, _| {
+            c.reserved_ports_udp = parse_port_list(&text(v)?)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_INSTANCE_ATTRIBUTES",
+        None,
+        "{}",
+        "Custom attributes (JSON object), first registration only.",
+        |c, v, _| {
+            c.instance_attributes = parse_string_map(&text(v)?)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_CONTAINER_INSTANCE_TAGS",
+        None,
+        "{}",
+        "Container instance tags (JSON object; keys ≤128, values ≤256 chars).",
+        |c, v, _| {
+            let tags = parse_string_map(&text(v)?)?;
+            if let Some((k, _)) = tags
+                .iter()
+                .find(|(k, val)| k.chars().count() > 128 || val.chars().count() > 256)
+            {
+                return Err(format!(
+                    "tag {k:?} is too long (keys ≤128, values ≤256 characters)"
+                ));
+            }
+            c.container_instance_tags = tags;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_AVAILABLE_LOGGING_DRIVERS",
+        None,
+        "[\"json-file\",\"none\"]",
+        "Logging drivers advertised to ECS.",
+        |c, v, _| {
+            c.available_logging_drivers = parse_string_list(&text(v)?)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_DISABLE_PRIVILEGED",
+        None,
+        "false",
+        "Refuse privileged containers and do not advertise them.",
+        |c, v, _| {
+            c.disable_privileged = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_SELINUX_CAPABLE",
+        None,
+        "false",
+        "Advertise SELinux capability.",
+        |c, v, _| {
+            c.selinux_capable = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_APPARMOR_CAPABLE",
+        None,
+        "false",
+        "Advertise AppArmor capability.",
+        |c, v, _| {
+            c.apparmor_capable = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_CONTAINER_STOP_TIMEOUT",
+        None,
+        "30s",
+        "SIGTERM to SIGKILL grace (min 1s).",
+        |c, v, n| {
+            c.engine.container_stop_timeout = clamp_min(duration(v)?, secs(1), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_CONTAINER_START_TIMEOUT",
+        None,
+        "3m",
+        "Docker start timeout (min 45s).",
+        |c, v, n| {
+            c.engine.container_start_timeout = clamp_min(duration(v)?, secs(45), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_CONTAINER_CREATE_TIMEOUT",
+        None,
+        "4m",
+        "Docker create timeout (min 1m).",
+        |c, v, n| {
+            c.engine.container_create_timeout = clamp_min(duration(v)?, secs(60), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_MANIFEST_PULL_TIMEOUT",
+        None,
+        "1m",
+        "Image manifest resolution timeout (min 30s).",
+        |c, v, n| {
+            c.engine.manifest_pull_timeout = clamp_min(duration(v)?, secs(30), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_IMAGE_PULL_TIMEOUT",
+        None,
+        "2h",
+        "Overall image pull timeout.",
+        |c, v, _| {
+            c.engine.image_pull_timeout = duration(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_IMAGE_PULL_INACTIVITY_TIMEOUT",
+        None,
+        "1m",
+        "Abort a pull without progress this long (min 1m).",
+        |c, v, n| {
+            c.engine.image_pull_inactivity_timeout = clamp_min(duration(v)?, secs(60), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_IMAGE_PULL_BEHAVIOR",
+        None,
+        "default",
+        "default, always, once or prefer-cached.",
+        |c, v, _| {
+            c.engine.image_pull_behavior = match nonempty(v)?.to_ascii_lowercase().as_str() {
+                "default" => PullBehavior::Default,
+                "always" => PullBehavior::Always,
+                "once" => PullBehavior::Once,
+                "prefer-cached" => PullBehavior::PreferCached,
+                other => {
+                    return Err(format!(
+                        "expected default, always, once or prefer-cached, got {other:?}"
+                    ));
+                }
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_PULL_DEPENDENT_CONTAINERS_UPFRONT",
+        None,
+        "false",
+        "Pull images before dependsOn conditions are met.",
+        |c, v, _| {
+            c.engine.pull_dependent_containers_upfront = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
+        None,
+        "3h",
+        "Keep a stopped task's containers this long (values below 1s ignored).",
+        |c, v, n| {
+            c.engine.task_cleanup_wait = default_below(duration(v)?, secs(1), secs(3 * 3600), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION_JITTER",
+        None,
+        "0",
+        "Random extra wait before task cleanup.",
+        |c, v, _| {
+            c.engine.task_cleanup_wait_jitter = duration(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_DISABLE_IMAGE_CLEANUP",
+        None,
+        "false",
+        "Never remove images.",
+        |c, v, _| {
+            c.engine.image_cleanup_disabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_IMAGE_CLEANUP_INTERVAL",
+        None,
+        "30m",
+        "Image cleanup period (min 10m).",
+        |c, v, n| {
+            c.engine.image_cleanup_interval = default_below(duration(v)?, secs(600), secs(1800), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_IMAGE_MINIMUM_CLEANUP_AGE",
+        None,
+        "1h",
+        "Only remove images pulled at least this long ago.",
+        |c, v, _| {
+            c.engine.image_minimum_cleanup_age = duration(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_NUM_IMAGES_DELETE_PER_CYCLE",
+        None,
+        "5",
+        "Images removed per cleanup cycle (min 1).",
+        |c, v, n| {
+            let k = number(v)?;
+            c.engine.num_images_delete_per_cycle = if k == 0 {
+                n.push("below the minimum of 1; the default 5 is used".into());
+                5
+            } else {
+                k.min(u64::from(u32::MAX)) as u32
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_UNTRACKED_IMAGE_CLEANUP",
+        None,
+        "false",
+        "Also remove images not pulled by the agent.",
+        |c, v, _| {
+            c.engine.untracked_image_cleanup = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "NON_ECS_IMAGE_MINIMUM_CLEANUP_AGE",
+        None,
+        "1h",
+        "Minimum age of untracked images before removal.",
+        |c, v, _| {
+            c.engine.non_ecs_image_minimum_cleanup_age = duration(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_EXCLUDE_UNTRACKED_IMAGE",
+        None,
+        "-",
+        "Comma-separated name:tag images never removed.",
+        |c, v, _| {
+            c.engine.exclude_untracked_images = parse_comma_list(&text(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_DYNAMIC_HOST_PORT_RANGE",
+        None,
+        "kernel ephemeral range",
+        "low-high range for hostPort 0.",
+        |c, v, _| {
+            c.engine.dynamic_host_port_range = Some(parse_port_range(&text(v)?)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_EXCLUDE_IPV6_PORTBINDING",
+        None,
+        "true",
+        "Drop IPv6 bindings from state reports.",
+        |c, v, _| {
+            c.engine.exclude_ipv6_port_binding = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_TASK_CPU_MEM_LIMIT",
+        None,
+        "true",
+        "Task-level CPU and memory limits.",
+        |c, v, _| {
+            c.engine.task_cpu_mem_limit = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_CGROUP_CPU_PERIOD",
+        None,
+        "100ms",
+        "Task CPU period (8ms–100ms).",
+        |c, v, _| {
+            let d = duration(v)?;
+            if d < Duration::from_millis(8) || d > Duration::from_millis(100) {
+                return Err(format!(
+                    "expected a duration between 8ms and 100ms, got {d:?}"
+                ));
+            }
+            c.engine.cgroup_cpu_period = d;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_TASK_PIDS_LIMIT",
+        None,
+        "unset",
+        "Per-task pids limit.",
+        |c, v, _| {
+            c.engine.task_pids_limit = Some(number(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_DISABLE_DOCKER_HEALTH_CHECK",
+        None,
+        "false",
+        "Do not report container health.",
+        |c, v, _| {
+            c.engine.docker_health_check_disabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENGINE_AUTH_TYPE",
+        None,
+        "-",
+        "Private registry auth type: docker or dockercfg.",
+        |c, v, _| {
+            let t = nonempty(v)?;
+            if t != "docker" && t != "dockercfg" {
+                return Err(format!("expected docker or dockercfg, got {t:?}"));
+            }
+            c.engine.engine_auth_type = Some(t);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENGINE_AUTH_DATA",
+        None,
+        "-",
+        "Private registry credentials (JSON; never logged).",
+        |c, v, _| {
+            let t = text(v)?;
+            if serde_json::from_str::<serde_json::Value>(&t).is_err() {
+                return Err("expected JSON registry credentials (value not shown)".into());
+            }
+            c.engine.engine_auth_data = Some(t);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_SPOT_INSTANCE_DRAINING",
+        None,
+        "false",
+        "Drain on a Spot interruption notice (IMDS polled every second).",
+        |c, v, _| {
+            c.lifecycle.spot_instance_draining = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_WARM_POOLS_CHECK",
+        None,
+        "false",
+        "Do not register until the warm-pool lifecycle state is InService.",
+        |c, v, _| {
+            c.lifecycle.warm_pools_check = boolean(v)?;
+            Ok(())
+        }
+    ),
+    // ---- ecs-hostd's own settings: environment ECS_HOSTD_*, or config.toml ----
+    s!(
+        "ECS_HOSTD_API_ADDR",
+        Some("api.addr"),
+        "127.0.0.1:51678",
+        "Local API listen address.",
+        |c, v, _| {
+            let s = nonempty(v)?;
+            c.api_addr = s
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("expected an address such as 127.0.0.1:51678, got {s:?}"))?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_DISK_CLEANUP_THRESHOLD",
+        Some("engine.disk_cleanup_threshold_percent"),
+        "90",
+        "Clean stopped tasks and unused images at once when Docker's filesystem is fuller than this percent (100 = off).",
+        |c, v, _| {
+            c.engine.disk_cleanup_threshold_percent = parse_percent(&text(v)?)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS",
+        Some("metrics.enabled"),
+        "true",
+        "Publish host metrics to CloudWatch.",
+        |c, v, _| {
+            c.metrics.enabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_INTERVAL",
+        Some("metrics.interval"),
+        "60s",
+        "Collection interval (10s–1h). Cost grows with 1/interval.",
+        |c, v, _| {
+            let d = duration(v)?;
+            if d < secs(10) || d > secs(3600) {
+                return Err(format!("expected a duration between 10s and 1h, got {d:?}"));
+            }
+            c.metrics.interval = d;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_PROFILE",
+        Some("metrics.profile"),
+        "cwagent",
+        "cwagent, legacy or both (both doubles metric cost).",
+        |c, v, _| {
+            c.metrics.profile = match nonempty(v)?.to_ascii_lowercase().as_str() {
+                "cwagent" => MetricsProfile::CwAgent,
+                "legacy" => MetricsProfile::Legacy,
+                "both" => MetricsProfile::Both,
+                other => return Err(format!("expected cwagent, legacy or both, got {other:?}")),
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_NAMESPACE",
+        Some("metrics.namespace"),
+        "CWAgent",
+        "CloudWatch namespace.",
+        |c, v, _| {
+            let ns = nonempty(v)?;
+            if ns.starts_with("AWS/") || ns.len() > 255 {
+                return Err(format!(
+                    "expected a namespace not starting with AWS/ and at most 255 characters, got {ns:?}"
+                ));
+            }
+            c.metrics.namespace = ns;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_DIMENSIONS",
+        Some("metrics.dimensions"),
+        "[\"InstanceId\"]",
+        "Dimensions per datum: InstanceId, InstanceType, ImageId, AutoScalingGroupName, ClusterName. Each set is a separate metric.",
+        |c, v, _| {
+            const KNOWN: [&str; 5] = [
+                "InstanceId",
+                "InstanceType",
+                "ImageId",
+                "AutoScalingGroupName",
+                "ClusterName",
+            ];
+            let dims = string_list(v)?;
+            if let Some(bad) = dims.iter().find(|d| !KNOWN.contains(&d.as_str())) {
+                return Err(format!("expected dimensions among {KNOWN:?}, got {bad:?}"));
+            }
+            c.metrics.dimensions = dims;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_FILESYSTEMS",
+        Some("metrics.filesystems"),
+        "[] (automatic)",
+        "Mount points to report; empty = automatic selection.",
+        |c, v, _| {
+            c.metrics.filesystems = string_list(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_RESOLUTION",
+        Some("metrics.storage_resolution"),
+        "60",
+        "1 (high resolution, extra cost) or 60 seconds.",
+        |c, v, _| {
+            match number(v)? {
+                r @ (1 | 60) => {
+                    c.metrics.storage_resolution = r as u32;
+                    Ok(())
+                }
+                other => Err(format!("expected 1 or 60, got {other}")),
+            }
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_SPOOL_MAX",
+        Some("metrics.spool_max_datums"),
+        "100000",
+        "Datums kept on disk while CloudWatch is unreachable; oldest dropped first.",
+        |c, v, _| {
+            c.metrics.spool_max_datums = number(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_HEALTH_METRICS",
+        Some("metrics.health_metrics"),
+        "false",
+        "Also publish agent and Docker health metrics (extra custom metrics).",
+        |c, v, _| {
+            c.metrics.health_metrics = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_DOCKER_WATCHDOG",
+        Some("watchdog.enabled"),
+        "true",
+        "Repair docker.service through systemd (enable, start, restart when hung).",
+        |c, v, _| {
+            c.watchdog.enabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_WATCHDOG_INTERVAL",
+        Some("watchdog.interval"),
+        "10s",
+        "Docker ping period.",
+        |c, v, _| {
+            c.watchdog.interval = clamp_min(duration(v)?, secs(1), &mut Vec::new());
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_WATCHDOG_TIMEOUT",
+        Some("watchdog.timeout"),
+        "10s",
+        "Deadline for one Docker ping or list.",
+        |c, v, _| {
+            c.watchdog.timeout = clamp_min(duration(v)?, secs(1), &mut Vec::new());
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_WATCHDOG_FAILURES",
+        Some("watchdog.failure_threshold"),
+        "3",
+        "Consecutive failures before docker.service is restarted.",
+        |c, v, _| {
+            c.watchdog.failure_threshold = number(v)?.clamp(1, 1000) as u32;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_WATCHDOG_MAX_RESTARTS_PER_HOUR",
+        Some("watchdog.max_restarts_per_hour"),
+        "6",
+        "Ceiling on docker.service restarts per hour.",
+        |c, v, _| {
+            c.watchdog.max_restarts_per_hour = number(v)?.min(1000) as u32;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_LIFECYCLE_HOOK",
+        Some("lifecycle.hook"),
+        "-",
+        "Auto Scaling termination hook to complete after draining; unset = never.",
+        |c, v, _| {
+            let h = text(v)?;
+            c.lifecycle.lifecycle_hook = if h.trim().is_empty() {
+                None
+            } else {
+                Some(h.trim().to_owned())
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_DRAIN_TIMEOUT",
+        Some("lifecycle.drain_timeout"),
+        "10m",
+        "Longest wait for tasks to stop before completing the hook.",
+        |c, v, _| {
+            c.lifecycle.drain_timeout = duration(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_REBALANCE",
+        Some("lifecycle.rebalance"),
+        "observe",
+        "On a rebalance recommendation: observe (log) or drain.",
+        |c, v, _| {
+            c.lifecycle.rebalance = match nonempty(v)?.to_ascii_lowercase().as_str() {
+                "observe" => RebalanceAction::Observe,
+                "drain" => RebalanceAction::Drain,
+                other => return Err(format!("expected observe or drain, got {other:?}")),
+            };
+            Ok(())
+        }
+    ),
+];
+
+/// Whether an environment variable is one the configuration looks at (and warns about when
+/// unknown). Other variables are none of our business.
+pub fn is_env_candidate(key: &str) -> bool {
+    key.starts_with("ECS_") || SETTINGS.iter().any(|s| s.key == key)
+}
+
+/// Applies one value. `Err` is the "expected ..." message for an invalid value.
+pub fn apply(
+    config: &mut Config,
+    key: &str,
+    value: &Raw,
+    notes: &mut Vec<String>,
+) -> Result<Applied, String> {
+    let found = match value {
+        Raw::Toml(_) => SETTINGS.iter().find(|s| s.toml == Some(key)),
+        Raw::Text(_) => SETTINGS.iter().find(|s| s.key == key),
+    };
+    if let Some(setting) = found {
+        (setting.apply)(config, value, notes)?;
+        return Ok(Applied::Set);
+    }
+    if let Raw::Text(v) = value
+        && let Some((_, harmless, why)) = UNSUPPORTED.iter().find(|(k, _, _)| *k == key)
+    {
+        let v = v.trim();
+        if harmless.iter().any(|h| h.eq_ignore_ascii_case(v)) {
+            return Ok(Applied::Set);
+        }
+        return Ok(Applied::Unsupported(format!(
+            "not supported by ecs-hostd and ignored: {why}"
+        )));
+    }
+    Ok(Applied::Unknown)
+}

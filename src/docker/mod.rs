@@ -1,0 +1,132 @@
+//! The connection to the Docker engine: connecting (honouring `DOCKER_HOST`), version
+//! negotiation, and waiting for the engine at boot.
+//!
+//! The task engine builds its container runtime on the client made here; the watchdog and
+//! `check` use [`ping`]. This module never creates or removes containers.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Policy;
+
+/// How long one ping may take.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff while waiting for Docker at boot.
+const WAIT_RETRY: Policy = Policy::new(
+    Duration::from_millis(500),
+    Duration::from_secs(15),
+    2.0,
+    0.2,
+);
+
+/// Docker connection errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client could not be built (bad DOCKER_HOST).
+    #[error("cannot use Docker endpoint {endpoint}: {source}")]
+    Connect {
+        /// Endpoint.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The engine did not answer.
+    #[error("Docker at {endpoint} is not answering: {reason}")]
+    Unreachable {
+        /// Endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// Shutdown while waiting.
+    #[error("cancelled while waiting for Docker")]
+    Cancelled,
+}
+
+/// What the engine says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Server version, e.g. `20.10.24`.
+    pub version: String,
+    /// Maximum API version, e.g. `1.41`.
+    pub api_version: String,
+}
+
+/// The endpoint text for messages.
+pub fn endpoint(docker_host: Option<&str>) -> String {
+    docker_host
+        .unwrap_or("unix:///var/run/docker.sock")
+        .to_owned()
+}
+
+/// Builds a client for `docker_host` (or the local socket). Does not contact the engine.
+pub fn connect(docker_host: Option<&str>) -> Result<Docker, Error> {
+    let ep = endpoint(docker_host);
+    let result = match docker_host {
+        None => {
+            Docker::connect_with_unix("/var/run/docker.sock", 120, bollard::API_DEFAULT_VERSION)
+        }
+        Some(h) if h.starts_with("unix://") => {
+            Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION)
+        }
+        Some(h) => Docker::connect_with_http(h, 120, bollard::API_DEFAULT_VERSION),
+    };
+    result.map_err(|source| Error::Connect {
+        endpoint: ep,
+        source,
+    })
+}
+
+/// Pings the engine and reads its version, within [`PING_TIMEOUT`].
+pub async fn ping(docker: &Docker, endpoint: &str) -> Result<EngineInfo, Error> {
+    let unreachable = |reason: String| Error::Unreachable {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let v = tokio::time::timeout(PING_TIMEOUT, async {
+        docker.ping().await?;
+        docker.version().await
+    })
+    .await
+    .map_err(|_| unreachable(format!("no answer within {PING_TIMEOUT:?}")))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    Ok(EngineInfo {
+        version: v.version.unwrap_or_default(),
+        api_version: v.api_version.unwrap_or_default(),
+    })
+}
+
+/// Waits until the engine answers, with backoff; `on_wait` is told each failure (for STATUS=).
+/// The agent starts before Docker at boot and must not crash-loop while it comes up.
+pub async fn wait_ready(
+    docker: &Docker,
+    endpoint: &str,
+    cancel: &CancellationToken,
+    mut on_wait: impl FnMut(&Error),
+) -> Result<EngineInfo, Error> {
+    let mut backoff = WAIT_RETRY.start();
+    let mut logged = false;
+    loop {
+        match ping(docker, endpoint).await {
+            Ok(info) => {
+                info!(docker.version = %info.version, docker.api = %info.api_version, "Docker is reachable.");
+                return Ok(info);
+            }
+            Err(e) => {
+                if !logged {
+                    warn!(error = %e, "Waiting for Docker.");
+                    logged = true;
+                }
+                on_wait(&e);
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+}

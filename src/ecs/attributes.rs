@@ -1,0 +1,156 @@
+//! What the instance advertises to ECS at registration (protocol spec §3.3). ECS places tasks by
+//! these attributes, so only capabilities ecs-hostd really implements are listed: a task that
+//! needs anything else must be placed elsewhere rather than fail here.
+
+use super::Attribute;
+use crate::config::Config;
+
+const LEGACY: &str = "com.amazonaws.ecs.capability.";
+const CURRENT: &str = "ecs.capability.";
+
+/// Docker remote API versions the official agent advertises (1.17 … 1.32 without 1.26, 1.27,
+/// 1.31); each is sent when the daemon supports it.
+const DOCKER_API_VERSIONS: &[(u32, u32)] = &[
+    (1, 17),
+    (1, 18),
+    (1, 19),
+    (1, 20),
+    (1, 21),
+    (1, 22),
+    (1, 23),
+    (1, 24),
+    (1, 25),
+    (1, 28),
+    (1, 29),
+    (1, 30),
+    (1, 32),
+];
+
+/// Optional features, each advertised only once it is implemented and tested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// `dependsOn` container ordering (`ecs.capability.container-ordering`).
+    pub container_ordering: bool,
+    /// ECR pulls with instance or execution-role credentials (`ecr-auth`,
+    /// `execution-role-ecr-pull`).
+    pub ecr_pull: bool,
+    /// TaskManifest handling (`ecs.capability.full-sync`).
+    pub full_sync: bool,
+}
+
+/// The features this build implements. Flip a flag in the same change that implements and tests
+/// the feature.
+pub const IMPLEMENTED: Features = Features {
+    container_ordering: false,
+    ecr_pull: false,
+    full_sync: false,
+};
+
+/// Parses a Docker API version such as `1.41`.
+pub fn parse_api_version(v: &str) -> Option<(u32, u32)> {
+    let (major, minor) = v.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Every attribute sent at registration. `docker_api_version` is the daemon's maximum API
+/// version (e.g. `1.41`); custom attributes are added only on first registration.
+pub fn attributes(
+    config: &Config,
+    os_detailed: &str,
+    docker_api_version: Option<&str>,
+    features: Features,
+    first_registration: bool,
+) -> Vec<Attribute> {
+    let mut out = vec![
+        Attribute::pair("ecs.os-type", "linux"),
+        Attribute::pair("ecs.os-family", "LINUX"),
+        Attribute::pair("ecs.os-type-detailed", os_detailed),
+    ];
+    if let Some(daemon) = docker_api_version.and_then(parse_api_version) {
+        for &(maj, min) in DOCKER_API_VERSIONS.iter().filter(|v| **v <= daemon) {
+            out.push(Attribute::flag(format!(
+                "{LEGACY}docker-remote-api.{maj}.{min}"
+            )));
+        }
+    }
+    if !config.disable_privileged {
+        out.push(Attribute::flag(format!("{LEGACY}privileged-container")));
+    }
+    for driver in &config.available_logging_drivers {
+        out.push(Attribute::flag(format!("{LEGACY}logging-driver.{driver}")));
+    }
+    if config.selinux_capable {
+        out.push(Attribute::flag(format!("{LEGACY}selinux")));
+    }
+    if config.apparmor_capable {
+        out.push(Attribute::flag(format!("{LEGACY}apparmor")));
+    }
+    if features.container_ordering {
+        out.push(Attribute::flag(format!("{CURRENT}container-ordering")));
+    }
+    if features.ecr_pull {
+        out.push(Attribute::flag(format!("{LEGACY}ecr-auth")));
+        out.push(Attribute::flag(format!("{CURRENT}execution-role-ecr-pull")));
+    }
+    if features.full_sync {
+        out.push(Attribute::flag(format!("{CURRENT}full-sync")));
+    }
+    if first_registration {
+        for (k, v) in &config.instance_attributes {
+            out.push(Attribute::pair(k, v));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(a: &[Attribute]) -> Vec<&str> {
+        a.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    #[test]
+    fn os_docker_and_logging_attributes() {
+        let c = Config::default();
+        let a = attributes(&c, "debian_12", Some("1.41"), IMPLEMENTED, true);
+        assert!(a.contains(&Attribute::pair("ecs.os-type", "linux")));
+        assert!(a.contains(&Attribute::pair("ecs.os-type-detailed", "debian_12")));
+        let n = names(&a);
+        assert!(n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.32"));
+        assert!(!n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.26"));
+        assert!(n.contains(&"com.amazonaws.ecs.capability.logging-driver.json-file"));
+        assert!(n.contains(&"com.amazonaws.ecs.capability.privileged-container"));
+        // Nothing unimplemented is advertised.
+        for never in [
+            "task-iam-role",
+            "container-health-check",
+            "task-eni",
+            "secrets",
+            "efs",
+        ] {
+            assert!(!n.iter().any(|x| x.contains(never)), "{never} advertised");
+        }
+    }
+
+    #[test]
+    fn old_daemon_gets_fewer_versions_and_config_switches_apply() {
+        let mut c = Config {
+            disable_privileged: true,
+            ..Config::default()
+        };
+        c.instance_attributes.insert("stack".into(), "prod".into());
+        let a = attributes(&c, "LINUX", Some("1.24"), IMPLEMENTED, true);
+        let n = names(&a);
+        assert!(n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.24"));
+        assert!(!n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.25"));
+        assert!(!n.contains(&"com.amazonaws.ecs.capability.privileged-container"));
+        assert!(a.contains(&Attribute::pair("stack", "prod")));
+        let again = attributes(&c, "LINUX", Some("1.24"), IMPLEMENTED, false);
+        assert!(
+            !again.contains(&Attribute::pair("stack", "prod")),
+            "first registration only"
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! Everything the agent says to the ECS control plane.
+//!
+//! [`EcsApi`] is the seam: the real implementation ([`sdk::SdkEcs`]) wraps aws-sdk-ecs, tests use
+//! fakes. Calls return [`ApiError`] classified once, here, so callers decide about retries from
+//! [`ApiError::is_retryable`] instead of matching SDK types.
+//!
+//! Sub-modules: `attributes` (what the instance advertises), `register` (the registration flow and
+//! its persistence). This module never talks to Docker.
+
+pub mod attributes;
+pub mod register;
+pub mod sdk;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+/// One attribute: a capability flag (`value: None`) or a name/value pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Attribute {
+    /// Name, e.g. `ecs.os-type`.
+    pub name: String,
+    /// Value, if any.
+    pub value: Option<String>,
+}
+
+impl Attribute {
+    /// A name/value attribute.
+    pub fn pair(name: impl Into<String>, value: impl Into<String>) -> Attribute {
+        Attribute {
+            name: name.into(),
+            value: Some(value.into()),
+        }
+    }
+    /// A capability flag.
+    pub fn flag(name: impl Into<String>) -> Attribute {
+        Attribute {
+            name: name.into(),
+            value: None,
+        }
+    }
+}
+
+/// The registered resources (protocol spec §3.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU units.
+    pub cpu: i32,
+    /// Memory, MiB.
+    pub memory_mib: i32,
+    /// Reserved TCP ports.
+    pub ports: Vec<u16>,
+    /// Reserved UDP ports.
+    pub ports_udp: Vec<u16>,
+}
+
+/// A RegisterContainerInstance request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegisterRequest {
+    /// Cluster name or ARN.
+    pub cluster: String,
+    /// Saved ARN when re-registering.
+    pub container_instance_arn: Option<String>,
+    /// Raw identity document.
+    pub identity_document: String,
+    /// Raw identity signature.
+    pub identity_signature: String,
+    /// Resources offered.
+    pub resources: Resources,
+    /// Attributes sent.
+    pub attributes: Vec<Attribute>,
+    /// Tags (omitted when empty).
+    pub tags: BTreeMap<String, String>,
+    /// Idempotency token, new for every call.
+    pub client_token: String,
+}
+
+/// What ECS answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegisteredInstance {
+    /// The container instance ARN.
+    pub arn: String,
+    /// Attributes as ECS holds them.
+    pub attributes: Vec<Attribute>,
+}
+
+pub use crate::aws::{ApiError, ErrorKind};
+
+/// The ECS operations the agent uses.
+#[async_trait]
+pub trait EcsApi: Send + Sync {
+    /// RegisterContainerInstance.
+    async fn register_container_instance(
+        &self,
+        req: &RegisterRequest,
+    ) -> Result<RegisteredInstance, ApiError>;
+
+    /// CreateCluster (only for the implicit `default` cluster, as the official agent).
+    async fn create_cluster(&self, name: &str) -> Result<(), ApiError>;
+
+    /// DescribeClusters for one cluster: its status (`ACTIVE`, `INACTIVE`, ...), or `None` when
+    /// ECS does not know it.
+    async fn cluster_status(&self, cluster: &str) -> Result<Option<String>, ApiError>;
+}

@@ -1,0 +1,157 @@
+//! The real [`EcsApi`]: aws-sdk-ecs. Translation between our request types and the SDK's, and
+//! nothing else (no retries, no decisions).
+
+use async_trait::async_trait;
+use aws_sdk_ecs::types::{Attribute as SdkAttribute, Resource, Tag};
+
+use super::{ApiError, Attribute, EcsApi, RegisterRequest, RegisteredInstance};
+use crate::aws::classify;
+
+/// ECS through the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct SdkEcs {
+    client: aws_sdk_ecs::Client,
+}
+
+impl SdkEcs {
+    /// A client from the shared SDK configuration; `endpoint` (ECS_BACKEND_HOST) overrides the
+    /// endpoint when set.
+    pub fn new(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> SdkEcs {
+        let mut conf = aws_sdk_ecs::config::Builder::from(sdk);
+        if let Some(url) = endpoint {
+            conf = conf.endpoint_url(url);
+        }
+        SdkEcs {
+            client: aws_sdk_ecs::Client::from_conf(conf.build()),
+        }
+    }
+
+    /// The SDK client, for the control-plane modules that need more operations.
+    pub fn client(&self) -> &aws_sdk_ecs::Client {
+        &self.client
+    }
+}
+
+fn resource_int(name: &str, v: i32) -> Resource {
+    Resource::builder()
+        .name(name)
+        .r#type("INTEGER")
+        .integer_value(v)
+        .build()
+}
+
+fn resource_set(name: &str, ports: &[u16]) -> Resource {
+    Resource::builder()
+        .name(name)
+        .r#type("STRINGSET")
+        .set_string_set_value(Some(ports.iter().map(u16::to_string).collect()))
+        .build()
+}
+
+/// Adds `"name": value` to a JSON request body and fixes Content-Length.
+fn add_json_member(http: &mut aws_smithy_runtime_api::http::Request, name: &str, value: &str) {
+    let Some(bytes) = http.body().bytes() else {
+        return;
+    };
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(bytes) else {
+        return;
+    };
+    body.insert(name.to_owned(), serde_json::Value::String(value.to_owned()));
+    let Ok(new) = serde_json::to_vec(&body) else {
+        return;
+    };
+    let len = new.len();
+    *http.body_mut() = aws_smithy_types::body::SdkBody::from(new);
+    http.headers_mut().insert("content-length", len.to_string());
+}
+
+#[async_trait]
+impl EcsApi for SdkEcs {
+    async fn register_container_instance(
+        &self,
+        req: &RegisterRequest,
+    ) -> Result<RegisteredInstance, ApiError> {
+        let r = &req.resources;
+        let mut call = self
+            .client
+            .register_container_instance()
+            .cluster(&req.cluster)
+            .instance_identity_document(&req.identity_document)
+            .instance_identity_document_signature(&req.identity_signature)
+            .total_resources(resource_int("CPU", r.cpu))
+            .total_resources(resource_int("MEMORY", r.memory_mib))
+            .total_resources(resource_set("PORTS", &r.ports))
+            .total_resources(resource_set("PORTS_UDP", &r.ports_udp))
+            .set_container_instance_arn(req.container_instance_arn.clone());
+        for a in &req.attributes {
+            call = call.attributes(
+                SdkAttribute::builder()
+                    .name(&a.name)
+                    .set_value(a.value.clone())
+                    .build()
+                    .map_err(|e| ApiError {
+                        operation: "RegisterContainerInstance",
+                        kind: super::ErrorKind::Client,
+                        code: None,
+                        message: e.to_string(),
+                    })?,
+            );
+        }
+        for (k, v) in &req.tags {
+            call = call.tags(Tag::builder().key(k).value(v).build());
+        }
+        // The public SDK model lacks the agent-only `clientToken` member (the agent model in
+        // fixtures/ecs-api has it), so it is added to the serialised JSON body.
+        let token = req.client_token.clone();
+        let out = call
+            .customize()
+            .mutate_request(move |http| add_json_member(http, "clientToken", &token))
+            .send()
+            .await
+            .map_err(|e| classify("RegisterContainerInstance", e))?;
+        let ci = out.container_instance.ok_or_else(|| ApiError {
+            operation: "RegisterContainerInstance",
+            kind: super::ErrorKind::Server,
+            code: None,
+            message: "response has no containerInstance".into(),
+        })?;
+        Ok(RegisteredInstance {
+            arn: ci.container_instance_arn.unwrap_or_default(),
+            attributes: ci
+                .attributes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| Attribute {
+                    name: a.name,
+                    value: a.value,
+                })
+                .collect(),
+        })
+    }
+
+    async fn create_cluster(&self, name: &str) -> Result<(), ApiError> {
+        self.client
+            .create_cluster()
+            .cluster_name(name)
+            .send()
+            .await
+            .map_err(|e| classify("CreateCluster", e))?;
+        Ok(())
+    }
+
+    async fn cluster_status(&self, cluster: &str) -> Result<Option<String>, ApiError> {
+        let out = self
+            .client
+            .describe_clusters()
+            .clusters(cluster)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeClusters", e))?;
+        Ok(out
+            .clusters
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .and_then(|c| c.status))
+    }
+}

@@ -1,0 +1,324 @@
+//! Instance metadata (IMDSv2 only): session token with TTL and refresh before expiry, retries with
+//! backoff inside a total deadline, a fresh token on 401; the identity document and signature and
+//! the instance facts the agent needs.
+//!
+//! The rest of the agent sees only [`InstanceMetadata`], so tests use fakes. This module never
+//! falls back to IMDSv1 (token-less GETs): a host that refuses the token PUT is reported as such.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::backoff::Policy;
+
+/// Default token lifetime requested (the maximum IMDS allows).
+pub const TOKEN_TTL: Duration = Duration::from_secs(21_600);
+/// A token is refreshed when less than this is left, so a request never carries a token that
+/// expires in flight.
+const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// Per-request timeout: IMDS answers in milliseconds; a hung request must not stall the agent.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Total deadline for one read, retries included (protocol spec §3.1: up to 30 s).
+pub const READ_DEADLINE: Duration = Duration::from_secs(30);
+/// Retry backoff between attempts of one read (protocol spec §3.1: 100 ms → 5 s, ×2, 0.2).
+pub const RETRY: Policy = Policy::new(Duration::from_millis(100), Duration::from_secs(5), 2.0, 0.2);
+
+/// IMDS errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The token PUT was refused (403/405/404): the host offers IMDSv1 only or IMDS is disabled.
+    #[error(
+        "IMDS at {endpoint} refused the IMDSv2 token request (HTTP {status}); ecs-hostd needs IMDSv2 (set the instance's metadata options to HttpTokens=required or optional)"
+    )]
+    V2Unavailable {
+        /// Base URL.
+        endpoint: String,
+        /// Status received.
+        status: u16,
+    },
+    /// Retries ran out (deadline or attempts) without an answer.
+    #[error(
+        "IMDS {path} at {endpoint}: no answer after {attempts} attempts in {elapsed:?}: {last}"
+    )]
+    Unreachable {
+        /// Base URL.
+        endpoint: String,
+        /// Path read.
+        path: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// Last failure.
+        last: String,
+    },
+    /// The path does not exist (404) where a value was required.
+    #[error("IMDS {path}: not found")]
+    NotFound {
+        /// Path read.
+        path: String,
+    },
+    /// The identity document is not the JSON expected.
+    #[error("IMDS identity document is not valid: {0}")]
+    BadDocument(String),
+}
+
+impl Error {
+    /// Whether trying again later may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. })
+    }
+}
+
+/// The instance identity document's fields the agent uses.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityDocument {
+    /// `i-...`
+    pub instance_id: String,
+    /// e.g. `c5.xlarge`
+    pub instance_type: String,
+    /// e.g. `us-east-1`
+    pub region: String,
+    /// e.g. `us-east-1a`
+    pub availability_zone: String,
+    /// Account number.
+    #[serde(default)]
+    pub account_id: String,
+    /// AMI id.
+    #[serde(default)]
+    pub image_id: String,
+    /// Private IPv4 address.
+    #[serde(default)]
+    pub private_ip: Option<String>,
+}
+
+/// The identity document as registration needs it: parsed, plus the raw text and signature that
+/// are sent to ECS verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Parsed fields.
+    pub document: IdentityDocument,
+    /// Raw document text.
+    pub raw_document: String,
+    /// Raw signature text.
+    pub signature: String,
+}
+
+/// Read access to instance metadata. `Ok(None)` is a 404.
+#[async_trait]
+pub trait InstanceMetadata: Send + Sync {
+    /// Reads a path below the IMDS root, e.g. `latest/meta-data/instance-id`.
+    async fn get(&self, path: &str) -> Result<Option<String>, Error>;
+
+    /// Reads a path that must exist.
+    async fn require(&self, path: &str) -> Result<String, Error> {
+        self.get(path).await?.ok_or_else(|| Error::NotFound {
+            path: path.to_owned(),
+        })
+    }
+
+    /// The identity document and its signature.
+    async fn identity(&self) -> Result<Identity, Error> {
+        let raw_document = self
+            .require("latest/dynamic/instance-identity/document")
+            .await?;
+        let signature = self
+            .require("latest/dynamic/instance-identity/signature")
+            .await?;
+        let document: IdentityDocument =
+            serde_json::from_str(&raw_document).map_err(|e| Error::BadDocument(e.to_string()))?;
+        Ok(Identity {
+            document,
+            raw_document,
+            signature,
+        })
+    }
+}
+
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+/// The real IMDSv2 client.
+pub struct ImdsClient {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Mutex<Option<Token>>,
+    ttl: Duration,
+    deadline: Duration,
+    max_attempts: u32,
+}
+
+impl ImdsClient {
+    /// A client for `endpoint` (e.g. `http://169.254.169.254`) with the default limits.
+    pub fn new(endpoint: &str) -> ImdsClient {
+        ImdsClient::with_limits(endpoint, REQUEST_TIMEOUT, READ_DEADLINE, 5)
+    }
+
+    /// A client with explicit per-request timeout, total deadline and attempt budget per read.
+    pub fn with_limits(
+        endpoint: &str,
+        request_timeout: Duration,
+        deadline: Duration,
+        max_attempts: u32,
+    ) -> ImdsClient {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .no_proxy()
+            .build()
+            .expect("a plain HTTP client always builds");
+        ImdsClient {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token: Mutex::new(None),
+            ttl: TOKEN_TTL,
+            deadline,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// Requests a different token lifetime (tests use short ones).
+    pub fn with_token_ttl(mut self, ttl: Duration) -> ImdsClient {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn cached_token(&self) -> Option<String> {
+        let guard = self.token.lock().expect("token lock");
+        guard
+            .as_ref()
+            .filter(|t| t.expires > Instant::now() + TOKEN_REFRESH_MARGIN.min(self.ttl / 2))
+            .map(|t| t.value.clone())
+    }
+
+    fn forget_token(&self) {
+        *self.token.lock().expect("token lock") = None;
+    }
+
+    /// Fetches a new token. `Err(Ok(e))` is final (IMDSv2 refused), `Err(Err(msg))` retryable.
+    async fn fetch_token(&self) -> Result<String, Result<Error, String>> {
+        let url = format!("{}/latest/api/token", self.endpoint);
+        let resp = self
+            .http
+            .put(&url)
+            .header(
+                "X-aws-ec2-metadata-token-ttl-seconds",
+                self.ttl.as_secs().max(1).to_string(),
+            )
+            .send()
+            .await
+            .map_err(|e| Err(format!("token request failed: {}", describe(&e))))?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            403..=405 => {
+                return Err(Ok(Error::V2Unavailable {
+                    endpoint: self.endpoint.clone(),
+                    status,
+                }));
+            }
+            _ => return Err(Err(format!("token request answered HTTP {status}"))),
+        }
+        let granted = resp
+            .headers()
+            .get("x-aws-ec2-metadata-token-ttl-seconds")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(self.ttl);
+        let value = resp
+            .text()
+            .await
+            .map_err(|e| Err(format!("token body: {}", describe(&e))))?;
+        *self.token.lock().expect("token lock") = Some(Token {
+            value: value.clone(),
+            expires: Instant::now() + granted,
+        });
+        Ok(value)
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        e.to_string()
+    }
+}
+
+#[async_trait]
+impl InstanceMetadata for ImdsClient {
+    async fn get(&self, path: &str) -> Result<Option<String>, Error> {
+        let path = path.trim_start_matches('/');
+        let url = format!("{}/{path}", self.endpoint);
+        let started = Instant::now();
+        let mut backoff = RETRY.start();
+        let mut attempts = 0;
+        let mut last;
+        loop {
+            attempts += 1;
+            let token = match self.cached_token() {
+                Some(t) => Ok(t),
+                None => self.fetch_token().await,
+            };
+            last = match token {
+                Err(Ok(fatal)) => return Err(fatal),
+                Err(Err(msg)) => msg,
+                Ok(token) => {
+                    match self
+                        .http
+                        .get(&url)
+                        .header("X-aws-ec2-metadata-token", token)
+                        .send()
+                        .await
+                    {
+                        Err(e) => describe(&e),
+                        Ok(resp) => match resp.status().as_u16() {
+                            200 => match resp.text().await {
+                                Ok(body) => return Ok(Some(body)),
+                                Err(e) => describe(&e),
+                            },
+                            404 => return Ok(None),
+                            401 => {
+                                // The token expired or was revoked: get a new one and retry at
+                                // once, without counting the wait.
+                                self.forget_token();
+                                if attempts < self.max_attempts {
+                                    continue;
+                                }
+                                "HTTP 401 with a fresh token".into()
+                            }
+                            status => format!("HTTP {status}"),
+                        },
+                    }
+                }
+            };
+            let delay = backoff.next_delay();
+            if attempts >= self.max_attempts || started.elapsed() + delay > self.deadline {
+                return Err(Error::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    path: path.to_owned(),
+                    attempts,
+                    elapsed: started.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,46 @@
+//! ecs-hostd: the ECS container-instance host agent.
+//!
+//! How data flows (keep this diagram true; README.md and ARCHITECTURE.md carry it too):
+//!
+//! ```text
+//! IMDS ─► identity ─┐
+//! config ───────────┴─► registrar ─► ECS RegisterContainerInstance ─► instance ARN ─► store
+//!
+//! ACS websocket ─► desired tasks ─┐                      ┌─► Docker (bollard): pull, create, start, stop
+//!                                 ├─► task store ─► reconciler ─┤
+//! Docker events / inspect ─► actual state ───────────────┘      └─► state changes ─► reporter ─► SubmitTaskStateChange
+//!
+//! collectors (/proc/meminfo, statvfs) ─► metrics pipeline (batch, spool, retry) ─► PutMetricData
+//! docker watchdog (ping, systemd over D-Bus) ─► health ─► restart docker.service, /healthz
+//! lifecycle (spot notice, ASG lifecycle state) ─► drain ─► CompleteLifecycleAction
+//! local API (axum) ◄── reads registration, health, tasks, metrics
+//! ```
+//!
+//! Modules, in the order data flows: [`config`] (all settings, validated), [`imds`] (instance
+//! identity), [`host`] (CPU, memory, OS), [`store`] (the one durable database), [`ecs`]
+//! (registration and the control plane), [`docker`] (the engine connection), [`health`] (the
+//! health board), [`api`] (local HTTP), [`supervisor`] (long-running subsystems), [`app`] (the
+//! wiring of `run`), [`check`] and [`status`] (the other sub-commands).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod aws;
+pub mod backoff;
+pub mod check;
+pub mod config;
+pub mod docker;
+pub mod ecs;
+pub mod health;
+pub mod host;
+pub mod imds;
+pub mod status;
+pub mod store;
+pub mod supervisor;
+pub mod systemd;
+pub mod telemetry;
+
+/// The official agent version ecs-hostd is compatible with (reported where ECS may gate features
+/// on it).
+pub const COMPATIBLE_AGENT_VERSION: &str = "1.105.1";

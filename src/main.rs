@@ -1,0 +1,122 @@
+//! The `ecs-hostd` binary: parse the command line, load the configuration, set up logging, run
+//! the sub-command, turn the result into an exit code. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ecs_hostd::config::{Config, ConfigError, LoadOptions};
+use ecs_hostd::{app, check, status, telemetry};
+
+/// ECS container-instance host agent: a drop-in replacement for the ECS agent plus ecs-init.
+#[derive(Parser, Debug)]
+#[command(name = "ecs-hostd", version, about)]
+struct Cli {
+    /// The official agent's configuration file (must exist when given).
+    #[arg(long, global = true, value_name = "PATH")]
+    ecs_config: Option<PathBuf>,
+    /// ecs-hostd's own settings (must exist when given).
+    #[arg(long = "config", global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Cluster to join (same as --set ECS_CLUSTER=NAME).
+    #[arg(long, global = true, value_name = "NAME")]
+    cluster: Option<String>,
+    /// Override any setting, highest precedence: --set ECS_RESERVED_MEMORY=256.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_kv)]
+    set: Vec<(String, String)>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent in the foreground (what the systemd unit starts).
+    Run,
+    /// Pre-flight checks: configuration, Docker, IMDS, credentials, cluster. Exit 1 on failure.
+    Check,
+    /// Show what the running agent reports on its local API.
+    Status,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_owned(), v.to_owned()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut flags = cli.set.clone();
+    if let Some(c) = &cli.cluster {
+        flags.push(("ECS_CLUSTER".into(), c.clone()));
+    }
+    let strict = matches!(cli.command, Command::Check);
+    let opts = LoadOptions::from_process(cli.ecs_config.clone(), cli.config.clone(), flags, strict);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ecs-hostd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    match cli.command {
+        Command::Check => {
+            let lines = runtime.block_on(check::run(&opts));
+            let failed = lines.iter().filter(|l| !l.ok).count();
+            for l in &lines {
+                println!("{l}");
+            }
+            if failed > 0 {
+                println!("{failed} check(s) failed");
+                ExitCode::from(1)
+            } else {
+                println!("all checks passed");
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Status => {
+            let addr = Config::load(&LoadOptions {
+                strict: false,
+                ..opts
+            })
+            .map(|l| l.config.api_addr)
+            .unwrap_or_else(|_| Config::default().api_addr);
+            ExitCode::from(runtime.block_on(status::print(addr)))
+        }
+        Command::Run => {
+            let loaded = match Config::load(&opts) {
+                Ok(l) => l,
+                Err(e @ ConfigError::Invalid(_)) => {
+                    telemetry::init("info");
+                    tracing::error!(error = %e, "Invalid configuration; not starting (exit 5).");
+                    eprintln!("ecs-hostd: {e}");
+                    return ExitCode::from(5);
+                }
+                Err(e) => {
+                    telemetry::init("info");
+                    tracing::error!(error = %e, "Cannot read the configuration (exit 5).");
+                    eprintln!("ecs-hostd: {e}");
+                    return ExitCode::from(5);
+                }
+            };
+            telemetry::init(&loaded.config.log_level);
+            for w in &loaded.warnings {
+                tracing::warn!(config.key = %w.key, "{w}");
+            }
+            let outcome = runtime.block_on(app::run(loaded.config));
+            if let app::Outcome::Terminal(msg) | app::Outcome::Error(msg) = &outcome {
+                eprintln!("ecs-hostd: {msg}");
+            }
+            // Subsystems may hold blocking threads (store, Docker); do not wait for them.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            ExitCode::from(outcome.exit_code())
+        }
+    }
+}

@@ -1,0 +1,215 @@
+"""The control surface tests use: JSON over HTTP under ``/ec2sim/`` (documented in README.md).
+
+Owns only request validation and the mapping of control routes onto the parts of the world
+(IMDS instances, fault table, journals, ACS hub). Holds no state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from acs import Acs, envelope
+from faults import FaultTable
+from imds import Imds
+from journal import Journal
+
+
+@dataclass
+class World:
+    """Everything the control API can read or change."""
+
+    imds: Imds
+    faults: FaultTable
+    requests: Journal
+    state_changes: Journal
+    lifecycle_actions: Journal
+    acs: Acs
+    base_url: Callable[[], str]
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+async def _json_body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as err:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"invalid JSON: {err}"}), content_type="application/json"
+        ) from err
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body must be a JSON object"}),
+            content_type="application/json",
+        )
+    return body
+
+
+class Control:
+    """Handlers of the ``/ec2sim/...`` routes."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/ec2sim/health", self.health),
+            web.post("/ec2sim/instances", self.create_instance),
+            web.get("/ec2sim/instances/default", self.default_instance),
+            web.get("/ec2sim/instances/{id}/imds", self.get_imds),
+            web.post("/ec2sim/instances/{id}/imds", self.set_imds),
+            web.get("/ec2sim/faults", self.get_faults),
+            web.post("/ec2sim/faults", self.set_fault),
+            web.get("/ec2sim/requests", self.get_requests),
+            web.delete("/ec2sim/requests", self.clear_requests),
+            web.get("/ec2sim/state-changes", self.get_state_changes),
+            web.get("/ec2sim/lifecycle-actions", self.get_lifecycle_actions),
+            web.get("/ec2sim/acs/sessions", self.get_sessions),
+            web.post("/ec2sim/acs/sessions/{id}/drop", self.drop_session),
+            web.post("/ec2sim/acs/send", self.acs_send),
+            web.post("/ec2sim/acs/credentials", self.acs_credentials),
+            web.get("/ec2sim/acs/config", self.get_acs_config),
+            web.post("/ec2sim/acs/config", self.set_acs_config),
+        ]
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    # ------------------------------------------------------------------ instances and IMDS
+
+    async def create_instance(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            instance = await self.world.imds.create_instance(
+                region=body.get("region"),
+                instance_type=body.get("instance_type"),
+                lifecycle=body.get("lifecycle"),
+                asg=body.get("asg"),
+            )
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(
+            {
+                "instance_id": instance.instance_id,
+                "region": instance.region,
+                "imds": f"{self.world.base_url()}/imds/{instance.instance_id}",
+            }
+        )
+
+    async def default_instance(self, _request: web.Request) -> web.Response:
+        instance = self.world.imds.instances[self.world.imds.default_id]
+        return web.json_response(
+            {
+                "instance_id": instance.instance_id,
+                "region": instance.region,
+                "imds": f"{self.world.base_url()}/imds/{instance.instance_id}",
+            }
+        )
+
+    def _instance(self, request: web.Request):
+        instance_id = request.match_info["id"]
+        if instance_id == "default":
+            instance_id = self.world.imds.default_id
+        instance = self.world.imds.instances.get(instance_id)
+        if instance is None:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"unknown instance {instance_id}"}),
+                content_type="application/json",
+            )
+        return instance
+
+    async def get_imds(self, request: web.Request) -> web.Response:
+        return web.json_response(self._instance(request).state())
+
+    async def set_imds(self, request: web.Request) -> web.Response:
+        instance = self._instance(request)
+        try:
+            instance.configure(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(instance.state())
+
+    # ------------------------------------------------------------------ faults and records
+
+    async def get_faults(self, _request: web.Request) -> web.Response:
+        return web.json_response({"faults": self.world.faults.describe()})
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        try:
+            self.world.faults.configure(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response({"faults": self.world.faults.describe()})
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        entries = self.world.requests.query(
+            service=request.query.get("service"), operation=request.query.get("operation")
+        )
+        return web.json_response({"requests": entries})
+
+    async def clear_requests(self, _request: web.Request) -> web.Response:
+        self.world.requests.clear()
+        return web.json_response({"ok": True})
+
+    async def get_state_changes(self, request: web.Request) -> web.Response:
+        entries = self.world.state_changes.query(operation=request.query.get("operation"))
+        return web.json_response({"state_changes": entries})
+
+    async def get_lifecycle_actions(self, _request: web.Request) -> web.Response:
+        return web.json_response({"lifecycle_actions": self.world.lifecycle_actions.query()})
+
+    # ------------------------------------------------------------------ ACS
+
+    async def get_sessions(self, _request: web.Request) -> web.Response:
+        return web.json_response({"sessions": self.world.acs.describe()})
+
+    async def drop_session(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        code = body.get("code")
+        if code is not None and not isinstance(code, int):
+            return _bad_request("code must be an integer")
+        if not await self.world.acs.drop(request.match_info["id"], code):
+            return web.json_response({"error": "unknown session"}, status=404)
+        return web.json_response({"ok": True})
+
+    async def acs_send(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        arn = body.get("container_instance_arn")
+        if not isinstance(arn, str):
+            return _bad_request("container_instance_arn is required")
+        if isinstance(body.get("raw"), str):
+            text = body["raw"]
+        elif isinstance(body.get("message"), dict) and "type" in body["message"]:
+            text = envelope(body["message"]["type"], body["message"].get("message", {}))
+        else:
+            return _bad_request('give "raw" text or "message": {"type", "message"}')
+        if not await self.world.acs.send(arn, text):
+            return web.json_response({"error": "no connected ACS session"}, status=409)
+        return web.json_response({"ok": True})
+
+    async def acs_credentials(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        arn, task_arn = body.get("container_instance_arn"), body.get("task_arn")
+        if not isinstance(arn, str) or not isinstance(task_arn, str):
+            return _bad_request("container_instance_arn and task_arn are required")
+        role_type = body.get("role_type", "TaskApplication")
+        if not await self.world.acs.send_credentials(arn, task_arn, role_type):
+            return web.json_response({"error": "no connected ACS session"}, status=409)
+        return web.json_response({"ok": True})
+
+    async def get_acs_config(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.world.acs.config.describe())
+
+    async def set_acs_config(self, request: web.Request) -> web.Response:
+        try:
+            self.world.acs.config.update(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(self.world.acs.config.describe())

@@ -1,0 +1,240 @@
+"""Render an ECS task (moto's task + task definition) as the task object of an ACS PayloadMessage.
+
+Owns the mapping of spec §6: which task-definition fields become top-level payload fields and which
+are rendered into the ``dockerConfig.config`` / ``dockerConfig.hostConfig`` Docker JSON strings
+(memoryReservation, logConfiguration, healthCheck, ulimits, user, workingDirectory, dockerLabels,
+readonlyRootFilesystem, privileged, linuxParameters, ...). Pure functions; talks to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from motohost import ACCOUNT_ID
+
+NANOS = 1_000_000_000
+MIB = 1024 * 1024
+# Docker API version each rendered key needs; dockerConfig.version is the highest one used.
+_MIN_DOCKER_API = {
+    "MemoryReservation": "1.21",
+    "LogConfig": "1.18",
+    "Ulimits": "1.18",
+    "Healthcheck": "1.24",
+    "Init": "1.25",
+    "Tmpfs": "1.22",
+    "ShmSize": "1.22",
+    "Sysctls": "1.24",
+}
+_BASE_DOCKER_API = "1.17"
+
+
+def build_task(task, task_definition, desired_status: str) -> dict:
+    """The ``PayloadMessage.tasks[]`` entry for a moto ``Task`` and its ``TaskDefinition``."""
+    overrides = task.overrides or {}
+    container_overrides = {o.get("name"): o for o in overrides.get("containerOverrides", [])}
+    network_mode = task_definition.network_mode or "bridge"
+    entry: dict = {
+        "arn": task.task_arn,
+        "family": task_definition.family,
+        "version": str(task_definition.revision),
+        "desiredStatus": desired_status,
+        "taskClusterArn": task.cluster_arn,
+        "taskDefinitionAccountId": ACCOUNT_ID,
+        "launchType": "EC2",
+        "networkMode": network_mode,
+        "overrides": json.dumps(overrides),
+        "containers": [
+            build_container(c, container_overrides.get(c.get("name"), {}), network_mode)
+            for c in task_definition.container_definitions
+        ],
+        "volumes": [build_volume(v) for v in task_definition.volumes],
+    }
+    if task.group:
+        entry["group"] = task.group
+    if task.started_by.startswith("ecs-svc/"):
+        entry["serviceName"] = task.started_by
+    if task_definition.cpu:
+        entry["cpu"] = int(task_definition.cpu) / 1024
+    if task_definition.memory:
+        entry["memory"] = int(task_definition.memory)
+    if task_definition.pid_mode:
+        entry["pidMode"] = task_definition.pid_mode
+    if task_definition.ipc_mode:
+        entry["ipcMode"] = task_definition.ipc_mode
+    role = overrides.get("taskRoleArn") or getattr(task_definition, "task_role_arn", None)
+    if role and desired_status == "RUNNING":
+        entry["roleCredentials"] = role_credentials(role, "TaskApplication")
+    execution_role = overrides.get("executionRoleArn") or getattr(
+        task_definition, "execution_role_arn", None
+    )
+    if execution_role and desired_status == "RUNNING":
+        entry["executionRoleCredentials"] = role_credentials(execution_role, "TaskExecution")
+    return entry
+
+
+def role_credentials(role_arn: str, role_type: str) -> dict:
+    """A fresh ``IAMRoleCredentials`` object (expiration in ACS's opaque format)."""
+    expiration = datetime.now(UTC) + timedelta(hours=6)
+    return {
+        "credentialsId": str(uuid.uuid4()),
+        "roleArn": role_arn,
+        "accessKeyId": "ASIA" + secrets.token_hex(8).upper(),
+        "secretAccessKey": secrets.token_urlsafe(30),
+        "sessionToken": secrets.token_urlsafe(60),
+        "expiration": expiration.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+        "credentialScope": role_type,
+    }
+
+
+def build_container(definition: dict, override: dict, network_mode: str) -> dict:
+    """One ``containers[]`` entry of a payload task."""
+    environment = {e["name"]: e.get("value", "") for e in definition.get("environment", [])}
+    environment.update({e["name"]: e.get("value", "") for e in override.get("environment", [])})
+    container_override = {k: v for k, v in override.items() if k in ("command",)}
+    container: dict = {
+        "name": definition.get("name"),
+        "image": definition.get("image"),
+        "cpu": definition.get("cpu", 0),
+        "memory": definition.get("memory", 0),
+        "essential": definition.get("essential", True),
+        "command": definition.get("command", []),
+        "entryPoint": definition.get("entryPoint", []),
+        "environment": environment,
+        "portMappings": [_port_mapping(p) for p in definition.get("portMappings", [])],
+        "mountPoints": definition.get("mountPoints", []),
+        "volumesFrom": definition.get("volumesFrom", []),
+        "links": definition.get("links", []),
+        "dependsOn": definition.get("dependsOn", []),
+        "overrides": json.dumps(container_override),
+        "dockerConfig": docker_config(definition, network_mode),
+    }
+    if "healthCheck" in definition:
+        container["healthCheckType"] = "docker"
+    for key in ("stopTimeout", "startTimeout", "secrets", "environmentFiles", "restartPolicy"):
+        if key in definition:
+            container[key] = definition[key]
+    if "repositoryCredentials" in definition:
+        container["registryAuthentication"] = {
+            "type": "asm",
+            "asmAuthData": {
+                "credentialsParameter": definition["repositoryCredentials"]["credentialsParameter"],
+                "region": "",
+            },
+        }
+    return container
+
+
+def _port_mapping(mapping: dict) -> dict:
+    rendered = {
+        "containerPort": mapping.get("containerPort"),
+        "protocol": mapping.get("protocol", "tcp"),
+    }
+    if "hostPort" in mapping:
+        rendered["hostPort"] = mapping["hostPort"]
+    if "containerPortRange" in mapping:
+        rendered["containerPortRange"] = mapping["containerPortRange"]
+    return {k: v for k, v in rendered.items() if v is not None}
+
+
+def docker_config(definition: dict, network_mode: str) -> dict:
+    """``dockerConfig``: Docker ``Config`` and ``HostConfig`` JSON strings plus an API version."""
+    config = _docker_config_keys(definition)
+    host_config = _docker_host_config_keys(definition, network_mode)
+    used = [_MIN_DOCKER_API.get(k, _BASE_DOCKER_API) for k in [*config, *host_config]]
+    version = max([_BASE_DOCKER_API, *used], key=lambda v: tuple(int(x) for x in v.split(".")))
+    return {
+        "config": json.dumps(config, separators=(",", ":")),
+        "hostConfig": json.dumps(host_config, separators=(",", ":")),
+        "version": version,
+    }
+
+
+def _docker_config_keys(definition: dict) -> dict:
+    config: dict = {}
+    if "user" in definition:
+        config["User"] = definition["user"]
+    if "workingDirectory" in definition:
+        config["WorkingDir"] = definition["workingDirectory"]
+    if "hostname" in definition:
+        config["Hostname"] = definition["hostname"]
+    if "dockerLabels" in definition:
+        config["Labels"] = definition["dockerLabels"]
+    if "healthCheck" in definition:
+        check = definition["healthCheck"]
+        config["Healthcheck"] = {
+            "Test": check.get("command", []),
+            "Interval": check.get("interval", 30) * NANOS,
+            "Timeout": check.get("timeout", 5) * NANOS,
+            "Retries": check.get("retries", 3),
+            "StartPeriod": check.get("startPeriod", 0) * NANOS,
+        }
+    return config
+
+
+def _docker_host_config_keys(definition: dict, network_mode: str) -> dict:
+    host: dict = {"NetworkMode": network_mode}
+    if "memoryReservation" in definition:
+        host["MemoryReservation"] = definition["memoryReservation"] * MIB
+    if "logConfiguration" in definition:
+        log = definition["logConfiguration"]
+        host["LogConfig"] = {"Type": log.get("logDriver"), "Config": log.get("options", {})}
+    if "ulimits" in definition:
+        host["Ulimits"] = [
+            {"Name": u["name"], "Soft": u["softLimit"], "Hard": u["hardLimit"]}
+            for u in definition["ulimits"]
+        ]
+    if definition.get("readonlyRootFilesystem"):
+        host["ReadonlyRootfs"] = True
+    if definition.get("privileged"):
+        host["Privileged"] = True
+    simple = {
+        "dnsServers": "Dns",
+        "dnsSearchDomains": "DnsSearch",
+        "dockerSecurityOptions": "SecurityOpt",
+    }
+    for field_name, docker_key in simple.items():
+        if definition.get(field_name):
+            host[docker_key] = definition[field_name]
+    if definition.get("extraHosts"):
+        host["ExtraHosts"] = [f"{h['hostname']}:{h['ipAddress']}" for h in definition["extraHosts"]]
+    if definition.get("systemControls"):
+        host["Sysctls"] = {s["namespace"]: s["value"] for s in definition["systemControls"]}
+    host.update(_linux_parameters(definition.get("linuxParameters") or {}))
+    return host
+
+
+def _linux_parameters(params: dict) -> dict:
+    host: dict = {}
+    capabilities = params.get("capabilities") or {}
+    if capabilities.get("add"):
+        host["CapAdd"] = capabilities["add"]
+    if capabilities.get("drop"):
+        host["CapDrop"] = capabilities["drop"]
+    if params.get("initProcessEnabled"):
+        host["Init"] = True
+    if "sharedMemorySize" in params:
+        host["ShmSize"] = params["sharedMemorySize"] * MIB
+    if params.get("tmpfs"):
+        host["Tmpfs"] = {
+            t["containerPath"]: ",".join([f"size={t['size']}m", *t.get("mountOptions", [])])
+            for t in params["tmpfs"]
+        }
+    return host
+
+
+def build_volume(volume: dict) -> dict:
+    """One ``volumes[]`` entry: host (bind or task-scoped local volume), docker or efs."""
+    rendered: dict = {"name": volume.get("name")}
+    if "dockerVolumeConfiguration" in volume:
+        rendered["type"] = "docker"
+        rendered["dockerVolumeConfiguration"] = volume["dockerVolumeConfiguration"]
+    elif "efsVolumeConfiguration" in volume:
+        rendered["type"] = "efs"
+        rendered["efsVolumeConfiguration"] = volume["efsVolumeConfiguration"]
+    else:
+        rendered["type"] = "host"
+        rendered["host"] = {"sourcePath": (volume.get("host") or {}).get("sourcePath", "")}
+    return rendered

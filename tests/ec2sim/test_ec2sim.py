@@ -1,0 +1,1069 @@
+"""Tests of ec2sim itself: start the real process on port 0, drive it with boto3 and plain HTTP.
+
+Run: <venv>/bin/python -m pytest tests/ec2sim -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import cbor2
+import pytest
+import websockets
+
+HERE = Path(__file__).resolve().parent
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+FAKE_SIGV4 = (
+    "AWS4-HMAC-SHA256 Credential=AKIDTEST/20240101/us-east-1/ecs/aws4_request, "
+    "SignedHeaders=host;x-amz-date, Signature=" + "ab" * 32
+)
+
+
+# ---- harness
+
+
+class Sim:
+    """A running ec2sim process and small HTTP helpers around it."""
+
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+
+    def http(self, method: str, path: str, body=None, headers=None, timeout=10.0):
+        """(status, headers, bytes) of one request; never raises for HTTP errors."""
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def control(self, method: str, path: str, body=None):
+        status, _, data = self.http(
+            method, "/ec2sim" + path, body, {"Content-Type": "application/json"}
+        )
+        assert status == 200, (status, data)
+        return json.loads(data)
+
+    def client(self, service: str, region: str = "us-east-1"):
+        return boto3.client(
+            service,
+            endpoint_url=self.base,
+            region_name=region,
+            aws_access_key_id="AKIDTEST",
+            aws_secret_access_key="secret",
+            config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        )
+
+    def token(self, prefix: str = "", ttl: int = 60) -> str:
+        status, headers, data = self.http(
+            "PUT", prefix + "/latest/api/token", b"", {TTL_HEADER: str(ttl)}
+        )
+        assert status == 200
+        return data.decode()
+
+    def imds_get(self, path: str, token: str | None, prefix: str = ""):
+        headers = {TOKEN_HEADER: token} if token else {}
+        return self.http("GET", prefix + "/latest/" + path, headers=headers)
+
+
+def start_sim(directory: Path) -> Sim:
+    """Start ec2sim on port 0 and wait for its ready file."""
+    ready = directory / "ready.json"
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "ec2sim.py"), "--port", "0", "--ready-file", str(ready)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "ec2sim did not become ready"
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    assert info["pid"] == process.pid
+    return Sim(process, info["port"])
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    running = start_sim(tmp_path_factory.mktemp("ec2sim"))
+    yield running
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=10) == 0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def identity(sim: Sim, prefix: str = "") -> str:
+    token = sim.token(prefix)
+    status, _, doc = sim.imds_get("dynamic/instance-identity/document", token, prefix)
+    assert status == 200
+    return doc.decode()
+
+
+def total_resources(cpu=2048, memory=3000):
+    return [
+        {"name": "CPU", "type": "INTEGER", "integerValue": cpu},
+        {"name": "MEMORY", "type": "INTEGER", "integerValue": memory},
+        {
+            "name": "PORTS",
+            "type": "STRINGSET",
+            "stringSetValue": ["22", "2375", "2376", "51678", "51679"],
+        },
+        {"name": "PORTS_UDP", "type": "STRINGSET", "stringSetValue": []},
+    ]
+
+
+def register(sim: Sim, cluster: str, prefix: str = "", **extra):
+    ecs = sim.client("ecs")
+    return ecs.register_container_instance(
+        cluster=cluster,
+        instanceIdentityDocument=identity(sim, prefix),
+        instanceIdentityDocumentSignature="sig",
+        totalResources=total_resources(),
+        **extra,
+    )["containerInstance"]
+
+
+def new_instance_prefix(sim: Sim, **body) -> str:
+    created = sim.control("POST", "/instances", body)
+    assert created["imds"].startswith(sim.base)
+    return created["imds"][len(sim.base) :]
+
+
+# ---- IMDS
+
+
+def test_imds_requires_token_and_counts(sim):
+    prefix = new_instance_prefix(sim)
+    status, _, _ = sim.imds_get("meta-data/instance-id", None, prefix)
+    assert status == 401
+    status, _, _ = sim.imds_get("meta-data/instance-id", "bogus", prefix)
+    assert status == 401
+    token = sim.token(prefix)
+    status, _, body = sim.imds_get("meta-data/instance-id", token, prefix)
+    assert status == 200 and body.decode().startswith("i-")
+    state = sim.control("GET", prefix.replace("/imds/", "/instances/") + "/imds")
+    assert state["unauthorized"] == 2 and state["token_puts"] == 1 and state["gets"] == 3
+
+
+def test_imds_token_put_validation_and_echo(sim):
+    for bad in ("0", "21601", "abc"):
+        status, _, _ = sim.http("PUT", "/latest/api/token", b"", {TTL_HEADER: bad})
+        assert status == 400
+    status, _, _ = sim.http("PUT", "/latest/api/token", b"")
+    assert status == 400
+    status, headers, _ = sim.http("PUT", "/latest/api/token", b"", {TTL_HEADER: "300"})
+    assert status == 200 and headers[TTL_HEADER] == "300"
+
+
+def test_imds_token_expiry_and_ttl_cap(sim):
+    prefix = new_instance_prefix(sim)
+    instance_id = prefix.split("/")[-1]
+    sim.control("POST", f"/instances/{instance_id}/imds", {"token_ttl_cap": 1})
+    status, headers, token = sim.http("PUT", prefix + "/latest/api/token", b"", {TTL_HEADER: "600"})
+    assert status == 200 and headers[TTL_HEADER] == "1"
+    assert sim.imds_get("meta-data/ami-id", token.decode(), prefix)[0] == 200
+    time.sleep(1.2)
+    assert sim.imds_get("meta-data/ami-id", token.decode(), prefix)[0] == 401
+
+
+def test_imds_tokens_are_per_instance(sim):
+    prefix = new_instance_prefix(sim)
+    default_token = sim.token()
+    assert sim.imds_get("meta-data/instance-id", default_token, prefix)[0] == 401
+
+
+def test_imds_faults(sim):
+    prefix = new_instance_prefix(sim)
+    instance_id = prefix.split("/")[-1]
+    token = sim.token(prefix)
+    sim.control("POST", f"/instances/{instance_id}/imds", {"get_fault": "401-once"})
+    assert sim.imds_get("meta-data/instance-id", token, prefix)[0] == 401
+    assert sim.imds_get("meta-data/instance-id", token, prefix)[0] == 200
+    sim.control("POST", f"/instances/{instance_id}/imds", {"get_fault": "500"})
+    assert sim.imds_get("meta-data/instance-id", token, prefix)[0] == 500
+    sim.control("POST", f"/instances/{instance_id}/imds", {"get_fault": None, "token_fault": "405"})
+    assert sim.http("PUT", prefix + "/latest/api/token", b"", {TTL_HEADER: "60"})[0] == 405
+    sim.control("POST", f"/instances/{instance_id}/imds", {"token_fault": "403"})
+    assert sim.http("PUT", prefix + "/latest/api/token", b"", {TTL_HEADER: "60"})[0] == 403
+    sim.control("POST", f"/instances/{instance_id}/imds", {"token_fault": None})
+    status, _, _ = sim.http("POST", f"/ec2sim/instances/{instance_id}/imds", {"get_fault": "nope"})
+    assert status == 400
+
+
+def test_imds_metadata_tree(sim):
+    prefix = new_instance_prefix(sim, lifecycle="spot", instance_type="m5.large")
+    token = sim.token(prefix)
+
+    def get(path):
+        status, _, body = sim.imds_get(path, token, prefix)
+        return status, body.decode()
+
+    assert get("meta-data/instance-type") == (200, "m5.large")
+    assert get("meta-data/instance-life-cycle") == (200, "spot")
+    assert get("meta-data/placement/region") == (200, "us-east-1")
+    mac = get("meta-data/mac")[1]
+    assert get(f"meta-data/network/interfaces/macs/{mac}/vpc-id")[1].startswith("vpc-")
+    assert get(f"meta-data/network/interfaces/macs/{mac}/subnet-id")[1].startswith("subnet-")
+    assert get("meta-data/no-such-key")[0] == 404
+    assert get("user-data")[0] == 404
+    assert get("dynamic/instance-identity/signature")[0] == 200
+    role = get("meta-data/iam/security-credentials/")[1]
+    creds = json.loads(get(f"meta-data/iam/security-credentials/{role}")[1])
+    assert creds["Code"] == "Success" and creds["AccessKeyId"] and creds["Token"]
+
+
+def test_imds_notices(sim):
+    prefix = new_instance_prefix(sim)
+    instance_id = prefix.split("/")[-1]
+    token = sim.token(prefix)
+    assert sim.imds_get("meta-data/spot/instance-action", token, prefix)[0] == 404
+    assert sim.imds_get("meta-data/events/recommendations/rebalance", token, prefix)[0] == 404
+    sim.control(
+        "POST",
+        f"/instances/{instance_id}/imds",
+        {
+            "spot_action": {"action": "terminate", "time": "2030-01-01T00:02:00Z"},
+            "rebalance": {},
+            "lifecycle_state": "Warmed:Stopped",
+        },
+    )
+    status, _, body = sim.imds_get("meta-data/spot/instance-action", token, prefix)
+    assert status == 200 and json.loads(body) == {
+        "action": "terminate",
+        "time": "2030-01-01T00:02:00Z",
+    }
+    status, _, body = sim.imds_get("meta-data/events/recommendations/rebalance", token, prefix)
+    assert status == 200 and json.loads(body)["noticeTime"].endswith("Z")
+    assert (
+        sim.imds_get("meta-data/autoscaling/target-lifecycle-state", token, prefix)[2]
+        == b"Warmed:Stopped"
+    )
+    sim.control(
+        "POST", f"/instances/{instance_id}/imds", {"lifecycle_state": "absent", "spot_action": None}
+    )
+    assert sim.imds_get("meta-data/autoscaling/target-lifecycle-state", token, prefix)[0] == 404
+    assert sim.imds_get("meta-data/spot/instance-action", token, prefix)[0] == 404
+
+
+def test_identity_document_instance_exists_in_ec2(sim):
+    doc = json.loads(identity(sim))
+    assert doc["instanceId"] == sim.control("GET", "/instances/default")["instance_id"]
+    assert doc["accountId"] == "123456789012" and doc["version"] == "2017-09-30"
+    reservations = sim.client("ec2").describe_instances(InstanceIds=[doc["instanceId"]])[
+        "Reservations"
+    ]
+    assert reservations[0]["Instances"][0]["InstanceId"] == doc["instanceId"]
+
+
+def test_asg_instance_is_tagged(sim):
+    created = sim.control("POST", "/instances", {"asg": "my-asg"})
+    described = sim.client("ec2").describe_instances(InstanceIds=[created["instance_id"]])
+    tags = described["Reservations"][0]["Instances"][0]["Tags"]
+    assert {"Key": "aws:autoscaling:groupName", "Value": "my-asg"} in tags
+
+
+# ---- ECS registration
+
+
+def test_register_unknown_cluster(sim):
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        register(sim, unique("missing"))
+    assert err.value.response["Error"]["Code"] == "ClusterNotFoundException"
+
+
+def test_register_stores_resources_attributes_tags(sim):
+    ecs = sim.client("ecs")
+    cluster = unique("reg")
+    ecs.create_cluster(clusterName=cluster)
+    attributes = [
+        {"name": "ecs.os-type", "value": "linux"},
+        {"name": "ecs.os-family", "value": "LINUX"},
+        {"name": "com.amazonaws.ecs.capability.privileged-container"},
+        {"name": "custom", "value": "yes"},
+    ]
+    instance = register(
+        sim,
+        cluster,
+        prefix=new_instance_prefix(sim),
+        attributes=attributes,
+        tags=[{"key": "team", "value": "a"}],
+    )
+    returned = {a["name"]: a.get("value") for a in instance["attributes"]}
+    for attribute in attributes:
+        assert returned[attribute["name"]] == attribute.get("value")
+    assert returned["ecs.availability-zone"] == "us-east-1a"
+    described = ecs.describe_container_instances(
+        cluster=cluster, containerInstances=[instance["containerInstanceArn"]], include=["TAGS"]
+    )["containerInstances"][0]
+    registered = {r["name"]: r for r in described["registeredResources"]}
+    assert (
+        registered["CPU"]["integerValue"] == 2048 and registered["MEMORY"]["integerValue"] == 3000
+    )
+    remaining = {r["name"]: r for r in described["remainingResources"]}
+    assert remaining["MEMORY"]["integerValue"] == 3000
+    assert described["tags"] == [{"key": "team", "value": "a"}]
+
+
+def test_reregister_same_arn_and_deregistered(sim):
+    ecs = sim.client("ecs")
+    cluster = unique("rereg")
+    ecs.create_cluster(clusterName=cluster)
+    prefix = new_instance_prefix(sim)
+    first = register(sim, cluster, prefix)
+    arn = first["containerInstanceArn"]
+    again = register(sim, cluster, prefix, containerInstanceArn=arn)
+    assert again["containerInstanceArn"] == arn
+    assert ecs.list_container_instances(cluster=cluster)["containerInstanceArns"] == [arn]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        register(
+            sim,
+            cluster,
+            prefix,
+            containerInstanceArn=arn.rsplit("/", 1)[0] + "/" + str(uuid.uuid4()),
+        )
+    assert err.value.response["Error"]["Code"] == "ClientException"
+    ecs.deregister_container_instance(cluster=cluster, containerInstance=arn, force=True)
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        register(sim, cluster, prefix, containerInstanceArn=arn)
+    assert err.value.response["Error"]["Code"] == "ClientException"
+    assert err.value.response["Error"]["Message"] == f"Container instance {arn} is inactive."
+
+
+def test_discover_poll_endpoint(sim):
+    reply = sim.client("ecs").discover_poll_endpoint(containerInstance="x", cluster="y")
+    assert reply["endpoint"] == sim.base and reply["telemetryEndpoint"] == sim.base
+
+
+# ---- records and faults
+
+
+def test_requests_are_recorded(sim):
+    sim.control("DELETE", "/requests")
+    sim.client("ecs").list_clusters()
+    sim.client("ec2").describe_regions()
+    ecs_requests = sim.control("GET", "/requests?service=ecs&operation=ListClusters")["requests"]
+    assert len(ecs_requests) == 1
+    assert ecs_requests[0]["region"] == "us-east-1" and ecs_requests[0]["body"] == {}
+    ec2_requests = sim.control("GET", "/requests?service=ec2")["requests"]
+    assert [r["operation"] for r in ec2_requests] == ["DescribeRegions"]
+
+
+def test_region_comes_from_signature(sim):
+    west = sim.client("ecs", region="us-west-2")
+    name = unique("west")
+    west.create_cluster(clusterName=name)
+    assert any(name in arn for arn in west.list_clusters()["clusterArns"])
+    assert not any(name in arn for arn in sim.client("ecs").list_clusters()["clusterArns"])
+
+
+def test_faults_by_service_operation_and_count(sim):
+    ecs = sim.client("ecs")
+    sim.control(
+        "POST",
+        "/faults",
+        {"service": "ecs", "mode": "throttle", "operations": ["ListClusters"], "count": 2},
+    )
+    for _ in range(2):
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            ecs.list_clusters()
+        assert err.value.response["Error"]["Code"] == "ThrottlingException"
+    ecs.describe_clusters()  # other operations unaffected
+    ecs.list_clusters()  # count used up
+    assert sim.control("GET", "/faults")["faults"] == []
+
+    sim.control("POST", "/faults", {"service": "ec2", "mode": "unavailable"})
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        sim.client("ec2").describe_regions()
+    assert err.value.response["Error"]["Code"] == "ServiceUnavailable"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    sim.control("POST", "/faults", {"service": "ec2", "mode": None})
+
+    sim.control("POST", "/faults", {"service": "autoscaling", "mode": "unavailable", "count": 1})
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        sim.client("autoscaling").describe_auto_scaling_groups()
+    assert err.value.response["Error"]["Code"] == "ServiceUnavailable"
+
+    sim.control("POST", "/faults", {"service": "ecs", "mode": "reset", "count": 1})
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):
+        ecs.list_clusters()
+    ecs.list_clusters()
+
+
+# ---- CloudWatch CBOR
+
+
+def cbor_call(sim: Sim, operation: str, body: dict, compress: bool = False):
+    """Send a CloudWatch call the way aws-sdk-cloudwatch >= 1.100 does (smithy RPCv2 CBOR)."""
+    data = cbor2.dumps(body, datetime_as_timestamp=True)
+    headers = {
+        "Content-Type": "application/cbor",
+        "Accept": "application/cbor",
+        "smithy-protocol": "rpc-v2-cbor",
+        "X-Amz-Date": "20240101T000000Z",
+        "Authorization": FAKE_SIGV4.replace("/ecs/", "/monitoring/"),
+    }
+    if compress:
+        data = gzip.compress(data)
+        headers["Content-Encoding"] = "gzip"
+    path = f"/service/GraniteServiceVersion20100801/operation/{operation}"
+    status, reply_headers, reply = sim.http("POST", path, data, headers)
+    assert reply_headers["Content-Type"].startswith("application/cbor")
+    assert reply_headers["smithy-protocol"] == "rpc-v2-cbor"
+    return status, cbor2.loads(reply) if reply else {}
+
+
+def test_cloudwatch_cbor_put_and_read_back(sim):
+    namespace = unique("CWAgent")
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    datum = {
+        "MetricName": "mem_used_percent",
+        "Value": 42.5,
+        "Unit": "Percent",
+        "Timestamp": now,
+        "Dimensions": [{"Name": "InstanceId", "Value": "i-1"}],
+    }
+    status, _ = cbor_call(sim, "PutMetricData", {"Namespace": namespace, "MetricData": [datum]})
+    assert status == 200
+    status, _ = cbor_call(
+        sim,
+        "PutMetricData",
+        {"Namespace": namespace, "MetricData": [{**datum, "Value": 57.5}]},
+        compress=True,
+    )
+    assert status == 200
+    cloudwatch = sim.client("cloudwatch")
+    metrics = cloudwatch.list_metrics(Namespace=namespace)["Metrics"]
+    assert metrics[0]["Dimensions"] == [{"Name": "InstanceId", "Value": "i-1"}]
+    stats = cloudwatch.get_metric_statistics(
+        Namespace=namespace,
+        MetricName="mem_used_percent",
+        StartTime=now - datetime.timedelta(minutes=5),
+        EndTime=now + datetime.timedelta(minutes=5),
+        Period=60,
+        Statistics=["Average", "SampleCount"],
+    )["Datapoints"]
+    assert stats[0]["SampleCount"] == 2 and stats[0]["Average"] == 50.0
+
+    query = {
+        "MetricDataQueries": [
+            {
+                "Id": "m1",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": namespace,
+                        "MetricName": "mem_used_percent",
+                        "Dimensions": [{"Name": "InstanceId", "Value": "i-1"}],
+                    },
+                    "Period": 60,
+                    "Stat": "Maximum",
+                },
+            }
+        ],
+        "StartTime": now - datetime.timedelta(minutes=5),
+        "EndTime": now + datetime.timedelta(minutes=5),
+    }
+    status, reply = cbor_call(sim, "GetMetricData", query)
+    assert status == 200
+    result = reply["MetricDataResults"][0]
+    assert result["Values"] == [57.5]
+    assert isinstance(result["Timestamps"][0], datetime.datetime)  # CBOR tag 1
+
+    status, reply = cbor_call(
+        sim,
+        "GetMetricStatistics",
+        {
+            "Namespace": namespace,
+            "MetricName": "mem_used_percent",
+            "StartTime": now - datetime.timedelta(minutes=5),
+            "EndTime": now + datetime.timedelta(minutes=5),
+            "Period": 60,
+            "Statistics": ["SampleCount", "Sum"],
+        },
+    )
+    assert status == 200
+    [point] = reply["Datapoints"]
+    assert isinstance(point["SampleCount"], float) and point["SampleCount"] == 2.0
+    assert isinstance(point["Timestamp"], datetime.datetime)
+
+    status, listed = cbor_call(sim, "ListMetrics", {"Namespace": namespace})
+    assert status == 200 and listed["Metrics"][0]["MetricName"] == "mem_used_percent"
+
+
+def test_cloudwatch_cbor_errors_and_faults(sim):
+    bad = {
+        "MetricName": "m",
+        "Value": 1.0,
+        "StatisticValues": {"SampleCount": 1.0, "Sum": 1.0, "Minimum": 1.0, "Maximum": 1.0},
+    }
+    status, reply = cbor_call(
+        sim, "PutMetricData", {"Namespace": unique("ns"), "MetricData": [bad]}
+    )
+    assert status == 400 and reply["__type"] == "InvalidParameterCombination"
+    sim.control("POST", "/faults", {"service": "cloudwatch", "mode": "unavailable", "count": 1})
+    status, reply = cbor_call(sim, "ListMetrics", {})
+    assert status == 503 and reply["__type"] == "ServiceUnavailable"
+    recorded = sim.control("GET", "/requests?service=cloudwatch&operation=PutMetricData")[
+        "requests"
+    ]
+    assert (
+        recorded[-1]["protocol"] == "cbor"
+        and recorded[-1]["body"]["MetricData"][0]["MetricName"] == "m"
+    )
+
+
+# ---- tasks, ACS
+
+
+def setup_cluster(sim: Sim, containers=None, **task_definition):
+    """A cluster with one registered instance and a two-container task definition."""
+    ecs = sim.client("ecs")
+    cluster = unique("tasks")
+    ecs.create_cluster(clusterName=cluster)
+    instance = register(sim, cluster, new_instance_prefix(sim))
+    family = unique("fam")
+    ecs.register_task_definition(
+        family=family,
+        containerDefinitions=containers
+        or [
+            {
+                "name": "web",
+                "image": "local/busybox:test",
+                "memory": 64,
+                "portMappings": [{"containerPort": 8080, "hostPort": 0}],
+            },
+            {"name": "side", "image": "local/busybox:test", "memory": 32, "essential": False},
+        ],
+        **task_definition,
+    )
+    return ecs, cluster, instance["containerInstanceArn"], family
+
+
+def acs_url(sim: Sim, cluster: str, instance_arn: str) -> str:
+    from urllib.parse import urlencode
+
+    query = urlencode(
+        {
+            "clusterArn": cluster,
+            "containerInstanceArn": instance_arn,
+            "seqNum": "1",
+            "protocolVersion": "2",
+            "sendCredentials": "true",
+            "agentVersion": "1.105.1",
+            "agentHash": "abcdef01",
+            "dockerVersion": "DockerVersion: 20.10.24",
+        }
+    )
+    return f"ws://127.0.0.1:{sim.port}/ws?{query}"
+
+
+def acs_connect(sim: Sim, cluster: str, instance_arn: str, headers=None):
+    headers = (
+        {"Authorization": FAKE_SIGV4, "X-Amz-Date": "20240101T000000Z"}
+        if headers is None
+        else headers
+    )
+    return websockets.connect(acs_url(sim, cluster, instance_arn), additional_headers=headers)
+
+
+async def next_frame(ws, kind: str, timeout: float = 5.0) -> dict:
+    """The next frame of the given type (others, e.g. heartbeats, are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        if frame["type"] == kind:
+            return frame["message"]
+
+
+async def ack(ws, message: dict) -> None:
+    await ws.send(
+        json.dumps(
+            {
+                "type": "AckRequest",
+                "message": {
+                    "cluster": message["clusterArn"],
+                    "containerInstance": message["containerInstanceArn"],
+                    "messageId": message["messageId"],
+                },
+            }
+        )
+    )
+
+
+def test_submit_task_state_change_reflected_in_describe_tasks(sim):
+    ecs, cluster, instance_arn, family = setup_cluster(sim)
+    task = ecs.run_task(cluster=cluster, taskDefinition=family)["tasks"][0]
+    assert task["lastStatus"] == "PENDING" and task["containerInstanceArn"] == instance_arn
+    assert sorted(c["name"] for c in task["containers"]) == ["side", "web"]
+    binding = {"bindIP": "0.0.0.0", "containerPort": 8080, "hostPort": 32768, "protocol": "tcp"}
+    ecs.submit_task_state_change(
+        cluster=cluster,
+        task=task["taskArn"],
+        status="RUNNING",
+        pullStartedAt=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
+        containers=[
+            {
+                "containerName": "web",
+                "runtimeId": "dock1",
+                "status": "RUNNING",
+                "networkBindings": [binding],
+            },
+            {"containerName": "side", "runtimeId": "dock2", "status": "RUNNING"},
+        ],
+    )
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task["taskArn"]])["tasks"][0]
+    assert described["lastStatus"] == "RUNNING" and described["desiredStatus"] == "RUNNING"
+    assert described["pullStartedAt"].year == 2024
+    web = next(c for c in described["containers"] if c["name"] == "web")
+    assert web["lastStatus"] == "RUNNING" and web["runtimeId"] == "dock1"
+    assert web["networkBindings"] == [binding]
+
+    ecs.submit_task_state_change(
+        cluster=cluster,
+        task=task["taskArn"],
+        status="STOPPED",
+        reason="Essential container in task exited",
+        containers=[{"containerName": "web", "status": "STOPPED", "exitCode": 3, "reason": "boom"}],
+    )
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task["taskArn"]])["tasks"][0]
+    assert described["lastStatus"] == "STOPPED" and described["desiredStatus"] == "STOPPED"
+    assert described["stoppedReason"] == "Essential container in task exited"
+    web = next(c for c in described["containers"] if c["name"] == "web")
+    assert web["exitCode"] == 3 and web["reason"] == "boom"
+    instance = ecs.describe_container_instances(cluster=cluster, containerInstances=[instance_arn])
+    remaining = {r["name"]: r for r in instance["containerInstances"][0]["remainingResources"]}
+    assert remaining["MEMORY"]["integerValue"] == 3000  # given back
+
+    changes = sim.control("GET", "/state-changes")["state_changes"]
+    mine = [c for c in changes if c["body"]["task"] == task["taskArn"]]
+    assert [c["body"]["status"] for c in mine] == ["RUNNING", "STOPPED"]
+
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ecs.submit_task_state_change(cluster=cluster, status="RUNNING")
+    assert err.value.response["Error"]["Code"] == "InvalidParameterException"
+    ecs.submit_container_state_change(
+        cluster=cluster, task=task["taskArn"], containerName="side", status="STOPPED", exitCode=0
+    )
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task["taskArn"]])["tasks"][0]
+    assert next(c for c in described["containers"] if c["name"] == "side")["exitCode"] == 0
+
+
+def test_run_and_stop_task_push_payloads(sim):
+    containers = [
+        {
+            "name": "app",
+            "image": "local/busybox:test",
+            "cpu": 128,
+            "memory": 64,
+            "memoryReservation": 32,
+            "command": ["sleep", "60"],
+            "environment": [{"name": "A", "value": "1"}],
+            "user": "nobody",
+            "workingDirectory": "/tmp",
+            "dockerLabels": {"l": "v"},
+            "readonlyRootFilesystem": True,
+            "ulimits": [{"name": "nofile", "softLimit": 10, "hardLimit": 20}],
+            "logConfiguration": {"logDriver": "json-file", "options": {"max-size": "1m"}},
+            "healthCheck": {"command": ["CMD", "true"], "interval": 5, "timeout": 2, "retries": 1},
+            "stopTimeout": 5,
+        }
+    ]
+    ecs, cluster, instance_arn, family = setup_cluster(sim, containers=containers)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            task = (await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family))[
+                "tasks"
+            ][0]
+            message = await next_frame(ws, "PayloadMessage")
+            await ack(ws, message)
+            assert message["containerInstanceArn"] == instance_arn and message["seqNum"] >= 1
+            [pushed] = message["tasks"]
+            assert pushed["arn"] == task["taskArn"] and pushed["desiredStatus"] == "RUNNING"
+            assert (
+                pushed["family"] == family
+                and pushed["version"] == "1"
+                and pushed["launchType"] == "EC2"
+            )
+            [container] = pushed["containers"]
+            assert container["environment"] == {"A": "1"} and container["command"] == [
+                "sleep",
+                "60",
+            ]
+            assert container["healthCheckType"] == "docker" and container["stopTimeout"] == 5
+            config = json.loads(container["dockerConfig"]["config"])
+            host = json.loads(container["dockerConfig"]["hostConfig"])
+            assert (
+                config["User"] == "nobody"
+                and config["WorkingDir"] == "/tmp"
+                and config["Labels"] == {"l": "v"}
+            )
+            assert config["Healthcheck"]["Interval"] == 5_000_000_000
+            assert host["MemoryReservation"] == 32 * 1024 * 1024 and host["ReadonlyRootfs"] is True
+            assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m"}}
+            assert host["Ulimits"] == [{"Name": "nofile", "Soft": 10, "Hard": 20}]
+            assert host["NetworkMode"] == "bridge"
+
+            await asyncio.to_thread(
+                ecs.stop_task, cluster=cluster, task=task["taskArn"], reason="test"
+            )
+            stop = await next_frame(ws, "PayloadMessage")
+            await ack(ws, stop)
+            assert (
+                stop["tasks"][0]["desiredStatus"] == "STOPPED"
+                and stop["seqNum"] > message["seqNum"]
+            )
+            return task
+
+    task = asyncio.run(scenario())
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task["taskArn"]])["tasks"][0]
+    assert described["desiredStatus"] == "STOPPED" and described["lastStatus"] == "PENDING"
+    session = [
+        s
+        for s in sim.control("GET", "/acs/sessions")["sessions"]
+        if s["container_instance_arn"] == instance_arn
+    ][-1]
+    assert not session["connected"] and session["query"]["protocolVersion"] == "2"
+    assert [f["type"] for f in session["received"]] == ["AckRequest", "AckRequest"]
+
+
+def test_acs_refuses_bad_upgrades(sim):
+    ecs, cluster, instance_arn, _ = setup_cluster(sim)
+
+    async def refused(cluster_name, arn, headers=None):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+            async with acs_connect(sim, cluster_name, arn, headers):
+                pass
+        return err.value.response.status_code, json.loads(err.value.response.body)
+
+    async def scenario():
+        assert await refused(cluster, instance_arn, headers={}) == (
+            403,
+            {"AccessDeniedException": "Missing or malformed SigV4 authentication."},
+        )
+        assert await refused("nope", instance_arn) == (
+            400,
+            {"InvalidClusterException": "Invalid cluster"},
+        )
+        status, body = await refused(cluster, instance_arn + "0")
+        assert status == 400 and "InvalidInstanceException" in body
+        await asyncio.to_thread(
+            ecs.deregister_container_instance,
+            cluster=cluster,
+            containerInstance=instance_arn,
+            force=True,
+        )
+        status, body = await refused(cluster, instance_arn)
+        assert status == 400 and "InactiveInstanceException" in body
+
+    asyncio.run(scenario())
+
+
+def test_acs_redelivery_heartbeat_manifest_and_stop_verification(sim):
+    ecs, cluster, instance_arn, family = setup_cluster(sim)
+    sim.control(
+        "POST",
+        "/acs/config",
+        {"heartbeat_interval": 0.3, "manifest_interval": 0.5, "drop_after_next_payload": True},
+    )
+    try:
+
+        async def scenario():
+            async with acs_connect(sim, cluster, instance_arn) as ws:
+                await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family)
+                first = await next_frame(ws, "PayloadMessage")
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+            async with acs_connect(sim, cluster, instance_arn) as ws:
+                again = await next_frame(ws, "PayloadMessage")
+                assert again["messageId"] == first["messageId"]
+                await ack(ws, again)
+                heartbeat = await next_frame(ws, "HeartbeatMessage")
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "HeartbeatAckRequest",
+                            "message": {"messageId": heartbeat["messageId"]},
+                        }
+                    )
+                )
+                manifest = await next_frame(ws, "TaskManifestMessage")
+                assert manifest["timeline"] == again["seqNum"]
+                assert [t["taskArn"] for t in manifest["tasks"]] == [
+                    t["arn"] for t in again["tasks"]
+                ]
+                stale = "arn:aws:ecs:us-east-1:123456789012:task/x/stale"
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "TaskStopVerificationMessage",
+                            "message": {
+                                "messageId": manifest["messageId"],
+                                "stopCandidates": [
+                                    {
+                                        "taskArn": stale,
+                                        "taskClusterArn": manifest["clusterArn"],
+                                        "desiredStatus": "STOPPED",
+                                    }
+                                ],
+                            },
+                        }
+                    )
+                )
+                verified = await next_frame(ws, "TaskStopVerificationAck")
+                assert verified["messageId"] == manifest["messageId"]
+                assert [t["taskArn"] for t in verified["stopTasks"]] == [stale]
+                await ws.send("not json")
+                await asyncio.sleep(0.2)
+
+        asyncio.run(scenario())
+    finally:
+        sim.control("POST", "/acs/config", {"heartbeat_interval": 20, "manifest_interval": 60})
+    sessions = [
+        s
+        for s in sim.control("GET", "/acs/sessions")["sessions"]
+        if s["container_instance_arn"] == instance_arn
+    ]
+    assert len(sessions) == 2
+    assert {"raw": "not json"}.items() <= sessions[1]["received"][-1].items()
+
+
+def test_acs_control_send_and_drop(sim):
+    ecs, cluster, instance_arn, _ = setup_cluster(sim)
+    described = ecs.describe_container_instances(cluster=cluster, containerInstances=[instance_arn])
+    assert described["containerInstances"][0]["agentConnected"] is False
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            await asyncio.sleep(0.1)
+            body = {"container_instance_arn": instance_arn, "raw": "{broken"}
+            await asyncio.to_thread(sim.control, "POST", "/acs/send", body)
+            assert await asyncio.wait_for(ws.recv(), 5) == "{broken"
+            message = {"type": "CloseMessage", "message": {"message": "bye"}}
+            await asyncio.to_thread(
+                sim.control,
+                "POST",
+                "/acs/send",
+                {"container_instance_arn": instance_arn, "message": message},
+            )
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == message
+            [session] = [
+                s
+                for s in (await asyncio.to_thread(sim.control, "GET", "/acs/sessions"))["sessions"]
+                if s["container_instance_arn"] == instance_arn and s["connected"]
+            ]
+            described = await asyncio.to_thread(
+                ecs.describe_container_instances, cluster=cluster, containerInstances=[instance_arn]
+            )
+            assert described["containerInstances"][0]["agentConnected"] is True
+            await asyncio.to_thread(
+                sim.control,
+                "POST",
+                "/acs/credentials",
+                {"container_instance_arn": instance_arn, "task_arn": "arn:task/x"},
+            )
+            credentials = await next_frame(ws, "IAMRoleCredentialsMessage")
+            assert (
+                credentials["taskArn"] == "arn:task/x"
+                and credentials["roleType"] == "TaskApplication"
+            )
+            assert credentials["roleCredentials"]["credentialsId"]
+            await asyncio.to_thread(
+                sim.control, "POST", f"/acs/sessions/{session['id']}/drop", {"code": 4000}
+            )
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as err:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert err.value.rcvd.code == 4000
+
+    asyncio.run(scenario())
+    status, _, _ = sim.http(
+        "POST",
+        "/ec2sim/acs/send",
+        {"container_instance_arn": instance_arn, "raw": "x"},
+        {"Content-Type": "application/json"},
+    )
+    assert status == 409
+
+
+def test_tcs_connection_is_accepted(sim):
+    _, cluster, instance_arn, _ = setup_cluster(sim)
+    from urllib.parse import urlencode
+
+    url = f"ws://127.0.0.1:{sim.port}/ws?" + urlencode(
+        {"cluster": cluster, "containerInstance": instance_arn}
+    )
+
+    async def scenario():
+        headers = {"Authorization": FAKE_SIGV4, "X-Amz-Date": "20240101T000000Z"}
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "PublishMetricsRequest", "message": {}}))
+            await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    tcs = [s for s in sim.control("GET", "/acs/sessions")["sessions"] if s["kind"] == "tcs"]
+    assert tcs and tcs[-1]["container_instance_arn"] == instance_arn
+
+
+def test_draining_stops_only_service_tasks(sim):
+    ecs, cluster, instance_arn, family = setup_cluster(sim)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            service = (
+                await asyncio.to_thread(
+                    ecs.run_task, cluster=cluster, taskDefinition=family, startedBy="ecs-svc/123"
+                )
+            )["tasks"][0]
+            await ack(ws, await next_frame(ws, "PayloadMessage"))
+            standalone = (
+                await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family)
+            )["tasks"][0]
+            await ack(ws, await next_frame(ws, "PayloadMessage"))
+            await asyncio.to_thread(
+                ecs.update_container_instances_state,
+                cluster=cluster,
+                containerInstances=[instance_arn],
+                status="DRAINING",
+            )
+            stop = await next_frame(ws, "PayloadMessage")
+            assert [(t["arn"], t["desiredStatus"]) for t in stop["tasks"]] == [
+                (service["taskArn"], "STOPPED")
+            ]
+            return service, standalone
+
+    service, standalone = asyncio.run(scenario())
+    described = {
+        t["taskArn"]: t
+        for t in ecs.describe_tasks(
+            cluster=cluster, tasks=[service["taskArn"], standalone["taskArn"]]
+        )["tasks"]
+    }
+    assert described[service["taskArn"]]["desiredStatus"] == "STOPPED"
+    assert described[standalone["taskArn"]]["desiredStatus"] == "RUNNING"
+
+
+def test_task_queued_while_agent_offline_is_delivered_on_connect(sim):
+    ecs, cluster, instance_arn, family = setup_cluster(sim)
+    task = ecs.run_task(cluster=cluster, taskDefinition=family)["tasks"][0]
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            message = await next_frame(ws, "PayloadMessage")
+            assert message["tasks"][0]["arn"] == task["taskArn"]
+
+    asyncio.run(scenario())
+
+
+# ---- Auto Scaling
+
+
+TOKEN = "bcd2f1b8-9a78-44d3-8a7a-4dd07d7cf635"
+
+
+def test_lifecycle_actions_recorded(sim):
+    autoscaling = sim.client("autoscaling")
+    autoscaling.record_lifecycle_action_heartbeat(
+        LifecycleHookName="drain",
+        AutoScalingGroupName="asg",
+        InstanceId="i-1",
+        LifecycleActionToken=TOKEN,
+    )
+    autoscaling.complete_lifecycle_action(
+        LifecycleHookName="drain",
+        AutoScalingGroupName="asg",
+        InstanceId="i-1",
+        LifecycleActionResult="CONTINUE",
+    )
+    actions = sim.control("GET", "/lifecycle-actions")["lifecycle_actions"][-2:]
+    assert [a["operation"] for a in actions] == [
+        "RecordLifecycleActionHeartbeat",
+        "CompleteLifecycleAction",
+    ]
+    assert actions[1]["result"] == "CONTINUE" and actions[1]["instance_id"] == "i-1"
+    assert actions[0]["token"] == TOKEN and actions[0]["hook_name"] == "drain"
+    assert (
+        autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
+    )  # moto still answers
+
+
+def test_run_task_failures(sim):
+    ecs = sim.client("ecs")
+    empty = unique("empty")
+    ecs.create_cluster(clusterName=empty)
+    family = unique("fam")
+    ecs.register_task_definition(
+        family=family, containerDefinitions=[{"name": "a", "image": "i", "memory": 2000}]
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ecs.run_task(cluster=empty, taskDefinition=family)
+    assert err.value.response["Error"]["Code"] == "InvalidParameterException"
+    _, cluster, instance_arn, _ = setup_cluster(sim)
+    placed = ecs.run_task(cluster=cluster, taskDefinition=family)
+    assert len(placed["tasks"]) == 1
+    full = ecs.run_task(cluster=cluster, taskDefinition=family)
+    assert full["tasks"] == []
+    assert full["failures"] == [{"arn": instance_arn, "reason": "RESOURCE:MEMORY"}]
+    task_arn = placed["tasks"][0]["taskArn"]
+    ecs.stop_task(cluster=cluster, task=task_arn)
+    ecs.stop_task(cluster=cluster, task=task_arn)  # idempotent: resources given back once
+    described = ecs.describe_container_instances(cluster=cluster, containerInstances=[instance_arn])
+    remaining = {r["name"]: r for r in described["containerInstances"][0]["remainingResources"]}
+    assert remaining["MEMORY"]["integerValue"] == 3000
+
+
+def hang_on_token(sim: Sim) -> None:
+    """A token PUT that an IMDS timeout fault leaves hanging; the connection drop is expected."""
+    with contextlib.suppress(OSError):
+        sim.http("PUT", "/latest/api/token", b"", {TTL_HEADER: "60"}, timeout=30)
+
+
+def test_sigterm_exits_promptly_with_open_connections(tmp_path):
+    own = start_sim(tmp_path)
+    try:
+        own.control("POST", "/instances/default/imds", {"token_fault": "timeout"})
+        hanging = threading.Thread(target=hang_on_token, args=(own,))
+        hanging.start()
+        url = f"ws://127.0.0.1:{own.port}/ws?cluster=c&containerInstance=i"
+
+        async def scenario():
+            headers = {"Authorization": FAKE_SIGV4, "X-Amz-Date": "20240101T000000Z"}
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                await asyncio.sleep(0.2)
+                started = time.monotonic()
+                own.process.send_signal(signal.SIGTERM)
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as err:
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert err.value.rcvd.code == 1001
+                return started
+
+        started = asyncio.run(scenario())
+        assert own.process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 6
+        hanging.join(timeout=5)
+    finally:
+        if own.process.poll() is None:
+            own.process.kill()
