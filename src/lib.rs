@@ -39,6 +39,7 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod tasks;
 pub mod telemetry;
 
 /// The official agent version ecs-hostd is compatible with (reported where ECS may gate features

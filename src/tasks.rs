@@ -1,0 +1,299 @@
+//! The boundary between the control plane (ACS session, state reporter) and the task engine.
+//!
+//! - ACS hands tasks to the engine through [`TaskControl`], as the JSON ACS delivered (credentials
+//!   already removed into the [`CredentialsStore`]).
+//! - The engine reports state changes through [`StateChangeSink`]: it enqueues each change in the
+//!   *same store transaction* that records its new known status, so a crash can neither lose a
+//!   change nor report one twice; the reporter sends the queue in order.
+//! - Credentials live only here, in memory: never in the store, logs or the local API.
+//!
+//! This module holds types and small in-memory helpers only; it performs no I/O.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{self, Transaction};
+
+/// A status as the ECS API accepts it in state reports (protocol spec §7.1, §8.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ReportStatus {
+    /// Anything before running (MANIFEST_PULLED, PULLED, CREATED).
+    Pending,
+    /// Running (the container's steady state).
+    Running,
+    /// Stopped.
+    Stopped,
+}
+
+impl ReportStatus {
+    /// The ECS spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Pending => "PENDING",
+            ReportStatus::Running => "RUNNING",
+            ReportStatus::Stopped => "STOPPED",
+        }
+    }
+}
+
+/// One port binding as reported (protocol spec §8.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    /// Host address, e.g. `0.0.0.0`.
+    pub bind_ip: String,
+    /// Container port (absent for ranges).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_port: Option<u16>,
+    /// Host port (absent for ranges).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_port: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `a-b`, for port ranges.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_port_range: Option<String>,
+    /// `a-b`, for port ranges.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_port_range: Option<String>,
+}
+
+/// One container's change inside a task report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerChange {
+    /// Name in the task definition.
+    pub container_name: String,
+    /// Docker id, once created.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub runtime_id: Option<String>,
+    /// Status to report.
+    pub status: ReportStatus,
+    /// Exit code, once stopped.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exit_code: Option<i32>,
+    /// Why (≤1024 chars), e.g. `CannotPullContainerError: ...`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Resolved image digest.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_digest: Option<String>,
+    /// Actual port bindings.
+    #[serde(default)]
+    pub network_bindings: Vec<NetworkBinding>,
+}
+
+/// One task state change, ready for SubmitTaskStateChange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskChange {
+    /// `taskClusterArn` of the task, or the configured cluster.
+    pub cluster: String,
+    /// Task ARN.
+    pub task_arn: String,
+    /// Task status to report.
+    pub status: ReportStatus,
+    /// Why (≤1024 chars).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Epoch seconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pull_started_at: Option<f64>,
+    /// Epoch seconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pull_stopped_at: Option<f64>,
+    /// Epoch seconds: when the first essential container stopped.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub execution_stopped_at: Option<f64>,
+    /// Container changes carried with this task change.
+    #[serde(default)]
+    pub containers: Vec<ContainerChange>,
+}
+
+/// Where the engine sends state changes.
+pub trait StateChangeSink: Send + Sync {
+    /// Adds `change` to the durable report queue inside the caller's transaction, so the engine's
+    /// state and the queued report commit together (or not at all).
+    fn enqueue(&self, tx: &Transaction<'_>, change: &TaskChange) -> Result<(), store::Error>;
+
+    /// Wakes the sender; called after the transaction committed.
+    fn notify(&self);
+
+    /// Whether STOPPED has been accepted by ECS for this task (task cleanup waits for it).
+    fn stopped_reported(&self, task_arn: &str) -> bool;
+}
+
+/// What the control plane asks of the engine.
+#[async_trait]
+pub trait TaskControl: Send + Sync {
+    /// A task from a PayloadMessage: the task object as ACS sent it, with `roleCredentials` and
+    /// `executionRoleCredentials` removed. Its `desiredStatus` says what to do; desired status only
+    /// moves forward. `Err` carries the reason to report when the task cannot be accepted.
+    async fn deliver(&self, task: serde_json::Value) -> Result<(), String>;
+
+    /// ARNs of the tasks whose desired status is RUNNING (for TaskManifest handling).
+    fn desired_running(&self) -> Vec<String>;
+
+    /// Sets a task's desired status to STOPPED (TaskStopVerificationAck).
+    async fn stop(&self, task_arn: &str) -> Result<(), String>;
+}
+
+/// Which role a credential set belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoleType {
+    /// The task's own role (`roleCredentials`, `TaskApplication`).
+    TaskApplication,
+    /// The execution role, used by the agent for ECR pulls and logs (`TaskExecution`).
+    TaskExecution,
+}
+
+/// One credential set delivered by ACS. `Debug` never shows the secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoleCredentials {
+    /// `credentialsId`.
+    pub credentials_id: String,
+    /// `roleArn`.
+    pub role_arn: String,
+    /// `accessKeyId`.
+    pub access_key_id: String,
+    /// `secretAccessKey`.
+    pub secret_access_key: String,
+    /// `sessionToken`.
+    pub session_token: String,
+    /// `expiration`, echoed exactly as received.
+    pub expiration: String,
+}
+
+impl std::fmt::Debug for RoleCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleCredentials")
+            .field("credentials_id", &self.credentials_id)
+            .field("role_arn", &self.role_arn)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Credentials by task and role, in memory only.
+#[derive(Debug, Default)]
+pub struct CredentialsStore {
+    inner: Mutex<HashMap<(String, RoleType), RoleCredentials>>,
+}
+
+impl CredentialsStore {
+    /// Stores (replaces) a task's credentials for one role.
+    pub fn set(&self, task_arn: &str, role: RoleType, creds: RoleCredentials) {
+        self.inner
+            .lock()
+            .expect("credentials lock")
+            .insert((task_arn.to_owned(), role), creds);
+    }
+
+    /// A task's credentials for one role.
+    pub fn get(&self, task_arn: &str, role: RoleType) -> Option<RoleCredentials> {
+        self.inner
+            .lock()
+            .expect("credentials lock")
+            .get(&(task_arn.to_owned(), role))
+            .cloned()
+    }
+
+    /// Drops one role's credentials of a task.
+    pub fn remove(&self, task_arn: &str, role: RoleType) {
+        self.inner
+            .lock()
+            .expect("credentials lock")
+            .remove(&(task_arn.to_owned(), role));
+    }
+
+    /// Number of credential sets held.
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("credentials lock").len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An in-memory [`StateChangeSink`] for tests: records every change; `stopped_reported` is true
+/// once a STOPPED change for the task was recorded.
+#[derive(Debug, Default)]
+pub struct RecordingSink {
+    changes: Mutex<Vec<TaskChange>>,
+    notified: tokio::sync::Notify,
+}
+
+impl RecordingSink {
+    /// Every change recorded so far, in order.
+    pub fn changes(&self) -> Vec<TaskChange> {
+        self.changes.lock().expect("sink lock").clone()
+    }
+
+    /// Waits until `notify` is called next.
+    pub async fn notified(&self) {
+        self.notified.notified().await;
+    }
+}
+
+impl StateChangeSink for RecordingSink {
+    fn enqueue(&self, _tx: &Transaction<'_>, change: &TaskChange) -> Result<(), store::Error> {
+        self.changes.lock().expect("sink lock").push(change.clone());
+        Ok(())
+    }
+
+    fn notify(&self) {
+        self.notified.notify_waiters();
+    }
+
+    fn stopped_reported(&self, task_arn: &str) -> bool {
+        self.changes
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .any(|c| c.task_arn == task_arn && c.status == ReportStatus::Stopped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_debug_hides_secrets() {
+        let c = RoleCredentials {
+            credentials_id: "cid".into(),
+            role_arn: "arn:role".into(),
+            access_key_id: "AKIASECRET".into(),
+            secret_access_key: "very-secret".into(),
+            session_token: "token-secret".into(),
+            expiration: "2030".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("cid"));
+        for secret in ["AKIASECRET", "very-secret", "token-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let store = CredentialsStore::default();
+        store.set("t", RoleType::TaskExecution, c.clone());
+        assert_eq!(store.get("t", RoleType::TaskExecution), Some(c));
+        assert_eq!(store.get("t", RoleType::TaskApplication), None);
+        store.remove("t", RoleType::TaskExecution);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn status_order_and_spelling() {
+        assert!(ReportStatus::Pending < ReportStatus::Running);
+        assert!(ReportStatus::Running < ReportStatus::Stopped);
+        assert_eq!(
+            serde_json::to_string(&ReportStatus::Stopped).unwrap(),
+            "\"STOPPED\""
+        );
+    }
+}
