@@ -577,6 +577,13 @@ impl Config {
             }));
         }
 
+        // Report in reading order: ecs.config lines, config.toml lines, environment, flags.
+        diags.sort_by_key(|d| match &d.origin {
+            Origin::EcsFile { line, .. } => (0, *line),
+            Origin::TomlFile { line, .. } => (1, *line),
+            Origin::Env => (2, 0),
+            Origin::Flag => (3, 0),
+        });
         let (errors, warnings): (Vec<_>, Vec<_>) = diags
             .into_iter()
             .partition(|d| d.severity == Severity::Error);

@@ -1,0 +1,494 @@
+//! Test harness shared by the integration tests: ec2sim (the Python stand-in for AWS and IMDS)
+//! and the real `ecs-hostd` binary as a child process.
+//!
+//! Everything binds to 127.0.0.1. A missing world (no Python venv, no Docker) makes the tests fail
+//! with a message saying how to get it, never skip.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The Python interpreter of ec2sim's venv.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("ECS_HOSTD_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("ECS_HOSTD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/ecs-hostd")
+        });
+    let found = std::fs::read_dir(&cache).ok().and_then(|dir| {
+        dir.filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.join(".complete").exists() && p.join("bin/python").exists())
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    });
+    match found {
+        Some(venv) => venv.join("bin/python"),
+        None => panic!(
+            "ec2sim's Python venv is missing (looked for ECS_HOSTD_PYTHON and {}/venv-*): run `bash scripts/test.sh`, which sets up the test world",
+            cache.display()
+        ),
+    }
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running ec2sim, stopped on drop.
+pub struct Ec2Sim {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Ec2Sim {
+    /// Starts ec2sim on a free port and waits until it is ready.
+    pub fn start() -> Ec2Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready.json");
+        let log = std::fs::File::create(dir.path().join("ec2sim.log")).unwrap();
+        let child = Command::new(python())
+            .arg(root().join("tests/ec2sim/ec2sim.py"))
+            .args(["--port", "0", "--ready-file"])
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start ec2sim");
+        let mut sim = Ec2Sim {
+            port: 0,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                sim.port = v["port"].as_u64().unwrap() as u16;
+                return sim;
+            }
+            if let Ok(Some(status)) = sim.child.try_wait() {
+                panic!(
+                    "ec2sim exited with {status} before it was ready:\n{}",
+                    sim.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ec2sim was not ready within 60 s:\n{}", sim.log());
+    }
+
+    /// Base URL (AWS endpoint and IMDS of the default instance).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// ec2sim's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ec2sim.log")).unwrap_or_default()
+    }
+
+    /// GET a control path, e.g. `/ec2sim/requests?service=ecs`.
+    pub fn get(&self, path: &str) -> Value {
+        http("GET", &format!("{}{path}", self.url()), None)
+    }
+
+    /// POST JSON to a control path.
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        http("POST", &format!("{}{path}", self.url()), Some(body))
+    }
+
+    /// The default instance's id.
+    pub fn default_instance(&self) -> String {
+        self.get("/ec2sim/instances/default")["instance_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Creates another EC2 instance; returns (instance id, its IMDS base URL).
+    pub fn new_instance(&self, extra: Value) -> (String, String) {
+        let v = self.post("/ec2sim/instances", extra);
+        (
+            v["instance_id"].as_str().unwrap().to_owned(),
+            v["imds"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Recorded AWS requests of one service/operation.
+    pub fn requests(&self, service: &str, operation: &str) -> Vec<Value> {
+        self.get(&format!(
+            "/ec2sim/requests?service={service}&operation={operation}"
+        ))["requests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sets (or clears, with `mode: null`) a fault.
+    pub fn fault(&self, body: Value) {
+        self.post("/ec2sim/faults", body);
+    }
+
+    /// An ECS client as a user would build it, pointed at ec2sim.
+    pub async fn ecs(&self) -> aws_sdk_ecs::Client {
+        let creds =
+            aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "test");
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.url())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+            .load()
+            .await;
+        aws_sdk_ecs::Client::new(&conf)
+    }
+}
+
+impl Drop for Ec2Sim {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking JSON HTTP call (tests are simple; a tiny client keeps them readable).
+pub fn http(method: &str, url: &str, body: Option<Value>) -> Value {
+    let (method, url) = (method.to_owned(), url.to_owned());
+    // On a thread of its own, so async tests can call it too.
+    std::thread::spawn(move || http_blocking(&method, &url, body))
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn http_blocking(method: &str, url: &str, body: Option<Value>) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let mut req = match method {
+            "GET" => c.get(url),
+            "POST" => c.post(url),
+            "DELETE" => c.delete(url),
+            m => panic!("method {m}"),
+        };
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{method} {url}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    })
+}
+
+/// Creates an ECS cluster in ec2sim.
+pub async fn create_cluster(sim: &Ec2Sim, name: &str) {
+    sim.ecs()
+        .await
+        .create_cluster()
+        .cluster_name(name)
+        .send()
+        .await
+        .expect("create cluster");
+}
+
+/// A unique name for this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// How to start the agent.
+pub struct AgentSpec {
+    pub cluster: String,
+    pub data_dir: PathBuf,
+    pub api_port: u16,
+    pub imds: String,
+    pub endpoint: String,
+    pub env: Vec<(String, String)>,
+    pub ecs_config: String,
+    pub subcommand: &'static str,
+}
+
+impl AgentSpec {
+    /// The agent against `sim`'s default instance, in cluster `cluster`, with its own data dir
+    /// and API port. Subsystems that would add noise to a test are turned off by default.
+    pub fn new(sim: &Ec2Sim, cluster: &str, data_dir: &Path) -> AgentSpec {
+        AgentSpec {
+            cluster: cluster.to_owned(),
+            data_dir: data_dir.to_owned(),
+            api_port: free_port(),
+            imds: sim.url(),
+            endpoint: sim.url(),
+            env: vec![("ECS_HOSTD_DOCKER_WATCHDOG".into(), "false".into())],
+            ecs_config: String::new(),
+            subcommand: "run",
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> AgentSpec {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn start(&self) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let ecs_config = dir.path().join("ecs.config");
+        std::fs::write(&ecs_config, &self.ecs_config).unwrap();
+        let toml = dir.path().join("config.toml");
+        std::fs::write(&toml, "").unwrap();
+        let log_path = dir.path().join("agent.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecs-hostd"));
+        cmd.arg(self.subcommand)
+            .arg("--ecs-config")
+            .arg(&ecs_config)
+            .arg("--config")
+            .arg(&toml)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("RUST_LOG", "info,ecs_hostd=debug")
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds)
+            .env("ECS_CLUSTER", &self.cluster)
+            .env("ECS_DATADIR", &self.data_dir)
+            .env("ECS_HOSTD_API_ADDR", format!("127.0.0.1:{}", self.api_port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Ok(h) = std::env::var("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", h);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start ecs-hostd");
+        Agent {
+            child,
+            api: SocketAddr::from(([127, 0, 0, 1], self.api_port)),
+            log_path,
+            _dir: dir,
+        }
+    }
+}
+
+/// A running agent process.
+pub struct Agent {
+    pub child: Child,
+    pub api: SocketAddr,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `GET /v1/metadata`, if the API answers.
+    pub fn metadata(&self) -> Option<Value> {
+        let url = format!("http://{}/v1/metadata", self.api);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let r = reqwest::Client::new()
+                    .get(url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?;
+                r.json().await.ok()
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Waits until the agent reports a container instance ARN; returns it.
+    pub fn wait_registered(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(m) = self.metadata()
+                && let Some(arn) = m["ContainerInstanceArn"].as_str()
+            {
+                return arn.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent exited with {status} before registering:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent did not register within {within:?}:\n{}", self.log());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent did not exit within {within:?}:\n{}", self.log());
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident set size in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `ecs-hostd check` with the given environment and ecs.config text; returns (exit code,
+/// output).
+pub fn run_check(env: &[(&str, &str)], ecs_config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ecs.config");
+    std::fs::write(&cfg, ecs_config).unwrap();
+    let toml = dir.path().join("config.toml");
+    std::fs::write(&toml, "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecs-hostd"));
+    cmd.arg("check")
+        .arg("--ecs-config")
+        .arg(&cfg)
+        .arg("--config")
+        .arg(&toml)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Describes one container instance through the SDK.
+pub async fn describe_instance(sim: &Ec2Sim, cluster: &str, arn: &str) -> Value {
+    let out = sim
+        .ecs()
+        .await
+        .describe_container_instances()
+        .cluster(cluster)
+        .container_instances(arn)
+        .send()
+        .await
+        .expect("describe container instances");
+    let ci = out
+        .container_instances()
+        .first()
+        .cloned()
+        .expect("instance described");
+    let resources: Vec<Value> = ci
+        .registered_resources()
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name(),
+                "integer": r.integer_value(),
+                "set": r.string_set_value(),
+            })
+        })
+        .collect();
+    let attributes: Vec<Value> = ci
+        .attributes()
+        .iter()
+        .map(|a| json!({"name": a.name(), "value": a.value()}))
+        .collect();
+    json!({
+        "arn": ci.container_instance_arn(),
+        "ec2InstanceId": ci.ec2_instance_id(),
+        "status": ci.status(),
+        "resources": resources,
+        "attributes": attributes,
+    })
+}
