@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The agent's main job on this machine, against the local test world: set up Docker, ec2sim and
+# the test image; build ecs-hostd; start it as the daemon would run; show the container instance
+# registered in (emulated) ECS exactly as a user sees it with boto3; stop everything.
+#
+#   bash scripts/demo.sh            # debug build (fast to build)
+#   DEMO_PROFILE=release bash scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/world.sh
+world_setup
+
+PROFILE="${DEMO_PROFILE:-debug}"
+log "building ecs-hostd ($PROFILE)"
+if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+BIN="target/$PROFILE/ecs-hostd"
+
+WORK=$(mktemp -d)
+EC2SIM_LOG="$WORK/ec2sim.log"
+world_ec2sim
+AGENT_PID=""
+cleanup() {
+  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+  kill "$EC2SIM_PID" 2>/dev/null && wait "$EC2SIM_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ENDPOINT="http://127.0.0.1:$EC2SIM_PORT"
+API_PORT=$("$ECS_HOSTD_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export AWS_ACCESS_KEY_ID=AKIDDEMO AWS_SECRET_ACCESS_KEY=demo AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL="$ENDPOINT" AWS_EC2_METADATA_SERVICE_ENDPOINT="$ENDPOINT"
+
+PY="$ECS_HOSTD_PYTHON"
+boto() { "$PY" - "$@"; }
+
+log "creating cluster 'demo' (boto3, as a user would)"
+boto <<'PY'
+import boto3, os
+ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+ecs.create_cluster(clusterName="demo")
+PY
+
+# What user-data writes on a real instance.
+printf 'ECS_CLUSTER=demo\nECS_RESERVED_MEMORY=32\nECS_INSTANCE_ATTRIBUTES={"demo":"yes"}\n' >"$WORK/ecs.config"
+: >"$WORK/config.toml"
+
+log "pre-flight: ecs-hostd check"
+# The harness's own variables are not the agent's business.
+unset ECS_HOSTD_PYTHON ECS_HOSTD_TEST_IMAGE
+"$BIN" check --ecs-config "$WORK/ecs.config" --config "$WORK/config.toml"
+
+log "starting: ecs-hostd run"
+START=$(date +%s.%N)
+ECS_DATADIR="$WORK/data" ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" ECS_HOSTD_DOCKER_WATCHDOG=false \
+  "$BIN" run --ecs-config "$WORK/ecs.config" --config "$WORK/config.toml" >"$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 600); do
+  if ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" "$BIN" status --ecs-config /dev/null --config "$WORK/config.toml" 2>/dev/null | grep -q 'instance:  arn:'; then break; fi
+  kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent.log"; log "the agent exited"; exit 1; }
+  sleep 0.05
+done
+END=$(date +%s.%N)
+printf '\nregistered %.2f s after start\n\n' "$(echo "$END - $START" | bc -l 2>/dev/null || python3 -c "print($END-$START)")"
+
+log "ecs-hostd status"
+ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" "$BIN" status --ecs-config /dev/null --config "$WORK/config.toml"
+
+log "what ECS knows (boto3 describe_container_instances)"
+boto <<'PY'
+import boto3, os
+ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+arns = ecs.list_container_instances(cluster="demo")["containerInstanceArns"]
+ci = ecs.describe_container_instances(cluster="demo", containerInstances=arns)["containerInstances"][0]
+print("container instance:", ci["containerInstanceArn"])
+print("ec2 instance:      ", ci["ec2InstanceId"], "status", ci["status"])
+for r in ci["registeredResources"]:
+    value = r["stringSetValue"] if r["type"] == "STRINGSET" else r["integerValue"]
+    print(f"  {r['name']:<9} {value}")
+attrs = {a["name"]: a.get("value") for a in ci["attributes"]}
+print("attributes:        ", len(attrs), "e.g. demo =", attrs.get("demo"), "| ecs.os-type =", attrs.get("ecs.os-type"))
+PY
+
+log "stopping the agent (SIGTERM)"
+kill "$AGENT_PID"; wait "$AGENT_PID" && echo "agent exited 0"; AGENT_PID=""
+grep -E 'ecs-hostd started|Registered container instance' "$WORK/agent.log" | sed 's/^/  log: /'
