@@ -938,6 +938,16 @@ pub static SETTINGS: &[Setting] = &[
         }
     ),
     s!(
+        "ECS_HOSTD_WATCHDOG_RESTART_BACKOFF",
+        Some("watchdog.restart_backoff"),
+        "10s",
+        "Wait after a Docker repair before the next; tripled per repair, at most 5m.",
+        |c, v, _| {
+            c.watchdog.restart_backoff = clamp_min(duration(v)?, secs(1), &mut Vec::new());
+            Ok(())
+        }
+    ),
+    s!(
         "ECS_HOSTD_LIFECYCLE_HOOK",
         Some("lifecycle.hook"),
         "-",
