@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once per machine) the Debian image whose booted systemd is the "instance" for the
 # systemd tests (tests/systemd_*.rs): a real systemd 252 as PID 1, dbus, and Debian's docker.io
-# managed by it. Offline apart from Debian's package archive (the mirror this machine's apt uses).
+# managed by it, and ca-certificates as on every EC2 AMI (the AWS SDK refuses to start without
+# root certificates). Offline apart from Debian's package archive (the mirror apt uses here).
 #
 # The image is tagged with a hash of its inputs (this script, suite, package list, mirror) and
 # reused when present; a fresh machine builds it in about 4 minutes (570 MB). Prints the tag on
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,docker.io,iproute2
+PACKAGES=systemd,systemd-sysv,dbus,docker.io,iproute2,ca-certificates
 REPO=ecs-hostd-test/systemd
 CACHE="${ECS_HOSTD_CACHE:-$HOME/.cache/ecs-hostd}"
 
