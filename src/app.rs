@@ -202,7 +202,7 @@ async fn start_and_serve(
         metrics: vec![watchdog_stats.clone()],
     };
     let api_addr = config.api_addr;
-    let api_beat = supervisor.heartbeat("api", API_BEAT * 3);
+    let api_beat = supervisor.heartbeat("api", API_MAX_SILENCE);
     supervisor.spawn("api", move |token| {
         let state = api_state.clone();
         let beat = api_beat.clone();
@@ -230,6 +230,9 @@ async fn start_and_serve(
 
 /// How often the API subsystem beats.
 const API_BEAT: Duration = Duration::from_secs(5);
+/// Silence after which the API counts as wedged: longer than the supervisor's longest restart
+/// backoff (60 s), so an API that fails and is being restarted is not mistaken for a wedge.
+const API_MAX_SILENCE: Duration = Duration::from_secs(90);
 
 /// Spawns what keeps the host healthy from the first second: the Docker watchdog (repairs
 /// docker.service through systemd, or only pings and reports), the systemd watchdog pinger

@@ -448,10 +448,12 @@ impl Instance {
 
     /// The agent's `/metrics`, fetched inside with bash's /dev/tcp (the image has no curl).
     pub fn metrics(&self) -> String {
-        self.try_sh(
-            "exec 3<>/dev/tcp/127.0.0.1/51678 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
-        )
-        .1
+        let out = self.exec(&[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/51678 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// One counter or gauge from `/metrics`.
