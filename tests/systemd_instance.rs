@@ -33,10 +33,17 @@ fn options(cluster: &str, service_lines: &[&str]) -> InstanceOptions {
 
 /// Boots an instance with ec2sim, installs the agent and waits for READY.
 fn registered(test: &str, service_lines: &[&str]) -> (Ec2Sim, Instance) {
+    registered_with(test, service_lines, &[])
+}
+
+fn registered_with(test: &str, service_lines: &[&str], ecs_config: &[&str]) -> (Ec2Sim, Instance) {
     let sim = Ec2Sim::start();
     sim.create_cluster(test);
     let inst = Instance::boot(test, Some(&sim));
-    inst.install_agent(Some(&sim), &options(test, service_lines));
+    let mut opts = options(test, service_lines);
+    opts.ecs_config
+        .extend(ecs_config.iter().map(|s| s.to_string()));
+    inst.install_agent(Some(&sim), &opts);
     inst.wait_agent_ready(Duration::from_secs(90));
     (sim, inst)
 }
@@ -359,4 +366,39 @@ fn the_agent_waits_for_a_masked_docker_without_crash_looping() {
     inst.wait_agent_ready(Duration::from_secs(60));
     assert_eq!(inst.prop("docker", "ActiveState"), "active");
     assert!(inst.arn().starts_with("arn:aws:ecs:"));
+}
+
+#[test]
+fn with_the_watchdog_off_docker_is_reported_not_repaired() {
+    let (_sim, inst) = registered_with("off", &[], &["ECS_HOSTD_DOCKER_WATCHDOG=false"]);
+    inst.sh("systemctl disable --now docker.socket docker.service");
+    wait_for(
+        "the withheld repair to be reported",
+        Duration::from_secs(30),
+        || {
+            inst.journal("ecs-hostd")
+                .contains("repair is off (watchdog.enabled=false)")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(inst.is_enabled("docker.service"), "disabled");
+    assert_eq!(inst.prop("docker", "ActiveState"), "inactive");
+    assert_eq!(
+        inst.metric("ecs_hostd_docker_watchdog_repair_enabled"),
+        Some(0.0)
+    );
+    assert_eq!(inst.metric("ecs_hostd_docker_healthy"), Some(0.0));
+    let status = inst.status();
+    assert!(status.contains("FAIL docker"), "{status}");
+    assert!(
+        status.contains("ECS_HOSTD_DOCKER_WATCHDOG=false"),
+        "{status}"
+    );
+    // Reported once per reason, not once per round.
+    let withheld = inst
+        .journal("ecs-hostd")
+        .matches("Docker repair withheld.")
+        .count();
+    assert!(withheld <= 3, "{withheld} withheld lines");
 }

@@ -280,11 +280,14 @@ impl Watchdog {
             let now = tokio::time::Instant::now().into_std();
             let decision = policy.decide(&obs, now);
             self.count(&obs, &decision);
-            if decision.held != last_held {
+            // Logged when the reason changes, not every round: counts and seconds left do not
+            // make a new reason.
+            let held_key = decision.held.as_deref().map(without_digits);
+            if held_key != last_held {
                 if let Some(h) = &decision.held {
                     warn!(reason = %h, "Docker repair withheld.");
                 }
-                last_held = decision.held.clone();
+                last_held = held_key;
             }
             if let Link::Up(manager) = &link {
                 for (action, reason) in &decision.actions {
@@ -357,6 +360,18 @@ impl Watchdog {
                 let s = m.unit_state(SERVICE).await?;
                 let k = m.unit_state(SOCKET).await?;
                 Ok::<_, systemd_dbus::Error>((s, k))
+            };
+            // One bound for the whole read, so a busy PID 1 cannot stall the round (and its
+            // heartbeat) for longer than one call would.
+            let units = async {
+                tokio::time::timeout(systemd_dbus::DBUS_TIMEOUT, units)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(systemd_dbus::Error::Timeout {
+                            op: "read unit state",
+                            unit: format!("{SERVICE}, {SOCKET}"),
+                        })
+                    })
             };
             match units.await {
                 Ok((s, k)) => (service, socket) = (s, k),
@@ -518,6 +533,10 @@ fn action_text(a: &Action) -> String {
 
 fn unit_text(u: Option<&policy::UnitState>) -> String {
     u.map_or_else(|| "unknown".to_owned(), ToString::to_string)
+}
+
+fn without_digits(s: &str) -> String {
+    s.chars().filter(|c| !c.is_ascii_digit()).collect()
 }
 
 fn unix_now() -> u64 {
