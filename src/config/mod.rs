@@ -165,7 +165,7 @@ pub struct WatchdogConfig {
     pub timeout: Duration,
     /// Consecutive failures before a restart.
     pub failure_threshold: u32,
-    /// Ceiling on docker.service restarts per hour.
+    /// Ceiling on docker.service starts and restarts by the watchdog per hour.
     pub max_restarts_per_hour: u32,
     /// Wait after a repair before the next one; tripled per repair up to 5 minutes.
     pub restart_backoff: Duration,

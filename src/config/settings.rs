@@ -931,7 +931,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_WATCHDOG_MAX_RESTARTS_PER_HOUR",
         Some("watchdog.max_restarts_per_hour"),
         "6",
-        "Ceiling on docker.service restarts per hour.",
+        "Ceiling on docker.service starts and restarts by the watchdog per hour; then it only reports.",
         |c, v, _| {
             c.watchdog.max_restarts_per_hour = number(v)?.min(1000) as u32;
             Ok(())
