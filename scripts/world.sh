@@ -69,11 +69,19 @@ world_images() {
   export ECS_HOSTD_TEST_IMAGE="$TEST_IMAGE"
 }
 
+# The booted-systemd "instance" image for tests/systemd_instance.rs (debootstrap, once per
+# machine, about 4 minutes; reused afterwards). Sets ECS_HOSTD_SYSTEMD_IMAGE.
+world_systemd_image() {
+  ECS_HOSTD_SYSTEMD_IMAGE=$(bash "$ROOT/tests/systemd/build-image.sh")
+  export ECS_HOSTD_SYSTEMD_IMAGE
+}
+
 world_setup() {
   world_packages
   world_venv
   world_docker
   world_images
+  world_systemd_image
 }
 
 # Starts ec2sim in the background; sets EC2SIM_PORT and EC2SIM_PID.

@@ -1,15 +1,16 @@
 //! `ecs-hostd run`: wiring only. Builds the parts in the order of protocol spec §2, spawns the
 //! long-running subsystems under the supervisor, owns signals and turns the end into an exit code.
 //!
-//! Order: open the store → wait for Docker → read the instance identity → register → READY=1 →
-//! serve the local API (and the subsystems later issues add) → wait for SIGTERM or a terminal
-//! failure → STOPPING=1 → cancel and drain within the stop deadline.
+//! Order: open the store → start the Docker watchdog and the systemd watchdog pinger → wait for
+//! Docker → read the instance identity → register → READY=1 → serve the local API (and the
+//! subsystems later issues add) → wait for SIGTERM or a terminal failure → STOPPING=1 → cancel
+//! and drain within the stop deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -23,7 +24,7 @@ use crate::host::HostFacts;
 use crate::imds::ImdsClient;
 use crate::store::Store;
 use crate::supervisor::{Failure, Supervisor};
-use crate::{docker, systemd};
+use crate::{docker, systemd, watchdog};
 
 /// How long subsystems get to finish after SIGTERM; below the unit's `TimeoutStopSec=30s`.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
@@ -67,6 +68,26 @@ pub async fn run(config: Config) -> Outcome {
 
 async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> Outcome {
     let board = health::Board::new();
+    let (supervisor, terminal_rx) = Supervisor::new(cancel.clone());
+    let outcome = start_and_serve(config, &supervisor, &board, terminal_rx).await;
+    systemd::stopping();
+    info!("Stopping.");
+    if !supervisor.shutdown(STOP_DEADLINE).await {
+        warn!(deadline = ?STOP_DEADLINE, "Some subsystems did not stop in time.");
+    }
+    if let Outcome::Terminal(msg) = &outcome {
+        error!(reason = %msg, "Stopped on a terminal failure; systemd will not restart ecs-hostd until an operator acts.");
+    }
+    outcome
+}
+
+async fn start_and_serve(
+    config: Config,
+    supervisor: &Supervisor,
+    board: &health::Board,
+    mut terminal_rx: mpsc::UnboundedReceiver<String>,
+) -> Outcome {
+    let cancel = supervisor.token().clone();
     let store = match Store::open(&config.store_path()) {
         Ok(s) => s,
         Err(e) => return Outcome::Error(e.to_string()),
@@ -76,23 +97,25 @@ async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> Outco
         Err(e) => return Outcome::Error(e.to_string()),
     };
 
-    // Docker first (spec §2 step 2): wait with backoff, never crash-loop at boot.
-    let docker_ep = docker::endpoint(config.docker_host.as_deref());
-    let docker = match docker::connect(config.docker_host.as_deref()) {
-        Ok(d) => d,
-        Err(e) => return Outcome::Terminal(e.to_string()),
-    };
+    // Docker first (spec §2 step 2): wait with backoff, never crash-loop at boot. The Docker
+    // watchdog and the systemd pinger start before the wait: a disabled or failed docker.service
+    // at boot is repaired by the watchdog, not waited for forever.
+    let watchdog_stats = Arc::new(watchdog::Stats::default());
+    let draining = watchdog::Draining::new();
+    spawn_health_subsystems(&config, supervisor, board, &watchdog_stats, &draining);
     systemd::status("waiting for Docker");
     board.set("docker", false, "waiting for Docker");
-    let engine = match docker::wait_ready(&docker, &docker_ep, &cancel, |e| {
-        systemd::status(&format!("waiting for Docker: {e}"));
-    })
-    .await
-    {
-        Ok(info) => info,
-        Err(docker::Error::Cancelled) => return Outcome::Clean,
-        Err(e) => return Outcome::Error(e.to_string()),
-    };
+    let (_docker, engine) =
+        match docker::connect_ready(config.docker_host.as_deref(), &cancel, |e| {
+            systemd::status(&format!("waiting for Docker: {e}"));
+        })
+        .await
+        {
+            Ok(ready) => ready,
+            Err(docker::Error::Cancelled) => return Outcome::Clean,
+            Err(e) if e.is_retryable() => return Outcome::Error(e.to_string()),
+            Err(e) => return Outcome::Terminal(e.to_string()),
+        };
     board.set(
         "docker",
         true,
@@ -156,78 +179,113 @@ async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> Outco
         docker.version = %engine.version,
         "ecs-hostd started."
     );
-    systemd::ready(&format!(
+    let ready_text = format!(
         "registered as {} in {}",
         registration.container_instance_arn, registration.cluster
-    ));
+    );
+    systemd::ready(&ready_text);
+    let status_board = board.clone();
+    supervisor.spawn("systemd-status", move |token| {
+        let board = status_board.clone();
+        let text = ready_text.clone();
+        async move {
+            systemd::run_status(board, text, token).await;
+            Ok(())
+        }
+    });
 
-    let (supervisor, mut terminal_rx) = Supervisor::new(cancel.clone());
     let api_state = ApiState {
         cluster: config.cluster.clone(),
         registration: reg_rx,
         health: board.clone(),
         tasks: Arc::new(api::NoTasks),
-        metrics: Vec::new(),
+        metrics: vec![watchdog_stats.clone()],
     };
     let api_addr = config.api_addr;
+    let api_beat = supervisor.heartbeat("api", API_MAX_SILENCE);
     supervisor.spawn("api", move |token| {
         let state = api_state.clone();
+        let beat = api_beat.clone();
         async move {
-            api::serve(api_addr, state, token)
-                .await
-                .map_err(|e| Failure::transient(format!("local API on {api_addr}: {e}")))
+            // The beat shares the server's task: it stops when that task is wedged.
+            let mut tick = tokio::time::interval(API_BEAT);
+            let serve = api::serve(api_addr, state, token);
+            tokio::pin!(serve);
+            loop {
+                tokio::select! {
+                    r = &mut serve => return r.map_err(|e| Failure::transient(format!("local API on {api_addr}: {e}"))),
+                    _ = tick.tick() => beat.beat(),
+                }
+            }
         }
     });
-    spawn_systemd_watchdog(&supervisor, &board);
 
     let outcome = tokio::select! {
         _ = cancel.cancelled() => Outcome::Clean,
         Some(msg) = terminal_rx.recv() => Outcome::Terminal(msg),
     };
-    systemd::stopping();
-    info!("Stopping.");
-    if !supervisor.shutdown(STOP_DEADLINE).await {
-        warn!(deadline = ?STOP_DEADLINE, "Some subsystems did not stop in time.");
-    }
     drop(reg_tx);
-    if let Outcome::Terminal(msg) = &outcome {
-        error!(reason = %msg, "Stopped on a terminal failure; systemd will not restart ecs-hostd until an operator acts.");
-    }
     outcome
 }
 
-/// Sends `WATCHDOG=1` at half the interval systemd asked for, but only while every supervised
-/// heartbeat is fresh: a wedged agent stops pinging and systemd restarts it.
-fn spawn_systemd_watchdog(supervisor: &Supervisor, board: &health::Board) {
-    let Some(interval) = systemd::watchdog_interval() else {
-        return;
-    };
-    let sup = supervisor.clone();
-    let board = board.clone();
+/// How often the API subsystem beats.
+const API_BEAT: Duration = Duration::from_secs(5);
+/// Silence after which the API counts as wedged: longer than the supervisor's longest restart
+/// backoff (60 s), so an API that fails and is being restarted is not mistaken for a wedge.
+const API_MAX_SILENCE: Duration = Duration::from_secs(90);
+
+/// Spawns what keeps the host healthy from the first second: the Docker watchdog (repairs
+/// docker.service through systemd, or only pings and reports), the systemd watchdog pinger
+/// (`WATCHDOG=1` only while every heartbeat is fresh), and, in debug builds, the test hook that
+/// wedges a subsystem (`ECS_HOSTD_TEST_WEDGE_AFTER`).
+fn spawn_health_subsystems(
+    config: &Config,
+    supervisor: &Supervisor,
+    board: &health::Board,
+    stats: &Arc<watchdog::Stats>,
+    draining: &watchdog::Draining,
+) {
+    let wd_config = config.watchdog.clone();
+    let wd_beat = supervisor.heartbeat(
+        "docker-watchdog",
+        watchdog::Watchdog::max_silence(&wd_config),
+    );
+    let wd_host = config.docker_host.clone();
+    let (wd_board, wd_stats, wd_draining) = (board.clone(), stats.clone(), draining.clone());
+    supervisor.spawn("docker-watchdog", move |token| {
+        let w = watchdog::Watchdog {
+            config: wd_config.clone(),
+            docker_host: wd_host.clone(),
+            systemd: watchdog::Systemd::Dbus,
+            board: wd_board.clone(),
+            stats: wd_stats.clone(),
+            draining: wd_draining.clone(),
+            heartbeat: Some(wd_beat.clone()),
+        };
+        w.run(token)
+    });
+
+    let (sup, pinger_board) = (supervisor.clone(), board.clone());
+    let interval = systemd::watchdog_interval();
     supervisor.spawn("systemd-watchdog", move |token| {
-        let sup = sup.clone();
-        let board = board.clone();
+        let (sup, board) = (sup.clone(), pinger_board.clone());
         async move {
-            let mut tick = tokio::time::interval(interval / 2);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return Ok(()),
-                    _ = tick.tick() => {}
-                }
-                let stale = sup.stale();
-                if stale.is_empty() {
-                    systemd::watchdog_ping();
-                    board.set("supervisor", true, "all subsystems alive");
-                } else {
-                    warn!(
-                        ?stale,
-                        "Subsystems stopped beating; withholding the systemd watchdog ping."
-                    );
-                    board.set("supervisor", false, format!("stale: {}", stale.join(", ")));
-                }
-            }
+            systemd::run_pinger(sup, board, interval, token).await;
+            Ok(())
         }
     });
+
+    if let Some(after) = systemd::wedge_after() {
+        warn!(after = ?after, hook = systemd::WEDGE_ENV, "Test hook armed: a subsystem will wedge.");
+        let beat = supervisor.heartbeat("test-wedge", Duration::from_secs(1));
+        supervisor.spawn("test-wedge", move |token| {
+            let beat = beat.clone();
+            async move {
+                systemd::run_wedge(beat, after, token).await;
+                Ok(())
+            }
+        });
+    }
 }
 
 struct Signals {

@@ -41,6 +41,7 @@ pub mod supervisor;
 pub mod systemd;
 pub mod tasks;
 pub mod telemetry;
+pub mod watchdog;
 
 /// The official agent version ecs-hostd is compatible with (reported where ECS may gate features
 /// on it).

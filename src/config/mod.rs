@@ -165,8 +165,10 @@ pub struct WatchdogConfig {
     pub timeout: Duration,
     /// Consecutive failures before a restart.
     pub failure_threshold: u32,
-    /// Ceiling on docker.service restarts per hour.
+    /// Ceiling on docker.service starts and restarts by the watchdog per hour.
     pub max_restarts_per_hour: u32,
+    /// Wait after a repair before the next one; tripled per repair up to 5 minutes.
+    pub restart_backoff: Duration,
 }
 
 /// Fleet lifecycle settings (`[lifecycle]` in config.toml).
@@ -296,6 +298,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(10),
                 failure_threshold: 3,
                 max_restarts_per_hour: 6,
+                restart_backoff: Duration::from_secs(10),
             },
             lifecycle: LifecycleConfig {
                 spot_instance_draining: false,

@@ -931,9 +931,19 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_WATCHDOG_MAX_RESTARTS_PER_HOUR",
         Some("watchdog.max_restarts_per_hour"),
         "6",
-        "Ceiling on docker.service restarts per hour.",
+        "Ceiling on docker.service starts and restarts by the watchdog per hour; then it only reports.",
         |c, v, _| {
             c.watchdog.max_restarts_per_hour = number(v)?.min(1000) as u32;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_WATCHDOG_RESTART_BACKOFF",
+        Some("watchdog.restart_backoff"),
+        "10s",
+        "Wait after a Docker repair before the next; tripled per repair, at most 5m.",
+        |c, v, _| {
+            c.watchdog.restart_backoff = clamp_min(duration(v)?, secs(1), &mut Vec::new());
             Ok(())
         }
     ),

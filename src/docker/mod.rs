@@ -47,6 +47,20 @@ pub enum Error {
     Cancelled,
 }
 
+impl Error {
+    /// Whether waiting can help: an engine that does not answer yet, or whose socket does not
+    /// exist yet (docker.socket not started at boot), may come; a malformed `DOCKER_HOST` will not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { source, .. } => {
+                matches!(source, bollard::errors::Error::SocketNotFoundError(_))
+            }
+            Error::Unreachable { .. } => true,
+            Error::Cancelled => false,
+        }
+    }
+}
+
 /// What the engine says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineInfo {
@@ -128,5 +142,59 @@ pub async fn wait_ready(
                 }
             }
         }
+    }
+}
+
+/// Connects to `docker_host` and waits until the engine answers, with backoff, also while the
+/// socket does not exist yet. Fails only on a malformed endpoint or cancellation.
+pub async fn connect_ready(
+    docker_host: Option<&str>,
+    cancel: &CancellationToken,
+    mut on_wait: impl FnMut(&Error),
+) -> Result<(Docker, EngineInfo), Error> {
+    let ep = endpoint(docker_host);
+    let mut backoff = WAIT_RETRY.start();
+    let mut logged = false;
+    let docker = loop {
+        match connect(docker_host) {
+            Ok(d) => break d,
+            Err(e) if e.is_retryable() => {
+                if !logged {
+                    warn!(error = %e, "Waiting for the Docker socket.");
+                    logged = true;
+                }
+                on_wait(&e);
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Error::Cancelled),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let info = wait_ready(&docker, &ep, cancel, on_wait).await?;
+    Ok((docker, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_socket_is_waited_for_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("unix://{}", dir.path().join("docker.sock").display());
+        let err = connect(Some(&host)).unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let mut waits = 0;
+        let task = async { connect_ready(Some(&host), &c, |_| waits += 1).await };
+        let (result, ()) = tokio::join!(task, async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            cancel.cancel();
+        });
+        assert!(matches!(result, Err(Error::Cancelled)));
+        assert!(waits >= 3, "{waits}");
     }
 }
