@@ -346,3 +346,19 @@ fn every_setting_is_documented_in_the_readme() {
         }
     }
 }
+
+#[test]
+fn every_setting_is_in_the_packaged_example_file() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/ecs.config.example"
+    ))
+    .expect("packaging/ecs.config.example");
+    for s in SETTINGS {
+        assert!(
+            example.contains(&format!("#{}=", s.key)),
+            "packaging/ecs.config.example lacks {}",
+            s.key
+        );
+    }
+}
