@@ -135,6 +135,9 @@ async fn start_and_serve(
         .region
         .clone()
         .unwrap_or_else(|| identity.document.region.clone());
+    if let Err(e) = crate::aws::check_root_certificates() {
+        return Outcome::Terminal(e);
+    }
     let sdk = crate::aws::sdk_config(&region).await;
     let ecs = SdkEcs::new(&sdk, config.ecs_endpoint.as_deref());
 

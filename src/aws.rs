@@ -18,6 +18,32 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(42);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where TLS root certificates are looked for (Debian/Ubuntu, Amazon Linux/RHEL, SUSE, Alpine).
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+];
+
+/// Checks that the host has TLS root certificates. Without them the SDK's HTTPS client cannot be
+/// built (it would panic), so the agent reports this as a terminal condition instead.
+pub fn check_root_certificates() -> Result<(), String> {
+    let from_env = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .iter()
+        .filter_map(|k| std::env::var_os(k))
+        .any(|p| std::path::Path::new(&p).exists());
+    if from_env || CA_BUNDLES.iter().any(|p| std::path::Path::new(p).exists()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no TLS root certificates on this host (looked for {} and SSL_CERT_FILE/SSL_CERT_DIR); install the ca-certificates package",
+            CA_BUNDLES.join(", ")
+        ))
+    }
+}
+
 /// Loads the SDK configuration for `region`, with one attempt per call and bounded timeouts.
 /// Credentials follow the default chain (environment, profile, IMDS instance role).
 pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {

@@ -140,6 +140,11 @@ pub async fn run(opts: &LoadOptions) -> Vec<Line> {
         out.push(line("cluster", false, "skipped: no region"));
         return out;
     };
+    if let Err(e) = crate::aws::check_root_certificates() {
+        out.push(line("credentials", false, e.clone()));
+        out.push(line("cluster", false, "skipped: no TLS root certificates"));
+        return out;
+    }
     let sdk = crate::aws::sdk_config(&region).await;
     let creds_ok = match sdk.credentials_provider() {
         None => {
