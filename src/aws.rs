@@ -32,7 +32,7 @@ const CA_BUNDLES: &[&str] = &[
 pub fn check_root_certificates() -> Result<(), String> {
     let from_env = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
         .iter()
-        .filter_map(|k| std::env::var_os(k))
+        .filter_map(std::env::var_os)
         .any(|p| std::path::Path::new(&p).exists());
     if from_env || CA_BUNDLES.iter().any(|p| std::path::Path::new(p).exists()) {
         Ok(())
