@@ -48,6 +48,44 @@ struct Entry {
     datums: Vec<(u32, Datum)>,
 }
 
+/// An entry as [`Spool::open`] reads it: the datums are counted, never materialised, so opening a
+/// full spool does not allocate every datum at once.
+#[derive(Deserialize)]
+struct EntryHead {
+    #[serde(rename = "ns")]
+    namespace: String,
+    #[serde(rename = "ts")]
+    timestamp_ms: i64,
+    #[serde(rename = "d")]
+    datums: Count,
+}
+
+/// The length of a JSON array, skipping its elements.
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Meta {
     namespace: String,
@@ -98,19 +136,19 @@ fn seq_of(key: &str) -> u64 {
 impl Spool {
     /// Opens the spool in `store`, rebuilding the index from what a previous process left.
     pub fn open(store: Store, max_datums: usize, max_age_ms: i64) -> Result<Spool, Error> {
-        let entries: Vec<(String, Entry)> = store.list(SPOOL)?;
+        let entries: Vec<(String, EntryHead)> = store.list(SPOOL)?;
         let mut index = BTreeMap::new();
         let mut total = 0;
         let mut seq = 0;
         for (k, e) in entries {
             seq = seq.max(seq_of(&k) + 1);
-            total += e.datums.len();
+            total += e.datums.0;
             index.insert(
                 k,
                 Meta {
                     namespace: e.namespace,
                     timestamp_ms: e.timestamp_ms,
-                    len: e.datums.len(),
+                    len: e.datums.0,
                 },
             );
         }
