@@ -337,6 +337,50 @@ mod tests {
         }
     }
 
+    /// metrics.md §12 test 6: each failure maps to the class whose action §7.3 prescribes.
+    #[test]
+    fn sdk_failures_are_classified_as_7_3_says() {
+        use aws_sdk_cloudwatch::operation::put_metric_data::PutMetricDataError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_runtime_api::http::{Response, StatusCode};
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+
+        let service = |status: u16, code: &str| {
+            let err = PutMetricDataError::generic(
+                ErrorMetadata::builder().code(code).message("m").build(),
+            );
+            let raw = Response::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+            classify(SdkError::service_error(err, raw))
+        };
+        let cases = [
+            (400, "Throttling", ErrorClass::Throttled),
+            (400, "ThrottlingException", ErrorClass::Throttled),
+            (500, "InternalServiceFault", ErrorClass::Transient),
+            (503, "ServiceUnavailable", ErrorClass::Transient),
+            (403, "AccessDenied", ErrorClass::Auth),
+            (403, "InvalidClientTokenId", ErrorClass::Auth),
+            (400, "ExpiredToken", ErrorClass::Auth),
+            (400, "InvalidParameterValue", ErrorClass::Invalid),
+            (400, "InvalidParameterCombination", ErrorClass::Invalid),
+            (400, "MissingRequiredParameter", ErrorClass::Invalid),
+        ];
+        for (status, code, class) in cases {
+            let e = service(status, code);
+            assert_eq!(e.class, class, "{status} {code}");
+            assert_eq!(e.code.as_deref(), Some(code));
+            assert_eq!(e.is_retryable(), class != ErrorClass::Invalid);
+        }
+        let refused: SdkError<PutMetricDataError, Response> =
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        assert_eq!(classify(refused).class, ErrorClass::Transient);
+        let timeout: SdkError<PutMetricDataError, Response> = SdkError::timeout_error("20 s");
+        assert_eq!(classify(timeout).class, ErrorClass::Transient);
+        let build: SdkError<PutMetricDataError, Response> =
+            SdkError::construction_failure("no region");
+        assert_eq!(classify(build).class, ErrorClass::Auth, "kept, not dropped");
+    }
+
     #[tokio::test]
     async fn fake_follows_script_and_poison() {
         let f = FakePublisher::new();

@@ -339,3 +339,28 @@ async fn shutdown_flush_respects_its_deadline() {
     );
     assert_eq!(m.spool_depth(), 3, "the pass stays spooled");
 }
+
+/// metrics.md §12 test 5: datums that break the limits (here a non-ASCII dimension value) are
+/// dropped and counted before spooling; their valid siblings are kept.
+#[tokio::test(start_paused = true)]
+async fn invalid_datums_are_dropped_and_counted_before_spooling() {
+    let w = World::new();
+    let m = w.metrics(w.settings(), asg(None, true), None);
+    let pass = Pass {
+        memory: Some(collect::parse_meminfo(
+            &std::fs::read_to_string(w.proc_root.path().join("meminfo")).unwrap(),
+        )),
+        ..Pass::default()
+    };
+    let id = Identity {
+        instance_id: "i-0aaaabbbbccccdddd".into(),
+        image_id: "ami-760aaa0f".into(),
+        instance_type: "m5.l\u{e4}rge".into(),
+        ..Identity::default()
+    };
+    m.spool_pass(T0, &pass, &[], &id).unwrap();
+    // mem_used_percent and mem_available_percent with InstanceType are invalid; the
+    // InstanceId-only rollup of mem_used_percent is valid.
+    assert_eq!(m.counters().dropped_invalid.load(Ordering::Relaxed), 2);
+    assert_eq!(m.spool_depth(), 1);
+}
