@@ -219,14 +219,17 @@ impl FakePublisher {
 
     /// Queues answers for the next calls.
     pub fn script(&self, answers: impl IntoIterator<Item = Result<(), PublishError>>) {
-        self.script.lock().expect("fake lock").extend(answers);
+        self.script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(answers);
     }
 
     /// Makes every request containing a datum with this metric name fail as invalid.
     pub fn poison(&self, metric_name: &str) {
         self.poison
             .lock()
-            .expect("fake lock")
+            .unwrap_or_else(|p| p.into_inner())
             .push(metric_name.to_owned());
     }
 
@@ -237,12 +240,15 @@ impl FakePublisher {
 
     /// Every call: (namespace, datums).
     pub fn calls(&self) -> Vec<(String, Vec<Datum>)> {
-        self.calls.lock().expect("fake lock").clone()
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Every accepted datum with its namespace, in order.
     pub fn accepted(&self) -> Vec<(String, Datum)> {
-        self.accepted.lock().expect("fake lock").clone()
+        self.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -251,10 +257,10 @@ impl MetricsPublisher for FakePublisher {
     async fn put(&self, namespace: &str, datums: &[Datum]) -> Result<(), PublishError> {
         self.calls
             .lock()
-            .expect("fake lock")
+            .unwrap_or_else(|p| p.into_inner())
             .push((namespace.to_owned(), datums.to_vec()));
         let poisoned = {
-            let p = self.poison.lock().expect("fake lock");
+            let p = self.poison.lock().unwrap_or_else(|p| p.into_inner());
             datums.iter().any(|d| p.contains(&d.name))
         };
         if self.down.load(std::sync::atomic::Ordering::Relaxed) {
@@ -274,13 +280,13 @@ impl MetricsPublisher for FakePublisher {
         let answer = self
             .script
             .lock()
-            .expect("fake lock")
+            .unwrap_or_else(|p| p.into_inner())
             .pop_front()
             .unwrap_or(Ok(()));
         if answer.is_ok() {
             self.accepted
                 .lock()
-                .expect("fake lock")
+                .unwrap_or_else(|p| p.into_inner())
                 .extend(datums.iter().map(|d| (namespace.to_owned(), d.clone())));
         }
         answer

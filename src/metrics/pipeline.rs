@@ -579,15 +579,16 @@ impl Sender {
     }
 
     fn drop_invalid(&mut self, req: &Request, e: &PublishError) -> Result<(), Error> {
-        let d = &req.datums[0];
-        warn!(
-            namespace = %req.namespace,
-            metric = %d.name,
-            dimensions = ?d.dimensions,
-            timestamp_ms = d.timestamp_ms,
-            error = %e,
-            "CloudWatch refused a datum as invalid; it is dropped (its batch-mates were sent)."
-        );
+        if let Some(d) = req.datums.first() {
+            warn!(
+                namespace = %req.namespace,
+                metric = %d.name,
+                dimensions = ?d.dimensions,
+                timestamp_ms = d.timestamp_ms,
+                error = %e,
+                "CloudWatch refused a datum as invalid; it is dropped (its batch-mates were sent)."
+            );
+        }
         let mut s = lock(&self.spool);
         s.remove(&req.all_refs())?;
         self.counters.observe_spool(&s);

@@ -1,3 +1,6 @@
+//! Batching limits, packing, scheduling, backoff and the sender's failure handling, on a real
+//! spool with a fake publisher under paused time.
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
