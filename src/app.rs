@@ -197,12 +197,35 @@ async fn start_and_serve(
         }
     });
 
+    // Host metrics (issue 5): /proc + statvfs → durable spool → CloudWatch. Its run() makes the
+    // final flush within metrics.shutdown_flush after cancellation (inside STOP_DEADLINE).
+    let metrics = if config.metrics.enabled {
+        crate::metrics::Metrics::for_agent(&config, &sdk, &store, &board, &registration.cluster)
+            .inspect_err(
+                |e| warn!(error = %e, "Host metrics are off: the metrics spool cannot be opened."),
+            )
+            .ok()
+    } else {
+        None
+    };
+    if let Some(m) = metrics.clone() {
+        supervisor.spawn("metrics", move |token| {
+            let m = m.clone();
+            async move {
+                m.run(token)
+                    .await
+                    .map_err(|e| Failure::transient(format!("metrics: {e}")))
+            }
+        });
+    }
     let api_state = ApiState {
         cluster: config.cluster.clone(),
         registration: reg_rx,
         health: board.clone(),
         tasks: Arc::new(api::NoTasks),
-        metrics: vec![watchdog_stats.clone()],
+        metrics: std::iter::once(watchdog_stats.clone() as Arc<dyn api::MetricsSection>)
+            .chain(metrics.iter().map(|m| m.section()))
+            .collect(),
     };
     let api_addr = config.api_addr;
     let api_beat = supervisor.heartbeat("api", API_MAX_SILENCE);

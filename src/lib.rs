@@ -35,6 +35,7 @@ pub mod ecs;
 pub mod health;
 pub mod host;
 pub mod imds;
+pub mod metrics;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::values::*;
-use super::{Config, MetricsProfile, PullBehavior, Raw, RebalanceAction};
+use super::{
+    Config, DimensionMode, LegacySeries, LegacyUnit, MemUsedFormula, MetricsProfile, PullBehavior,
+    Raw, RebalanceAction,
+};
 
 /// What happened to one value.
 #[derive(Debug, PartialEq, Eq)]
@@ -236,6 +239,38 @@ fn default_below(
         default
     } else {
         d
+    }
+}
+
+/// A CloudWatch namespace: ASCII, 1–255 characters, not starting with `AWS/`.
+fn namespace(v: &Raw) -> Result<String, String> {
+    let ns = nonempty(v)?;
+    if ns.starts_with("AWS/") || ns.len() > 255 || !ns.is_ascii() {
+        return Err(format!(
+            "expected an ASCII namespace not starting with AWS/ and at most 255 characters, got {ns:?}"
+        ));
+    }
+    Ok(ns)
+}
+
+fn legacy_unit(v: &Raw) -> Result<LegacyUnit, String> {
+    match nonempty(v)?.to_ascii_lowercase().as_str() {
+        "bytes" => Ok(LegacyUnit::Bytes),
+        "kilobytes" => Ok(LegacyUnit::Kilobytes),
+        "megabytes" => Ok(LegacyUnit::Megabytes),
+        "gigabytes" => Ok(LegacyUnit::Gigabytes),
+        other => Err(format!(
+            "expected bytes, kilobytes, megabytes or gigabytes, got {other:?}"
+        )),
+    }
+}
+
+fn legacy_series(v: &Raw) -> Result<LegacySeries, String> {
+    match text(v)?.trim().to_ascii_lowercase().as_str() {
+        "off" | "false" => Ok(LegacySeries::Off),
+        "on" | "true" => Ok(LegacySeries::On),
+        "only" => Ok(LegacySeries::Only),
+        other => Err(format!("expected off, on or only, got {other:?}")),
     }
 }
 
@@ -780,7 +815,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_METRICS_INTERVAL",
         Some("metrics.interval"),
         "60s",
-        "Collection interval (10s–1h). Cost grows with 1/interval.",
+        "Collection interval (10s–1h), on wall-clock multiples. Below 60s datums are high resolution; cost grows with 1/interval.",
         |c, v, _| {
             let d = duration(v)?;
             if d < secs(10) || d > secs(3600) {
@@ -791,10 +826,24 @@ pub static SETTINGS: &[Setting] = &[
         }
     ),
     s!(
+        "ECS_HOSTD_METRICS_FLUSH_INTERVAL",
+        Some("metrics.flush_interval"),
+        "60s",
+        "How often buffered datums are sent (10s–1h), at a random phase per host. One PutMetricData request per flush: 300s cuts request cost 5x but delays alarm data.",
+        |c, v, _| {
+            let d = duration(v)?;
+            if d < secs(10) || d > secs(3600) {
+                return Err(format!("expected a duration between 10s and 1h, got {d:?}"));
+            }
+            c.metrics.flush_interval = d;
+            Ok(())
+        }
+    ),
+    s!(
         "ECS_HOSTD_METRICS_PROFILE",
         Some("metrics.profile"),
         "cwagent",
-        "cwagent, legacy or both (both doubles metric cost).",
+        "cwagent, legacy or both (both doubles request cost and adds the legacy series).",
         |c, v, _| {
             c.metrics.profile = match nonempty(v)?.to_ascii_lowercase().as_str() {
                 "cwagent" => MetricsProfile::CwAgent,
@@ -809,15 +858,9 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_METRICS_NAMESPACE",
         Some("metrics.namespace"),
         "CWAgent",
-        "CloudWatch namespace.",
+        "CloudWatch namespace of the cwagent profile and of the health metrics.",
         |c, v, _| {
-            let ns = nonempty(v)?;
-            if ns.starts_with("AWS/") || ns.len() > 255 {
-                return Err(format!(
-                    "expected a namespace not starting with AWS/ and at most 255 characters, got {ns:?}"
-                ));
-            }
-            c.metrics.namespace = ns;
+            c.metrics.namespace = namespace(v)?;
             Ok(())
         }
     ),
@@ -825,7 +868,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_METRICS_DIMENSIONS",
         Some("metrics.dimensions"),
         "[\"InstanceId\"]",
-        "Dimensions per datum: InstanceId, InstanceType, ImageId, AutoScalingGroupName, ClusterName. Each set is a separate metric.",
+        "Rollup dimension sets (each entry one set, names joined with +, \"\" = no dimensions) among InstanceId, InstanceType, ImageId, AutoScalingGroupName, ClusterName. Each set adds one series per aggregated metric ($0.30/month each).",
         |c, v, _| {
             const KNOWN: [&str; 5] = [
                 "InstanceId",
@@ -834,11 +877,109 @@ pub static SETTINGS: &[Setting] = &[
                 "AutoScalingGroupName",
                 "ClusterName",
             ];
-            let dims = string_list(v)?;
-            if let Some(bad) = dims.iter().find(|d| !KNOWN.contains(&d.as_str())) {
-                return Err(format!("expected dimensions among {KNOWN:?}, got {bad:?}"));
+            let sets = string_list(v)?;
+            for set in &sets {
+                for name in set.split('+').map(str::trim).filter(|n| !n.is_empty()) {
+                    if !KNOWN.contains(&name) {
+                        return Err(format!("expected dimensions among {KNOWN:?}, got {name:?}"));
+                    }
+                }
             }
-            c.metrics.dimensions = dims;
+            c.metrics.dimensions = sets;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_AGGREGATE",
+        Some("metrics.aggregate_metrics"),
+        "[\"mem_used_percent\",\"disk_used_percent\"]",
+        "Metrics that get the rollup copies; [\"all\"] = every metric (more series, more cost).",
+        |c, v, _| {
+            let names = string_list(v)?;
+            if let Some(bad) = names
+                .iter()
+                .find(|n| *n != "all" && !crate::metrics::catalogue::is_known(n))
+            {
+                return Err(format!("expected metric names or \"all\", got {bad:?}"));
+            }
+            c.metrics.aggregate_metrics = names;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_INCLUDE",
+        Some("metrics.metrics"),
+        "[] (profile defaults)",
+        "Metric names to publish instead of the profile's default set; each extra metric is one more series per host ($0.30/month).",
+        |c, v, _| {
+            let names = string_list(v)?;
+            if let Some(bad) = names
+                .iter()
+                .find(|n| !crate::metrics::catalogue::is_known(n))
+            {
+                return Err(format!(
+                    "expected metric names of the catalogue, got {bad:?}"
+                ));
+            }
+            c.metrics.metrics = names;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_MEM_USED_FORMULA",
+        Some("metrics.mem_used_formula"),
+        "classic",
+        "classic (the CloudWatch agent's: total − free − buffers − cached) or memavailable (total − MemAvailable).",
+        |c, v, _| {
+            c.metrics.mem_used_formula = match nonempty(v)?.to_ascii_lowercase().as_str() {
+                "classic" => MemUsedFormula::Classic,
+                "memavailable" => MemUsedFormula::MemAvailable,
+                other => return Err(format!("expected classic or memavailable, got {other:?}")),
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_DIMENSION_MODE",
+        Some("metrics.dimension_mode"),
+        "ec2",
+        "ec2 (InstanceId, ImageId, InstanceType, AutoScalingGroupName) or host (the OS hostname).",
+        |c, v, _| {
+            c.metrics.dimension_mode = match nonempty(v)?.to_ascii_lowercase().as_str() {
+                "ec2" => DimensionMode::Ec2,
+                "host" => DimensionMode::Host,
+                other => return Err(format!("expected ec2 or host, got {other:?}")),
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_DROP_DEVICE",
+        Some("metrics.drop_device"),
+        "false",
+        "Leave the device dimension out of disk metrics (Nitro device names change across reboots).",
+        |c, v, _| {
+            c.metrics.drop_device = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_SWAP_WHEN_ABSENT",
+        Some("metrics.swap_when_absent"),
+        "false",
+        "Publish swap_used_percent = 0 on hosts without swap, as the CloudWatch agent does (one more series).",
+        |c, v, _| {
+            c.metrics.swap_when_absent = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_IDENTITY_WAIT",
+        Some("metrics.identity_wait"),
+        "120s",
+        "How long to hold samples at startup for a definite AutoScalingGroupName answer.",
+        |c, v, _| {
+            c.metrics.identity_wait = duration(v)?;
             Ok(())
         }
     ),
@@ -846,9 +987,69 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_METRICS_FILESYSTEMS",
         Some("metrics.filesystems"),
         "[] (automatic)",
-        "Mount points to report; empty = automatic selection.",
+        "Mount points to report; empty = automatic selection. Each filesystem adds 2 series ($0.60/month).",
         |c, v, _| {
             c.metrics.filesystems = string_list(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_EXTRA_IGNORE_FS_TYPES",
+        Some("metrics.extra_ignore_fs_types"),
+        "[]",
+        "Filesystem types ignored on top of the built-in list (tmpfs, overlay, nfs, ...).",
+        |c, v, _| {
+            c.metrics.extra_ignore_fs_types = string_list(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_EXTRA_IGNORE_MOUNT_PREFIXES",
+        Some("metrics.extra_ignore_mount_prefixes"),
+        "[]",
+        "Mount-point prefixes ignored on top of the built-in list (/proc, /var/lib/docker/overlay2, ...).",
+        |c, v, _| {
+            c.metrics.extra_ignore_mount_prefixes = string_list(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_INCLUDE_READ_ONLY",
+        Some("metrics.include_read_only"),
+        "false",
+        "Report read-only mounts too (the CloudWatch agent does; they cannot fill up).",
+        |c, v, _| {
+            c.metrics.include_read_only = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_REQUIRE_BLOCK_DEVICE",
+        Some("metrics.require_block_device"),
+        "true",
+        "Report only mounts whose source is a /dev/ block device (not loop).",
+        |c, v, _| {
+            c.metrics.require_block_device = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_MAX_FILESYSTEMS",
+        Some("metrics.max_filesystems"),
+        "20",
+        "Cardinality cap on reported filesystems (guards the bill).",
+        |c, v, _| {
+            c.metrics.max_filesystems = number(v)?.min(1000) as usize;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_STATVFS_TIMEOUT",
+        Some("metrics.statvfs_timeout"),
+        "2s",
+        "Deadline of one statvfs call; a mount that times out is skipped for 10 passes.",
+        |c, v, notes| {
+            c.metrics.statvfs_timeout = clamp_min(duration(v)?, Duration::from_millis(10), notes);
             Ok(())
         }
     ),
@@ -856,7 +1057,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_METRICS_RESOLUTION",
         Some("metrics.storage_resolution"),
         "60",
-        "1 (high resolution, extra cost) or 60 seconds.",
+        "1 (high resolution) or 60 seconds; intervals below 60s are always high resolution. Same storage price.",
         |c, v, _| {
             match number(v)? {
                 r @ (1 | 60) => {
@@ -868,12 +1069,53 @@ pub static SETTINGS: &[Setting] = &[
         }
     ),
     s!(
+        "ECS_HOSTD_METRICS_PACK_SAMPLES",
+        Some("metrics.pack_samples"),
+        "false",
+        "Pack samples of one series and minute into Values/Counts when collection is faster than flush (fewer bytes, same requests).",
+        |c, v, _| {
+            c.metrics.pack_samples = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
         "ECS_HOSTD_METRICS_SPOOL_MAX",
         Some("metrics.spool_max_datums"),
-        "100000",
-        "Datums kept on disk while CloudWatch is unreachable; oldest dropped first.",
+        "20000",
+        "Datums kept on disk while CloudWatch is unreachable; oldest dropped first (about a day of the default catalogue).",
         |c, v, _| {
-            c.metrics.spool_max_datums = number(v)?;
+            c.metrics.spool_max_datums = number(v)?.max(1);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_SPOOL_MAX_AGE",
+        Some("metrics.spool_max_age"),
+        "24h",
+        "Spooled datums older than this are dropped (at most 14 days minus 1 hour, CloudWatch's limit).",
+        |c, v, _| {
+            let d = duration(v)?;
+            let cap = secs(14 * 86_400 - 3600);
+            if d.is_zero() || d > cap {
+                return Err(format!(
+                    "expected a duration between 1s and 335h, got {d:?}"
+                ));
+            }
+            c.metrics.spool_max_age = d;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_SHUTDOWN_FLUSH",
+        Some("metrics.shutdown_flush"),
+        "5s",
+        "Deadline of the final flush on shutdown (must stay below the unit's stop timeout); the rest stays spooled.",
+        |c, v, _| {
+            let d = duration(v)?;
+            if d > secs(15) {
+                return Err(format!("expected at most 15s, got {d:?}"));
+            }
+            c.metrics.shutdown_flush = d;
             Ok(())
         }
     ),
@@ -881,9 +1123,79 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_HEALTH_METRICS",
         Some("metrics.health_metrics"),
         "false",
-        "Also publish agent and Docker health metrics (extra custom metrics).",
+        "Also publish agent and Docker health metrics (4 series: $1.20/month per instance).",
         |c, v, _| {
             c.metrics.health_metrics = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_NAMESPACE",
+        Some("metrics.legacy.namespace"),
+        "System/Linux",
+        "Namespace of the legacy profile.",
+        |c, v, _| {
+            c.metrics.legacy.namespace = namespace(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_MEMORY_UNITS",
+        Some("metrics.legacy.memory_units"),
+        "megabytes",
+        "bytes, kilobytes, megabytes or gigabytes (binary) for MemoryUsed, MemoryAvailable, SwapUsed.",
+        |c, v, _| {
+            c.metrics.legacy.memory_units = legacy_unit(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_DISK_UNITS",
+        Some("metrics.legacy.disk_units"),
+        "gigabytes",
+        "bytes, kilobytes, megabytes or gigabytes (binary) for DiskSpaceUsed, DiskSpaceAvailable.",
+        |c, v, _| {
+            c.metrics.legacy.disk_units = legacy_unit(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_MEM_USED_INCL_CACHE_BUFF",
+        Some("metrics.legacy.mem_used_incl_cache_buff"),
+        "false",
+        "Count cache and buffers as used memory (the scripts' --mem-used-incl-cache-buff).",
+        |c, v, _| {
+            c.metrics.legacy.mem_used_incl_cache_buff = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_DISK_PATHS",
+        Some("metrics.legacy.disk_paths"),
+        "[\"/\"]",
+        "Paths whose filesystems the legacy profile reports (the scripts' --disk-path), even tmpfs or read-only.",
+        |c, v, _| {
+            c.metrics.legacy.disk_paths = string_list(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_AGGREGATED",
+        Some("metrics.legacy.aggregated"),
+        "off",
+        "off, on or only: InstanceType, ImageId and dimensionless series (3 more series per metric).",
+        |c, v, _| {
+            c.metrics.legacy.aggregated = legacy_series(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_METRICS_LEGACY_AUTO_SCALING",
+        Some("metrics.legacy.auto_scaling"),
+        "off",
+        "off, on or only: AutoScalingGroupName series (1 more series per metric).",
+        |c, v, _| {
+            c.metrics.legacy.auto_scaling = legacy_series(v)?;
             Ok(())
         }
     ),
