@@ -124,7 +124,10 @@ async fn restarts_and_kill_9_keep_one_container_instance_with_the_same_arn() {
         .send()
         .await
         .unwrap();
-    assert_eq!(listed.container_instance_arns(), std::slice::from_ref(&first));
+    assert_eq!(
+        listed.container_instance_arns(),
+        std::slice::from_ref(&first)
+    );
     agent.terminate();
 }
 
