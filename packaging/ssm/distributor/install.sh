@@ -4,8 +4,10 @@
 # (packaging spec §7.1); it starts the agent without waiting, as user-data does.
 set -euo pipefail
 cd "$(dirname "$0")"
-pkg=$(ls ecs-hostd*.rpm ecs-hostd*.deb 2>/dev/null | head -1)
-[ -n "$pkg" ] || { echo "no ecs-hostd package next to install.sh" >&2; exit 1; }
+shopt -s nullglob
+found=(ecs-hostd*.rpm ecs-hostd*.deb)
+[ ${#found[@]} -eq 1 ] || { echo "expected one ecs-hostd package next to install.sh, found ${#found[@]}" >&2; exit 1; }
+pkg=${found[0]}
 if [ "${pkg##*.}" = rpm ]; then
     dnf install -y "./$pkg"
 else

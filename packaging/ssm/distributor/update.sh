@@ -4,8 +4,10 @@
 # admin's stop or disable; this script never enables or starts anything.
 set -euo pipefail
 cd "$(dirname "$0")"
-pkg=$(ls ecs-hostd*.rpm ecs-hostd*.deb 2>/dev/null | head -1)
-[ -n "$pkg" ] || { echo "no ecs-hostd package next to update.sh" >&2; exit 1; }
+shopt -s nullglob
+found=(ecs-hostd*.rpm ecs-hostd*.deb)
+[ ${#found[@]} -eq 1 ] || { echo "expected one ecs-hostd package next to update.sh, found ${#found[@]}" >&2; exit 1; }
+pkg=${found[0]}
 if [ "${pkg##*.}" = rpm ]; then
     dnf install -y "./$pkg"
 else
