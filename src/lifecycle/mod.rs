@@ -332,8 +332,9 @@ impl Lifecycle {
         )
         .await
         {
+            // Logged once, by the supervisor, which restarts the subsystem: the pollers then see
+            // the notice again and the call is retried.
             if !matches!(e, Error::Cancelled) {
-                error!(error = %e, "Could not set the container instance to DRAINING; will try again.");
                 self.board
                     .set(COMPONENT, false, format!("cannot set DRAINING: {e}"));
             }

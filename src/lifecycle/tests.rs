@@ -291,3 +291,90 @@ async fn a_record_of_another_instance_is_ignored() {
     w.store.put(LIFECYCLE, DRAIN_KEY, &r).unwrap();
     assert!(w.record().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_start_up_jitter_waits_less_than_its_maximum_and_stops_on_shutdown() {
+    let started = tokio::time::Instant::now();
+    assert!(startup_jitter(Duration::from_secs(5), &CancellationToken::new()).await);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(startup_jitter(Duration::ZERO, &CancellationToken::new()).await);
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    for _ in 0..20 {
+        assert!(
+            !startup_jitter(Duration::from_secs(60), &cancel).await,
+            "a cancelled wait reports it"
+        );
+    }
+}
+
+#[test]
+fn lifecycle_settings_parse_from_the_environment_and_config_toml() {
+    use crate::config::LoadOptions;
+    let load = |env: &[(&str, &str)]| {
+        Config::load(&LoadOptions {
+            ecs_config: Some("/dev/null".into()),
+            toml_config: Some("/dev/null".into()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            strict: true,
+            ..Default::default()
+        })
+    };
+    let c = load(&[]).unwrap().config.lifecycle;
+    assert_eq!(c.heartbeat_interval, None);
+    assert_eq!(c.startup_jitter, Duration::from_secs(5));
+    assert_eq!(c.warm_pool_poll_interval, Duration::from_secs(60));
+    assert_eq!(c.drain_poll_interval, Duration::from_secs(10));
+    assert!(!c.spot_instance_draining && !c.warm_pools_check);
+
+    let c = load(&[
+        ("ECS_HOSTD_LIFECYCLE_HEARTBEAT_INTERVAL", "45s"),
+        ("ECS_HOSTD_STARTUP_JITTER", "0"),
+        ("ECS_HOSTD_WARM_POOL_POLL_INTERVAL", "1s"),
+        ("ECS_HOSTD_DRAIN_POLL_INTERVAL", "2s"),
+        ("ECS_ENABLE_SPOT_INSTANCE_DRAINING", "true"),
+        ("ECS_WARM_POOLS_CHECK", "true"),
+    ])
+    .unwrap()
+    .config
+    .lifecycle;
+    assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(45)));
+    assert_eq!(c.startup_jitter, Duration::ZERO);
+    assert_eq!(c.warm_pool_poll_interval, Duration::from_secs(1));
+    assert_eq!(c.drain_poll_interval, Duration::from_secs(2));
+    assert!(c.spot_instance_draining && c.warm_pools_check);
+    assert_eq!(
+        load(&[("ECS_HOSTD_LIFECYCLE_HEARTBEAT_INTERVAL", "auto")])
+            .unwrap()
+            .config
+            .lifecycle
+            .heartbeat_interval,
+        None
+    );
+    assert!(load(&[("ECS_HOSTD_LIFECYCLE_HEARTBEAT_INTERVAL", "0")]).is_err());
+    assert!(load(&[("ECS_HOSTD_STARTUP_JITTER", "1h")]).is_err());
+    assert!(load(&[("ECS_HOSTD_WARM_POOL_POLL_INTERVAL", "soon")]).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("config.toml");
+    std::fs::write(
+        &toml,
+        "[lifecycle]\nhook = \"drain\"\nheartbeat_interval = \"30s\"\nstartup_jitter = \"10s\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&LoadOptions {
+        ecs_config: Some("/dev/null".into()),
+        toml_config: Some(toml),
+        strict: true,
+        ..Default::default()
+    })
+    .unwrap()
+    .config
+    .lifecycle;
+    assert_eq!(c.lifecycle_hook.as_deref(), Some("drain"));
+    assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.startup_jitter, Duration::from_secs(10));
+}
