@@ -5,6 +5,10 @@
 //! - the .deb installs, upgrades, is removed and purged in a fresh Debian container (no systemd as
 //!   PID 1, like an image build or a chroot), following the lifecycle policy of packaging spec
 //!   §7.1 (inert install, admin's enable/disable kept, state kept on remove, removed on purge);
+//! - booted with systemd as PID 1 (test-world.md §6), the same image shows the policy live: a
+//!   fresh install starts nothing, an upgrade restarts a running agent without blocking dpkg (the
+//!   agent is still activating: a blocking restart would hang), a stopped or disabled agent stays
+//!   so, a removal stops and disables it;
 //! - the .rpm's file list and scriptlets are checked with `rpm -qlp` / `rpm -qp --scripts`, and the
 //!   scriptlets run without systemd;
 //! - user-data, the AMI provisioning script, the SSM upgrade command and the Distributor install
@@ -188,6 +192,95 @@ impl Debian {
     }
 }
 
+impl Debian {
+    /// The same image booted with systemd as PID 1 (test-world.md §6), without network.
+    fn boot() -> Debian {
+        let p = packages();
+        let name = format!(
+            "ecs-hostd-pkg-sd-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let out = run(Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "--network",
+                "none",
+                "--label",
+                "ecs-hostd.test=package",
+                "--name",
+                &name,
+            ])
+            .args([
+                "--cap-add",
+                "ALL",
+                "--cap-drop",
+                "SYS_RESOURCE",
+                "--security-opt",
+                "seccomp=unconfined",
+                "--security-opt",
+                "apparmor=unconfined",
+                "--device-cgroup-rule",
+                "a *:* rwm",
+                "-v",
+                "/sys/fs/cgroup:/sys/fs/cgroup",
+                "--tmpfs",
+                "/run",
+                "--tmpfs",
+                "/run/lock",
+                "-e",
+                "container=docker",
+                "-v",
+            ])
+            .arg(format!("{}:/pkg:ro", p.dir.display()))
+            .args([&debian_image(), "/lib/systemd/systemd"]));
+        assert!(
+            out.status.success(),
+            "docker run: {}; {WORLD_HINT}",
+            text(&out)
+        );
+        let d = Debian { name };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let state = d.sh("systemctl is-system-running").1;
+            if state.contains("running") || state.contains("degraded") {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "systemd did not boot: {state}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
+    /// The unit's main PID (0 when not running).
+    fn main_pid(&self) -> u32 {
+        self.ok("systemctl show -p MainPID --value ecs-hostd.service")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the main PID is not 0 and not `old`.
+    fn wait_pid_other_than(&self, old: u32) -> u32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let pid = self.main_pid();
+            if pid != 0 && pid != old {
+                return pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ecs-hostd did not (re)start:\n{}",
+                self.sh("systemctl status ecs-hostd --no-pager").1
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
 impl Drop for Debian {
     fn drop(&mut self) {
         let _ = Command::new("docker")
@@ -337,10 +430,12 @@ fn the_deb_maintainer_scripts_follow_the_lifecycle_policy() {
             );
         }
         // Every call that needs a running systemd is guarded.
-        for line in s
-            .lines()
-            .filter(|l| l.contains("deb-systemd-invoke") || l.contains("daemon-reload"))
-        {
+        for line in s.lines().filter(|l| {
+            !l.trim_start().starts_with('#')
+                && (l.contains("deb-systemd-invoke")
+                    || l.contains("daemon-reload")
+                    || l.contains("try-restart"))
+        }) {
             let before = &s[..s.find(line).unwrap()];
             assert!(
                 before.contains("[ -d /run/systemd/system ]"),
@@ -350,7 +445,7 @@ fn the_deb_maintainer_scripts_follow_the_lifecycle_policy() {
     }
     // Upgrade: try-restart (only a running agent restarts); enable only if it was enabled.
     assert!(
-        postinst.contains("try-restart ecs-hostd.service"),
+        postinst.contains("systemctl --no-block try-restart ecs-hostd.service"),
         "{postinst}"
     );
     assert!(
@@ -457,7 +552,7 @@ fn the_rpms_carry_the_files_and_scriptlets_that_run_without_systemd() {
         "{all}"
     );
     assert!(
-        body("postuninstall").contains("try-restart ecs-hostd.service"),
+        body("postuninstall").contains("--no-block try-restart ecs-hostd.service"),
         "{all}"
     );
     assert!(
@@ -757,4 +852,75 @@ fn the_distributor_scripts_install_enable_update_and_uninstall() {
             }
         }
     }
+}
+
+#[test]
+fn with_systemd_running_install_is_inert_upgrade_restarts_without_blocking_and_remove_stops() {
+    let p = packages();
+    let d = Debian::boot();
+    let active = |d: &Debian| {
+        d.sh("systemctl is-active ecs-hostd.service")
+            .1
+            .trim()
+            .to_owned()
+    };
+
+    d.ok(&format!("dpkg -i /pkg/{}", p.deb1));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        active(&d),
+        "inactive",
+        "a fresh install never starts the agent"
+    );
+    assert_eq!(
+        d.sh("systemctl is-enabled ecs-hostd.service").1.trim(),
+        "disabled"
+    );
+
+    // What user-data does. The agent keeps activating: no IMDS here, so it never registers
+    // (READY=1 never comes), which is exactly when a blocking restart would hang dpkg.
+    d.ok("systemctl enable --now --no-block ecs-hostd.service");
+    let first = d.wait_pid_other_than(0);
+    assert_eq!(active(&d), "activating");
+
+    // Upgrade while running: dpkg returns promptly and the agent runs the new binary.
+    let started = std::time::Instant::now();
+    let (code, out) = d.sh(&format!("timeout 60 dpkg -i /pkg/{}", p.deb2));
+    assert_eq!(code, 0, "upgrade failed or hung:\n{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let second = d.wait_pid_other_than(first);
+    println!(
+        "figure: dpkg upgrade with the agent running took {:?}; PID {first} -> {second}",
+        started.elapsed()
+    );
+
+    // Upgrade while stopped: stays stopped.
+    d.ok("systemctl stop ecs-hostd.service");
+    d.ok(&format!("timeout 60 dpkg -i /pkg/{}", p.deb1));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        active(&d),
+        "inactive",
+        "a stopped agent stays stopped across upgrades"
+    );
+
+    // Admin-disabled: stays disabled.
+    d.ok("systemctl disable ecs-hostd.service");
+    d.ok(&format!("timeout 60 dpkg -i /pkg/{}", p.deb2));
+    assert_eq!(
+        d.sh("systemctl is-enabled ecs-hostd.service").1.trim(),
+        "disabled"
+    );
+
+    // Remove while running: stopped and disabled, nothing left running.
+    d.ok("systemctl enable --now --no-block ecs-hostd.service");
+    d.wait_pid_other_than(0);
+    d.ok("timeout 60 dpkg -r ecs-hostd");
+    assert_eq!(active(&d), "inactive");
+    assert!(!d.exists(WANTS), "remove disables the unit");
+    assert!(d.sh("pgrep -x ecs-hostd").0 != 0);
 }
