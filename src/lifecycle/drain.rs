@@ -40,6 +40,8 @@ pub const ECS_MANAGED_HOOK: &str = "ecs-managed-draining-termination-hook";
 pub const GROUP_TAG_PATH: &str = "latest/meta-data/tags/instance/aws:autoscaling:groupName";
 /// Heartbeat period when the hook's timeout cannot be read (AWS's default timeout is 1 h).
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// How soon a failed heartbeat is tried again (at most; a quarter period when that is shorter).
+pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(10);
 /// Retry backoff for UpdateContainerInstancesState and CompleteLifecycleAction.
 pub const RETRY: Policy = Policy::new(Duration::from_secs(1), Duration::from_secs(10), 2.0, 0.2);
 /// How long [`mark_draining`] keeps retrying before it reports the failure (the lifecycle
@@ -261,7 +263,13 @@ pub async fn wait_for_tasks(
                 if let Some(h) = &heartbeats {
                     match h.api.record_heartbeat(&h.target.group, &h.target.hook, h.instance_id).await {
                         Ok(()) => debug!(group = %h.target.group, hook = %h.target.hook, "Lifecycle action heartbeat sent."),
-                        Err(e) => warn!(error = %e, "RecordLifecycleActionHeartbeat failed; trying again at the next period."),
+                        Err(e) => {
+                            // Half the timeout leaves room for one quick retry, not for waiting
+                            // a whole period.
+                            let again = (h.target.heartbeat_every / 4).min(HEARTBEAT_RETRY);
+                            warn!(error = %e, retry_in = ?again, "RecordLifecycleActionHeartbeat failed; trying again soon.");
+                            beat.reset_after(again);
+                        }
                     }
                 }
             }
@@ -530,6 +538,51 @@ mod tests {
             .filter(|c| matches!(c, Call::Heartbeat(..)))
             .count();
         assert_eq!(beats, 3, "at 30, 60 and 90 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_heartbeat_is_retried_well_before_the_next_period() {
+        let ecs = Arc::new(FakeEcs::default());
+        *ecs.tasks.lock().unwrap() = vec![FakeEcs::task("a", "ecs-svc/1", "RUNNING", "STOPPED")];
+        let census = EcsCensus {
+            ecs,
+            cluster: "c".into(),
+            container_instance_arn: "arn".into(),
+        };
+        let api = FakeAutoScaling::default();
+        api.heartbeat_errors
+            .lock()
+            .unwrap()
+            .push_back(FakeAutoScaling::error(
+                "RecordLifecycleActionHeartbeat",
+                ErrorKind::Throttled,
+                "Throttling",
+            ));
+        let target = HookTarget {
+            group: "g".into(),
+            hook: "h".into(),
+            heartbeat_every: Duration::from_secs(300),
+        };
+        wait_for_tasks(
+            &census,
+            Instant::now() + Duration::from_secs(320),
+            Duration::from_secs(60),
+            Some(Heartbeats {
+                api: &api,
+                target: &target,
+                instance_id: "i-1",
+            }),
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let beats = api
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Heartbeat(..)))
+            .count();
+        assert_eq!(beats, 2, "failed at 300 s, retried at 310 s");
     }
 
     #[tokio::test(start_paused = true)]
