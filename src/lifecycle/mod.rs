@@ -252,7 +252,9 @@ impl Lifecycle {
     /// Runs until cancelled. Errors are worth a restart (the supervisor's); progress survives in
     /// the store.
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), Error> {
-        let mut record = load_record(&self.store, &self.ec2_instance_id)?;
+        // A record of another container instance (registered afresh since) does not count.
+        let mut record = load_record(&self.store, &self.ec2_instance_id)?
+            .filter(|r| r.container_instance_arn == self.container_instance_arn);
         match &record {
             Some(r) => self.publish_draining(r),
             None => self.board.set(COMPONENT, true, "in service"),
