@@ -76,12 +76,54 @@ world_systemd_image() {
   export ECS_HOSTD_SYSTEMD_IMAGE
 }
 
+# A minimal Debian image for the package tests (tests/package_*.rs): dpkg install, upgrade, remove
+# and purge in a fresh Debian without systemd as PID 1. Built offline-friendly with debootstrap
+# from the machine's own Debian mirror, imported with `docker import`, tagged with a hash of its
+# recipe and cached in the local engine (a few minutes, once per machine). systemd and docker.io
+# are included because the package depends on them.
+DEBIAN_RECIPE="debootstrap --variant=minbase --include=systemd,docker.io bookworm (recipe 1)"
+
+world_debian_mirror() {
+  local m
+  m=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
+    | awk '{print $2}' | head -1 || true)
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+world_debian_image() {
+  local hash dir mirror
+  hash=$(printf '%s' "$DEBIAN_RECIPE" | sha256sum | cut -c1-12)
+  ECS_HOSTD_DEBIAN_IMAGE="ecs-hostd-test/debian-minbase:$hash"
+  if ! docker image inspect "$ECS_HOSTD_DEBIAN_IMAGE" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+    mirror=$(world_debian_mirror)
+    mkdir -p "$CACHE"
+    dir=$(mktemp -d)
+    log "building $ECS_HOSTD_DEBIAN_IMAGE with debootstrap from $mirror (a few minutes, once per machine)"
+    if ! debootstrap --variant=minbase --include=systemd,docker.io bookworm "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1; then
+      log "debootstrap failed; see $CACHE/debootstrap.log"; tail -5 "$CACHE/debootstrap.log" >&2; rm -rf "$dir"; return 1
+    fi
+    : >"$dir/etc/machine-id"
+    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+    tar -C "$dir" -c . | docker import --change 'CMD ["/bin/bash"]' - "$ECS_HOSTD_DEBIAN_IMAGE" >/dev/null
+    rm -rf "$dir"
+  fi
+  export ECS_HOSTD_DEBIAN_IMAGE
+}
+
+# Package tools for tests/package_*.rs: rpm (rpm -qlp, rpm -qp --scripts).
+world_package_tools() {
+  command -v rpm >/dev/null 2>&1 || { log "installing rpm"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null; }
+}
+
 world_setup() {
   world_packages
   world_venv
   world_docker
   world_images
   world_systemd_image
+  world_package_tools
+  world_debian_image
 }
 
 # Starts ec2sim in the background; sets EC2SIM_PORT and EC2SIM_PID.

@@ -2,9 +2,10 @@
 //! long-running subsystems under the supervisor, owns signals and turns the end into an exit code.
 //!
 //! Order: open the store → start the Docker watchdog and the systemd watchdog pinger → wait for
-//! Docker → read the instance identity → register → READY=1 → serve the local API (and the
-//! subsystems later issues add) → wait for SIGTERM or a terminal failure → STOPPING=1 → cancel
-//! and drain within the stop deadline.
+//! Docker → read the instance identity → (warm pools: wait for InService) → (new instance:
+//! start-up jitter) → register → READY=1 → serve the local API, publish metrics, run the
+//! lifecycle subsystem → wait for SIGTERM or a terminal failure → STOPPING=1 → cancel and drain
+//! within the stop deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,11 @@ use crate::ecs::sdk::SdkEcs;
 use crate::health;
 use crate::host::HostFacts;
 use crate::imds::ImdsClient;
+use crate::lifecycle::autoscaling::SdkAutoScaling;
+use crate::lifecycle::drain::EcsCensus;
+use crate::lifecycle::signals::PollPlan;
+use crate::lifecycle::warmpool::{self, WarmPoolWait};
+use crate::lifecycle::{self, Lifecycle};
 use crate::store::Store;
 use crate::supervisor::{Failure, Supervisor};
 use crate::{docker, systemd, watchdog};
@@ -101,7 +107,11 @@ async fn start_and_serve(
     // watchdog and the systemd pinger start before the wait: a disabled or failed docker.service
     // at boot is repaired by the watchdog, not waited for forever.
     let watchdog_stats = Arc::new(watchdog::Stats::default());
-    let draining = watchdog::Draining::new();
+    // The `draining` flag: true from the moment this instance starts draining (Spot notice, Auto
+    // Scaling termination, rebalance with ECS_HOSTD_REBALANCE=drain). The lifecycle subsystem
+    // raises it; the Docker watchdog never restarts Docker while it is up.
+    let draining_tx = lifecycle::draining_flag();
+    let draining = watchdog::Draining::from_sender(draining_tx.clone());
     spawn_health_subsystems(&config, supervisor, board, &watchdog_stats, &draining);
     systemd::status("waiting for Docker");
     board.set("docker", false, "waiting for Docker");
@@ -123,14 +133,55 @@ async fn start_and_serve(
     );
 
     // Identity and registration (spec §2 steps 4–7).
-    let imds = ImdsClient::new(&config.imds_endpoint);
+    let imds = Arc::new(ImdsClient::new(&config.imds_endpoint));
     systemd::status("reading the instance identity from IMDS");
     board.set("registration", false, "reading the instance identity");
-    let identity = match register::read_identity(&imds, &cancel).await {
+    let identity = match register::read_identity(&*imds, &cancel).await {
         Ok(id) => id,
         Err(register::Error::Cancelled) => return Outcome::Clean,
         Err(e) => return Outcome::Error(e.to_string()),
     };
+    let instance_id = identity.document.instance_id.clone();
+    // A drain that started before a restart keeps the flag up from the start.
+    match lifecycle::load_record(&store, &instance_id) {
+        Ok(Some(_)) => {
+            draining_tx.send_replace(true);
+        }
+        Ok(None) => {}
+        Err(e) => return Outcome::Error(e.to_string()),
+    }
+
+    // Warm pools (protocol spec §13.2): never register while the instance is warmed.
+    if config.lifecycle.warm_pools_check {
+        board.set(
+            lifecycle::COMPONENT,
+            false,
+            "warm pool: waiting for InService",
+        );
+        let wait = WarmPoolWait::new(config.lifecycle.warm_pool_poll_interval);
+        match warmpool::wait_until_in_service(&*imds, &wait, &cancel, |line| {
+            systemd::status(line);
+            board.set(lifecycle::COMPONENT, false, line);
+        })
+        .await
+        {
+            Ok(()) => board.set(lifecycle::COMPONENT, true, "in service"),
+            Err(lifecycle::Error::Cancelled) => return Outcome::Clean,
+            Err(e) if e.is_terminal() => return Outcome::Terminal(e.to_string()),
+            Err(e) => return Outcome::Error(e.to_string()),
+        }
+    }
+    // A fleet booting together spreads its first registrations.
+    let first_registration = !matches!(
+        register::saved(&store),
+        Ok(Some(saved)) if saved.ec2_instance_id == instance_id
+    );
+    if first_registration
+        && !lifecycle::startup_jitter(config.lifecycle.startup_jitter, &cancel).await
+    {
+        return Outcome::Clean;
+    }
+
     let region = config
         .region
         .clone()
@@ -242,6 +293,36 @@ async fn start_and_serve(
                     r = &mut serve => return r.map_err(|e| Failure::transient(format!("local API on {api_addr}: {e}"))),
                     _ = tick.tick() => beat.beat(),
                 }
+            }
+        }
+    });
+
+    let ecs_api: Arc<dyn crate::ecs::EcsApi> = Arc::new(ecs.clone());
+    let lifecycle = Arc::new(Lifecycle {
+        config: config.lifecycle.clone(),
+        cluster: registration.cluster.clone(),
+        container_instance_arn: registration.container_instance_arn.clone(),
+        ec2_instance_id: registration.ec2_instance_id.clone(),
+        imds: imds.clone(),
+        ecs: ecs_api.clone(),
+        autoscaling: Arc::new(SdkAutoScaling::new(&sdk)),
+        // TODO(issue 7): count the engine's local tasks once the engine lands (no ECS calls).
+        census: Arc::new(EcsCensus {
+            ecs: ecs_api,
+            cluster: registration.cluster.clone(),
+            container_instance_arn: registration.container_instance_arn.clone(),
+        }),
+        store: store.clone(),
+        board: board.clone(),
+        draining: draining_tx.clone(),
+        plan: PollPlan::standard(config.lifecycle.spot_instance_draining),
+    });
+    supervisor.spawn("lifecycle", move |token| {
+        let lifecycle = lifecycle.clone();
+        async move {
+            match lifecycle.run(token).await {
+                Ok(()) | Err(lifecycle::Error::Cancelled) => Ok(()),
+                Err(e) => Err(Failure::transient(format!("lifecycle: {e}"))),
             }
         }
     });

@@ -19,7 +19,7 @@
 //! Modules, in the order data flows: [`config`] (all settings, validated), [`imds`] (instance
 //! identity), [`host`] (CPU, memory, OS), [`store`] (the one durable database), [`ecs`]
 //! (registration and the control plane), [`docker`] (the engine connection), [`health`] (the
-//! health board), [`api`] (local HTTP), [`supervisor`] (long-running subsystems), [`app`] (the
+//! health board), [`lifecycle`] (Spot, Auto Scaling and warm-pool life of the instance), [`api`] (local HTTP), [`supervisor`] (long-running subsystems), [`app`] (the
 //! wiring of `run`), [`check`] and [`status`] (the other sub-commands).
 
 #![forbid(unsafe_code)]
@@ -35,6 +35,7 @@ pub mod ecs;
 pub mod health;
 pub mod host;
 pub mod imds;
+pub mod lifecycle;
 pub mod metrics;
 pub mod status;
 pub mod store;

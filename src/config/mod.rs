@@ -284,6 +284,17 @@ pub struct LifecycleConfig {
     pub drain_timeout: Duration,
     /// Rebalance recommendation handling.
     pub rebalance: RebalanceAction,
+    /// Interval between RecordLifecycleActionHeartbeat calls while draining; `None` = half the
+    /// hook's heartbeat timeout (from DescribeLifecycleHooks).
+    pub heartbeat_interval: Option<Duration>,
+    /// How often ECS is asked which tasks are still on the instance while draining.
+    pub drain_poll_interval: Duration,
+    /// Warm pools: how often the target lifecycle state is re-read before registering (the
+    /// official agent: once a minute).
+    pub warm_pool_poll_interval: Duration,
+    /// Random delay, up to this long, before the first registration of a new instance, so a fleet
+    /// that boots at once does not hit ECS in the same second.
+    pub startup_jitter: Duration,
 }
 
 /// The validated configuration. Built only by [`Config::load`] (or [`Config::default`] in tests).
@@ -433,6 +444,10 @@ impl Default for Config {
                 lifecycle_hook: None,
                 drain_timeout: Duration::from_secs(600),
                 rebalance: RebalanceAction::Observe,
+                heartbeat_interval: None,
+                drain_poll_interval: Duration::from_secs(10),
+                warm_pool_poll_interval: Duration::from_secs(60),
+                startup_jitter: Duration::from_secs(5),
             },
         }
     }

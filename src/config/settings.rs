@@ -1298,6 +1298,61 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         }
     ),
+    s!(
+        "ECS_HOSTD_LIFECYCLE_HEARTBEAT_INTERVAL",
+        Some("lifecycle.heartbeat_interval"),
+        "auto",
+        "RecordLifecycleActionHeartbeat period while draining; auto = half the hook's heartbeat timeout.",
+        |c, v, _| {
+            let t = text(v)?;
+            c.lifecycle.heartbeat_interval = if t.trim().eq_ignore_ascii_case("auto") {
+                None
+            } else {
+                let d = duration(v)?;
+                if d < secs(1) {
+                    return Err(format!(
+                        "expected auto or a duration of at least 1s, got {d:?}"
+                    ));
+                }
+                Some(d)
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_DRAIN_POLL_INTERVAL",
+        Some("lifecycle.drain_poll_interval"),
+        "10s",
+        "How often ECS is asked which tasks remain while draining (min 1s).",
+        |c, v, n| {
+            c.lifecycle.drain_poll_interval = clamp_min(duration(v)?, secs(1), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_WARM_POOL_POLL_INTERVAL",
+        Some("lifecycle.warm_pool_poll_interval"),
+        "1m",
+        "With ECS_WARM_POOLS_CHECK: re-read period of the target lifecycle state before registering (min 1s; 120 reads of 404 give up).",
+        |c, v, n| {
+            c.lifecycle.warm_pool_poll_interval = clamp_min(duration(v)?, secs(1), n);
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_STARTUP_JITTER",
+        Some("lifecycle.startup_jitter"),
+        "5s",
+        "Random delay (0 up to this) before a new instance's first registration, so a fleet booting together spreads its ECS calls; 0 = off.",
+        |c, v, _| {
+            let d = duration(v)?;
+            if d > secs(600) {
+                return Err(format!("expected a duration of at most 10m, got {d:?}"));
+            }
+            c.lifecycle.startup_jitter = d;
+            Ok(())
+        }
+    ),
 ];
 
 /// Whether an environment variable is one the configuration looks at (and warns about when

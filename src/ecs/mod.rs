@@ -86,6 +86,30 @@ pub struct RegisteredInstance {
 
 pub use crate::aws::{ApiError, ErrorKind};
 
+/// A task as ECS describes it, reduced to what draining needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSummary {
+    /// Task ARN.
+    pub arn: String,
+    /// `startedBy` (`ecs-svc/...` for service tasks), empty when absent.
+    pub started_by: String,
+    /// Last known status (`PENDING`, `RUNNING`, ..., `STOPPED`).
+    pub last_status: String,
+    /// Desired status (`RUNNING` or `STOPPED`).
+    pub desired_status: String,
+}
+
+/// The answer of an [`EcsApi`] implementation that lacks an optional operation (test fakes that
+/// predate it); the real client implements every operation.
+fn unsupported(operation: &'static str) -> ApiError {
+    ApiError {
+        operation,
+        kind: ErrorKind::Client,
+        code: Some("UnsupportedOperation".into()),
+        message: "this EcsApi implementation does not support the operation".into(),
+    }
+}
+
 /// The ECS operations the agent uses.
 #[async_trait]
 pub trait EcsApi: Send + Sync {
@@ -101,4 +125,37 @@ pub trait EcsApi: Send + Sync {
     /// DescribeClusters for one cluster: its status (`ACTIVE`, `INACTIVE`, ...), or `None` when
     /// ECS does not know it.
     async fn cluster_status(&self, cluster: &str) -> Result<Option<String>, ApiError>;
+
+    // The operations below serve draining (`lifecycle`). They have default bodies so that fakes
+    // written for registration only keep compiling; the SDK client implements all of them.
+
+    /// UpdateContainerInstancesState for one container instance (`ACTIVE` or `DRAINING`). A
+    /// failure entry in the reply is an error.
+    async fn update_container_instance_state(
+        &self,
+        _cluster: &str,
+        _container_instance_arn: &str,
+        _status: &str,
+    ) -> Result<(), ApiError> {
+        Err(unsupported("UpdateContainerInstancesState"))
+    }
+
+    /// ListTasks for one container instance and desired status, all pages.
+    async fn list_tasks(
+        &self,
+        _cluster: &str,
+        _container_instance_arn: &str,
+        _desired_status: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        Err(unsupported("ListTasks"))
+    }
+
+    /// DescribeTasks (at most 100 ARNs per call; callers batch).
+    async fn describe_tasks(
+        &self,
+        _cluster: &str,
+        _task_arns: &[String],
+    ) -> Result<Vec<TaskSummary>, ApiError> {
+        Err(unsupported("DescribeTasks"))
+    }
 }

@@ -2,9 +2,13 @@
 //! nothing else (no retries, no decisions).
 
 use async_trait::async_trait;
-use aws_sdk_ecs::types::{Attribute as SdkAttribute, Resource, Tag};
+use aws_sdk_ecs::types::{
+    Attribute as SdkAttribute, ContainerInstanceStatus, DesiredStatus, Resource, Tag,
+};
 
-use super::{ApiError, Attribute, EcsApi, RegisterRequest, RegisteredInstance};
+use super::{
+    ApiError, Attribute, EcsApi, ErrorKind, RegisterRequest, RegisteredInstance, TaskSummary,
+};
 use crate::aws::classify;
 
 /// ECS through the AWS SDK.
@@ -153,5 +157,93 @@ impl EcsApi for SdkEcs {
             .into_iter()
             .next()
             .and_then(|c| c.status))
+    }
+
+    async fn update_container_instance_state(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+        status: &str,
+    ) -> Result<(), ApiError> {
+        let out = self
+            .client
+            .update_container_instances_state()
+            .cluster(cluster)
+            .container_instances(container_instance_arn)
+            .status(ContainerInstanceStatus::from(status))
+            .send()
+            .await
+            .map_err(|e| classify("UpdateContainerInstancesState", e))?;
+        if let Some(f) = out.failures().first() {
+            return Err(ApiError {
+                operation: "UpdateContainerInstancesState",
+                kind: ErrorKind::Client,
+                code: f.reason().map(str::to_owned),
+                message: format!(
+                    "{}: {}",
+                    f.arn().unwrap_or(container_instance_arn),
+                    f.detail().or(f.reason()).unwrap_or("failed")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+        desired_status: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        // Bounded: 100 pages of 100 tasks is far more than one instance can hold.
+        const MAX_PAGES: usize = 100;
+        let mut arns = Vec::new();
+        let mut next: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .client
+                .list_tasks()
+                .cluster(cluster)
+                .container_instance(container_instance_arn)
+                .desired_status(DesiredStatus::from(desired_status))
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| classify("ListTasks", e))?;
+            arns.extend(out.task_arns().iter().cloned());
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(arns)
+    }
+
+    async fn describe_tasks(
+        &self,
+        cluster: &str,
+        task_arns: &[String],
+    ) -> Result<Vec<TaskSummary>, ApiError> {
+        if task_arns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .describe_tasks()
+            .cluster(cluster)
+            .set_tasks(Some(task_arns.to_vec()))
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTasks", e))?;
+        Ok(out
+            .tasks()
+            .iter()
+            .map(|t| TaskSummary {
+                arn: t.task_arn().unwrap_or_default().to_owned(),
+                started_by: t.started_by().unwrap_or_default().to_owned(),
+                last_status: t.last_status().unwrap_or_default().to_owned(),
+                desired_status: t.desired_status().unwrap_or_default().to_owned(),
+            })
+            .collect())
     }
 }

@@ -61,6 +61,10 @@ impl Draining {
             tx: Arc::new(watch::Sender::new(false)),
         }
     }
+    /// A flag shared with whoever owns the sender (the lifecycle subsystem raises it).
+    pub fn from_sender(tx: watch::Sender<bool>) -> Draining {
+        Draining { tx: Arc::new(tx) }
+    }
     /// Starts or ends draining.
     pub fn set(&self, draining: bool) {
         self.tx.send_replace(draining);

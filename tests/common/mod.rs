@@ -260,7 +260,11 @@ impl AgentSpec {
             api_port: free_port(),
             imds: sim.url(),
             endpoint: sim.url(),
-            env: vec![("ECS_HOSTD_DOCKER_WATCHDOG".into(), "false".into())],
+            env: vec![
+                ("ECS_HOSTD_DOCKER_WATCHDOG".into(), "false".into()),
+                // No random delay before the first registration in tests (fleet_boot.rs measures it).
+                ("ECS_HOSTD_STARTUP_JITTER".into(), "0".into()),
+            ],
             ecs_config: String::new(),
             subcommand: "run",
         }

@@ -66,6 +66,8 @@ class Instance:
     spot_action: dict | None = None
     lifecycle_state: str | None = "InService"
     rebalance: dict | None = None
+    #: Serve the instance's tags under meta-data/tags/instance (InstanceMetadataTags=enabled).
+    metadata_tags: bool = True
     # Counters tests read back.
     token_puts: int = 0
     unauthorized: int = 0
@@ -161,6 +163,8 @@ class Instance:
             tree["autoscaling"] = {"target-lifecycle-state": self.lifecycle_state}
         if self.rebalance is not None:
             tree["events"] = {"recommendations": {"rebalance": json.dumps(self.rebalance)}}
+        if self.metadata_tags and self.asg:
+            tree["tags"] = {"instance": {"aws:autoscaling:groupName": self.asg}}
         return tree
 
     def lookup(self, path: str) -> str | None:
@@ -194,6 +198,7 @@ class Instance:
             "spot_action": self.spot_action,
             "lifecycle_state": self.lifecycle_state,
             "rebalance": self.rebalance,
+            "metadata_tags": self.metadata_tags,
             "token_puts": self.token_puts,
             "unauthorized": self.unauthorized,
             "gets": self.gets,
@@ -218,6 +223,10 @@ class Instance:
             self.spot_action = _notice(settings["spot_action"], {"action": "terminate"}, "time")
         if "rebalance" in settings:
             self.rebalance = _notice(settings["rebalance"], {}, "noticeTime")
+        if "metadata_tags" in settings:
+            if not isinstance(settings["metadata_tags"], bool):
+                raise ValueError("metadata_tags must be true or false")
+            self.metadata_tags = settings["metadata_tags"]
         if "lifecycle_state" in settings:
             state = settings["lifecycle_state"]
             self.lifecycle_state = None if state in (None, "absent") else str(state)

@@ -287,6 +287,26 @@ def test_asg_instance_is_tagged(sim):
     assert {"Key": "aws:autoscaling:groupName", "Value": "my-asg"} in tags
 
 
+def test_asg_tag_in_instance_metadata(sim):
+    created = sim.control("POST", "/instances", {"asg": "my-asg"})
+    prefix = "/imds/" + created["instance_id"]
+    token = sim.token(prefix)
+    path = "meta-data/tags/instance/aws:autoscaling:groupName"
+    assert sim.imds_get(path, token, prefix)[2] == b"my-asg"
+    assert sim.imds_get("meta-data/tags/instance", token, prefix)[2] == b"aws:autoscaling:groupName"
+    state = sim.control(
+        "POST", f"/instances/{created['instance_id']}/imds", {"metadata_tags": False}
+    )
+    assert state["metadata_tags"] is False
+    assert sim.imds_get(path, token, prefix)[0] == 404
+    status, _, _ = sim.http(
+        "POST", f"/ec2sim/instances/{created['instance_id']}/imds", {"metadata_tags": "no"}
+    )
+    assert status == 400
+    plain = new_instance_prefix(sim)
+    assert sim.imds_get("meta-data/tags/instance", sim.token(plain), plain)[0] == 404
+
+
 # ---- ECS registration
 
 
