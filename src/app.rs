@@ -251,7 +251,7 @@ async fn start_and_serve(
     // Host metrics (issue 5): /proc + statvfs → durable spool → CloudWatch. Its run() makes the
     // final flush within metrics.shutdown_flush after cancellation (inside STOP_DEADLINE).
     let metrics = if config.metrics.enabled {
-        crate::metrics::Metrics::for_agent(&config, &sdk, &store, &board, &registration.cluster)
+        crate::metrics::Metrics::for_agent(&config, &sdk, &store, board, &registration.cluster)
             .inspect_err(
                 |e| warn!(error = %e, "Host metrics are off: the metrics spool cannot be opened."),
             )
