@@ -5,10 +5,14 @@
 //! [`ApiError::is_retryable`] instead of matching SDK types.
 //!
 //! Sub-modules: `attributes` (what the instance advertises), `register` (the registration flow and
-//! its persistence). This module never talks to Docker.
+//! its persistence), `discover` (the ACS endpoint, cached), `acs` (the task-delivery websocket) and
+//! `report` (the durable state-change reporter). This module never talks to Docker.
 
+pub mod acs;
 pub mod attributes;
+pub mod discover;
 pub mod register;
+pub mod report;
 pub mod sdk;
 
 use std::collections::BTreeMap;
@@ -84,7 +88,27 @@ pub struct RegisteredInstance {
     pub attributes: Vec<Attribute>,
 }
 
+/// What DiscoverPollEndpoint answered (protocol spec §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollEndpoints {
+    /// The ACS base URL, e.g. `https://ecs-a-1.us-east-1.amazonaws.com`.
+    pub acs: String,
+    /// The TCS base URL, if any.
+    pub telemetry: Option<String>,
+}
+
 pub use crate::aws::{ApiError, ErrorKind};
+
+/// The answer of an [`EcsApi`] that does not implement an operation (test fakes written before
+/// the operation was added).
+fn not_implemented(operation: &'static str) -> ApiError {
+    ApiError {
+        operation,
+        kind: ErrorKind::Client,
+        code: Some("NotImplemented".into()),
+        message: "this EcsApi does not implement the operation".into(),
+    }
+}
 
 /// The ECS operations the agent uses.
 #[async_trait]
@@ -101,4 +125,24 @@ pub trait EcsApi: Send + Sync {
     /// DescribeClusters for one cluster: its status (`ACTIVE`, `INACTIVE`, ...), or `None` when
     /// ECS does not know it.
     async fn cluster_status(&self, cluster: &str) -> Result<Option<String>, ApiError>;
+
+    /// DiscoverPollEndpoint for this container instance.
+    ///
+    /// NOTE: the control-plane operations have default bodies that fail with `NotImplemented`, so
+    /// fakes that predate them keep compiling; [`sdk::SdkEcs`] implements them all.
+    async fn discover_poll_endpoint(
+        &self,
+        _cluster: &str,
+        _container_instance: &str,
+    ) -> Result<PollEndpoints, ApiError> {
+        Err(not_implemented("DiscoverPollEndpoint"))
+    }
+
+    /// SubmitTaskStateChange for one task change (with its container changes).
+    async fn submit_task_state_change(
+        &self,
+        _change: &crate::tasks::TaskChange,
+    ) -> Result<(), ApiError> {
+        Err(not_implemented("SubmitTaskStateChange"))
+    }
 }
