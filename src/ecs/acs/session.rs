@@ -222,6 +222,7 @@ pub struct AcsSession {
     handler: tokio::sync::Mutex<Handler>,
     first_connection: AtomicBool,
     connections: AtomicU64,
+    attempts: AtomicU64,
 }
 
 impl std::fmt::Debug for AcsSession {
@@ -324,12 +325,18 @@ impl AcsSession {
             handler: tokio::sync::Mutex::new(Handler::new(parts.handler)?),
             first_connection: AtomicBool::new(true),
             connections: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
         })
     }
 
     /// Connections opened so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connection attempts made so far (successful or not).
+    pub fn connect_attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     /// The query parameters of the next connection.
@@ -411,6 +418,7 @@ impl AcsSession {
     }
 
     async fn connect(&self) -> Result<(Ws, String), ConnectError> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         let c = &self.config;
         let endpoints = self
             .discovery
