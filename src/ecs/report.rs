@@ -397,6 +397,11 @@ impl Reporter {
         self
     }
 
+    /// The store the queue lives in (the engine enqueues inside transactions of this store).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Counters.
     pub fn stats(&self) -> ReporterStats {
         let c = &self.counters;
