@@ -5,10 +5,14 @@
 //! [`ApiError::is_retryable`] instead of matching SDK types.
 //!
 //! Sub-modules: `attributes` (what the instance advertises), `register` (the registration flow and
-//! its persistence). This module never talks to Docker.
+//! its persistence), `discover` (the ACS endpoint, cached), `acs` (the task-delivery websocket) and
+//! `report` (the durable state-change reporter). This module never talks to Docker.
 
+pub mod acs;
 pub mod attributes;
+pub mod discover;
 pub mod register;
+pub mod report;
 pub mod sdk;
 
 use std::collections::BTreeMap;
@@ -84,6 +88,15 @@ pub struct RegisteredInstance {
     pub attributes: Vec<Attribute>,
 }
 
+/// What DiscoverPollEndpoint answered (protocol spec §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollEndpoints {
+    /// The ACS base URL, e.g. `https://ecs-a-1.us-east-1.amazonaws.com`.
+    pub acs: String,
+    /// The TCS base URL, if any.
+    pub telemetry: Option<String>,
+}
+
 pub use crate::aws::{ApiError, ErrorKind};
 
 /// A task as ECS describes it, reduced to what draining needs.
@@ -99,14 +112,14 @@ pub struct TaskSummary {
     pub desired_status: String,
 }
 
-/// The answer of an [`EcsApi`] implementation that lacks an optional operation (test fakes that
-/// predate it); the real client implements every operation.
-fn unsupported(operation: &'static str) -> ApiError {
+/// The answer of an [`EcsApi`] that does not implement an operation (test fakes written before
+/// the operation was added).
+fn not_implemented(operation: &'static str) -> ApiError {
     ApiError {
         operation,
         kind: ErrorKind::Client,
-        code: Some("UnsupportedOperation".into()),
-        message: "this EcsApi implementation does not support the operation".into(),
+        code: Some("NotImplemented".into()),
+        message: "this EcsApi does not implement the operation".into(),
     }
 }
 
@@ -137,7 +150,7 @@ pub trait EcsApi: Send + Sync {
         _container_instance_arn: &str,
         _status: &str,
     ) -> Result<(), ApiError> {
-        Err(unsupported("UpdateContainerInstancesState"))
+        Err(not_implemented("UpdateContainerInstancesState"))
     }
 
     /// ListTasks for one container instance and desired status, all pages.
@@ -147,7 +160,7 @@ pub trait EcsApi: Send + Sync {
         _container_instance_arn: &str,
         _desired_status: &str,
     ) -> Result<Vec<String>, ApiError> {
-        Err(unsupported("ListTasks"))
+        Err(not_implemented("ListTasks"))
     }
 
     /// DescribeTasks (at most 100 ARNs per call; callers batch).
@@ -156,6 +169,26 @@ pub trait EcsApi: Send + Sync {
         _cluster: &str,
         _task_arns: &[String],
     ) -> Result<Vec<TaskSummary>, ApiError> {
-        Err(unsupported("DescribeTasks"))
+        Err(not_implemented("DescribeTasks"))
+    }
+
+    /// DiscoverPollEndpoint for this container instance.
+    ///
+    /// NOTE: the control-plane operations have default bodies that fail with `NotImplemented`, so
+    /// fakes that predate them keep compiling; [`sdk::SdkEcs`] implements them all.
+    async fn discover_poll_endpoint(
+        &self,
+        _cluster: &str,
+        _container_instance: &str,
+    ) -> Result<PollEndpoints, ApiError> {
+        Err(not_implemented("DiscoverPollEndpoint"))
+    }
+
+    /// SubmitTaskStateChange for one task change (with its container changes).
+    async fn submit_task_state_change(
+        &self,
+        _change: &crate::tasks::TaskChange,
+    ) -> Result<(), ApiError> {
+        Err(not_implemented("SubmitTaskStateChange"))
     }
 }

@@ -7,9 +7,54 @@ use aws_sdk_ecs::types::{
 };
 
 use super::{
-    ApiError, Attribute, EcsApi, ErrorKind, RegisterRequest, RegisteredInstance, TaskSummary,
+    ApiError, Attribute, EcsApi, ErrorKind, PollEndpoints, RegisterRequest, RegisteredInstance,
+    TaskSummary,
 };
 use crate::aws::classify;
+use crate::tasks::{ContainerChange, NetworkBinding, TaskChange};
+
+/// ECS limits `reason` texts to 1024 characters (protocol spec §8.2).
+const MAX_REASON_CHARS: usize = 1024;
+
+fn truncate_reason(reason: &Option<String>) -> Option<String> {
+    reason
+        .as_ref()
+        .map(|r| r.chars().take(MAX_REASON_CHARS).collect())
+}
+
+fn sdk_binding(b: &NetworkBinding) -> aws_sdk_ecs::types::NetworkBinding {
+    aws_sdk_ecs::types::NetworkBinding::builder()
+        .bind_ip(&b.bind_ip)
+        .set_container_port(b.container_port.map(i32::from))
+        .set_host_port(b.host_port.map(i32::from))
+        .protocol(aws_sdk_ecs::types::TransportProtocol::from(
+            b.protocol.as_str(),
+        ))
+        .set_container_port_range(b.container_port_range.clone())
+        .set_host_port_range(b.host_port_range.clone())
+        .build()
+}
+
+fn sdk_container(c: &ContainerChange) -> aws_sdk_ecs::types::ContainerStateChange {
+    aws_sdk_ecs::types::ContainerStateChange::builder()
+        .container_name(&c.container_name)
+        .set_runtime_id(c.runtime_id.clone())
+        .status(c.status.as_str())
+        .set_exit_code(c.exit_code)
+        .set_reason(truncate_reason(&c.reason))
+        .set_image_digest(c.image_digest.clone())
+        .set_network_bindings(if c.network_bindings.is_empty() {
+            None
+        } else {
+            Some(c.network_bindings.iter().map(sdk_binding).collect())
+        })
+        .build()
+}
+
+fn epoch(secs: Option<f64>) -> Option<aws_smithy_types::DateTime> {
+    secs.filter(|s| s.is_finite())
+        .map(aws_smithy_types::DateTime::from_secs_f64)
+}
 
 /// ECS through the AWS SDK.
 #[derive(Clone, Debug)]
@@ -245,5 +290,54 @@ impl EcsApi for SdkEcs {
                 desired_status: t.desired_status().unwrap_or_default().to_owned(),
             })
             .collect())
+    }
+
+    async fn discover_poll_endpoint(
+        &self,
+        cluster: &str,
+        container_instance: &str,
+    ) -> Result<PollEndpoints, ApiError> {
+        let out = self
+            .client
+            .discover_poll_endpoint()
+            .cluster(cluster)
+            .container_instance(container_instance)
+            .send()
+            .await
+            .map_err(|e| classify("DiscoverPollEndpoint", e))?;
+        let acs = out
+            .endpoint
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| ApiError {
+                operation: "DiscoverPollEndpoint",
+                kind: super::ErrorKind::Server,
+                code: None,
+                message: "response has no endpoint".into(),
+            })?;
+        Ok(PollEndpoints {
+            acs,
+            telemetry: out.telemetry_endpoint,
+        })
+    }
+
+    async fn submit_task_state_change(&self, change: &TaskChange) -> Result<(), ApiError> {
+        self.client
+            .submit_task_state_change()
+            .cluster(&change.cluster)
+            .task(&change.task_arn)
+            .status(change.status.as_str())
+            .set_reason(truncate_reason(&change.reason))
+            .set_pull_started_at(epoch(change.pull_started_at))
+            .set_pull_stopped_at(epoch(change.pull_stopped_at))
+            .set_execution_stopped_at(epoch(change.execution_stopped_at))
+            .set_containers(if change.containers.is_empty() {
+                None
+            } else {
+                Some(change.containers.iter().map(sdk_container).collect())
+            })
+            .send()
+            .await
+            .map_err(|e| classify("SubmitTaskStateChange", e))?;
+        Ok(())
     }
 }

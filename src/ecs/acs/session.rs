@@ -1,0 +1,658 @@
+//! The ACS connection (protocol spec §5.1, §5.2, §5.6, §5.7): discover the endpoint, open the
+//! websocket with a SigV4-signed upgrade, feed every frame to the [`Handler`], write its replies,
+//! and keep a session up for the life of the process.
+//!
+//! - Query: `clusterArn`, `containerInstanceArn`, `agentHash`, `agentVersion`, `seqNum=1`,
+//!   `protocolVersion=2`, `dockerVersion` (when known), `sendCredentials` (`true` until the first
+//!   connection of this process succeeds, then `false`).
+//! - Liveness: no inbound frame for 1 min + jitter 1 min closes the connection; a connection older
+//!   than 30 min + jitter 5 min is closed with code 1000 "ConnectionExpired: Reconnect to
+//!   continue".
+//! - Reconnection: a clean close (1000, 1001, 1006, 1011, or end of stream) after a connection
+//!   that lived at least [`CLEAN_MIN_LIFETIME`] reconnects at once; anything else waits with
+//!   backoff (250 ms → 2 min, ×1.5, jitter 0.2), reset once a connection stayed up 1 min + jitter
+//!   1 min. `InactiveInstanceException` (deregistered instance): retry hourly, stop nothing.
+//!
+//! Every wait races the cancellation token. This module never interprets messages (the handler
+//! does) and never logs frames, credentials or signed headers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::handler::{self, Disconnect, Handler, HandlerParts};
+use super::messages;
+use crate::backoff::{self, Policy};
+use crate::ecs::EcsApi;
+use crate::ecs::discover::{self, Discovery};
+use crate::store;
+
+/// Close reason sent when a connection reaches its maximum age (protocol spec §5.6).
+pub const EXPIRED_REASON: &str = "ConnectionExpired: Reconnect to continue";
+/// A "clean" close sooner than this after connecting is treated as a failure (backoff), so a
+/// server that accepts and closes at once cannot make the agent spin.
+pub const CLEAN_MIN_LIFETIME: Duration = Duration::from_secs(1);
+/// Exceptions that say retrying soon will not help (protocol spec §5.2).
+const SLOW_RETRY_EXCEPTIONS: &[&str] = &[
+    "AccessDeniedException",
+    "InvalidClusterException",
+    "InvalidInstanceException",
+    "InactiveInstanceException",
+];
+
+/// Session timings; the defaults are the protocol's. Tests shorten them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    /// Close after this long without any inbound frame...
+    pub inactivity: Duration,
+    /// ...plus up to this much jitter.
+    pub inactivity_jitter: Duration,
+    /// Close a connection this old...
+    pub max_age: Duration,
+    /// ...plus up to this much jitter.
+    pub max_age_jitter: Duration,
+    /// Reconnect backoff.
+    pub reconnect: Policy,
+    /// A connection up this long resets the backoff...
+    pub healthy_after: Duration,
+    /// ...plus up to this much jitter.
+    pub healthy_jitter: Duration,
+    /// Wait before retrying after `InactiveInstanceException`.
+    pub inactive_retry: Duration,
+    /// Deadline for TCP + TLS + upgrade.
+    pub connect_timeout: Duration,
+    /// Deadline for writing one frame.
+    pub write_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            inactivity: Duration::from_secs(60),
+            inactivity_jitter: Duration::from_secs(60),
+            max_age: Duration::from_secs(30 * 60),
+            max_age_jitter: Duration::from_secs(5 * 60),
+            reconnect: Policy::new(
+                Duration::from_millis(250),
+                Duration::from_secs(120),
+                1.5,
+                0.2,
+            ),
+            healthy_after: Duration::from_secs(60),
+            healthy_jitter: Duration::from_secs(60),
+            inactive_retry: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Who connects, and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcsConfig {
+    /// Configured cluster (name or ARN): the `clusterArn` parameter.
+    pub cluster: String,
+    /// Registered container instance ARN.
+    pub container_instance_arn: String,
+    /// Region to sign for.
+    pub region: String,
+    /// `agentVersion`, e.g. [`crate::COMPATIBLE_AGENT_VERSION`].
+    pub agent_version: String,
+    /// `agentHash`, see [`super::agent_hash`].
+    pub agent_hash: String,
+    /// Docker server version, e.g. `25.0.8`; the parameter is omitted when unknown.
+    pub docker_version: Option<String>,
+    /// Timings.
+    pub timing: Timing,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No endpoint.
+    #[error(transparent)]
+    Discover(#[from] discover::Error),
+    /// The credentials chain had nothing to sign with.
+    #[error("no AWS credentials to sign the ACS handshake: {0}")]
+    Credentials(String),
+    /// The discovered endpoint is not usable.
+    #[error("ACS endpoint {0:?} is not an http(s) or ws(s) URL")]
+    BadEndpoint(String),
+    /// Signing failed.
+    #[error("cannot sign the ACS handshake: {0}")]
+    Sign(String),
+    /// ACS answered the upgrade with an HTTP error.
+    #[error("ACS refused the connection: HTTP {status} {}{message}", exception.as_deref().map(|e| format!("{e}: ")).unwrap_or_default())]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Exception named by the body, e.g. `InvalidClusterException`.
+        exception: Option<String>,
+        /// Its text.
+        message: String,
+    },
+    /// TCP, TLS or websocket failure.
+    #[error("ACS connection failed: {0}")]
+    Transport(String),
+    /// No upgrade within the deadline.
+    #[error("ACS handshake did not complete within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnectError {
+    /// Whether a quick retry may help (all are retried with backoff regardless).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConnectError::Refused {
+                exception: Some(e), ..
+            } => !SLOW_RETRY_EXCEPTIONS.contains(&e.as_str()),
+            ConnectError::Discover(e) => e.is_retryable(),
+            ConnectError::BadEndpoint(_) | ConnectError::Sign(_) => false,
+            _ => true,
+        }
+    }
+
+    fn is_inactive_instance(&self) -> bool {
+        matches!(self, ConnectError::Refused { exception: Some(e), .. } if e == "InactiveInstanceException")
+    }
+}
+
+/// Errors that end [`AcsSession::run`] (the supervisor restarts it).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The handler's store failed.
+    #[error(transparent)]
+    Handler(#[from] handler::Error),
+    /// The store failed while building the handler.
+    #[error("ACS session: {0}")]
+    Store(#[from] store::Error),
+}
+
+impl Error {
+    /// Not retryable in-process.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Everything an [`AcsSession`] needs.
+pub struct AcsParts {
+    /// Identity and timings.
+    pub config: AcsConfig,
+    /// ECS (DiscoverPollEndpoint).
+    pub ecs: Arc<dyn EcsApi>,
+    /// Credentials to sign the upgrade with (the SDK configuration's provider).
+    pub credentials_provider: SharedCredentialsProvider,
+    /// What the handler works with.
+    pub handler: HandlerParts,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How one connection ended.
+enum Ended {
+    Cancelled,
+    Clean(String),
+    Failed(String),
+    Inactive(String),
+}
+
+/// The ACS session. One per process; share it as `Arc<AcsSession>` and run
+/// [`AcsSession::run`] under the supervisor (restarts keep its state).
+pub struct AcsSession {
+    config: AcsConfig,
+    ecs: Arc<dyn EcsApi>,
+    discovery: Discovery,
+    credentials_provider: SharedCredentialsProvider,
+    handler: tokio::sync::Mutex<Handler>,
+    first_connection: AtomicBool,
+    connections: AtomicU64,
+    attempts: AtomicU64,
+}
+
+impl std::fmt::Debug for AcsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcsSession")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Percent-encodes a query component (RFC 3986 unreserved characters are kept).
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The websocket URL for an ACS endpoint: `https`→`wss`, `http`→`ws`, `/ws` appended to the path,
+/// then the query.
+pub fn acs_url(endpoint: &str, query: &[(&str, String)]) -> Result<String, ConnectError> {
+    let endpoint = endpoint.trim();
+    let (scheme, rest) = endpoint
+        .split_once("://")
+        .ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_owned()))?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "https" | "wss" => "wss",
+        "http" | "ws" => "ws",
+        _ => return Err(ConnectError::BadEndpoint(endpoint.to_owned())),
+    };
+    let base = rest
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    if base.is_empty() || base.starts_with('/') {
+        return Err(ConnectError::BadEndpoint(endpoint.to_owned()));
+    }
+    let query: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
+        .collect();
+    Ok(format!("{scheme}://{base}/ws?{}", query.join("&")))
+}
+
+/// The SigV4 headers for a GET of `url` with an empty body (service `ecs`).
+pub fn signed_headers(
+    url: &str,
+    region: &str,
+    credentials: &aws_credential_types::Credentials,
+    time: SystemTime,
+) -> Result<Vec<(&'static str, String)>, ConnectError> {
+    let identity = credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("ecs")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| ConnectError::Sign(e.to_string()))?
+        .into();
+    let request = SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[]))
+        .map_err(|e| ConnectError::Sign(e.to_string()))?;
+    let (instructions, _signature) = sign(request, &params)
+        .map_err(|e| ConnectError::Sign(e.to_string()))?
+        .into_parts();
+    let (headers, _params) = instructions.into_parts();
+    Ok(headers
+        .into_iter()
+        .map(|h| (h.name(), h.value().to_owned()))
+        .collect())
+}
+
+fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    })
+}
+
+/// Whether a close code counts as clean (protocol spec §5.6).
+fn clean_close(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1006 | 1011)
+}
+
+impl AcsSession {
+    /// A session; reads the handler's persisted state.
+    pub fn new(parts: AcsParts) -> Result<AcsSession, store::Error> {
+        Ok(AcsSession {
+            config: parts.config,
+            ecs: parts.ecs,
+            discovery: Discovery::default(),
+            credentials_provider: parts.credentials_provider,
+            handler: tokio::sync::Mutex::new(Handler::new(parts.handler)?),
+            first_connection: AtomicBool::new(true),
+            connections: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections opened so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connection attempts made so far (successful or not).
+    pub fn connect_attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// The query parameters of the next connection.
+    pub fn query(&self, send_credentials: bool) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        let mut q = vec![
+            ("clusterArn", c.cluster.clone()),
+            ("containerInstanceArn", c.container_instance_arn.clone()),
+            ("agentHash", c.agent_hash.clone()),
+            ("agentVersion", c.agent_version.clone()),
+            ("seqNum", "1".to_owned()),
+            ("protocolVersion", "2".to_owned()),
+        ];
+        if let Some(v) = &c.docker_version {
+            q.push(("dockerVersion", format!("DockerVersion: {v}")));
+        }
+        q.push(("sendCredentials", send_credentials.to_string()));
+        q
+    }
+
+    /// Keeps a session up until cancelled. Returns `Err` only when the store fails.
+    pub async fn run(&self, cancel: CancellationToken) -> Result<(), Error> {
+        let mut handler = self.handler.lock().await;
+        let t = &self.config.timing;
+        let mut backoff = t.reconnect.start();
+        loop {
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = self.connect() => r,
+            };
+            let delay = match attempt {
+                Err(e) if e.is_inactive_instance() => {
+                    error!(error = %e, retry_in = ?t.inactive_retry,
+                        "ACS says this container instance is deregistered. Tasks keep running; retrying later.");
+                    t.inactive_retry
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?d, "Cannot connect to ACS.");
+                    d
+                }
+                Ok((ws, endpoint)) => {
+                    self.first_connection.store(false, Ordering::Relaxed);
+                    let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                    info!(acs.endpoint = %endpoint, connection = n, seq_num = handler.latest_seq_num(),
+                        "Connected to ACS.");
+                    let started = Instant::now();
+                    let healthy_after = t.healthy_after + backoff::jitter(t.healthy_jitter);
+                    let ended = self.serve(ws, &mut handler, &cancel).await?;
+                    let lived = started.elapsed();
+                    if lived >= healthy_after {
+                        backoff.reset();
+                    }
+                    match ended {
+                        Ended::Cancelled => return Ok(()),
+                        Ended::Clean(why) if lived >= CLEAN_MIN_LIFETIME => {
+                            info!(reason = %why, lived = ?lived, "ACS connection closed; reconnecting.");
+                            backoff.reset();
+                            Duration::ZERO
+                        }
+                        Ended::Clean(why) | Ended::Failed(why) => {
+                            let d = backoff.next_delay();
+                            warn!(reason = %why, lived = ?lived, retry_in = ?d, "ACS connection lost; reconnecting.");
+                            d
+                        }
+                        Ended::Inactive(why) => {
+                            error!(reason = %why, retry_in = ?t.inactive_retry,
+                                "ACS says this container instance is deregistered. Tasks keep running; retrying later.");
+                            t.inactive_retry
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Ws, String), ConnectError> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let c = &self.config;
+        let endpoints = self
+            .discovery
+            .endpoints(&*self.ecs, &c.cluster, &c.container_instance_arn)
+            .await?;
+        let send_credentials = self.first_connection.load(Ordering::Relaxed);
+        let url = acs_url(&endpoints.acs, &self.query(send_credentials))?;
+        let credentials = self
+            .credentials_provider
+            .provide_credentials()
+            .await
+            .map_err(|e| {
+                ConnectError::Credentials(aws_sdk_ecs::error::DisplayErrorContext(e).to_string())
+            })?;
+        let headers = signed_headers(&url, &c.region, &credentials, SystemTime::now())?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::BadEndpoint(format!("{}: {e}", endpoints.acs)))?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ConnectError::Sign(e.to_string()))?;
+            let value =
+                HeaderValue::from_str(&value).map_err(|e| ConnectError::Sign(e.to_string()))?;
+            request.headers_mut().insert(name, value);
+        }
+        debug!(acs.endpoint = %endpoints.acs, send_credentials, "Connecting to ACS.");
+        match tokio::time::timeout(
+            c.timing.connect_timeout,
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        {
+            Err(_) => Err(ConnectError::Timeout(c.timing.connect_timeout)),
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                let status = response.status().as_u16();
+                let body = response.body().as_deref().unwrap_or(&[]);
+                let (exception, message) = match messages::decode_connect_error(body) {
+                    Some((e, m)) => (Some(e), m),
+                    None => (None, String::new()),
+                };
+                Err(ConnectError::Refused {
+                    status,
+                    exception,
+                    message,
+                })
+            }
+            Ok(Err(e)) => Err(ConnectError::Transport(e.to_string())),
+            Ok(Ok((ws, _response))) => Ok((ws, endpoints.acs)),
+        }
+    }
+
+    async fn send(&self, ws: &mut Ws, message: Message) -> Result<(), String> {
+        match tokio::time::timeout(self.config.timing.write_timeout, ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write failed: {e}")),
+            Err(_) => Err(format!(
+                "write did not complete within {:?}",
+                self.config.timing.write_timeout
+            )),
+        }
+    }
+
+    /// Sends a close frame (best effort, bounded).
+    async fn close(&self, ws: &mut Ws, code: CloseCode, reason: &str) {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), ws.close(close_frame(code, reason))).await;
+    }
+
+    async fn serve(
+        &self,
+        mut ws: Ws,
+        handler: &mut Handler,
+        cancel: &CancellationToken,
+    ) -> Result<Ended, handler::Error> {
+        let t = &self.config.timing;
+        let idle_timeout = t.inactivity + backoff::jitter(t.inactivity_jitter);
+        let expires = Instant::now() + t.max_age + backoff::jitter(t.max_age_jitter);
+        let mut idle_deadline = Instant::now() + idle_timeout;
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.close(&mut ws, CloseCode::Away, "agent stopping").await;
+                    return Ok(Ended::Cancelled);
+                }
+                _ = tokio::time::sleep_until(expires) => {
+                    self.close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
+                    return Ok(Ended::Clean("connection reached its maximum age".into()));
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    self.close(&mut ws, CloseCode::Normal, "no frame received").await;
+                    return Ok(Ended::Failed(format!("no frame from ACS for {idle_timeout:?}")));
+                }
+                next = ws.next() => next,
+            };
+            idle_deadline = Instant::now() + idle_timeout;
+            let message = match next {
+                None => return Ok(Ended::Clean("ACS ended the stream".into())),
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                )) => {
+                    return Ok(Ended::Clean("connection closed".into()));
+                }
+                Some(Err(e)) => return Ok(Ended::Failed(format!("read failed: {e}"))),
+                Some(Ok(m)) => m,
+            };
+            match message {
+                Message::Text(text) => {
+                    let handled = handler.handle_frame(text.as_str()).await?;
+                    for reply in &handled.replies {
+                        debug!(message.type = reply.kind(), "Sending to ACS.");
+                        if let Err(why) = self.send(&mut ws, Message::text(reply.encode())).await {
+                            return Ok(Ended::Failed(why));
+                        }
+                    }
+                    match handled.disconnect {
+                        None => {}
+                        Some(Disconnect::InactiveInstance(why)) => {
+                            self.close(&mut ws, CloseCode::Normal, "instance inactive")
+                                .await;
+                            return Ok(Ended::Inactive(why));
+                        }
+                        Some(Disconnect::Exception { kind, message }) => {
+                            self.close(&mut ws, CloseCode::Normal, "server exception")
+                                .await;
+                            return Ok(Ended::Failed(format!("ACS sent {kind}: {message}")));
+                        }
+                    }
+                }
+                Message::Binary(bytes) => {
+                    warn!(
+                        bytes = bytes.len(),
+                        "Ignoring a binary ACS frame (ACS sends text)."
+                    );
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(frame) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                        .unwrap_or((1005, String::new()));
+                    let why = format!("ACS closed the connection with code {code} {reason:?}");
+                    return Ok(if clean_close(code) || code == 1005 {
+                        Ended::Clean(why)
+                    } else {
+                        Ended::Failed(why)
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_from_endpoint() {
+        let q = vec![
+            (
+                "clusterArn",
+                "arn:aws:ecs:us-east-1:1:cluster/a b".to_owned(),
+            ),
+            ("dockerVersion", "DockerVersion: 25.0.8".to_owned()),
+        ];
+        assert_eq!(
+            acs_url("https://ecs-a-1.us-east-1.amazonaws.com", &q).unwrap(),
+            "wss://ecs-a-1.us-east-1.amazonaws.com/ws?clusterArn=arn%3Aaws%3Aecs%3Aus-east-1%3A1%3Acluster%2Fa%20b&dockerVersion=DockerVersion%3A%2025.0.8"
+        );
+        assert!(
+            acs_url("http://127.0.0.1:8080/", &[])
+                .unwrap()
+                .starts_with("ws://127.0.0.1:8080/ws?")
+        );
+        assert!(
+            acs_url("http://127.0.0.1:8080/base", &[])
+                .unwrap()
+                .starts_with("ws://127.0.0.1:8080/base/ws?")
+        );
+        for bad in ["ftp://x", "no-scheme", "https://", "https:///path"] {
+            let e = acs_url(bad, &[]).unwrap_err();
+            assert!(!e.is_retryable(), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn signing_produces_sigv4_headers_for_ecs() {
+        let creds = aws_credential_types::Credentials::new(
+            "AKIDTEST",
+            "secret",
+            Some("tok".into()),
+            None,
+            "t",
+        );
+        let headers = signed_headers(
+            "wss://ecs-a-1.us-east-1.amazonaws.com/ws?seqNum=1",
+            "us-east-1",
+            &creds,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+        .unwrap();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let auth = get("authorization").unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/20231114/us-east-1/ecs/aws4_request, SignedHeaders="),
+            "{auth}"
+        );
+        assert_eq!(get("x-amz-date").as_deref(), Some("20231114T221320Z"));
+        assert_eq!(get("x-amz-security-token").as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn close_codes() {
+        for c in [1000, 1001, 1006, 1011] {
+            assert!(clean_close(c));
+        }
+        for c in [1002, 1008, 4000] {
+            assert!(!clean_close(c));
+        }
+        let e = ConnectError::Refused {
+            status: 400,
+            exception: Some("InactiveInstanceException".into()),
+            message: "gone".into(),
+        };
+        assert!(e.is_inactive_instance());
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "ACS refused the connection: HTTP 400 InactiveInstanceException: gone"
+        );
+    }
+}
