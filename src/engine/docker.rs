@@ -185,9 +185,8 @@ pub fn create_body(
     if !bindings.is_empty() {
         host["PortBindings"] = Value::Object(bindings);
     }
-    match spec.network_mode.as_deref() {
-        Some(mode @ ("host" | "none" | "bridge")) => host["NetworkMode"] = json!(mode),
-        _ => {}
+    if let Some(mode @ ("host" | "none" | "bridge")) = spec.network_mode.as_deref() {
+        host["NetworkMode"] = json!(mode);
     }
     if spec.pid_mode.as_deref() == Some("host") {
         host["PidMode"] = json!("host");

@@ -173,7 +173,7 @@ enum Msg {
 }
 
 enum Done {
-    Action(ActionKey, Outcome),
+    Action(ActionKey, Box<Outcome>),
     Images(Vec<String>),
 }
 
@@ -184,6 +184,8 @@ struct Shared {
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Msg>>,
     wake: Arc<Notify>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Seconds added to the wall clock (tests move time forward without sleeping).
+    skew: std::sync::Mutex<f64>,
 }
 
 /// The engine handle: cheap to clone; implements [`TaskControl`] and gives the [`EngineView`].
@@ -228,8 +230,14 @@ impl Engine {
                 rx: tokio::sync::Mutex::new(rx),
                 wake: Arc::new(Notify::new()),
                 snapshot,
+                skew: std::sync::Mutex::new(0.0),
             }),
         })
+    }
+
+    /// Moves the engine's clock forward (tests: retry and cleanup timers without sleeping).
+    pub fn advance_clock(&self, secs: f64) {
+        *self.shared.skew.lock().unwrap_or_else(|e| e.into_inner()) += secs;
     }
 
     /// The introspection view.
@@ -276,7 +284,11 @@ impl Engine {
                 _ = self.shared.wake.notified() => list = true,
                 _ = tokio::time::sleep_until(deadline) => list = state.resync_due(),
             }
-            state.tick(list).await?;
+            if state.tick(list).await? {
+                // Something changed (a task stopped, so another may now fit; a dependency was
+                // met): look again at once rather than at the next event.
+                state.requeue_at = Some(0.0);
+            }
         }
         state.actions.abort_all();
         aux.abort_all();
@@ -293,8 +305,8 @@ impl Engine {
             while let Ok(m) = rx.try_recv() {
                 state.handle(m)?;
             }
-            state.tick(true).await?;
-            if state.actions.is_empty() {
+            let progress = state.tick(true).await?;
+            if state.actions.is_empty() && !progress {
                 break;
             }
             while let Some(done) = state.actions.join_next().await {
@@ -408,6 +420,10 @@ impl LoopState {
         &self.shared.parts.settings
     }
 
+    fn now(&self) -> f64 {
+        now_secs() + *self.shared.skew.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn resync_due(&self) -> bool {
         let every = if self.docker_down {
             DOCKER_DOWN_RETRY
@@ -425,7 +441,7 @@ impl LoopState {
         };
         let mut at = self.last_list + every;
         if let Some(t) = self.requeue_at {
-            let wait = Duration::from_secs_f64((t - now_secs()).clamp(0.0, 86_400.0));
+            let wait = Duration::from_secs_f64((t - self.now()).clamp(0.0, 86_400.0));
             at = at.min(tokio::time::Instant::now() + wait);
         }
         at
@@ -528,7 +544,7 @@ impl LoopState {
                 return Ok(());
             }
         };
-        let now = now_secs();
+        let now = self.now();
         match done {
             Done::Images(removed) => {
                 self.image_cleanup_running = false;
@@ -538,6 +554,7 @@ impl LoopState {
                 }
             }
             Done::Action(key, outcome) => {
+                let outcome = *outcome;
                 self.in_flight.remove(&key);
                 self.epoch += 1;
                 match &outcome {
@@ -562,21 +579,22 @@ impl LoopState {
                                 .insert(task_arn.clone(), now + CLEANUP_RETRY_SECS);
                         }
                     },
-                    Outcome::Pulled { image, result } => {
-                        if let Ok(id) = result {
-                            let r = self.images.entry(image.clone()).or_insert(ImageRecord {
-                                image: image.clone(),
-                                image_id: None,
-                                pulled_at: now,
-                                last_used_at: now,
-                            });
-                            r.pulled_at = now;
-                            r.last_used_at = now;
-                            if id.is_some() {
-                                r.image_id = id.clone();
-                            }
-                            self.images_dirty.insert(image.clone());
+                    Outcome::Pulled {
+                        image,
+                        result: Ok(id),
+                    } => {
+                        let r = self.images.entry(image.clone()).or_insert(ImageRecord {
+                            image: image.clone(),
+                            image_id: None,
+                            pulled_at: now,
+                            last_used_at: now,
+                        });
+                        r.pulled_at = now;
+                        r.last_used_at = now;
+                        if id.is_some() {
+                            r.image_id = id.clone();
                         }
+                        self.images_dirty.insert(image.clone());
                     }
                     _ => {}
                 }
@@ -676,11 +694,12 @@ impl LoopState {
         }
     }
 
-    async fn tick(&mut self, list: bool) -> Result<(), Error> {
+    /// One pass; returns whether any record changed.
+    async fn tick(&mut self, list: bool) -> Result<bool, Error> {
         if list || !self.listed {
             self.observe().await;
         }
-        let now = now_secs();
+        let now = self.now();
 
         // Admission (resolution 9): tasks that fit start; the others wait as PENDING.
         let (admitted, waits) = resources::admit(self.tasks.values(), &self.settings().capacity);
@@ -733,6 +752,7 @@ impl LoopState {
         }
         self.requeue_at = requeue;
 
+        let progress = !self.dirty.is_empty();
         self.commit()?;
         if self.listed {
             for action in to_start {
@@ -741,7 +761,7 @@ impl LoopState {
             self.maybe_clean_images();
         }
         self.publish();
-        Ok(())
+        Ok(progress)
     }
 
     /// Persists every dirty record and the changes they owe, in one transaction; then notifies.
@@ -850,7 +870,7 @@ impl LoopState {
                 Box::pin(async move {
                     hooks.at("pull.before").await;
                     let result = puller.ensure(&image, &task_arn, auth.as_ref()).await;
-                    Done::Action(key, Outcome::Pulled { image, result })
+                    Done::Action(key, Box::new(Outcome::Pulled { image, result }))
                 })
             }
             Action::EnsureCreated {
@@ -894,11 +914,11 @@ impl LoopState {
                     .await;
                     Done::Action(
                         key,
-                        Outcome::Created {
+                        Box::new(Outcome::Created {
                             task_arn,
                             container,
                             result,
-                        },
+                        }),
                     )
                 })
             }
@@ -918,11 +938,11 @@ impl LoopState {
                     };
                     Done::Action(
                         key,
-                        Outcome::Started {
+                        Box::new(Outcome::Started {
                             task_arn,
                             container,
                             result,
-                        },
+                        }),
                     )
                 })
             }
@@ -941,11 +961,11 @@ impl LoopState {
                     };
                     Done::Action(
                         key,
-                        Outcome::Stopped {
+                        Box::new(Outcome::Stopped {
                             task_arn,
                             container,
                             result,
-                        },
+                        }),
                     )
                 })
             }
@@ -962,7 +982,7 @@ impl LoopState {
                 info!(task.arn = %task_arn, "Cleaning up stopped task.");
                 Box::pin(async move {
                     let result = remove_task(&*runtime, &task_arn, targets, volumes).await;
-                    Done::Action(key, Outcome::Removed { task_arn, result })
+                    Done::Action(key, Box::new(Outcome::Removed { task_arn, result }))
                 })
             }
         };
@@ -1064,6 +1084,7 @@ impl LoopState {
         };
         let pressure = self.disk_pressure;
         let runtime = self.shared.parts.runtime.clone();
+        let now = self.now();
         self.actions.spawn(async move {
             let in_use = match runtime.images_in_use().await {
                 Ok(u) => u,
@@ -1072,14 +1093,8 @@ impl LoopState {
                     return Done::Images(Vec::new());
                 }
             };
-            let victims = cleanup::images_to_delete(
-                &records,
-                &in_use,
-                &referenced,
-                now_secs(),
-                &policy,
-                pressure,
-            );
+            let victims =
+                cleanup::images_to_delete(&records, &in_use, &referenced, now, &policy, pressure);
             let mut removed = Vec::new();
             let tried = victims.len();
             for v in victims {

@@ -605,12 +605,9 @@ impl TaskSpec {
                 to: to.to_owned(),
                 field,
             };
-            for l in &c.links {
-                let target = l.split(':').next().unwrap_or(l);
-                if !names.contains(target) {
-                    return Err(unknown(target, "links"));
-                }
-            }
+            // Links to containers outside the task are tolerated here (Docker refuses them at
+            // create, which stops the container with CannotCreateContainerError): ACS payloads
+            // in the wild carry them (see the with_container fixture).
             for v in &c.volumes_from {
                 if !names.contains(v.source_container.as_str()) {
                     return Err(unknown(&v.source_container, "volumesFrom"));
@@ -671,6 +668,7 @@ impl TaskSpec {
             .links
             .iter()
             .map(|l| l.split(':').next().unwrap_or(l))
+            .filter(|t| self.containers.iter().any(|x| x.name == *t))
             .chain(c.volumes_from.iter().map(|v| v.source_container.as_str()))
             .chain(c.depends_on.iter().map(|d| d.container_name.as_str()))
             .collect();
@@ -1008,7 +1006,9 @@ pub fn dependencies(task: &TaskRecord, c: &ContainerSpec) -> DepState {
                     c.name
                 ));
             }
-            _ => pending = true,
+            // Not in the task: Docker decides at create.
+            None => {}
+            Some(_) => pending = true,
         }
     }
     if pending {

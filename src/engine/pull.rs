@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(c.username.as_deref(), Some("user"));
         assert_eq!(c.password.as_deref(), Some("pa:ss"));
         assert!(parse_engine_auth(Some("dockercfg"), Some(r#"{"r":{"auth":"!!"}}"#)).is_err());
-        assert!(parse_engine_auth(Some("weird"), Some("{}")).is_err() || true);
+        assert!(parse_engine_auth(Some("weird"), Some(r#"{"r":{}}"#)).is_err());
         assert!(parse_engine_auth(Some("docker"), Some("not json")).is_err());
         assert!(parse_engine_auth(None, None).unwrap().is_empty());
     }

@@ -201,14 +201,10 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         if c.known == ContainerStatus::Stopped {
             continue;
         }
+        // Stop failures are retried forever (the container still runs); a create or start
+        // that keeps failing, or a pull that failed after its own retries, stops the container.
         let gives_up = f.step != Step::Stop && (!f.retryable || f.attempts >= MAX_ATTEMPTS);
-        if gives_up && (f.step == Step::Pull || c.docker_id.is_none() || f.step == Step::Start) {
-            if f.step == Step::Start && c.docker_id.is_some() {
-                // A container that could not start is left created; nothing runs.
-            }
-            c.known = ContainerStatus::Stopped;
-            c.reason = Some(f.message.clone());
-        } else if gives_up {
+        if gives_up {
             c.known = ContainerStatus::Stopped;
             c.reason = Some(f.message.clone());
         } else if f.retry_at > ctx.now {
@@ -222,10 +218,9 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         let essential_stopped = r.containers.iter().find(|c| {
             c.known == ContainerStatus::Stopped && rec.spec_of(&c.name).is_some_and(|s| s.essential)
         });
-        if let Some(c) = essential_stopped {
+        if essential_stopped.is_some() {
             r.desired = TaskStatus::Stopped;
             r.reason.get_or_insert_with(|| ESSENTIAL_EXITED.to_owned());
-            let _ = c;
             r.execution_stopped_at.get_or_insert(ctx.now);
         } else if r
             .containers
@@ -293,15 +288,15 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             }
             let ready = deps == DepState::Satisfied;
             match c.known {
-                ContainerStatus::None | ContainerStatus::ManifestPulled => {
-                    if ready || ctx.pull_upfront {
-                        r.pull_started_at.get_or_insert(ctx.now);
-                        actions.push(Action::EnsurePulled {
-                            image: spec.image.clone(),
-                            task_arn: arn.clone(),
-                            container: c.name.clone(),
-                        });
-                    }
+                ContainerStatus::None | ContainerStatus::ManifestPulled
+                    if ready || ctx.pull_upfront =>
+                {
+                    r.pull_started_at.get_or_insert(ctx.now);
+                    actions.push(Action::EnsurePulled {
+                        image: spec.image.clone(),
+                        task_arn: arn.clone(),
+                        container: c.name.clone(),
+                    });
                 }
                 ContainerStatus::Pulled if ready => actions.push(Action::EnsureCreated {
                     task_arn: arn.clone(),

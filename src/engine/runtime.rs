@@ -247,6 +247,7 @@ struct FakeInner {
     failures: HashMap<FakeOp, (u32, RuntimeError)>,
     next_id: u64,
     creates: Vec<String>,
+    created_labels: Vec<(String, String)>,
     pulls: Vec<String>,
     clock: u64,
     down: bool,
@@ -315,6 +316,11 @@ impl FakeRuntime {
         self.lock().creates.clone()
     }
 
+    /// `(task ARN, container name)` labels of every container ever created, in order.
+    pub fn created_labels(&self) -> Vec<(String, String)> {
+        self.lock().created_labels.clone()
+    }
+
     /// Images pulled, in order.
     pub fn pulls(&self) -> Vec<String> {
         self.lock().pulls.clone()
@@ -357,6 +363,10 @@ impl FakeRuntime {
             self.exit(&n, 137);
         }
     }
+}
+
+fn labels_get(labels: &HashMap<String, String>, key: &str) -> String {
+    labels.get(key).cloned().unwrap_or_default()
 }
 
 #[async_trait]
@@ -452,6 +462,11 @@ impl ContainerRuntime for FakeRuntime {
             },
         );
         inner.creates.push(name.to_owned());
+        let key = (
+            labels_get(&inner.containers[name].labels, LABEL_TASK_ARN),
+            labels_get(&inner.containers[name].labels, LABEL_CONTAINER_NAME),
+        );
+        inner.created_labels.push(key);
         if let Some(e) = Self::take_failure(&mut inner, FakeOp::CreateThenTimeout) {
             return Err(e);
         }
