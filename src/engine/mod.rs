@@ -127,7 +127,8 @@ impl Settings {
 }
 
 /// Test hooks: pause forever at a phase (after writing a marker file) so a test can kill -9 the
-/// process there. Phases: `pull.before`, `create.after`, `start.after`, `stop.before`.
+/// process there. Phases: `pull.before`, `pull.after`, `create.after`, `start.after`,
+/// `stop.before`.
 #[derive(Clone, Debug, Default)]
 pub struct Hooks {
     /// Phase to pause at.
@@ -870,6 +871,7 @@ impl LoopState {
                 Box::pin(async move {
                     hooks.at("pull.before").await;
                     let result = puller.ensure(&image, &task_arn, auth.as_ref()).await;
+                    hooks.at("pull.after").await;
                     Done::Action(key, Box::new(Outcome::Pulled { image, result }))
                 })
             }
