@@ -162,11 +162,51 @@ async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> Outco
     ));
 
     let (supervisor, mut terminal_rx) = Supervisor::new(cancel.clone());
+
+    // The task engine (issue 3). ACS delivers tasks to `engine` through `tasks::TaskControl`
+    // and shares `credentials`; until the reporter is wired, changes go to an in-memory sink.
+    let credentials = Arc::new(crate::tasks::CredentialsStore::default());
+    let sink: Arc<dyn crate::tasks::StateChangeSink> =
+        Arc::new(crate::tasks::RecordingSink::default());
+    let engine = match crate::engine::Engine::new(crate::engine::Parts {
+        settings: crate::engine::Settings::from_config(
+            &config,
+            Some(region.clone()),
+            host.cpus,
+            host.mem_total_bytes / (1024 * 1024),
+        ),
+        store: store.clone(),
+        sink,
+        credentials,
+        runtime: Arc::new(crate::engine::docker::DockerRuntime::new(
+            docker.clone(),
+            crate::engine::docker::Timeouts {
+                create: config.engine.container_create_timeout,
+                start: config.engine.container_start_timeout,
+                ..Default::default()
+            },
+        )),
+        ecr: Arc::new(crate::engine::pull::SdkEcr),
+        hooks: crate::engine::Hooks::default(),
+    }) {
+        Ok(e) => e,
+        Err(e) => return Outcome::Terminal(e.to_string()),
+    };
+    let engine_task = engine.clone();
+    supervisor.spawn("engine", move |token| {
+        let e = engine_task.clone();
+        async move {
+            e.run(token)
+                .await
+                .map_err(|err| Failure::transient(err.to_string()))
+        }
+    });
+
     let api_state = ApiState {
         cluster: config.cluster.clone(),
         registration: reg_rx,
         health: board.clone(),
-        tasks: Arc::new(api::NoTasks),
+        tasks: Arc::new(engine.view()),
         metrics: Vec::new(),
     };
     let api_addr = config.api_addr;
