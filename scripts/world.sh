@@ -19,6 +19,9 @@ world_packages() {
   [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  # Local registry and htpasswd for the engine's pull/auth tests.
+  [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+  command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
@@ -58,7 +61,7 @@ world_images() {
     dir=$(mktemp -d)
     mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/www"
     cp /bin/busybox "$dir/bin/busybox"
-    for a in $("$dir/bin/busybox" --list); do ln -sf busybox "$dir/bin/$a"; done
+    for a in $("$dir/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$dir/bin/$a"; done
     echo 'root:x:0:0:root:/root:/bin/sh' >"$dir/etc/passwd"
     echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >>"$dir/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"

@@ -17,9 +17,9 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::ecs::attributes;
 use crate::ecs::register::{self, REGISTER_GIVE_UP, REGISTER_RETRY, Registrar};
 use crate::ecs::sdk::SdkEcs;
+use crate::ecs::{acs, attributes, report};
 use crate::health;
 use crate::host::HostFacts;
 use crate::imds::ImdsClient;
@@ -115,7 +115,7 @@ async fn start_and_serve(
     spawn_health_subsystems(&config, supervisor, board, &watchdog_stats, &draining);
     systemd::status("waiting for Docker");
     board.set("docker", false, "waiting for Docker");
-    let (_docker, engine) =
+    let (docker, docker_info) =
         match docker::connect_ready(config.docker_host.as_deref(), &cancel, |e| {
             systemd::status(&format!("waiting for Docker: {e}"));
         })
@@ -129,7 +129,10 @@ async fn start_and_serve(
     board.set(
         "docker",
         true,
-        format!("Docker {} (API {})", engine.version, engine.api_version),
+        format!(
+            "Docker {} (API {})",
+            docker_info.version, docker_info.api_version
+        ),
     );
 
     // Identity and registration (spec §2 steps 4–7).
@@ -204,7 +207,7 @@ async fn start_and_serve(
         ecs: &ecs,
         store: &store,
         host: &host,
-        docker_api_version: Some(engine.api_version.clone()),
+        docker_api_version: Some(docker_info.api_version.clone()),
         features: attributes::IMPLEMENTED,
         retry: REGISTER_RETRY,
         give_up_after: REGISTER_GIVE_UP,
@@ -230,7 +233,7 @@ async fn start_and_serve(
         instance_id = %registration.ec2_instance_id,
         data_dir = %config.data_dir.display(),
         api.addr = %config.api_addr,
-        docker.version = %engine.version,
+        docker.version = %docker_info.version,
         "ecs-hostd started."
     );
     let ready_text = format!(
@@ -269,11 +272,103 @@ async fn start_and_serve(
             }
         });
     }
+    // The control plane and the task engine (issues 3 and 4): ACS delivers tasks to the engine
+    // through `tasks::TaskControl`; the engine enqueues state changes in the reporter's durable
+    // queue inside its own store transactions; the reporter sends them to ECS in order.
+    let ecs_api: Arc<dyn crate::ecs::EcsApi> = Arc::new(ecs.clone());
+    let milestones = Arc::new(report::Milestones::default());
+    let reporter = Arc::new(
+        report::Reporter::new(store.clone(), ecs_api.clone(), Default::default())
+            .with_milestones(milestones.clone()),
+    );
+    let credentials = Arc::new(crate::tasks::CredentialsStore::default());
+    let sink: Arc<dyn crate::tasks::StateChangeSink> = reporter.clone();
+    let engine = match crate::engine::Engine::new(crate::engine::Parts {
+        settings: crate::engine::Settings::from_config(
+            &config,
+            Some(region.clone()),
+            host.cpus,
+            host.mem_total_bytes / (1024 * 1024),
+        ),
+        store: store.clone(),
+        sink: sink.clone(),
+        credentials: credentials.clone(),
+        runtime: Arc::new(crate::engine::docker::DockerRuntime::new(
+            docker.clone(),
+            crate::engine::docker::Timeouts {
+                create: config.engine.container_create_timeout,
+                start: config.engine.container_start_timeout,
+                ..Default::default()
+            },
+        )),
+        ecr: Arc::new(crate::engine::pull::SdkEcr),
+        hooks: crate::engine::Hooks::default(),
+    }) {
+        Ok(e) => e,
+        Err(e) => return Outcome::Terminal(e.to_string()),
+    };
+    let engine_task = engine.clone();
+    supervisor.spawn("engine", move |token| {
+        let e = engine_task.clone();
+        async move {
+            e.run(token)
+                .await
+                .map_err(|err| Failure::transient(err.to_string()))
+        }
+    });
+    let reporter_task = reporter.clone();
+    supervisor.spawn("reporter", move |token| {
+        let r = reporter_task.clone();
+        async move {
+            r.run(token)
+                .await
+                .map_err(|e| Failure::transient(format!("reporter: {e}")))
+        }
+    });
+    let Some(credentials_provider) = sdk.credentials_provider() else {
+        return Outcome::Error("no AWS credentials provider to sign the ACS connection".into());
+    };
+    let acs_session = match acs::AcsSession::new(acs::AcsParts {
+        config: acs::AcsConfig {
+            cluster: registration.cluster.clone(),
+            container_instance_arn: registration.container_instance_arn.clone(),
+            region: region.clone(),
+            agent_version: crate::COMPATIBLE_AGENT_VERSION.into(),
+            agent_hash: acs::agent_hash(),
+            docker_version: Some(docker_info.version.clone()),
+            timing: Default::default(),
+        },
+        ecs: ecs_api.clone(),
+        credentials_provider,
+        handler: acs::HandlerParts {
+            identity: acs::Identity {
+                cluster: registration.cluster.clone(),
+                container_instance_arn: registration.container_instance_arn.clone(),
+            },
+            engine: Arc::new(engine.clone()),
+            credentials: credentials.clone(),
+            sink,
+            store: store.clone(),
+            milestones: Some(milestones),
+        },
+    }) {
+        Ok(a) => Arc::new(a),
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    supervisor.spawn("acs", move |token| {
+        let a = acs_session.clone();
+        async move {
+            a.run(token)
+                .await
+                .map_err(|e| Failure::transient(format!("acs: {e}")))
+        }
+    });
+
     let api_state = ApiState {
         cluster: config.cluster.clone(),
         registration: reg_rx,
         health: board.clone(),
-        tasks: Arc::new(api::NoTasks),
+        tasks: Arc::new(engine.view()),
         metrics: std::iter::once(watchdog_stats.clone() as Arc<dyn api::MetricsSection>)
             .chain(metrics.iter().map(|m| m.section()))
             .collect(),
@@ -297,7 +392,6 @@ async fn start_and_serve(
         }
     });
 
-    let ecs_api: Arc<dyn crate::ecs::EcsApi> = Arc::new(ecs.clone());
     let lifecycle = Arc::new(Lifecycle {
         config: config.lifecycle.clone(),
         cluster: registration.cluster.clone(),

@@ -32,6 +32,7 @@ pub mod check;
 pub mod config;
 pub mod docker;
 pub mod ecs;
+pub mod engine;
 pub mod health;
 pub mod host;
 pub mod imds;

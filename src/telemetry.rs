@@ -27,6 +27,12 @@ pub fn init(ecs_loglevel: &str) {
             level_directive(ecs_loglevel)
         ))
     });
+    // The websocket library dumps whole frames at debug/trace, credentials included: these
+    // directives win even over RUST_LOG=trace.
+    let filter = crate::ecs::acs::LOG_DIRECTIVES
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     if systemd_journal_logger::connected_to_journal()
         && let Ok(layer) = tracing_journald_layer()
     {

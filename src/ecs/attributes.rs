@@ -41,7 +41,9 @@ pub struct Features {
 /// The features this build implements. Flip a flag in the same change that implements and tests
 /// the feature.
 pub const IMPLEMENTED: Features = Features {
-    container_ordering: false,
+    // dependsOn START/COMPLETE/SUCCESS/HEALTHY: engine::model::dependencies, tested in
+    // engine::tests and tests/docker_engine.rs.
+    container_ordering: true,
     ecr_pull: false,
     full_sync: false,
 };

@@ -1,0 +1,203 @@
+use super::*;
+use crate::engine::model::{TaskRecord, TaskSpec};
+
+fn full_task() -> TaskRecord {
+    let raw_config = serde_json::json!({
+        "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64, "Retries": 2},
+        "User": "nobody",
+        "WorkingDir": "/tmp",
+        "Labels": {"team": "web", "com.amazonaws.ecs.task-arn": "spoofed"},
+        "Env": null
+    });
+    let raw_host = serde_json::json!({
+        "MemoryReservation": 64 * 1024 * 1024,
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "mode": "non-blocking"}},
+        "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 2048}],
+        "ReadonlyRootfs": true,
+        "RestartPolicy": {"Name": "always"},
+        "CapAdd": ["NET_ADMIN"]
+    });
+    let spec = TaskSpec::from_json(&serde_json::json!({
+        "arn": "arn:aws:ecs:r:1:task/c/t1", "family": "fam", "version": "3",
+        "taskClusterArn": "arn:aws:ecs:r:1:cluster/c",
+        "volumes": [
+            {"name": "data", "host": {"sourcePath": "/srv/data"}},
+            {"name": "scratch", "host": {}}
+        ],
+        "containers": [
+            {"name": "db", "image": "img:1"},
+            {
+                "name": "web", "image": "img:2", "cpu": 0, "memory": 2,
+                "command": ["a"], "overrides": "{\"command\":[\"b\",\"c\"]}",
+                "entryPoint": ["/bin/sh", "-c"],
+                "environment": {"K": "V"},
+                "portMappings": [
+                    {"containerPort": 80, "hostPort": 8080},
+                    {"containerPort": 53, "hostPort": 0, "protocol": "udp"},
+                    {"containerPortRange": "9000-9001"}
+                ],
+                "links": ["db:database"],
+                "mountPoints": [
+                    {"sourceVolume": "data", "containerPath": "/d", "readOnly": true},
+                    {"sourceVolume": "scratch", "containerPath": "/s"}
+                ],
+                "volumesFrom": [{"sourceContainer": "db", "readOnly": true}],
+                "dockerConfig": {"config": raw_config.to_string(), "hostConfig": raw_host.to_string(), "version": "1.17"}
+            }
+        ]
+    }))
+    .unwrap();
+    TaskRecord::new(spec, 1, 0.0).unwrap()
+}
+
+#[test]
+fn maps_every_field_of_spec_6_4() {
+    let rec = full_task();
+    let web = rec.spec_of("web").unwrap().clone();
+    let mut ctx = MapCtx {
+        cluster: "arn:aws:ecs:r:1:cluster/c".into(),
+        region: Some("eu-west-1".into()),
+        bind_ip: Some("127.0.0.1".into()),
+        dynamic_ports: HashMap::new(),
+    };
+    ctx.dynamic_ports.insert((53, "udp".into()), 40053);
+    let body = create_body(&rec, &web, &ctx).unwrap();
+    let v = serde_json::to_value(&body).unwrap();
+
+    assert_eq!(v["Image"], "img:2");
+    assert_eq!(
+        v["Cmd"],
+        serde_json::json!(["b", "c"]),
+        "overrides replace the command"
+    );
+    assert_eq!(v["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    // Env: null in the raw config replaces the computed list, as Go's json.Unmarshal does.
+    assert!(v.get("Env").is_none() || v["Env"].is_null(), "{}", v["Env"]);
+    assert_eq!(v["User"], "nobody");
+    assert_eq!(v["WorkingDir"], "/tmp");
+    assert_eq!(
+        v["Healthcheck"]["Test"],
+        serde_json::json!(["CMD-SHELL", "true"])
+    );
+    let exposed = v["ExposedPorts"].as_object().unwrap();
+    for k in ["80/tcp", "53/udp", "9000/tcp", "9001/tcp"] {
+        assert!(exposed.contains_key(k), "{k} in {exposed:?}");
+    }
+    let labels = labels_of(&body);
+    assert_eq!(
+        labels["com.amazonaws.ecs.task-arn"], "arn:aws:ecs:r:1:task/c/t1",
+        "ours win"
+    );
+    assert_eq!(labels["com.amazonaws.ecs.container-name"], "web");
+    assert_eq!(labels["com.amazonaws.ecs.task-definition-family"], "fam");
+    assert_eq!(labels["com.amazonaws.ecs.task-definition-version"], "3");
+    assert_eq!(
+        labels["com.amazonaws.ecs.cluster"],
+        "arn:aws:ecs:r:1:cluster/c"
+    );
+    assert_eq!(labels["team"], "web");
+
+    let h = &v["HostConfig"];
+    assert_eq!(h["CpuShares"], 2, "cpu 0 becomes 2 shares");
+    assert_eq!(h["Memory"], 4 * 1024 * 1024, "at least 4 MiB");
+    assert_eq!(h["MemoryReservation"], 64 * 1024 * 1024);
+    assert_eq!(h["ReadonlyRootfs"], true);
+    assert_eq!(h["Ulimits"][0]["Name"], "nofile");
+    assert_eq!(h["CapAdd"], serde_json::json!(["NET_ADMIN"]));
+    assert_eq!(h["LogConfig"]["Type"], "json-file");
+    assert_eq!(h["LogConfig"]["Config"]["max-size"], "1m");
+    assert_eq!(h["LogConfig"]["Config"]["max-buffer-size"], "10m");
+    assert!(
+        h.get("RestartPolicy").is_none() || h["RestartPolicy"].is_null(),
+        "no restart policy"
+    );
+    let db_name = &rec.container("db").unwrap().docker_name;
+    assert_eq!(
+        h["Links"],
+        serde_json::json!([format!("{db_name}:database")])
+    );
+    assert_eq!(
+        h["VolumesFrom"],
+        serde_json::json!([format!("{db_name}:ro")])
+    );
+    let binds: Vec<String> = serde_json::from_value(h["Binds"].clone()).unwrap();
+    assert_eq!(binds[0], "/srv/data:/d:ro");
+    assert!(
+        binds[1].starts_with("ecs-fam-3-scratch-") && binds[1].ends_with(":/s"),
+        "{binds:?}"
+    );
+    let pb = &h["PortBindings"];
+    assert_eq!(pb["80/tcp"][0]["HostPort"], "8080");
+    assert_eq!(pb["80/tcp"][0]["HostIp"], "127.0.0.1");
+    assert_eq!(pb["53/udp"][0]["HostPort"], "40053");
+    assert_eq!(pb["9000/tcp"][0]["HostPort"], "");
+
+    // The db container has no raw config: it gets the computed Env with the region.
+    let db = rec.spec_of("db").unwrap().clone();
+    let v = serde_json::to_value(create_body(&rec, &db, &ctx).unwrap()).unwrap();
+    let env: Vec<String> = serde_json::from_value(v["Env"].clone()).unwrap();
+    assert!(env.contains(&"AWS_REGION=eu-west-1".to_string()));
+    assert!(env.contains(&"AWS_DEFAULT_REGION=eu-west-1".to_string()));
+    assert_eq!(v["HostConfig"]["CpuShares"], 2);
+    assert!(v["HostConfig"].get("Memory").is_none());
+
+    let vols = volume_requests(&rec, &web);
+    assert_eq!(vols.len(), 1);
+    assert!(vols[0].name.starts_with("ecs-fam-3-scratch-"));
+    assert_eq!(task_scoped_volumes(&rec), vec![vols[0].name.clone()]);
+}
+
+#[test]
+fn merge_follows_go_unmarshal() {
+    let mut base = serde_json::json!({"a": {"x": 1, "y": 2}, "l": [1, 2], "s": "v"});
+    merge(
+        &mut base,
+        &serde_json::json!({"a": {"y": 3, "z": 4}, "l": [9], "n": null}),
+    );
+    assert_eq!(
+        base,
+        serde_json::json!({"a": {"x": 1, "y": 3, "z": 4}, "l": [9], "s": "v", "n": null})
+    );
+}
+
+#[test]
+fn image_references_split_for_pulls() {
+    assert_eq!(split_image("busybox"), ("busybox".into(), "latest".into()));
+    assert_eq!(
+        split_image("127.0.0.1:5000/a/b:1.2"),
+        ("127.0.0.1:5000/a/b".into(), "1.2".into())
+    );
+    assert_eq!(
+        split_image("127.0.0.1:5000/a"),
+        ("127.0.0.1:5000/a".into(), "latest".into())
+    );
+    assert_eq!(
+        split_image("r/x@sha256:abc"),
+        ("r/x".into(), "sha256:abc".into())
+    );
+}
+
+#[test]
+fn docker_errors_are_classified() {
+    use bollard::errors::Error as E;
+    let e = |code: u16, m: &str| {
+        map_err(E::DockerResponseServerError {
+            status_code: code,
+            message: m.into(),
+        })
+    };
+    assert_eq!(e(404, "x"), RuntimeError::NotFound("x".into()));
+    assert!(matches!(e(409, "x"), RuntimeError::Conflict(_)));
+    assert!(matches!(
+        e(500, "unauthorized: bad creds"),
+        RuntimeError::Auth(_)
+    ));
+    assert!(!e(500, "OCI runtime create failed").is_retryable());
+    assert!(map_err(E::RequestTimeoutError).is_retryable());
+    assert!(
+        map_err(E::DockerStreamError {
+            error: "toomanyrequests".into()
+        })
+        .is_retryable()
+    );
+}

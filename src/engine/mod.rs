@@ -1,0 +1,1197 @@
+//! The task engine: runs the tasks ACS delivers as Docker containers and reports their state
+//! changes (protocol spec §6–9, §15).
+//!
+//! ```text
+//! TaskControl (ACS) ─► Msg ─┐                        ┌─► ContainerRuntime (pull, create, start, stop, remove)
+//! Docker events ─► wake ────┼─► loop ─► reconcile() ─┤
+//! action outcomes ──────────┘   (one writer)         └─► store txn { record, StateChangeSink::enqueue } ─► notify
+//! ```
+//!
+//! One loop owns every task record: it applies deliveries and action outcomes, lists Docker when
+//! woken (events, periodic resync, requeue deadlines), runs the pure [`reconcile::reconcile`] for
+//! each task, persists changed records together with the state changes they owe in one store
+//! transaction, and spawns the returned "ensure" actions, at most one per key. Credentials are
+//! read from the in-memory [`CredentialsStore`] at pull time and never stored.
+//!
+//! Never touches a container it did not create: it acts only on the Docker names and ids its
+//! records hold (names are persisted before create; a name conflict is adopted only when the
+//! container carries this task's labels).
+
+pub mod cleanup;
+pub mod docker;
+pub mod events;
+pub mod introspection;
+pub mod model;
+pub mod pull;
+pub mod reconcile;
+pub mod resources;
+pub mod runtime;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, EngineConfig, PullBehavior};
+use crate::engine::cleanup::{ImagePolicy, ImageRecord};
+use crate::engine::docker::MapCtx;
+use crate::engine::introspection::{EngineView, Snapshot};
+use crate::engine::model::{ContainerStatus, TaskRecord, TaskSpec, TaskStatus};
+use crate::engine::pull::{EcrTokens, Puller};
+use crate::engine::reconcile::{Action, ActionKey, Ctx, Outcome, World};
+use crate::engine::resources::Capacity;
+use crate::engine::runtime::{
+    ContainerRuntime, Observed, PullLimits, RuntimeError, State, Summary,
+};
+use crate::store::Store;
+use crate::tasks::{CredentialsStore, RoleType, StateChangeSink, TaskControl};
+
+/// Periodic full resync with Docker, even without events.
+pub const RESYNC: Duration = Duration::from_secs(20);
+/// Retry interval while Docker does not answer.
+const DOCKER_DOWN_RETRY: Duration = Duration::from_secs(2);
+/// A failed cleanup is retried after this long.
+const CLEANUP_RETRY_SECS: f64 = 30.0;
+/// Image cleanup under disk pressure runs at most this often.
+const PRESSURE_IMAGE_CLEANUP_EVERY: Duration = Duration::from_secs(60);
+
+/// Engine errors (the loop's own; action failures become task state, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed: a broken disk or a second agent on the file.
+    #[error("engine state store: {0}")]
+    Store(#[from] crate::store::Error),
+}
+
+impl Error {
+    /// A store failure may be transient (disk full cleared); the supervisor restarts the loop,
+    /// which reloads from the store.
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+/// Engine settings, taken from the configuration and the host.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Configured cluster (used when a task has no `taskClusterArn`).
+    pub cluster: String,
+    /// Instance region.
+    pub region: Option<String>,
+    /// The official engine keys.
+    pub engine: EngineConfig,
+    /// `ECS_DISABLE_PRIVILEGED`.
+    pub disable_privileged: bool,
+    /// Registered resources.
+    pub capacity: Capacity,
+    /// Address published ports bind to (`None` = all addresses, as upstream). Tests use
+    /// 127.0.0.1.
+    pub bind_ip: Option<String>,
+    /// Periodic resync.
+    pub resync: Duration,
+    /// Pull retry policy (tests shorten it).
+    pub pull_retry: crate::backoff::Policy,
+}
+
+impl Settings {
+    /// Settings for `config` on a host with `cpus` CPUs and `mem_mib` MiB.
+    pub fn from_config(
+        config: &Config,
+        region: Option<String>,
+        cpus: u64,
+        mem_mib: u64,
+    ) -> Settings {
+        Settings {
+            cluster: config.cluster.clone(),
+            region,
+            engine: config.engine.clone(),
+            disable_privileged: config.disable_privileged,
+            capacity: Capacity {
+                cpu_units: cpus * 1024,
+                memory_mib: mem_mib.saturating_sub(config.reserved_memory_mib),
+                reserved_tcp: config.reserved_ports.iter().copied().collect(),
+                reserved_udp: config.reserved_ports_udp.iter().copied().collect(),
+            },
+            bind_ip: None,
+            resync: RESYNC,
+            pull_retry: pull::PULL_RETRY,
+        }
+    }
+}
+
+/// Test hooks: pause forever at a phase (after writing a marker file) so a test can kill -9 the
+/// process there. Phases: `pull.before`, `pull.after`, `create.after`, `start.after`,
+/// `stop.before`.
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    /// Phase to pause at.
+    pub pause_at: Option<String>,
+    /// Directory the marker file `<phase>` is written to.
+    pub marker_dir: Option<PathBuf>,
+}
+
+impl Hooks {
+    async fn at(&self, phase: &str) {
+        if self.pause_at.as_deref() != Some(phase) {
+            return;
+        }
+        if let Some(dir) = &self.marker_dir {
+            let _ = std::fs::write(dir.join(phase), b"paused");
+        }
+        warn!(phase, "Test hook: pausing here.");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What the engine is built from.
+pub struct Parts {
+    /// Settings.
+    pub settings: Settings,
+    /// Durable store.
+    pub store: Store,
+    /// Where state changes go.
+    pub sink: Arc<dyn StateChangeSink>,
+    /// Credentials (memory only).
+    pub credentials: Arc<CredentialsStore>,
+    /// Docker (or the fake).
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// ECR tokens.
+    pub ecr: Arc<dyn EcrTokens>,
+    /// Test hooks.
+    pub hooks: Hooks,
+}
+
+enum Msg {
+    Deliver(Box<TaskSpec>, oneshot::Sender<Result<(), String>>),
+    Stop(String, oneshot::Sender<Result<(), String>>),
+}
+
+enum Done {
+    Action(ActionKey, Box<Outcome>),
+    Images(Vec<String>),
+}
+
+struct Shared {
+    parts: Parts,
+    puller: Arc<Puller>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Msg>>,
+    wake: Arc<Notify>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Seconds added to the wall clock (tests move time forward without sleeping).
+    skew: std::sync::Mutex<f64>,
+}
+
+/// The engine handle: cheap to clone; implements [`TaskControl`] and gives the [`EngineView`].
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Engine {
+    /// Builds the engine; nothing runs until [`Engine::run`].
+    pub fn new(parts: Parts) -> Result<Engine, pull::PullError> {
+        let e = &parts.settings.engine;
+        let engine_auth =
+            pull::parse_engine_auth(e.engine_auth_type.as_deref(), e.engine_auth_data.as_deref())?;
+        let puller = Arc::new(Puller {
+            runtime: parts.runtime.clone(),
+            behavior: e.image_pull_behavior,
+            limits: PullLimits {
+                inactivity: e.image_pull_inactivity_timeout,
+                first_progress: pull::FIRST_PROGRESS.min(e.image_pull_timeout),
+                total: e.image_pull_timeout,
+            },
+            engine_auth,
+            credentials: parts.credentials.clone(),
+            ecr: parts.ecr.clone(),
+            region: parts.settings.region.clone(),
+            retry: parts.settings.pull_retry,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        Ok(Engine {
+            shared: Arc::new(Shared {
+                parts,
+                puller,
+                tx,
+                rx: tokio::sync::Mutex::new(rx),
+                wake: Arc::new(Notify::new()),
+                snapshot,
+                skew: std::sync::Mutex::new(0.0),
+            }),
+        })
+    }
+
+    /// Moves the engine's clock forward (tests: retry and cleanup timers without sleeping).
+    pub fn advance_clock(&self, secs: f64) {
+        *self.shared.skew.lock().unwrap_or_else(|e| e.into_inner()) += secs;
+    }
+
+    /// The introspection view.
+    pub fn view(&self) -> EngineView {
+        EngineView::new(self.shared.snapshot.subscribe())
+    }
+
+    /// Runs the loop until cancelled. Reloads everything from the store first, so a restart
+    /// (of the loop or of the process) resumes where the last commit left off.
+    pub async fn run(&self, cancel: CancellationToken) -> Result<(), Error> {
+        let mut rx = self.shared.rx.lock().await;
+        let mut state = LoopState::load(self.shared.clone())?;
+        let mut aux = JoinSet::new();
+        aux.spawn(events::watch(
+            self.shared.parts.runtime.clone(),
+            self.shared.wake.clone(),
+            cancel.clone(),
+        ));
+        state.data_root = self.shared.parts.runtime.data_root().await.ok().flatten();
+        info!(
+            tasks = state.tasks.len(),
+            data_root = ?state.data_root,
+            "Task engine started."
+        );
+        state.tick(true).await?;
+        loop {
+            let deadline = state.next_deadline();
+            let mut list = false;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    state.handle(msg)?;
+                    while let Ok(m) = rx.try_recv() {
+                        state.handle(m)?;
+                    }
+                }
+                Some(done) = state.actions.join_next() => {
+                    state.finish(done)?;
+                    while let Some(d) = state.actions.try_join_next() {
+                        state.finish(d)?;
+                    }
+                }
+                _ = self.shared.wake.notified() => list = true,
+                _ = tokio::time::sleep_until(deadline) => list = state.resync_due(),
+            }
+            if state.tick(list).await? {
+                // Something changed (a task stopped, so another may now fit; a dependency was
+                // met): look again at once rather than at the next event.
+                state.requeue_at = Some(0.0);
+            }
+        }
+        state.actions.abort_all();
+        aux.abort_all();
+        Ok(())
+    }
+
+    /// Runs one pass without the loop (for tests): applies queued messages, lists Docker,
+    /// reconciles and starts actions, then waits for them and folds their outcomes in, until
+    /// nothing is left to do or `max_rounds` passes ran.
+    pub async fn settle(&self, max_rounds: usize) -> Result<(), Error> {
+        let mut rx = self.shared.rx.lock().await;
+        let mut state = LoopState::load(self.shared.clone())?;
+        for _ in 0..max_rounds {
+            while let Ok(m) = rx.try_recv() {
+                state.handle(m)?;
+            }
+            let progress = state.tick(true).await?;
+            if state.actions.is_empty() && !progress {
+                break;
+            }
+            while let Some(done) = state.actions.join_next().await {
+                state.finish(done)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TaskControl for Engine {
+    async fn deliver(&self, mut task: serde_json::Value) -> Result<(), String> {
+        model::strip_credentials(&mut task);
+        let spec = TaskSpec::from_json(&task).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Deliver(Box::new(spec), tx))
+            .map_err(|_| "task engine is not running".to_owned())?;
+        rx.await
+            .map_err(|_| "task engine stopped before accepting the task".to_owned())?
+    }
+
+    fn desired_running(&self) -> Vec<String> {
+        self.shared.snapshot.borrow().desired_running.clone()
+    }
+
+    async fn stop(&self, task_arn: &str) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Stop(task_arn.to_owned(), tx))
+            .map_err(|_| "task engine is not running".to_owned())?;
+        rx.await
+            .map_err(|_| "task engine stopped before accepting the stop".to_owned())?
+    }
+}
+
+/// The loop's state: the single writer of task records.
+struct LoopState {
+    shared: Arc<Shared>,
+    tasks: BTreeMap<String, TaskRecord>,
+    tombstones: HashMap<String, f64>,
+    images: BTreeMap<String, ImageRecord>,
+    images_dirty: BTreeSet<String>,
+    images_removed: Vec<String>,
+    next_seq: u64,
+    dirty: BTreeSet<String>,
+    observed: HashMap<String, Observed>,
+    inspect_cache: HashMap<String, (State, model::Health, Observed)>,
+    listed: bool,
+    listed_epoch: u64,
+    epoch: u64,
+    in_flight: HashSet<ActionKey>,
+    actions: JoinSet<Done>,
+    requeue_at: Option<f64>,
+    last_list: tokio::time::Instant,
+    docker_down: bool,
+    data_root: Option<PathBuf>,
+    disk_pressure: bool,
+    image_cleanup_running: bool,
+    last_image_cleanup: tokio::time::Instant,
+    cleanup_not_before: HashMap<String, f64>,
+    waits: HashMap<String, String>,
+    published: bool,
+}
+
+impl LoopState {
+    fn load(shared: Arc<Shared>) -> Result<LoopState, Error> {
+        let loaded = store::load(&shared.parts.store)?;
+        let now = tokio::time::Instant::now();
+        Ok(LoopState {
+            tasks: loaded
+                .tasks
+                .into_iter()
+                .map(|t| (t.spec.arn.clone(), t))
+                .collect(),
+            tombstones: loaded.tombstones.into_iter().collect(),
+            images: loaded
+                .images
+                .into_iter()
+                .map(|i| (i.image.clone(), i))
+                .collect(),
+            images_dirty: BTreeSet::new(),
+            images_removed: Vec::new(),
+            next_seq: loaded.next_seq,
+            dirty: BTreeSet::new(),
+            observed: HashMap::new(),
+            inspect_cache: HashMap::new(),
+            listed: false,
+            listed_epoch: 0,
+            epoch: 1,
+            in_flight: HashSet::new(),
+            actions: JoinSet::new(),
+            requeue_at: None,
+            last_list: now,
+            docker_down: false,
+            data_root: None,
+            disk_pressure: false,
+            image_cleanup_running: false,
+            last_image_cleanup: now,
+            cleanup_not_before: HashMap::new(),
+            waits: HashMap::new(),
+            published: false,
+            shared,
+        })
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.shared.parts.settings
+    }
+
+    fn now(&self) -> f64 {
+        now_secs() + *self.shared.skew.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resync_due(&self) -> bool {
+        let every = if self.docker_down {
+            DOCKER_DOWN_RETRY
+        } else {
+            self.settings().resync
+        };
+        self.last_list.elapsed() >= every
+    }
+
+    fn next_deadline(&self) -> tokio::time::Instant {
+        let every = if self.docker_down {
+            DOCKER_DOWN_RETRY
+        } else {
+            self.settings().resync
+        };
+        let mut at = self.last_list + every;
+        if let Some(t) = self.requeue_at {
+            let wait = Duration::from_secs_f64((t - self.now()).clamp(0.0, 86_400.0));
+            at = at.min(tokio::time::Instant::now() + wait);
+        }
+        at
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<(), Error> {
+        match msg {
+            Msg::Deliver(spec, reply) => {
+                let r = self.deliver(*spec);
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+            Msg::Stop(arn, reply) => {
+                let r = match self.tasks.get_mut(&arn) {
+                    Some(t) => {
+                        if t.desired < TaskStatus::Stopped {
+                            info!(task.arn = %arn, "Task desired STOPPED.");
+                            t.desired = TaskStatus::Stopped;
+                            self.dirty.insert(arn.clone());
+                            self.persist_dirty()?;
+                        }
+                        Ok(())
+                    }
+                    None if self.tombstones.contains_key(&arn) => Ok(()),
+                    None => Err(format!("unknown task {arn}")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, spec: TaskSpec) -> Result<(), Error> {
+        let arn = spec.arn.clone();
+        if self.tombstones.contains_key(&arn) {
+            debug!(task.arn = %arn, "Task was already cleaned up; ignoring the delivery.");
+            return Ok(());
+        }
+        let desired = match spec.desired() {
+            Ok(TaskStatus::Stopped) => TaskStatus::Stopped,
+            _ => TaskStatus::Running,
+        };
+        if let Some(t) = self.tasks.get_mut(&arn) {
+            // Desired status only moves forward; the rest of a re-delivered task is ignored.
+            if desired > t.desired {
+                info!(task.arn = %arn, "Task desired STOPPED.");
+                t.desired = desired;
+                self.dirty.insert(arn);
+                self.persist_dirty()?;
+            }
+            return Ok(());
+        }
+        let jitter = crate::backoff::jitter(self.settings().engine.task_cleanup_wait_jitter);
+        let rec = match TaskRecord::new(spec, self.next_seq, jitter.as_secs_f64()) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(task.arn = %arn, error = %e, "Task refused.");
+                return Ok(());
+            }
+        };
+        info!(
+            task.arn = %arn,
+            family = %rec.spec.family,
+            version = %rec.spec.version,
+            desired = rec.desired.as_str(),
+            containers = rec.containers.len(),
+            "Task accepted."
+        );
+        self.next_seq += 1;
+        let next = self.next_seq;
+        self.shared.parts.store.transaction(|tx| {
+            store::put_task(tx, &rec)?;
+            store::put_seq(tx, next)
+        })?;
+        self.tasks.insert(arn, rec);
+        self.published = false;
+        Ok(())
+    }
+
+    /// Persists dirty records (without emitting); used for desired-status changes.
+    fn persist_dirty(&mut self) -> Result<(), Error> {
+        let dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let recs: Vec<&TaskRecord> = dirty.iter().filter_map(|a| self.tasks.get(a)).collect();
+        self.shared.parts.store.transaction(|tx| {
+            for r in &recs {
+                store::put_task(tx, r)?;
+            }
+            Ok(())
+        })?;
+        self.published = false;
+        Ok(())
+    }
+
+    fn finish(&mut self, done: Result<Done, tokio::task::JoinError>) -> Result<(), Error> {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                // A panicking action is a bug; its key stays in flight no longer.
+                error!(error = %e, "Engine action panicked or was cancelled.");
+                self.in_flight.clear();
+                return Ok(());
+            }
+        };
+        let now = self.now();
+        match done {
+            Done::Images(removed) => {
+                self.image_cleanup_running = false;
+                for image in removed {
+                    self.images.remove(&image);
+                    self.images_removed.push(image);
+                }
+            }
+            Done::Action(key, outcome) => {
+                let outcome = *outcome;
+                self.in_flight.remove(&key);
+                self.epoch += 1;
+                match &outcome {
+                    Outcome::Removed { task_arn, result } => match result {
+                        Ok(()) => {
+                            if let Some(rec) = self.tasks.remove(task_arn) {
+                                self.shared
+                                    .parts
+                                    .store
+                                    .transaction(|tx| store::remove_task(tx, task_arn, now))?;
+                                self.tombstones.insert(task_arn.clone(), now);
+                                for role in [RoleType::TaskApplication, RoleType::TaskExecution] {
+                                    self.shared.parts.credentials.remove(task_arn, role);
+                                }
+                                info!(task.arn = %task_arn, containers = rec.containers.len(), "Task cleaned up.");
+                                self.published = false;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(task.arn = %task_arn, error = %e, "Task cleanup failed; will retry.");
+                            self.cleanup_not_before
+                                .insert(task_arn.clone(), now + CLEANUP_RETRY_SECS);
+                        }
+                    },
+                    Outcome::Pulled {
+                        image,
+                        result: Ok(id),
+                    } => {
+                        let r = self.images.entry(image.clone()).or_insert(ImageRecord {
+                            image: image.clone(),
+                            image_id: None,
+                            pulled_at: now,
+                            last_used_at: now,
+                        });
+                        r.pulled_at = now;
+                        r.last_used_at = now;
+                        if id.is_some() {
+                            r.image_id = id.clone();
+                        }
+                        self.images_dirty.insert(image.clone());
+                    }
+                    _ => {}
+                }
+                let epoch = self.epoch;
+                for (arn, rec) in &mut self.tasks {
+                    if reconcile::apply(rec, &outcome, now, epoch) {
+                        self.dirty.insert(arn.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn observe(&mut self) {
+        let runtime = self.shared.parts.runtime.clone();
+        let epoch_at_start = self.epoch;
+        self.last_list = tokio::time::Instant::now();
+        let summaries: Vec<Summary> = match runtime.list().await {
+            Ok(s) => s,
+            Err(e) => {
+                if !self.docker_down {
+                    warn!(error = %e, "Cannot list containers; waiting for Docker.");
+                }
+                self.docker_down = true;
+                self.listed = false;
+                return;
+            }
+        };
+        let mut observed = HashMap::new();
+        let mut seen = HashSet::new();
+        for s in summaries {
+            seen.insert(s.id.clone());
+            let cached = self
+                .inspect_cache
+                .get(&s.id)
+                .filter(|(st, h, _)| *st == s.state && *h == s.health)
+                .map(|(_, _, o)| o.clone());
+            let o = match cached {
+                Some(o) => o,
+                None => match runtime.inspect(&s.id).await {
+                    Ok(Some(o)) => {
+                        self.inspect_cache
+                            .insert(s.id.clone(), (s.state, s.health, o.clone()));
+                        o
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(container.id = %s.id, error = %e, "Cannot inspect container.");
+                        self.docker_down = true;
+                        self.listed = false;
+                        return;
+                    }
+                },
+            };
+            observed.insert(s.name.clone(), o);
+        }
+        self.inspect_cache.retain(|id, _| seen.contains(id));
+        if self.docker_down {
+            info!("Docker answers again; resynchronising.");
+        }
+        self.docker_down = false;
+        self.observed = observed;
+        self.listed = true;
+        self.listed_epoch = epoch_at_start;
+        self.check_disk();
+    }
+
+    fn check_disk(&mut self) {
+        let threshold = self.settings().engine.disk_cleanup_threshold_percent;
+        let Some(root) = &self.data_root else { return };
+        if threshold >= 100.0 {
+            return;
+        }
+        match cleanup::disk_used_percent(root) {
+            Ok(p) => {
+                let pressure = p > threshold;
+                if pressure && !self.disk_pressure {
+                    warn!(disk.used_percent = p, threshold, path = %root.display(), "Docker disk past the cleanup threshold; cleaning up early.");
+                }
+                self.disk_pressure = pressure;
+            }
+            Err(e) => debug!(error = %e, "Cannot read Docker disk usage."),
+        }
+    }
+
+    fn ctx(&self, now: f64, arn: &str, stopped: bool) -> Ctx {
+        let e = &self.settings().engine;
+        Ctx {
+            now,
+            stop_timeout: e.container_stop_timeout,
+            disable_privileged: self.settings().disable_privileged,
+            pull_upfront: e.pull_dependent_containers_upfront,
+            cleanup_wait: e.task_cleanup_wait,
+            disk_pressure: self.disk_pressure,
+            stopped_reported: stopped && self.shared.parts.sink.stopped_reported(arn),
+        }
+    }
+
+    /// One pass; returns whether any record changed.
+    async fn tick(&mut self, list: bool) -> Result<bool, Error> {
+        if list || !self.listed {
+            self.observe().await;
+        }
+        let now = self.now();
+
+        // Admission (resolution 9): tasks that fit start; the others wait as PENDING.
+        let (admitted, waits) = resources::admit(self.tasks.values(), &self.settings().capacity);
+        for arn in admitted {
+            if let Some(t) = self.tasks.get_mut(&arn) {
+                t.admitted = true;
+                self.dirty.insert(arn.clone());
+                if self.waits.remove(&arn).is_some() {
+                    info!(task.arn = %arn, "Resources free; task admitted.");
+                }
+            }
+        }
+        for (arn, why) in waits {
+            let text = why.to_string();
+            if self.waits.get(&arn) != Some(&text) {
+                info!(task.arn = %arn, reason = %text, "Task waits as PENDING for resources.");
+                self.waits.insert(arn, text);
+            }
+        }
+
+        // Reconcile every task.
+        let mut requeue: Option<f64> = None;
+        let mut to_start: Vec<Action> = Vec::new();
+        let arns: Vec<String> = self.tasks.keys().cloned().collect();
+        for arn in arns {
+            let Some(rec) = self.tasks.get(&arn) else {
+                continue;
+            };
+            let ctx = self.ctx(now, &arn, rec.known == TaskStatus::Stopped);
+            let world = World {
+                observed: &self.observed,
+                listed: self.listed,
+                listed_epoch: self.listed_epoch,
+                in_flight: &self.in_flight,
+            };
+            let plan = reconcile::reconcile(rec, &world, &ctx);
+            debug_assert!(
+                plan.record.known >= rec.known,
+                "task status moved backwards"
+            );
+            if plan.record != *rec {
+                log_transitions(rec, &plan.record);
+                self.dirty.insert(arn.clone());
+                self.tasks.insert(arn.clone(), plan.record);
+            }
+            if let Some(t) = plan.requeue_at {
+                requeue = Some(requeue.map_or(t, |r: f64| r.min(t)));
+            }
+            to_start.extend(plan.actions);
+        }
+        self.requeue_at = requeue;
+
+        let progress = !self.dirty.is_empty();
+        self.commit()?;
+        if self.listed {
+            for action in to_start {
+                self.spawn(action, now);
+            }
+            self.maybe_clean_images();
+        }
+        self.publish();
+        Ok(progress)
+    }
+
+    /// Persists every dirty record and the changes they owe, in one transaction; then notifies.
+    fn commit(&mut self) -> Result<(), Error> {
+        if self.dirty.is_empty() && self.images_dirty.is_empty() && self.images_removed.is_empty() {
+            return Ok(());
+        }
+        let cluster = self.settings().cluster.clone();
+        let dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let mut changes = Vec::new();
+        let mut staged: Vec<TaskRecord> = Vec::new();
+        for arn in &dirty {
+            if let Some(rec) = self.tasks.get(arn) {
+                let mut next = rec.clone();
+                if let Some(change) = model::take_change(&mut next, &cluster) {
+                    changes.push(change);
+                }
+                staged.push(next);
+            }
+        }
+        let images: Vec<ImageRecord> = std::mem::take(&mut self.images_dirty)
+            .iter()
+            .filter_map(|i| self.images.get(i).cloned())
+            .collect();
+        let removed = std::mem::take(&mut self.images_removed);
+        let sink = self.shared.parts.sink.clone();
+        self.shared.parts.store.transaction(|tx| {
+            for r in &staged {
+                store::put_task(tx, r)?;
+            }
+            for c in &changes {
+                sink.enqueue(tx, c)?;
+            }
+            for i in &images {
+                store::put_image(tx, i)?;
+            }
+            for i in &removed {
+                store::remove_image(tx, i)?;
+            }
+            Ok(())
+        })?;
+        for r in staged {
+            self.tasks.insert(r.spec.arn.clone(), r);
+        }
+        if !changes.is_empty() {
+            for c in &changes {
+                debug!(task.arn = %c.task_arn, status = c.status.as_str(), containers = c.containers.len(), "State change queued.");
+            }
+            sink.notify();
+        }
+        self.published = false;
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        if self.published {
+            return;
+        }
+        let mut recs: Vec<&TaskRecord> = self.tasks.values().collect();
+        recs.sort_by_key(|t| t.seq);
+        let snap = Snapshot {
+            tasks: recs
+                .iter()
+                .map(|t| introspection::task_json(t, self.data_root.as_deref()))
+                .collect(),
+            desired_running: recs
+                .iter()
+                .filter(|t| t.desired == TaskStatus::Running)
+                .map(|t| t.spec.arn.clone())
+                .collect(),
+        };
+        self.shared.snapshot.send_replace(Arc::new(snap));
+        self.published = true;
+    }
+
+    fn spawn(&mut self, action: Action, now: f64) {
+        let key = action.key();
+        if self.in_flight.contains(&key) {
+            return;
+        }
+        let flight_key = key.clone();
+        if let Action::EnsureRemoved { task_arn } = &action
+            && self
+                .cleanup_not_before
+                .get(task_arn)
+                .is_some_and(|t| *t > now)
+        {
+            return;
+        }
+        let shared = self.shared.clone();
+        let runtime = shared.parts.runtime.clone();
+        let hooks = shared.parts.hooks.clone();
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>> = match action {
+            Action::EnsurePulled {
+                image,
+                task_arn,
+                container,
+            } => {
+                let auth = self
+                    .tasks
+                    .get(&task_arn)
+                    .and_then(|t| t.spec_of(&container))
+                    .and_then(|c| c.registry_authentication.clone());
+                let puller = shared.puller.clone();
+                info!(image = %image, task.arn = %task_arn, "Pulling image.");
+                Box::pin(async move {
+                    hooks.at("pull.before").await;
+                    let result = puller.ensure(&image, &task_arn, auth.as_ref()).await;
+                    hooks.at("pull.after").await;
+                    Done::Action(key, Box::new(Outcome::Pulled { image, result }))
+                })
+            }
+            Action::EnsureCreated {
+                task_arn,
+                container,
+            } => {
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let Some(spec) = rec.spec_of(&container) else {
+                    return;
+                };
+                let Some(crec) = rec.container(&container) else {
+                    return;
+                };
+                let name = crec.docker_name.clone();
+                let map = self.map_ctx(rec, spec);
+                let body = docker::create_body(rec, spec, &map);
+                let volumes = docker::volume_requests(rec, spec);
+                if let Some(img) = self.images.get_mut(&spec.image) {
+                    img.last_used_at = now;
+                    self.images_dirty.insert(spec.image.clone());
+                }
+                info!(task.arn = %task_arn, container = %container, docker.name = %name, "Creating container.");
+                Box::pin(async move {
+                    let result = async {
+                        let body = body.map_err(|e| RuntimeError::Refused(e.to_string()))?;
+                        for v in &volumes {
+                            runtime.ensure_volume(v).await?;
+                        }
+                        let created = runtime.create(&name, body).await;
+                        hooks.at("create.after").await;
+                        match created {
+                            Ok(id) => Ok(id),
+                            Err(RuntimeError::Conflict(_)) => {
+                                adopt(&*runtime, &name, &task_arn, &container).await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    .await;
+                    Done::Action(
+                        key,
+                        Box::new(Outcome::Created {
+                            task_arn,
+                            container,
+                            result,
+                        }),
+                    )
+                })
+            }
+            Action::EnsureRunning {
+                task_arn,
+                container,
+                id,
+            } => {
+                info!(task.arn = %task_arn, container = %container, container.id = %short(&id), "Starting container.");
+                Box::pin(async move {
+                    let result = match runtime.start(&id).await {
+                        Ok(()) => {
+                            hooks.at("start.after").await;
+                            runtime.inspect(&id).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    Done::Action(
+                        key,
+                        Box::new(Outcome::Started {
+                            task_arn,
+                            container,
+                            result,
+                        }),
+                    )
+                })
+            }
+            Action::EnsureStopped {
+                task_arn,
+                container,
+                id,
+                grace,
+            } => {
+                info!(task.arn = %task_arn, container = %container, container.id = %short(&id), grace_s = grace.as_secs(), "Stopping container.");
+                Box::pin(async move {
+                    hooks.at("stop.before").await;
+                    let result = match runtime.stop(&id, grace).await {
+                        Ok(()) => runtime.inspect(&id).await,
+                        Err(e) => Err(e),
+                    };
+                    Done::Action(
+                        key,
+                        Box::new(Outcome::Stopped {
+                            task_arn,
+                            container,
+                            result,
+                        }),
+                    )
+                })
+            }
+            Action::EnsureRemoved { task_arn } => {
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let targets: Vec<(String, Option<String>)> = rec
+                    .containers
+                    .iter()
+                    .map(|c| (c.docker_name.clone(), c.docker_id.clone()))
+                    .collect();
+                let volumes = docker::task_scoped_volumes(rec);
+                info!(task.arn = %task_arn, "Cleaning up stopped task.");
+                Box::pin(async move {
+                    let result = remove_task(&*runtime, &task_arn, targets, volumes).await;
+                    Done::Action(key, Box::new(Outcome::Removed { task_arn, result }))
+                })
+            }
+        };
+        self.in_flight.insert(flight_key);
+        self.actions.spawn(fut);
+    }
+
+    fn map_ctx(&self, rec: &TaskRecord, spec: &model::ContainerSpec) -> MapCtx {
+        let mut dynamic_ports = HashMap::new();
+        if let Some(range) = self.settings().engine.dynamic_host_port_range
+            && rec.spec.network_mode.as_deref() != Some("host")
+        {
+            let taken: HashSet<u16> = self
+                .tasks
+                .values()
+                .filter(|t| t.known < TaskStatus::Stopped)
+                .flat_map(|t| t.containers.iter())
+                .flat_map(|c| c.ports.iter().filter_map(|p| p.host_port))
+                .chain(self.settings().capacity.reserved_tcp.iter().copied())
+                .collect();
+            let mut want: Vec<(u16, String)> = spec
+                .port_mappings
+                .iter()
+                .filter(|p| p.static_host_port().is_none() || p.container_port.is_none())
+                .flat_map(|p| {
+                    p.container_ports()
+                        .into_iter()
+                        .map(|c| (c, p.proto().to_owned()))
+                })
+                .collect();
+            want.sort();
+            want.dedup();
+            let hint = range.0 + (rand_u16() % (range.1 - range.0 + 1).max(1));
+            for proto in ["tcp", "udp"] {
+                let ports: Vec<u16> = want
+                    .iter()
+                    .filter(|(_, p)| p == proto)
+                    .map(|(c, _)| *c)
+                    .collect();
+                if let Some(picked) = resources::pick_dynamic_ports(
+                    range,
+                    proto,
+                    &taken,
+                    ports.len(),
+                    hint,
+                    resources::port_is_free,
+                ) {
+                    for (c, h) in ports.into_iter().zip(picked) {
+                        dynamic_ports.insert((c, proto.to_owned()), h);
+                    }
+                }
+            }
+        }
+        MapCtx {
+            cluster: rec
+                .spec
+                .task_cluster_arn
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| self.settings().cluster.clone()),
+            region: self.settings().region.clone(),
+            bind_ip: self.settings().bind_ip.clone(),
+            dynamic_ports,
+        }
+    }
+
+    fn maybe_clean_images(&mut self) {
+        let e = self.settings().engine.clone();
+        if self.image_cleanup_running
+            || e.image_cleanup_disabled
+            || e.image_pull_behavior == PullBehavior::PreferCached
+            || self.images.is_empty()
+        {
+            return;
+        }
+        let due = if self.disk_pressure {
+            self.last_image_cleanup.elapsed()
+                >= PRESSURE_IMAGE_CLEANUP_EVERY.min(e.image_cleanup_interval)
+                || !self.published
+        } else {
+            self.last_image_cleanup.elapsed() >= e.image_cleanup_interval
+        };
+        if !due {
+            return;
+        }
+        self.last_image_cleanup = tokio::time::Instant::now();
+        self.image_cleanup_running = true;
+        let records: Vec<ImageRecord> = self.images.values().cloned().collect();
+        let referenced: HashSet<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.known < TaskStatus::Stopped)
+            .flat_map(|t| t.spec.containers.iter().map(|c| c.image.clone()))
+            .collect();
+        let policy = ImagePolicy {
+            min_age: e.image_minimum_cleanup_age,
+            per_cycle: e.num_images_delete_per_cycle as usize,
+            excluded: e.exclude_untracked_images.clone(),
+        };
+        let pressure = self.disk_pressure;
+        let runtime = self.shared.parts.runtime.clone();
+        let now = self.now();
+        self.actions.spawn(async move {
+            let in_use = match runtime.images_in_use().await {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(error = %e, "Image cleanup skipped: cannot list containers.");
+                    return Done::Images(Vec::new());
+                }
+            };
+            let victims =
+                cleanup::images_to_delete(&records, &in_use, &referenced, now, &policy, pressure);
+            let mut removed = Vec::new();
+            let tried = victims.len();
+            for v in victims {
+                match runtime.remove_image(&v.image).await {
+                    Ok(()) => {
+                        info!(image = %v.image, "Image removed.");
+                        removed.push(v.image);
+                    }
+                    Err(e) => debug!(image = %v.image, error = %e, "Image not removed."),
+                }
+            }
+            if tried > 0 {
+                info!(removed = removed.len(), tried, "Image cleanup done.");
+            }
+            Done::Images(removed)
+        });
+    }
+}
+
+fn rand_u16() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn log_transitions(old: &TaskRecord, new: &TaskRecord) {
+    let arn = &new.spec.arn;
+    for (o, n) in old.containers.iter().zip(&new.containers) {
+        if n.known != o.known {
+            if n.known == ContainerStatus::Stopped {
+                info!(task.arn = %arn, container = %n.name, exit_code = ?n.exit_code, reason = n.reason.as_deref().unwrap_or(""), "Container stopped.");
+            } else {
+                debug!(task.arn = %arn, container = %n.name, status = n.known.as_str(), "Container status.");
+            }
+        }
+    }
+    if new.known != old.known {
+        info!(task.arn = %arn, status = new.known.as_str(), reason = new.reason.as_deref().unwrap_or(""), "Task status.");
+    }
+}
+
+/// A name conflict on create: adopt the container only if it carries this task's labels.
+async fn adopt(
+    runtime: &dyn ContainerRuntime,
+    name: &str,
+    task_arn: &str,
+    container: &str,
+) -> Result<String, RuntimeError> {
+    match runtime.inspect(name).await? {
+        Some(o)
+            if o.task_arn.as_deref() == Some(task_arn)
+                && o.container_name.as_deref() == Some(container) =>
+        {
+            info!(task.arn = %task_arn, container, container.id = %short(&o.id), "Adopted an existing container by name and labels.");
+            Ok(o.id)
+        }
+        Some(_) => Err(RuntimeError::Refused(format!(
+            "the name {name} is taken by a container ecs-hostd did not create"
+        ))),
+        None => Err(RuntimeError::Unavailable(format!(
+            "name {name} conflicted but no such container exists"
+        ))),
+    }
+}
+
+async fn remove_task(
+    runtime: &dyn ContainerRuntime,
+    task_arn: &str,
+    targets: Vec<(String, Option<String>)>,
+    volumes: Vec<String>,
+) -> Result<(), String> {
+    for (name, id) in targets {
+        // A create whose id was never recorded may still have made the container: look it up by
+        // name, and remove it only if it is ours.
+        let id = match id {
+            Some(id) => Some(id),
+            None => match runtime.inspect(&name).await {
+                Ok(Some(o)) if o.task_arn.as_deref() == Some(task_arn) => Some(o.id),
+                Ok(_) => None,
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        if let Some(id) = id {
+            runtime.remove(&id).await.map_err(|e| e.to_string())?;
+        }
+    }
+    for v in volumes {
+        if let Err(e) = runtime.remove_volume(&v).await {
+            debug!(volume = %v, error = %e, "Task volume not removed.");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,409 @@
+//! Image pulls: the official pull behaviours (`ECS_IMAGE_PULL_BEHAVIOR`), the retry policy
+//! (spec §6.4 step 10) and registry credentials: `ECS_ENGINE_AUTH_TYPE/DATA` (`docker` and
+//! `dockercfg` formats) and ECR tokens from GetAuthorizationToken with the task's execution-role
+//! credentials (from the in-memory `CredentialsStore`) or the instance role.
+//!
+//! Never stores or logs credentials; never decides which images are needed (the reconciler
+//! does). One pull per image at a time is guaranteed by the engine's in-flight keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Policy;
+use crate::config::PullBehavior;
+use crate::engine::docker::registry_of;
+use crate::engine::model::RegistryAuthentication;
+use crate::engine::runtime::{ContainerRuntime, PullLimits, RuntimeError};
+use crate::tasks::{CredentialsStore, RoleCredentials, RoleType};
+
+/// Pull attempts (spec §6.4: up to 5, 1.1 s, 5 s, ×2, 0.2).
+pub const PULL_ATTEMPTS: u32 = 5;
+/// Backoff between pull attempts.
+pub const PULL_RETRY: Policy = Policy::new(
+    Duration::from_millis(1100),
+    Duration::from_secs(5),
+    2.0,
+    0.2,
+);
+/// No first progress within this aborts a pull (spec §6.4).
+pub const FIRST_PROGRESS: Duration = Duration::from_secs(5 * 60);
+
+/// Pull and credential errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// `ECS_ENGINE_AUTH_DATA` is not valid for its type.
+    #[error("ECS_ENGINE_AUTH_DATA is not valid {kind} JSON: {reason}")]
+    AuthData {
+        /// `docker` or `dockercfg`.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+    /// ECR refused or could not be reached.
+    #[error("cannot get an ECR authorization token: {0}")]
+    Ecr(String),
+    /// ECR auth needs execution-role credentials that are not (yet) there.
+    #[error("no execution role credentials for task {0}")]
+    NoExecutionCredentials(String),
+    /// The runtime failed.
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+}
+
+impl PullError {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PullError::AuthData { .. } => false,
+            PullError::Ecr(_) | PullError::NoExecutionCredentials(_) => true,
+            PullError::Runtime(e) => e.is_retryable(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DockerAuthEntry {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    auth: Option<String>,
+}
+
+/// Normalises a registry key: no scheme, no path (`https://index.docker.io/v1/` → `docker.io`).
+pub fn normalize_registry(key: &str) -> String {
+    let k = key
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = k.split('/').next().unwrap_or(k);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_owned()
+        }
+        h => h.to_owned(),
+    }
+}
+
+/// Parses `ECS_ENGINE_AUTH_TYPE`/`ECS_ENGINE_AUTH_DATA` into credentials per registry.
+/// `docker`: `{"registry": {"username","password","email"}}`; `dockercfg`:
+/// `{"registry": {"auth": base64("user:pass"), "email"}}`.
+pub fn parse_engine_auth(
+    kind: Option<&str>,
+    data: Option<&str>,
+) -> Result<HashMap<String, DockerCredentials>, PullError> {
+    let (Some(kind), Some(data)) = (kind, data) else {
+        return Ok(HashMap::new());
+    };
+    let bad = |reason: String| PullError::AuthData {
+        kind: kind.to_owned(),
+        reason,
+    };
+    let entries: HashMap<String, DockerAuthEntry> =
+        serde_json::from_str(data).map_err(|e| bad(e.to_string()))?;
+    let mut out = HashMap::new();
+    for (registry, e) in entries {
+        let (username, password) = match kind {
+            "docker" => (e.username, e.password),
+            "dockercfg" => {
+                let raw = e.auth.ok_or_else(|| bad(format!("{registry}: no auth")))?;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(raw.trim())
+                    .map_err(|err| bad(format!("{registry}: auth is not base64: {err}")))?;
+                let text = String::from_utf8(decoded)
+                    .map_err(|_| bad(format!("{registry}: auth is not UTF-8")))?;
+                let (u, p) = text
+                    .split_once(':')
+                    .ok_or_else(|| bad(format!("{registry}: auth is not user:password")))?;
+                (Some(u.to_owned()), Some(p.to_owned()))
+            }
+            other => return Err(bad(format!("unknown ECS_ENGINE_AUTH_TYPE {other}"))),
+        };
+        out.insert(
+            normalize_registry(&registry),
+            DockerCredentials {
+                username,
+                password,
+                email: e.email,
+                serveraddress: Some(registry),
+                ..Default::default()
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Fetches ECR tokens. A trait so tests can stand in for ECR.
+#[async_trait::async_trait]
+pub trait EcrTokens: Send + Sync {
+    /// Docker credentials for an ECR registry, using `creds` (execution role) or the instance
+    /// role when `None`.
+    async fn token(
+        &self,
+        region: &str,
+        registry_id: Option<&str>,
+        endpoint: Option<&str>,
+        creds: Option<RoleCredentials>,
+    ) -> Result<DockerCredentials, PullError>;
+}
+
+/// ECR through aws-sdk-ecr.
+#[derive(Debug, Default)]
+pub struct SdkEcr;
+
+#[async_trait::async_trait]
+impl EcrTokens for SdkEcr {
+    async fn token(
+        &self,
+        region: &str,
+        registry_id: Option<&str>,
+        endpoint: Option<&str>,
+        creds: Option<RoleCredentials>,
+    ) -> Result<DockerCredentials, PullError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()));
+        if let Some(c) = creds {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                c.access_key_id,
+                c.secret_access_key,
+                Some(c.session_token),
+                None,
+                "ecs-hostd-execution-role",
+            ));
+        }
+        let sdk = loader.load().await;
+        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
+        if let Some(ep) = endpoint.filter(|e| !e.is_empty()) {
+            conf = conf.endpoint_url(ep);
+        }
+        let client = aws_sdk_ecr::Client::from_conf(conf.build());
+        // The token is valid for every registry the principal may use; the registry id is only
+        // logged (the API's registryIds parameter is deprecated).
+        debug!(registry_id = ?registry_id, region, "Requesting an ECR authorization token.");
+        let out = client.get_authorization_token().send().await.map_err(|e| {
+            PullError::Ecr(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
+        })?;
+        let data = out
+            .authorization_data()
+            .first()
+            .ok_or_else(|| PullError::Ecr("empty authorizationData".into()))?;
+        decode_ecr_token(
+            data.authorization_token().unwrap_or_default(),
+            data.proxy_endpoint(),
+        )
+    }
+}
+
+/// Decodes an ECR authorization token (`base64("AWS:<password>")`).
+pub fn decode_ecr_token(
+    token: &str,
+    proxy_endpoint: Option<&str>,
+) -> Result<DockerCredentials, PullError> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .map_err(|e| PullError::Ecr(format!("token is not base64: {e}")))?;
+    let text =
+        String::from_utf8(decoded).map_err(|_| PullError::Ecr("token is not UTF-8".into()))?;
+    let (user, pass) = text
+        .split_once(':')
+        .ok_or_else(|| PullError::Ecr("token is not user:password".into()))?;
+    Ok(DockerCredentials {
+        username: Some(user.to_owned()),
+        password: Some(pass.to_owned()),
+        serveraddress: proxy_endpoint.map(str::to_owned),
+        ..Default::default()
+    })
+}
+
+/// Everything a pull needs besides the image.
+pub struct Puller {
+    /// Runtime.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Pull behaviour.
+    pub behavior: PullBehavior,
+    /// Limits.
+    pub limits: PullLimits,
+    /// Static registry credentials from the configuration.
+    pub engine_auth: HashMap<String, DockerCredentials>,
+    /// Execution-role credentials.
+    pub credentials: Arc<CredentialsStore>,
+    /// ECR tokens.
+    pub ecr: Arc<dyn EcrTokens>,
+    /// Instance region (default for ECR).
+    pub region: Option<String>,
+    /// Delay policy between attempts (tests shorten it).
+    pub retry: Policy,
+}
+
+impl Puller {
+    /// Makes `image` available per the pull behaviour; returns the image id. The error text is
+    /// the reason reported to ECS (`CannotPullContainerError: ...`).
+    pub async fn ensure(
+        &self,
+        image: &str,
+        task_arn: &str,
+        auth: Option<&RegistryAuthentication>,
+    ) -> Result<Option<String>, String> {
+        let cached = self.runtime.image(image).await.ok().flatten();
+        if cached.is_some()
+            && matches!(
+                self.behavior,
+                PullBehavior::Once | PullBehavior::PreferCached
+            )
+        {
+            debug!(image, "Image cached; not pulling.");
+            return Ok(cached.map(|i| i.id));
+        }
+        let started = std::time::Instant::now();
+        match self.pull_with_retries(image, task_arn, auth).await {
+            Ok(()) => {
+                info!(
+                    image,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Image pulled."
+                );
+                Ok(self.runtime.image(image).await.ok().flatten().map(|i| i.id))
+            }
+            Err(e) => {
+                let reason = format!("CannotPullContainerError: {e}");
+                if self.behavior == PullBehavior::Default
+                    && let Some(c) = cached
+                {
+                    warn!(image, error = %e, "Pull failed; using the cached image.");
+                    return Ok(Some(c.id));
+                }
+                warn!(image, error = %e, "Pull failed.");
+                Err(reason)
+            }
+        }
+    }
+
+    async fn pull_with_retries(
+        &self,
+        image: &str,
+        task_arn: &str,
+        auth: Option<&RegistryAuthentication>,
+    ) -> Result<(), PullError> {
+        let mut backoff = self.retry.start();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let creds = self.credentials_for(image, task_arn, auth).await?;
+                self.runtime
+                    .pull(image, creds, self.limits)
+                    .await
+                    .map_err(PullError::from)
+            }
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && attempt < PULL_ATTEMPTS => {
+                    let delay = backoff.next_delay();
+                    debug!(image, attempt, error = %e, ?delay, "Pull attempt failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn credentials_for(
+        &self,
+        image: &str,
+        task_arn: &str,
+        auth: Option<&RegistryAuthentication>,
+    ) -> Result<Option<DockerCredentials>, PullError> {
+        if let Some(a) = auth.filter(|a| a.kind.as_deref() == Some("ecr"))
+            && let Some(ecr) = &a.ecr_auth_data
+        {
+            let creds = if ecr.use_execution_role {
+                Some(
+                    self.credentials
+                        .get(task_arn, RoleType::TaskExecution)
+                        .ok_or_else(|| PullError::NoExecutionCredentials(task_arn.to_owned()))?,
+                )
+            } else {
+                None
+            };
+            let region = ecr
+                .region
+                .clone()
+                .or_else(|| self.region.clone())
+                .unwrap_or_else(|| "us-east-1".into());
+            let token = self
+                .ecr
+                .token(
+                    &region,
+                    ecr.registry_id.as_deref(),
+                    ecr.endpoint_override.as_deref(),
+                    creds,
+                )
+                .await?;
+            return Ok(Some(token));
+        }
+        Ok(self.engine_auth.get(&registry_of(image)).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_and_dockercfg_formats_parse() {
+        let m = parse_engine_auth(
+            Some("docker"),
+            Some(r#"{"https://127.0.0.1:5000":{"username":"u","password":"p","email":"e@x"}}"#),
+        )
+        .unwrap();
+        let c = &m["127.0.0.1:5000"];
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert_eq!(c.password.as_deref(), Some("p"));
+        let auth = base64::engine::general_purpose::STANDARD.encode("user:pa:ss");
+        let m = parse_engine_auth(
+            Some("dockercfg"),
+            Some(&format!(
+                r#"{{"https://index.docker.io/v1/":{{"auth":"{auth}","email":"e"}}}}"#
+            )),
+        )
+        .unwrap();
+        let c = &m["docker.io"];
+        assert_eq!(c.username.as_deref(), Some("user"));
+        assert_eq!(c.password.as_deref(), Some("pa:ss"));
+        assert!(parse_engine_auth(Some("dockercfg"), Some(r#"{"r":{"auth":"!!"}}"#)).is_err());
+        assert!(parse_engine_auth(Some("weird"), Some(r#"{"r":{}}"#)).is_err());
+        assert!(parse_engine_auth(Some("docker"), Some("not json")).is_err());
+        assert!(parse_engine_auth(None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ecr_token_decodes() {
+        let t = base64::engine::general_purpose::STANDARD.encode("AWS:secret-pass");
+        let c = decode_ecr_token(&t, Some("https://1.dkr.ecr.us-east-1.amazonaws.com")).unwrap();
+        assert_eq!(c.username.as_deref(), Some("AWS"));
+        assert_eq!(c.password.as_deref(), Some("secret-pass"));
+        assert!(decode_ecr_token("%%%", None).is_err());
+    }
+
+    #[test]
+    fn registry_keys_normalise() {
+        assert_eq!(
+            normalize_registry("https://index.docker.io/v1/"),
+            "docker.io"
+        );
+        assert_eq!(normalize_registry("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(registry_of("127.0.0.1:5000/busybox:1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("library/busybox"), "docker.io");
+        assert_eq!(registry_of("busybox"), "docker.io");
+    }
+}

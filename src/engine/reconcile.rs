@@ -1,0 +1,622 @@
+//! The reconciler: a pure function of one task's record, what Docker shows and the in-flight
+//! actions, returning the next record and the "ensure" actions that move the task towards its
+//! desired status (style.md, kube-rs idiom).
+//!
+//! Owns the status state machines' transitions (spec §7), essential-container semantics,
+//! `dependsOn` gating, retry/give-up decisions for failed steps and the cleanup decision.
+//! Never performs I/O, never sleeps and never learns why it was called: every action it returns
+//! is safe to repeat, and [`apply`] folds an action's outcome back into the record the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::engine::model::{
+    ContainerRecord, ContainerStatus, DepState, Failure, Health, Step, TaskRecord, TaskStatus,
+    dependencies, task_known,
+};
+use crate::engine::runtime::{Observed, RuntimeError, State};
+use crate::tasks::NetworkBinding;
+
+/// Attempts before a create or start failure stops the container.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Longest wait between two attempts of a failed step, seconds.
+pub const MAX_RETRY_DELAY: f64 = 30.0;
+/// Reason given to a task whose essential container stopped (official text).
+pub const ESSENTIAL_EXITED: &str = "Essential container in task exited";
+
+/// What an in-flight action is about; at most one action per key runs at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActionKey {
+    /// Pulls are per image, shared by every task that wants it.
+    Pull(String),
+    /// One create/start/stop at a time per task container.
+    Container(String, String),
+    /// Removal of a stopped task.
+    Cleanup(String),
+}
+
+/// An "ensure" step for the executor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Make the image available (per the pull behaviour).
+    EnsurePulled {
+        /// Image reference.
+        image: String,
+        /// Task that asked (for its registry credentials).
+        task_arn: String,
+        /// Container that asked.
+        container: String,
+    },
+    /// Create the container under its persisted name (adopting it on a name conflict).
+    EnsureCreated {
+        /// Task.
+        task_arn: String,
+        /// Container.
+        container: String,
+    },
+    /// Start it.
+    EnsureRunning {
+        /// Task.
+        task_arn: String,
+        /// Container.
+        container: String,
+        /// Docker id.
+        id: String,
+    },
+    /// Stop it: SIGTERM, SIGKILL after `grace`.
+    EnsureStopped {
+        /// Task.
+        task_arn: String,
+        /// Container.
+        container: String,
+        /// Docker id.
+        id: String,
+        /// Grace before SIGKILL.
+        grace: Duration,
+    },
+    /// Remove the task's containers and task volumes, then forget the task.
+    EnsureRemoved {
+        /// Task.
+        task_arn: String,
+    },
+}
+
+impl Action {
+    /// The de-duplication key.
+    pub fn key(&self) -> ActionKey {
+        match self {
+            Action::EnsurePulled { image, .. } => ActionKey::Pull(image.clone()),
+            Action::EnsureCreated {
+                task_arn,
+                container,
+            }
+            | Action::EnsureRunning {
+                task_arn,
+                container,
+                ..
+            }
+            | Action::EnsureStopped {
+                task_arn,
+                container,
+                ..
+            } => ActionKey::Container(task_arn.clone(), container.clone()),
+            Action::EnsureRemoved { task_arn } => ActionKey::Cleanup(task_arn.clone()),
+        }
+    }
+}
+
+/// What the reconciler sees of the world.
+#[derive(Clone, Copy, Debug)]
+pub struct World<'a> {
+    /// Our containers as Docker last showed them, by Docker name.
+    pub observed: &'a HashMap<String, Observed>,
+    /// Whether `observed` comes from a successful listing (else nothing is judged vanished).
+    pub listed: bool,
+    /// Engine epoch at which that listing started.
+    pub listed_epoch: u64,
+    /// Actions running now.
+    pub in_flight: &'a HashSet<ActionKey>,
+}
+
+/// Settings and facts that are not part of the record.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// Now, epoch seconds.
+    pub now: f64,
+    /// `ECS_CONTAINER_STOP_TIMEOUT`.
+    pub stop_timeout: Duration,
+    /// `ECS_DISABLE_PRIVILEGED`.
+    pub disable_privileged: bool,
+    /// `ECS_PULL_DEPENDENT_CONTAINERS_UPFRONT`.
+    pub pull_upfront: bool,
+    /// `ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION`.
+    pub cleanup_wait: Duration,
+    /// The Docker data filesystem is past the threshold: clean up at once.
+    pub disk_pressure: bool,
+    /// STOPPED was accepted by ECS for this task.
+    pub stopped_reported: bool,
+}
+
+/// The reconciler's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The record after this step (persist it if it changed).
+    pub record: TaskRecord,
+    /// Actions to start (the caller skips keys already in flight).
+    pub actions: Vec<Action>,
+    /// Call again at this epoch time even if nothing else happens.
+    pub requeue_at: Option<f64>,
+}
+
+/// One step of the state machine for one task.
+pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
+    let mut r = rec.clone();
+    let mut actions = Vec::new();
+    let mut requeue: Option<f64> = None;
+    let mut requeue_at = |t: f64| requeue = Some(requeue.map_or(t, |r: f64| r.min(t)));
+    let arn = r.spec.arn.clone();
+
+    // 1. Observations: adopt, advance, detect exits and vanished containers.
+    for c in &mut r.containers {
+        let key = ActionKey::Container(arn.clone(), c.name.clone());
+        let busy = world.in_flight.contains(&key);
+        let obs = world
+            .observed
+            .get(&c.docker_name)
+            .filter(|o| o.task_arn.as_deref() == Some(arn.as_str()))
+            .filter(|o| c.docker_id.as_deref().is_none_or(|id| id == o.id));
+        match obs {
+            Some(o) => {
+                if c.known == ContainerStatus::Stopped {
+                    // A container of ours running against its record (never restarted by us):
+                    // make sure it is stopped.
+                    if o.state == Some(State::Running) && !busy {
+                        actions.push(stop_action(&arn, c, o.id.clone(), rec, ctx));
+                    }
+                    continue;
+                }
+                observe(c, o);
+            }
+            None => {
+                if c.known < ContainerStatus::Stopped
+                    && c.docker_id.is_some()
+                    && world.listed
+                    && c.id_epoch <= world.listed_epoch
+                    && !busy
+                {
+                    c.known = ContainerStatus::Stopped;
+                    c.reason = Some(format!(
+                        "ContainerVanishedError: container {} no longer exists in Docker",
+                        c.docker_id.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+
+    // 2. Failed steps: give up, or wait for the retry time.
+    let mut waiting: HashSet<String> = HashSet::new();
+    for c in &mut r.containers {
+        let Some(f) = &c.failure else { continue };
+        if c.known == ContainerStatus::Stopped {
+            continue;
+        }
+        // Stop failures are retried forever (the container still runs); a create or start
+        // that keeps failing, or a pull that failed after its own retries, stops the container.
+        let gives_up = f.step != Step::Stop && (!f.retryable || f.attempts >= MAX_ATTEMPTS);
+        if gives_up {
+            c.known = ContainerStatus::Stopped;
+            c.reason = Some(f.message.clone());
+        } else if f.retry_at > ctx.now {
+            waiting.insert(c.name.clone());
+            requeue_at(f.retry_at);
+        }
+    }
+
+    // 3. Essential containers and the desired status (spec §7.3).
+    if r.desired < TaskStatus::Stopped {
+        let essential_stopped = r.containers.iter().find(|c| {
+            c.known == ContainerStatus::Stopped && rec.spec_of(&c.name).is_some_and(|s| s.essential)
+        });
+        if essential_stopped.is_some() {
+            r.desired = TaskStatus::Stopped;
+            r.reason.get_or_insert_with(|| ESSENTIAL_EXITED.to_owned());
+            r.execution_stopped_at.get_or_insert(ctx.now);
+        } else if r
+            .containers
+            .iter()
+            .all(|c| c.known == ContainerStatus::Stopped)
+        {
+            r.desired = TaskStatus::Stopped;
+        }
+    }
+
+    // 4. Towards the desired status.
+    if r.desired == TaskStatus::Stopped {
+        for c in &mut r.containers {
+            if c.known == ContainerStatus::Stopped {
+                continue;
+            }
+            let key = ActionKey::Container(arn.clone(), c.name.clone());
+            if world.in_flight.contains(&key) || waiting.contains(&c.name) {
+                continue;
+            }
+            let obs = world.observed.get(&c.docker_name).filter(|o| {
+                o.task_arn.as_deref() == Some(arn.as_str())
+                    && c.docker_id.as_deref().is_none_or(|id| id == o.id)
+            });
+            match (&c.docker_id, obs) {
+                (Some(id), Some(o)) if o.state == Some(State::Running) => {
+                    actions.push(stop_action(&arn, c, id.clone(), rec, ctx));
+                }
+                (Some(_), Some(o)) if o.state == Some(State::Created) => {
+                    c.known = ContainerStatus::Stopped;
+                }
+                (None, None) => {
+                    // Never created (and no create in flight): nothing to stop.
+                    c.known = ContainerStatus::Stopped;
+                }
+                _ => {}
+            }
+        }
+    } else if r.admitted {
+        let snapshot = r.clone();
+        for c in &mut r.containers {
+            if c.known >= ContainerStatus::Running || waiting.contains(&c.name) {
+                continue;
+            }
+            let key = ActionKey::Container(arn.clone(), c.name.clone());
+            if world.in_flight.contains(&key) {
+                continue;
+            }
+            let Some(spec) = snapshot.spec_of(&c.name) else {
+                continue;
+            };
+            if ctx.disable_privileged && spec.wants_privileged() {
+                c.known = ContainerStatus::Stopped;
+                c.reason = Some(
+                    "CannotCreateContainerError: privileged containers are disabled on this instance (ECS_DISABLE_PRIVILEGED)"
+                        .into(),
+                );
+                continue;
+            }
+            let deps = dependencies(&snapshot, spec);
+            if let DepState::Impossible(why) = &deps {
+                c.known = ContainerStatus::Stopped;
+                c.reason = Some(why.clone());
+                continue;
+            }
+            let ready = deps == DepState::Satisfied;
+            match c.known {
+                ContainerStatus::None | ContainerStatus::ManifestPulled
+                    if ready || ctx.pull_upfront =>
+                {
+                    r.pull_started_at.get_or_insert(ctx.now);
+                    actions.push(Action::EnsurePulled {
+                        image: spec.image.clone(),
+                        task_arn: arn.clone(),
+                        container: c.name.clone(),
+                    });
+                }
+                ContainerStatus::Pulled if ready => actions.push(Action::EnsureCreated {
+                    task_arn: arn.clone(),
+                    container: c.name.clone(),
+                }),
+                ContainerStatus::Created if ready => {
+                    if let Some(id) = &c.docker_id {
+                        actions.push(Action::EnsureRunning {
+                            task_arn: arn.clone(),
+                            container: c.name.clone(),
+                            id: id.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // 5. The task's known status follows its containers, forward only.
+    let before = r.known;
+    r.known = task_known(r.known, &r.containers);
+    if r.pull_started_at.is_some()
+        && r.pull_stopped_at.is_none()
+        && r.containers
+            .iter()
+            .all(|c| c.known >= ContainerStatus::Pulled)
+    {
+        r.pull_stopped_at = Some(ctx.now);
+    }
+    if r.known == TaskStatus::Stopped {
+        r.desired = TaskStatus::Stopped;
+        if before < TaskStatus::Stopped {
+            r.stopped_at = Some(ctx.now);
+            r.execution_stopped_at.get_or_insert(ctx.now);
+        }
+    }
+
+    // 6. Cleanup of a stopped task, once reported and after the wait (or at once under disk
+    // pressure).
+    if r.known == TaskStatus::Stopped {
+        let due =
+            r.stopped_at.unwrap_or(ctx.now) + ctx.cleanup_wait.as_secs_f64() + r.cleanup_jitter;
+        let key = ActionKey::Cleanup(arn.clone());
+        let stopping = actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureStopped { .. }));
+        if !world.in_flight.contains(&key) && !stopping {
+            if ctx.stopped_reported && (ctx.disk_pressure || ctx.now >= due) {
+                actions.push(Action::EnsureRemoved {
+                    task_arn: arn.clone(),
+                });
+            } else if ctx.now < due {
+                requeue_at(due);
+            }
+        }
+    }
+
+    Plan {
+        record: r,
+        actions,
+        requeue_at: requeue,
+    }
+}
+
+fn stop_action(arn: &str, c: &ContainerRecord, id: String, rec: &TaskRecord, ctx: &Ctx) -> Action {
+    let grace = rec
+        .spec_of(&c.name)
+        .and_then(|s| s.stop_timeout)
+        .filter(|t| *t > 0)
+        .map_or(ctx.stop_timeout, Duration::from_secs);
+    Action::EnsureStopped {
+        task_arn: arn.to_owned(),
+        container: c.name.clone(),
+        id,
+        grace,
+    }
+}
+
+/// Folds one observation of Docker into a container record (forward only).
+pub fn observe(c: &mut ContainerRecord, o: &Observed) {
+    if c.known == ContainerStatus::Stopped {
+        return;
+    }
+    if c.docker_id.is_none() {
+        c.docker_id = Some(o.id.clone());
+    }
+    if c.created_at.is_none() {
+        c.created_at = o.created_at.clone();
+    }
+    if o.image_id.is_some() {
+        c.image_id = o.image_id.clone();
+    }
+    if c.health != o.health && o.health != Health::Unknown {
+        c.health = o.health;
+    }
+    match o.state {
+        Some(State::Created) => {
+            c.known = c.known.max(ContainerStatus::Created);
+        }
+        Some(State::Running) => {
+            if c.known < ContainerStatus::Running {
+                c.known = ContainerStatus::Running;
+                c.started_at = o.started_at.clone();
+                c.ports = o.ports.clone();
+                c.ran = true;
+                c.failure = None;
+            }
+        }
+        Some(State::Exited) => {
+            c.known = ContainerStatus::Stopped;
+            c.finished_at = o.finished_at.clone();
+            if c.started_at.is_none() {
+                c.started_at = o.started_at.clone();
+            }
+            if o.ever_started() || c.ran {
+                c.ran = true;
+                c.exit_code = o.exit_code;
+            }
+            if o.oom_killed {
+                c.reason = Some("OutOfMemoryError: Container killed due to memory usage".into());
+            } else if let Some(err) = o.error.as_deref().filter(|e| !e.is_empty()) {
+                c.reason = Some(format!("CannotStartContainerError: {err}"));
+            }
+        }
+        Some(State::Removing) | None => {}
+    }
+}
+
+/// The outcome of an action, folded back by [`apply`].
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The image is available (or the pull failed with this reason).
+    Pulled {
+        /// Image.
+        image: String,
+        /// Image id, or the failure.
+        result: Result<Option<String>, String>,
+    },
+    /// The container exists with this id (or create failed).
+    Created {
+        /// Task.
+        task_arn: String,
+        /// Container.
+        container: String,
+        /// Id, or the error.
+        result: Result<String, RuntimeError>,
+    },
+    /// Start done (the container as inspected afterwards) or failed.
+    Started {
+        /// Task.
+        task_arn: String,
+        /// Container.
+        container: String,
+        /// Observation or error.
+        result: Result<Option<Observed>, RuntimeError>,
+    },
+    /// Stop done or failed.
+    Stopped {
+        /// Task.
+        task_arn: String,
+        /// Container.
+        container: String,
+        /// Observation or error.
+        result: Result<Option<Observed>, RuntimeError>,
+    },
+    /// Cleanup done or failed (the engine deletes the record on success).
+    Removed {
+        /// Task.
+        task_arn: String,
+        /// Error text.
+        result: Result<(), String>,
+    },
+}
+
+fn retry_delay(attempts: u32) -> f64 {
+    (2f64.powi(attempts.saturating_sub(1).min(8) as i32)).min(MAX_RETRY_DELAY)
+}
+
+fn fail(c: &mut ContainerRecord, step: Step, message: String, retryable: bool, now: f64) {
+    let attempts = c
+        .failure
+        .as_ref()
+        .filter(|f| f.step == step)
+        .map_or(0, |f| f.attempts)
+        + 1;
+    c.failure = Some(Failure {
+        step,
+        message,
+        retryable,
+        attempts,
+        retry_at: now + retry_delay(attempts),
+    });
+}
+
+/// Folds an action's outcome into a task record; returns whether it concerned this task.
+/// `epoch` is the engine epoch after the action completed.
+pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> bool {
+    match outcome {
+        Outcome::Pulled { image, result } => {
+            if !rec.admitted || rec.desired == TaskStatus::Stopped {
+                return false;
+            }
+            let mut touched = false;
+            let spec = rec.spec.clone();
+            for c in &mut rec.containers {
+                let wants = spec
+                    .containers
+                    .iter()
+                    .any(|s| s.name == c.name && &s.image == image);
+                if !wants || c.known >= ContainerStatus::Pulled {
+                    continue;
+                }
+                touched = true;
+                match result {
+                    Ok(id) => {
+                        c.known = ContainerStatus::Pulled;
+                        if id.is_some() {
+                            c.image_id = id.clone();
+                        }
+                        if c.failure.as_ref().is_some_and(|f| f.step == Step::Pull) {
+                            c.failure = None;
+                        }
+                    }
+                    Err(msg) => fail(c, Step::Pull, msg.clone(), false, now),
+                }
+            }
+            touched
+        }
+        Outcome::Created {
+            task_arn,
+            container,
+            result,
+        } => with_container(rec, task_arn, container, |c| match result {
+            Ok(id) => {
+                if c.known == ContainerStatus::Stopped {
+                    // Stopped while the create ran: keep the id so cleanup removes it.
+                    c.docker_id.get_or_insert_with(|| id.clone());
+                    return;
+                }
+                c.docker_id = Some(id.clone());
+                c.id_epoch = epoch;
+                c.known = c.known.max(ContainerStatus::Created);
+                c.failure = None;
+            }
+            Err(e) => fail(
+                c,
+                Step::Create,
+                format!("CannotCreateContainerError: {e}"),
+                e.is_retryable(),
+                now,
+            ),
+        }),
+        Outcome::Started {
+            task_arn,
+            container,
+            result,
+        } => with_container(rec, task_arn, container, |c| match result {
+            Ok(Some(o)) => {
+                observe(c, o);
+                c.failure = None;
+            }
+            Ok(None) => {}
+            Err(e) => fail(
+                c,
+                Step::Start,
+                format!("CannotStartContainerError: {e}"),
+                e.is_retryable(),
+                now,
+            ),
+        }),
+        Outcome::Stopped {
+            task_arn,
+            container,
+            result,
+        } => with_container(rec, task_arn, container, |c| match result {
+            Ok(Some(o)) => {
+                observe(c, o);
+                if c.failure.as_ref().is_some_and(|f| f.step == Step::Stop) {
+                    c.failure = None;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => fail(
+                c,
+                Step::Stop,
+                format!("CannotStopContainerError: {e}"),
+                true,
+                now,
+            ),
+        }),
+        Outcome::Removed { .. } => false,
+    }
+}
+
+fn with_container(
+    rec: &mut TaskRecord,
+    task_arn: &str,
+    container: &str,
+    f: impl FnOnce(&mut ContainerRecord),
+) -> bool {
+    if rec.spec.arn != task_arn {
+        return false;
+    }
+    match rec.containers.iter_mut().find(|c| c.name == container) {
+        Some(c) => {
+            f(c);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Port bindings as reported, without IPv6 wildcard bindings when asked (spec §8.2).
+pub fn filter_bindings(ports: Vec<NetworkBinding>, exclude_ipv6: bool) -> Vec<NetworkBinding> {
+    ports
+        .into_iter()
+        .filter(|b| !(exclude_ipv6 && b.bind_ip.contains(':')))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! Unit tests of the pure reconciler: one step at a time, no runtime.
+
+use super::*;
+use crate::engine::model::TaskSpec;
+
+fn rec(containers: serde_json::Value) -> TaskRecord {
+    let spec = TaskSpec::from_json(&serde_json::json!({
+        "arn": "t", "family": "f", "version": "1", "containers": containers
+    }))
+    .unwrap();
+    let mut r = TaskRecord::new(spec, 1, 0.0).unwrap();
+    r.admitted = true;
+    r
+}
+
+fn ctx() -> Ctx {
+    Ctx {
+        now: 1000.0,
+        stop_timeout: Duration::from_secs(30),
+        disable_privileged: false,
+        pull_upfront: false,
+        cleanup_wait: Duration::from_secs(3600),
+        disk_pressure: false,
+        stopped_reported: false,
+    }
+}
+
+fn obs(r: &TaskRecord, name: &str, state: State, exit: Option<i32>) -> Observed {
+    let c = r.container(name).unwrap();
+    Observed {
+        id: c.docker_id.clone().unwrap_or_else(|| format!("id-{name}")),
+        name: c.docker_name.clone(),
+        task_arn: Some("t".into()),
+        container_name: Some(name.into()),
+        state: Some(state),
+        exit_code: exit,
+        started_at: (state != State::Created).then(|| "2024-01-01T00:00:00Z".into()),
+        ..Observed::default()
+    }
+}
+
+fn run(r: &TaskRecord, observed: &[Observed], in_flight: &[ActionKey], c: &Ctx) -> Plan {
+    let map: HashMap<String, Observed> = observed
+        .iter()
+        .map(|o| (o.name.clone(), o.clone()))
+        .collect();
+    let flight: HashSet<ActionKey> = in_flight.iter().cloned().collect();
+    reconcile(
+        r,
+        &World {
+            observed: &map,
+            listed: true,
+            listed_epoch: 10,
+            in_flight: &flight,
+        },
+        c,
+    )
+}
+
+#[test]
+fn a_new_task_pulls_then_creates_then_starts() {
+    let r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+    let p = run(&r, &[], &[], &ctx());
+    assert!(matches!(&p.actions[..], [Action::EnsurePulled { image, .. }] if image == "i"));
+    assert_eq!(p.record.pull_started_at, Some(1000.0));
+
+    let mut r = p.record;
+    assert!(apply(
+        &mut r,
+        &Outcome::Pulled {
+            image: "i".into(),
+            result: Ok(None)
+        },
+        1001.0,
+        1
+    ));
+    let p = run(&r, &[], &[], &ctx());
+    assert!(matches!(&p.actions[..], [Action::EnsureCreated { .. }]));
+    assert_eq!(p.record.known, TaskStatus::ManifestPulled);
+
+    let mut r = p.record;
+    apply(
+        &mut r,
+        &Outcome::Created {
+            task_arn: "t".into(),
+            container: "a".into(),
+            result: Ok("id-a".into()),
+        },
+        1002.0,
+        11,
+    );
+    let p = run(&r, &[], &[], &ctx());
+    // The id was recorded after the listing (epoch 11 > 10): not judged vanished.
+    assert!(matches!(&p.actions[..], [Action::EnsureRunning { id, .. }] if id == "id-a"));
+    let running = obs(&p.record, "a", State::Running, None);
+    let p = run(&p.record, &[running], &[], &ctx());
+    assert_eq!(p.record.known, TaskStatus::Running);
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn a_recorded_container_missing_from_a_later_listing_vanished() {
+    let mut r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+    r.containers[0].known = ContainerStatus::Running;
+    r.containers[0].docker_id = Some("x".into());
+    r.containers[0].id_epoch = 10;
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!(p.record.known, TaskStatus::Stopped);
+    assert!(
+        p.record.containers[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("ContainerVanishedError")
+    );
+    r.containers[0].id_epoch = 11;
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!(
+        p.record.containers[0].known,
+        ContainerStatus::Running,
+        "listing older than the id"
+    );
+}
+
+#[test]
+fn essential_exit_stops_siblings_with_their_grace() {
+    let mut r = rec(serde_json::json!([
+        {"name": "a", "image": "i", "essential": true},
+        {"name": "b", "image": "i", "essential": false, "stopTimeout": 2}
+    ]));
+    for c in &mut r.containers {
+        c.known = ContainerStatus::Running;
+        c.docker_id = Some(format!("id-{}", c.name));
+    }
+    r.known = TaskStatus::Running;
+    let exited = obs(&r, "a", State::Exited, Some(1));
+    let running = obs(&r, "b", State::Running, None);
+    let p = run(&r, &[exited.clone(), running.clone()], &[], &ctx());
+    assert_eq!(p.record.desired, TaskStatus::Stopped);
+    assert_eq!(p.record.reason.as_deref(), Some(ESSENTIAL_EXITED));
+    assert_eq!(
+        p.record.known,
+        TaskStatus::Running,
+        "not stopped until all are"
+    );
+    assert!(
+        matches!(&p.actions[..], [Action::EnsureStopped { grace, .. }] if *grace == Duration::from_secs(2))
+    );
+    // While the stop runs, nothing else happens.
+    let key = ActionKey::Container("t".into(), "b".into());
+    let p2 = run(&p.record, &[exited.clone(), running], &[key], &ctx());
+    assert!(p2.actions.is_empty());
+    let b_exit = obs(&r, "b", State::Exited, Some(137));
+    let p3 = run(&p2.record, &[exited, b_exit], &[], &ctx());
+    assert_eq!(p3.record.known, TaskStatus::Stopped);
+    assert_eq!(p3.record.stopped_at, Some(1000.0));
+    assert_eq!(p3.record.containers[1].exit_code, Some(137));
+}
+
+#[test]
+fn non_essential_exit_keeps_the_task() {
+    let mut r = rec(serde_json::json!([
+        {"name": "a", "image": "i", "essential": true},
+        {"name": "b", "image": "i", "essential": false}
+    ]));
+    for c in &mut r.containers {
+        c.known = ContainerStatus::Running;
+        c.docker_id = Some(format!("id-{}", c.name));
+    }
+    let a = obs(&r, "a", State::Running, None);
+    let b = obs(&r, "b", State::Exited, Some(0));
+    let p = run(&r, &[a, b], &[], &ctx());
+    assert_eq!(p.record.desired, TaskStatus::Running);
+    assert_eq!(p.record.containers[1].known, ContainerStatus::Stopped);
+    assert!(p.actions.is_empty(), "never restarted");
+}
+
+#[test]
+fn retryable_create_failures_back_off_then_give_up() {
+    let mut r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+    r.containers[0].known = ContainerStatus::Pulled;
+    let err = Outcome::Created {
+        task_arn: "t".into(),
+        container: "a".into(),
+        result: Err(RuntimeError::Unavailable("boom".into())),
+    };
+    apply(&mut r, &err, 1000.0, 1);
+    let p = run(&r, &[], &[], &ctx());
+    assert!(p.actions.is_empty(), "waits for the retry time");
+    assert_eq!(p.requeue_at, Some(1001.0));
+    let later = Ctx {
+        now: 1001.5,
+        ..ctx()
+    };
+    assert!(matches!(
+        &run(&r, &[], &[], &later).actions[..],
+        [Action::EnsureCreated { .. }]
+    ));
+    apply(&mut r, &err, 1002.0, 2);
+    apply(&mut r, &err, 1010.0, 3);
+    let p = run(
+        &r,
+        &[],
+        &[],
+        &Ctx {
+            now: 2000.0,
+            ..ctx()
+        },
+    );
+    assert_eq!(p.record.known, TaskStatus::Stopped);
+    assert!(
+        p.record.containers[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("CannotCreateContainerError")
+    );
+}
+
+#[test]
+fn waiting_tasks_do_nothing_and_stopped_ones_are_cleaned_after_report_and_wait() {
+    let mut r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+    r.admitted = false;
+    assert!(run(&r, &[], &[], &ctx()).actions.is_empty());
+
+    r.known = TaskStatus::Stopped;
+    r.desired = TaskStatus::Stopped;
+    r.containers[0].known = ContainerStatus::Stopped;
+    r.stopped_at = Some(1000.0);
+    let reported = Ctx {
+        stopped_reported: true,
+        ..ctx()
+    };
+    let p = run(&r, &[], &[], &reported);
+    assert!(p.actions.is_empty());
+    assert_eq!(p.requeue_at, Some(4600.0));
+    let late_unreported = Ctx {
+        now: 5000.0,
+        ..ctx()
+    };
+    assert!(
+        run(&r, &[], &[], &late_unreported).actions.is_empty(),
+        "waits for the report"
+    );
+    let late = Ctx {
+        now: 5000.0,
+        ..reported.clone()
+    };
+    assert!(matches!(
+        &run(&r, &[], &[], &late).actions[..],
+        [Action::EnsureRemoved { .. }]
+    ));
+    let pressure = Ctx {
+        disk_pressure: true,
+        ..reported
+    };
+    assert!(matches!(
+        &run(&r, &[], &[], &pressure).actions[..],
+        [Action::EnsureRemoved { .. }]
+    ));
+}
+
+#[test]
+fn desired_stopped_before_create_needs_no_docker() {
+    let mut r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+    r.desired = TaskStatus::Stopped;
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!(p.record.known, TaskStatus::Stopped);
+    assert!(p.actions.is_empty());
+    // ...but a create in flight is waited for.
+    let key = ActionKey::Container("t".into(), "a".into());
+    let p = run(&r, &[], &[key], &ctx());
+    assert_eq!(p.record.known, TaskStatus::None);
+}

@@ -1,0 +1,576 @@
+//! The container runtime seam: everything the engine asks of Docker, as one trait, plus the
+//! in-memory fake the property tests and unit tests drive.
+//!
+//! Owns the vocabulary of observations ([`Summary`], [`Observed`]) and runtime errors. Never
+//! decides anything: the reconciler decides, the runtime only does what it is told. The real
+//! implementation is `engine::docker::DockerRuntime`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
+use bollard::models::ContainerCreateBody;
+use futures_util::stream::BoxStream;
+
+use crate::engine::model::Health;
+use crate::tasks::NetworkBinding;
+
+/// The label every engine container carries (and the one we filter on).
+pub const LABEL_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
+/// Container name in the task.
+pub const LABEL_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
+/// Task definition family.
+pub const LABEL_FAMILY: &str = "com.amazonaws.ecs.task-definition-family";
+/// Task definition revision.
+pub const LABEL_VERSION: &str = "com.amazonaws.ecs.task-definition-version";
+/// Cluster.
+pub const LABEL_CLUSTER: &str = "com.amazonaws.ecs.cluster";
+
+/// Runtime errors. `is_retryable` separates Docker being unwell (retry with backoff) from
+/// requests Docker will refuse again (report and stop).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RuntimeError {
+    /// The engine did not answer (connection refused, timeout, 5xx).
+    #[error("Docker is unavailable: {0}")]
+    Unavailable(String),
+    /// A call took longer than its deadline.
+    #[error("DockerTimeoutError: {op} did not finish within {secs} s")]
+    Timeout {
+        /// Operation.
+        op: &'static str,
+        /// Deadline.
+        secs: u64,
+    },
+    /// The object does not exist (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A container with this name exists already (409 on create).
+    #[error("name conflict: {0}")]
+    Conflict(String),
+    /// Docker refused the request (4xx other than 404/409): it will refuse it again.
+    #[error("{0}")]
+    Refused(String),
+    /// Registry authentication failed.
+    #[error("{0}")]
+    Auth(String),
+    /// The pull made no progress in time, or took too long overall.
+    #[error("{0}")]
+    PullStalled(String),
+}
+
+impl RuntimeError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Unavailable(_)
+                | RuntimeError::Timeout { .. }
+                | RuntimeError::PullStalled(_)
+        )
+    }
+}
+
+/// Docker's view of a container's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Created, never started.
+    Created,
+    /// Running (or paused/restarting: a process exists).
+    Running,
+    /// Exited or dead.
+    Exited,
+    /// Being removed.
+    Removing,
+}
+
+/// One row of a container listing: enough to notice that something changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Docker id.
+    pub id: String,
+    /// Docker name without the leading `/`.
+    pub name: String,
+    /// State.
+    pub state: State,
+    /// Health as the listing shows it.
+    pub health: Health,
+}
+
+/// Everything the engine records about a container (from inspect).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Docker id.
+    pub id: String,
+    /// Docker name without `/`.
+    pub name: String,
+    /// `com.amazonaws.ecs.task-arn`.
+    pub task_arn: Option<String>,
+    /// `com.amazonaws.ecs.container-name`.
+    pub container_name: Option<String>,
+    /// State (`None` = unknown state string).
+    pub state: Option<State>,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Killed by the OOM killer.
+    pub oom_killed: bool,
+    /// Docker's error text for a failed start.
+    pub error: Option<String>,
+    /// Health.
+    pub health: Health,
+    /// RFC 3339.
+    pub created_at: Option<String>,
+    /// RFC 3339; absent when never started.
+    pub started_at: Option<String>,
+    /// RFC 3339; absent when not finished.
+    pub finished_at: Option<String>,
+    /// Actual port bindings.
+    pub ports: Vec<NetworkBinding>,
+    /// Image id.
+    pub image_id: Option<String>,
+}
+
+impl Observed {
+    /// Whether the container process ever started.
+    pub fn ever_started(&self) -> bool {
+        self.started_at.is_some()
+    }
+}
+
+/// Pull limits (spec §6.4 step 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullLimits {
+    /// No progress for this long aborts the pull.
+    pub inactivity: Duration,
+    /// No first progress for this long aborts the pull.
+    pub first_progress: Duration,
+    /// Overall deadline.
+    pub total: Duration,
+}
+
+/// A Docker volume to ensure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRequest {
+    /// Name.
+    pub name: String,
+    /// Driver.
+    pub driver: String,
+    /// Driver options.
+    pub driver_opts: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An image as the runtime lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// `sha256:...`.
+    pub id: String,
+    /// Repo tags.
+    pub tags: Vec<String>,
+}
+
+/// What the engine needs from a container runtime.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Every container carrying [`LABEL_TASK_ARN`], running or not.
+    async fn list(&self) -> Result<Vec<Summary>, RuntimeError>;
+    /// Details of one container (by id or name); `None` when it does not exist.
+    async fn inspect(&self, id_or_name: &str) -> Result<Option<Observed>, RuntimeError>;
+    /// The image's id when present locally.
+    async fn image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError>;
+    /// Pulls an image, with credentials when given.
+    async fn pull(
+        &self,
+        image: &str,
+        auth: Option<DockerCredentials>,
+        limits: PullLimits,
+    ) -> Result<(), RuntimeError>;
+    /// Creates a volume if absent (idempotent).
+    async fn ensure_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError>;
+    /// Creates a container; `Conflict` when the name is taken.
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError>;
+    /// Starts a container (already running is success).
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops a container: SIGTERM, then SIGKILL after `grace` (already stopped is success).
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes a stopped container and its anonymous volumes (absent is success).
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Removes a volume (absent is success).
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Removes an image by reference or id, without force.
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
+    /// Image ids used by any container (ours or not).
+    async fn images_in_use(&self) -> Result<HashSet<String>, RuntimeError>;
+    /// The engine's data directory (for disk-pressure checks); `None` if unknown.
+    async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError>;
+    /// A stream that yields once per container event concerning our containers; it ends or
+    /// errors when the connection drops.
+    fn events(&self) -> BoxStream<'static, Result<(), RuntimeError>>;
+}
+
+/// Which fake call to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FakeOp {
+    /// list.
+    List,
+    /// pull.
+    Pull,
+    /// create (fails before creating).
+    Create,
+    /// create that creates the container but then reports a timeout.
+    CreateThenTimeout,
+    /// start.
+    Start,
+    /// stop.
+    Stop,
+    /// remove.
+    Remove,
+}
+
+/// A fake container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeContainer {
+    /// Observation served by inspect.
+    pub observed: Observed,
+    /// Labels given at create.
+    pub labels: HashMap<String, String>,
+    /// How many times it was started.
+    pub starts: u32,
+}
+
+#[derive(Debug, Default)]
+struct FakeInner {
+    containers: BTreeMap<String, FakeContainer>,
+    images: HashSet<String>,
+    failures: HashMap<FakeOp, (u32, RuntimeError)>,
+    next_id: u64,
+    creates: Vec<String>,
+    created_labels: Vec<(String, String)>,
+    pulls: Vec<String>,
+    clock: u64,
+    down: bool,
+}
+
+/// In-memory runtime: containers start and stop instantly; failures can be injected per call.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    inner: Mutex<FakeInner>,
+    events: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<()>>>,
+}
+
+impl FakeRuntime {
+    /// A fake with the given images present.
+    pub fn with_images(images: &[&str]) -> FakeRuntime {
+        let f = FakeRuntime::default();
+        f.lock().images = images.iter().map(|s| s.to_string()).collect();
+        f
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails the next `times` calls of `op` with `err`.
+    pub fn fail(&self, op: FakeOp, times: u32, err: RuntimeError) {
+        self.lock().failures.insert(op, (times, err));
+    }
+
+    /// Makes every call fail as if Docker were down (or back up).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    fn take_failure(inner: &mut FakeInner, op: FakeOp) -> Option<RuntimeError> {
+        if inner.down {
+            return Some(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        let entry = inner.failures.get_mut(&op)?;
+        if entry.0 == 0 {
+            return None;
+        }
+        entry.0 -= 1;
+        Some(entry.1.clone())
+    }
+
+    fn emit(&self) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|tx| tx.send(()).is_ok());
+    }
+
+    fn now(inner: &mut FakeInner) -> String {
+        inner.clock += 1;
+        format!("2024-01-01T00:00:{:02}Z", inner.clock % 60)
+    }
+
+    /// Every container, by name.
+    pub fn containers(&self) -> BTreeMap<String, FakeContainer> {
+        self.lock().containers.clone()
+    }
+
+    /// Names passed to successful creates, in order.
+    pub fn creates(&self) -> Vec<String> {
+        self.lock().creates.clone()
+    }
+
+    /// `(task ARN, container name)` labels of every container ever created, in order.
+    pub fn created_labels(&self) -> Vec<(String, String)> {
+        self.lock().created_labels.clone()
+    }
+
+    /// Images pulled, in order.
+    pub fn pulls(&self) -> Vec<String> {
+        self.lock().pulls.clone()
+    }
+
+    /// Makes a running container exit with `code` (as if its process ended).
+    pub fn exit(&self, name: &str, code: i32) {
+        {
+            let mut inner = self.lock();
+            let t = Self::now(&mut inner);
+            if let Some(c) = inner.containers.get_mut(name)
+                && c.observed.state == Some(State::Running)
+            {
+                c.observed.state = Some(State::Exited);
+                c.observed.exit_code = Some(code);
+                c.observed.finished_at = Some(t);
+            }
+        }
+        self.emit();
+    }
+
+    /// Sets a container's health.
+    pub fn set_health(&self, name: &str, health: Health) {
+        if let Some(c) = self.lock().containers.get_mut(name) {
+            c.observed.health = health;
+        }
+        self.emit();
+    }
+
+    /// Removes a container behind the engine's back.
+    pub fn vanish(&self, name: &str) {
+        self.lock().containers.remove(name);
+        self.emit();
+    }
+
+    /// A Docker restart: every running container exits with 137 (no live-restore).
+    pub fn restart_daemon(&self) {
+        let names: Vec<String> = self.lock().containers.keys().cloned().collect();
+        for n in names {
+            self.exit(&n, 137);
+        }
+    }
+}
+
+fn labels_get(labels: &HashMap<String, String>, key: &str) -> String {
+    labels.get(key).cloned().unwrap_or_default()
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn list(&self) -> Result<Vec<Summary>, RuntimeError> {
+        let mut inner = self.lock();
+        if let Some(e) = Self::take_failure(&mut inner, FakeOp::List) {
+            return Err(e);
+        }
+        Ok(inner
+            .containers
+            .values()
+            .filter(|c| c.labels.contains_key(LABEL_TASK_ARN))
+            .map(|c| Summary {
+                id: c.observed.id.clone(),
+                name: c.observed.name.clone(),
+                state: c.observed.state.unwrap_or(State::Created),
+                health: c.observed.health,
+            })
+            .collect())
+    }
+
+    async fn inspect(&self, id_or_name: &str) -> Result<Option<Observed>, RuntimeError> {
+        let inner = self.lock();
+        if inner.down {
+            return Err(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        Ok(inner
+            .containers
+            .values()
+            .find(|c| c.observed.id == id_or_name || c.observed.name == id_or_name)
+            .map(|c| c.observed.clone()))
+    }
+
+    async fn image(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        let inner = self.lock();
+        Ok(inner.images.contains(image).then(|| ImageInfo {
+            id: format!("sha256:{image}"),
+            tags: vec![image.to_owned()],
+        }))
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        _auth: Option<DockerCredentials>,
+        _limits: PullLimits,
+    ) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        if let Some(e) = Self::take_failure(&mut inner, FakeOp::Pull) {
+            return Err(e);
+        }
+        inner.pulls.push(image.to_owned());
+        inner.images.insert(image.to_owned());
+        Ok(())
+    }
+
+    async fn ensure_volume(&self, _v: &VolumeRequest) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError> {
+        let mut inner = self.lock();
+        if let Some(e) = Self::take_failure(&mut inner, FakeOp::Create) {
+            return Err(e);
+        }
+        if inner.containers.contains_key(name) {
+            return Err(RuntimeError::Conflict(name.to_owned()));
+        }
+        let image = body.image.clone().unwrap_or_default();
+        if !inner.images.contains(&image) {
+            return Err(RuntimeError::NotFound(format!("No such image: {image}")));
+        }
+        inner.next_id += 1;
+        let id = format!("{:064x}", inner.next_id);
+        let labels: HashMap<String, String> = body.labels.clone().unwrap_or_default();
+        let created_at = Self::now(&mut inner);
+        inner.containers.insert(
+            name.to_owned(),
+            FakeContainer {
+                observed: Observed {
+                    id: id.clone(),
+                    name: name.to_owned(),
+                    task_arn: labels.get(LABEL_TASK_ARN).cloned(),
+                    container_name: labels.get(LABEL_CONTAINER_NAME).cloned(),
+                    state: Some(State::Created),
+                    created_at: Some(created_at),
+                    image_id: Some(format!("sha256:{image}")),
+                    ..Observed::default()
+                },
+                labels,
+                starts: 0,
+            },
+        );
+        inner.creates.push(name.to_owned());
+        let key = (
+            labels_get(&inner.containers[name].labels, LABEL_TASK_ARN),
+            labels_get(&inner.containers[name].labels, LABEL_CONTAINER_NAME),
+        );
+        inner.created_labels.push(key);
+        if let Some(e) = Self::take_failure(&mut inner, FakeOp::CreateThenTimeout) {
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        {
+            let mut inner = self.lock();
+            if let Some(e) = Self::take_failure(&mut inner, FakeOp::Start) {
+                return Err(e);
+            }
+            let t = Self::now(&mut inner);
+            let c = inner
+                .containers
+                .values_mut()
+                .find(|c| c.observed.id == id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            match c.observed.state {
+                Some(State::Running) => return Ok(()),
+                Some(State::Created) | Some(State::Exited) => {
+                    c.observed.state = Some(State::Running);
+                    c.observed.started_at = Some(t);
+                    c.observed.exit_code = None;
+                    c.starts += 1;
+                }
+                _ => return Err(RuntimeError::Refused("cannot start".into())),
+            }
+        }
+        self.emit();
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        {
+            let mut inner = self.lock();
+            if let Some(e) = Self::take_failure(&mut inner, FakeOp::Stop) {
+                return Err(e);
+            }
+            let t = Self::now(&mut inner);
+            let c = inner
+                .containers
+                .values_mut()
+                .find(|c| c.observed.id == id)
+                .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            if c.observed.state == Some(State::Running) {
+                c.observed.state = Some(State::Exited);
+                c.observed.exit_code = Some(143);
+                c.observed.finished_at = Some(t);
+            }
+        }
+        self.emit();
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        if let Some(e) = Self::take_failure(&mut inner, FakeOp::Remove) {
+            return Err(e);
+        }
+        let name = inner
+            .containers
+            .iter()
+            .find(|(_, c)| c.observed.id == id)
+            .map(|(n, _)| n.clone());
+        if let Some(n) = name {
+            if inner.containers[&n].observed.state == Some(State::Running) {
+                return Err(RuntimeError::Refused("container is running".into()));
+            }
+            inner.containers.remove(&n);
+        }
+        Ok(())
+    }
+
+    async fn remove_volume(&self, _name: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.lock().images.remove(image);
+        Ok(())
+    }
+
+    async fn images_in_use(&self) -> Result<HashSet<String>, RuntimeError> {
+        Ok(self
+            .lock()
+            .containers
+            .values()
+            .filter_map(|c| c.observed.image_id.clone())
+            .collect())
+    }
+
+    async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+        Ok(None)
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<(), RuntimeError>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|()| (Ok(()), rx))
+        }))
+    }
+}

@@ -1,0 +1,772 @@
+//! Engine tests against the fake runtime: scenarios and the model-based property test.
+
+use super::*;
+use crate::api::TaskView;
+use crate::engine::runtime::{FakeOp, FakeRuntime};
+use crate::tasks::{RecordingSink, ReportStatus, TaskChange};
+use proptest::prelude::*;
+
+const IMG: &str = "img:1";
+
+struct Rig {
+    engine: Engine,
+    fake: Arc<FakeRuntime>,
+    sink: Arc<RecordingSink>,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+fn tmpdir() -> tempfile::TempDir {
+    if std::path::Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+fn settings(cleanup_wait: Duration) -> Settings {
+    let mut s = Settings::from_config(&Config::default(), Some("us-east-1".into()), 2, 4096);
+    s.engine.task_cleanup_wait = cleanup_wait;
+    s.pull_retry = crate::backoff::Policy::new(Duration::ZERO, Duration::ZERO, 1.0, 0.0);
+    s
+}
+
+fn rig_with(fake: Arc<FakeRuntime>, settings: Settings) -> Rig {
+    let dir = tmpdir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    let engine = build(&fake, &sink, &store, settings);
+    Rig {
+        engine,
+        fake,
+        sink,
+        store,
+        _dir: dir,
+    }
+}
+
+fn build(
+    fake: &Arc<FakeRuntime>,
+    sink: &Arc<RecordingSink>,
+    store: &Store,
+    settings: Settings,
+) -> Engine {
+    Engine::new(Parts {
+        settings,
+        store: store.clone(),
+        sink: sink.clone(),
+        credentials: Arc::new(CredentialsStore::default()),
+        runtime: fake.clone(),
+        ecr: Arc::new(pull::SdkEcr),
+        hooks: Hooks::default(),
+    })
+    .unwrap()
+}
+
+/// Delivers through `TaskControl` while one engine pass runs to accept it.
+async fn deliver(e: &Engine, t: serde_json::Value) -> Result<(), String> {
+    let (r, s) = tokio::join!(e.deliver(t), e.settle(1));
+    s.unwrap();
+    r
+}
+
+/// Stops through `TaskControl` while one engine pass runs to accept it.
+async fn stop(e: &Engine, arn: &str) -> Result<(), String> {
+    let (r, s) = tokio::join!(e.stop(arn), e.settle(1));
+    s.unwrap();
+    r
+}
+
+fn rig() -> Rig {
+    rig_with(
+        Arc::new(FakeRuntime::with_images(&[])),
+        settings(Duration::from_secs(3 * 3600)),
+    )
+}
+
+fn task(arn: &str, containers: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "arn": arn, "family": "fam", "version": "1", "desiredStatus": "RUNNING",
+        "containers": containers,
+        "roleCredentials": {"credentialsId": "c", "secretAccessKey": "s3cr3t"}
+    })
+}
+
+fn c(name: &str, essential: bool) -> serde_json::Value {
+    serde_json::json!({"name": name, "image": IMG, "essential": essential, "memory": 64})
+}
+
+/// The task-level transitions reported (a change that only carries container news repeats the
+/// task's current status; that is not a transition).
+fn statuses(changes: &[TaskChange], arn: &str) -> Vec<ReportStatus> {
+    let mut out: Vec<ReportStatus> = changes
+        .iter()
+        .filter(|c| c.task_arn == arn)
+        .map(|c| c.status)
+        .filter(|s| *s != ReportStatus::Pending)
+        .collect();
+    out.dedup();
+    out
+}
+
+fn container_statuses(changes: &[TaskChange], arn: &str, name: &str) -> Vec<ReportStatus> {
+    changes
+        .iter()
+        .filter(|c| c.task_arn == arn)
+        .flat_map(|c| c.containers.iter())
+        .filter(|c| c.container_name == name)
+        .map(|c| c.status)
+        .collect()
+}
+
+fn fake_name(r: &Rig, arn: &str, container: &str) -> String {
+    r.fake
+        .containers()
+        .values()
+        .find(|c| {
+            c.observed.task_arn.as_deref() == Some(arn)
+                && c.observed.container_name.as_deref() == Some(container)
+        })
+        .map(|c| c.observed.name.clone())
+        .unwrap_or_else(|| panic!("no container {container} of {arn}"))
+}
+
+#[tokio::test]
+async fn multi_container_task_with_depends_on_runs_and_reports_once() {
+    let r = rig();
+    let mut web = c("web", true);
+    web["dependsOn"] = serde_json::json!([{"containerName": "init", "condition": "SUCCESS"}]);
+    deliver(
+        &r.engine,
+        task("t1", serde_json::json!([c("init", false), web])),
+    )
+    .await
+    .unwrap();
+    r.engine.settle(10).await.unwrap();
+    // init runs first; web waits for it to succeed.
+    let names: Vec<String> = r.fake.creates();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].contains("-init-"));
+    r.fake.exit(&fake_name(&r, "t1", "init"), 0);
+    r.engine.settle(10).await.unwrap();
+    let changes = r.sink.changes();
+    assert_eq!(statuses(&changes, "t1"), vec![ReportStatus::Running]);
+    assert_eq!(
+        container_statuses(&changes, "t1", "init"),
+        vec![ReportStatus::Running, ReportStatus::Stopped]
+    );
+    assert_eq!(
+        container_statuses(&changes, "t1", "web"),
+        vec![ReportStatus::Running]
+    );
+    // `default` pull behaviour pulls per container: init first, web once init succeeded.
+    assert_eq!(r.fake.pulls().len(), 2);
+    // Credentials were stripped before storing.
+    let stored: Vec<(String, serde_json::Value)> = r.store.list(store::TASKS).unwrap();
+    assert!(!serde_json::to_string(&stored).unwrap().contains("s3cr3t"));
+    // The introspection view shows it.
+    let view = r.engine.view();
+    let t = &view.tasks()[0];
+    assert_eq!(t.known_status, "RUNNING");
+    assert_eq!(t.containers.len(), 2);
+    assert_eq!(r.engine.desired_running(), vec!["t1".to_string()]);
+}
+
+#[tokio::test]
+async fn essential_exit_stops_the_task_non_essential_does_not() {
+    let r = rig();
+    deliver(
+        &r.engine,
+        task("t", serde_json::json!([c("main", true), c("side", false)])),
+    )
+    .await
+    .unwrap();
+    r.engine.settle(10).await.unwrap();
+    r.fake.exit(&fake_name(&r, "t", "side"), 3);
+    r.engine.settle(10).await.unwrap();
+    let changes = r.sink.changes();
+    assert_eq!(statuses(&changes, "t"), vec![ReportStatus::Running]);
+    let side_stop = changes
+        .iter()
+        .flat_map(|c| &c.containers)
+        .find(|c| c.container_name == "side" && c.status == ReportStatus::Stopped)
+        .unwrap();
+    assert_eq!(side_stop.exit_code, Some(3));
+    assert_eq!(
+        r.fake.containers()[&fake_name(&r, "t", "main")]
+            .observed
+            .state,
+        Some(State::Running)
+    );
+
+    r.fake.exit(&fake_name(&r, "t", "main"), 7);
+    r.engine.settle(10).await.unwrap();
+    let changes = r.sink.changes();
+    assert_eq!(
+        statuses(&changes, "t"),
+        vec![ReportStatus::Running, ReportStatus::Stopped]
+    );
+    let last = changes.last().unwrap();
+    assert_eq!(last.reason.as_deref(), Some(reconcile::ESSENTIAL_EXITED));
+    assert!(last.execution_stopped_at.is_some());
+    assert_eq!(last.containers[0].exit_code, Some(7));
+}
+
+#[tokio::test]
+async fn essential_exit_stops_running_siblings() {
+    let r = rig();
+    deliver(
+        &r.engine,
+        task("t", serde_json::json!([c("a", true), c("b", true)])),
+    )
+    .await
+    .unwrap();
+    r.engine.settle(10).await.unwrap();
+    r.fake.exit(&fake_name(&r, "t", "a"), 1);
+    r.engine.settle(10).await.unwrap();
+    let b = &r.fake.containers()[&fake_name(&r, "t", "b")];
+    assert_eq!(
+        b.observed.state,
+        Some(State::Exited),
+        "sibling stopped by the engine"
+    );
+    assert_eq!(
+        statuses(&r.sink.changes(), "t"),
+        vec![ReportStatus::Running, ReportStatus::Stopped]
+    );
+}
+
+#[tokio::test]
+async fn create_that_times_out_after_creating_is_adopted_not_duplicated() {
+    let r = rig();
+    r.fake.fail(
+        FakeOp::CreateThenTimeout,
+        1,
+        RuntimeError::Timeout {
+            op: "create container",
+            secs: 240,
+        },
+    );
+    deliver(&r.engine, task("t", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(3).await.unwrap();
+    r.engine.advance_clock(5.0);
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(r.fake.creates().len(), 1);
+    assert_eq!(
+        statuses(&r.sink.changes(), "t"),
+        vec![ReportStatus::Running]
+    );
+}
+
+#[tokio::test]
+async fn restart_reports_what_changed_while_away() {
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let r = rig_with(fake.clone(), settings(Duration::from_secs(3600)));
+    deliver(
+        &r.engine,
+        task("t", serde_json::json!([c("a", true), c("b", false)])),
+    )
+    .await
+    .unwrap();
+    r.engine.settle(10).await.unwrap();
+    let before = r.sink.changes().len();
+    // While the agent is away: Docker restarts (everything exits 137) and one container is
+    // removed by hand.
+    fake.restart_daemon();
+    fake.vanish(&fake_name(&r, "t", "b"));
+    let sink2 = Arc::new(RecordingSink::default());
+    let engine2 = build(&fake, &sink2, &r.store, settings(Duration::from_secs(3600)));
+    engine2.settle(10).await.unwrap();
+    let changes = sink2.changes();
+    assert_eq!(statuses(&changes, "t"), vec![ReportStatus::Stopped]);
+    let last = changes.last().unwrap();
+    let a = last
+        .containers
+        .iter()
+        .find(|c| c.container_name == "a")
+        .unwrap();
+    assert_eq!(a.exit_code, Some(137));
+    let b = last
+        .containers
+        .iter()
+        .find(|c| c.container_name == "b")
+        .unwrap();
+    assert!(
+        b.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("ContainerVanishedError"),
+        "{b:?}"
+    );
+    assert!(before > 0);
+    // Again: nothing new to report, nothing created.
+    engine2.settle(10).await.unwrap();
+    assert_eq!(sink2.changes().len(), changes.len());
+    assert_eq!(fake.creates().len(), 2);
+}
+
+#[tokio::test]
+async fn tasks_wait_pending_for_resources_then_run() {
+    let mut s = settings(Duration::from_secs(3600));
+    s.capacity.memory_mib = 100;
+    let r = rig_with(Arc::new(FakeRuntime::with_images(&[])), s);
+    deliver(&r.engine, task("first", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    deliver(&r.engine, task("second", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(
+        statuses(&r.sink.changes(), "first"),
+        vec![ReportStatus::Running]
+    );
+    assert!(
+        statuses(&r.sink.changes(), "second").is_empty(),
+        "waits, not refused"
+    );
+    assert_eq!(r.engine.view().tasks()[1].known_status, "PENDING");
+    stop(&r.engine, "first").await.unwrap();
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(
+        statuses(&r.sink.changes(), "second"),
+        vec![ReportStatus::Running]
+    );
+}
+
+#[tokio::test]
+async fn cleanup_waits_for_the_wait_and_removes_containers() {
+    let r = rig_with(
+        Arc::new(FakeRuntime::with_images(&[])),
+        settings(Duration::from_secs(600)),
+    );
+    deliver(&r.engine, task("t", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    stop(&r.engine, "t").await.unwrap();
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(r.fake.containers().len(), 1, "kept during the wait");
+    r.engine.advance_clock(601.0);
+    r.engine.settle(10).await.unwrap();
+    assert!(r.fake.containers().is_empty());
+    assert!(r.engine.view().tasks().is_empty());
+    // A late re-delivery does not resurrect it.
+    deliver(&r.engine, task("t", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(r.fake.creates().len(), 1);
+}
+
+#[tokio::test]
+async fn pull_failure_stops_with_a_clear_reason() {
+    let r = rig();
+    r.fake.fail(
+        FakeOp::Pull,
+        10,
+        RuntimeError::Auth("unauthorized: authentication required".into()),
+    );
+    deliver(&r.engine, task("t", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    let changes = r.sink.changes();
+    assert_eq!(statuses(&changes, "t"), vec![ReportStatus::Stopped]);
+    let reason = changes.last().unwrap().containers[0]
+        .reason
+        .clone()
+        .unwrap();
+    assert!(reason.starts_with("CannotPullContainerError: "), "{reason}");
+    assert!(reason.contains("unauthorized"), "{reason}");
+}
+
+#[tokio::test]
+async fn privileged_is_refused_when_disabled() {
+    let mut s = settings(Duration::from_secs(3600));
+    s.disable_privileged = true;
+    let r = rig_with(Arc::new(FakeRuntime::with_images(&[])), s);
+    let mut p = c("p", true);
+    p["privileged"] = serde_json::json!(true);
+    deliver(&r.engine, task("t", serde_json::json!([p])))
+        .await
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    let last = r.sink.changes().last().cloned().unwrap();
+    assert_eq!(last.status, ReportStatus::Stopped);
+    assert!(
+        last.containers[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("ECS_DISABLE_PRIVILEGED")
+    );
+    assert!(r.fake.creates().is_empty());
+}
+
+#[tokio::test]
+async fn task_control_contract() {
+    let r = rig();
+    assert!(
+        deliver(&r.engine, serde_json::json!({"containers": []}))
+            .await
+            .is_err()
+    );
+    assert!(stop(&r.engine, "nope").await.is_err());
+    deliver(&r.engine, task("t", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(5).await.unwrap();
+    let mut stopped = task("t", serde_json::json!([c("a", true)]));
+    stopped["desiredStatus"] = serde_json::json!("STOPPED");
+    deliver(&r.engine, stopped).await.unwrap();
+    // RUNNING again after STOPPED: ignored (forward only).
+    deliver(&r.engine, task("t", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    r.engine.settle(5).await.unwrap();
+    assert_eq!(
+        statuses(&r.sink.changes(), "t"),
+        vec![ReportStatus::Running, ReportStatus::Stopped]
+    );
+    assert!(r.engine.desired_running().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model-based property test.
+
+#[derive(Clone, Debug)]
+enum Op {
+    Deliver(usize),
+    Stop(usize),
+    Exit(usize, usize, i32),
+    Vanish(usize, usize),
+    Healthy(usize, usize),
+    DockerRestart,
+    Fail(u8, u32),
+    DockerDown(bool),
+    Settle(usize),
+    Restart,
+    Time(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..4usize).prop_map(Op::Deliver),
+        1 => (0..4usize).prop_map(Op::Stop),
+        2 => (0..4usize, 0..3usize, prop_oneof![Just(0), Just(1), Just(137)]).prop_map(|(t, c, x)| Op::Exit(t, c, x)),
+        1 => (0..4usize, 0..3usize).prop_map(|(t, c)| Op::Vanish(t, c)),
+        1 => (0..4usize, 0..3usize).prop_map(|(t, c)| Op::Healthy(t, c)),
+        1 => Just(Op::DockerRestart),
+        2 => (0..7u8, 1..4u32).prop_map(|(o, n)| Op::Fail(o, n)),
+        1 => any::<bool>().prop_map(Op::DockerDown),
+        4 => (1..4usize).prop_map(Op::Settle),
+        1 => Just(Op::Restart),
+        1 => (0..3u8).prop_map(Op::Time),
+    ]
+}
+
+/// Task templates: shapes with essential and non-essential containers and every condition.
+fn template(i: usize) -> serde_json::Value {
+    let arn = format!("arn:t{i}");
+    match i {
+        0 => task(&arn, serde_json::json!([c("a", true)])),
+        1 => task(&arn, serde_json::json!([c("a", true), c("b", false)])),
+        2 => {
+            let mut b = c("b", true);
+            b["dependsOn"] = serde_json::json!([{"containerName": "a", "condition": "COMPLETE"}]);
+            let mut d = c("d", false);
+            d["dependsOn"] = serde_json::json!([{"containerName": "b", "condition": "START"}]);
+            task(&arn, serde_json::json!([c("a", false), b, d]))
+        }
+        _ => {
+            let mut b = c("b", true);
+            b["dependsOn"] = serde_json::json!([{"containerName": "a", "condition": "HEALTHY"}]);
+            task(&arn, serde_json::json!([c("a", true), b]))
+        }
+    }
+}
+
+fn fail_op(o: u8) -> (FakeOp, RuntimeError) {
+    let unavailable = RuntimeError::Unavailable("injected".into());
+    match o {
+        0 => (FakeOp::List, unavailable),
+        1 => (FakeOp::Pull, unavailable),
+        2 => (FakeOp::Create, unavailable),
+        3 => (
+            FakeOp::CreateThenTimeout,
+            RuntimeError::Timeout {
+                op: "create",
+                secs: 1,
+            },
+        ),
+        4 => (FakeOp::Start, unavailable),
+        5 => (FakeOp::Stop, unavailable),
+        _ => (FakeOp::Remove, unavailable),
+    }
+}
+
+struct Model {
+    fake: Arc<FakeRuntime>,
+    sink: Arc<RecordingSink>,
+    store: Store,
+    settings: Settings,
+    engine: Engine,
+    /// Highest known status seen per task and container (never allowed to go down).
+    high_water: HashMap<(String, String), ContainerStatus>,
+    task_high: HashMap<String, TaskStatus>,
+    /// Task containers removed behind the engine's back.
+    vanished: HashSet<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Model {
+    fn check(&mut self) -> Result<(), TestCaseError> {
+        // Never two containers for one task container at once; and never a second create
+        // unless the first container was removed behind the engine's back before its id was
+        // committed (each settle boundary is a crash: uncommitted outcomes are lost).
+        let mut now_seen = HashSet::new();
+        for fc in self.fake.containers().values() {
+            let l = (
+                fc.observed.task_arn.clone(),
+                fc.observed.container_name.clone(),
+            );
+            prop_assert!(now_seen.insert(l.clone()), "two containers for {l:?}");
+        }
+        let mut seen = HashSet::new();
+        for l in self.fake.created_labels() {
+            prop_assert!(
+                seen.insert(l.clone()) || self.vanished.contains(&l),
+                "container created twice: {l:?}"
+            );
+        }
+        // No container started twice (the engine never restarts anything).
+        for (n, fc) in self.fake.containers() {
+            prop_assert!(fc.starts <= 1, "{n} started {} times", fc.starts);
+        }
+        // Reports: per task non-decreasing, each non-pending status once; per container
+        // strictly increasing.
+        let changes = self.sink.changes();
+        let mut per_task: HashMap<&str, Vec<ReportStatus>> = HashMap::new();
+        let mut per_container: HashMap<(&str, &str), Vec<ReportStatus>> = HashMap::new();
+        for ch in &changes {
+            per_task.entry(&ch.task_arn).or_default().push(ch.status);
+            for cc in &ch.containers {
+                per_container
+                    .entry((&ch.task_arn, &cc.container_name))
+                    .or_default()
+                    .push(cc.status);
+            }
+        }
+        for (t, s) in &per_task {
+            prop_assert!(
+                s.windows(2).all(|w| w[0] <= w[1]),
+                "task {t} went backwards: {s:?}"
+            );
+        }
+        // Every change brings news: a task transition or at least one container change.
+        let mut last: HashMap<&str, ReportStatus> = HashMap::new();
+        for ch in &changes {
+            let prev = last.insert(&ch.task_arn, ch.status);
+            prop_assert!(
+                prev.is_none_or(|p| p < ch.status) || !ch.containers.is_empty(),
+                "empty repeated change {ch:?}"
+            );
+        }
+        for (k, s) in &per_container {
+            prop_assert!(s.windows(2).all(|w| w[0] < w[1]), "container {k:?}: {s:?}");
+        }
+        // Stopped tasks have nothing running; stored statuses never move backwards.
+        let stopped: HashSet<&str> = changes
+            .iter()
+            .filter(|c| c.status == ReportStatus::Stopped)
+            .map(|c| c.task_arn.as_str())
+            .collect();
+        for fc in self.fake.containers().values() {
+            if let Some(t) = fc.observed.task_arn.as_deref() {
+                prop_assert!(
+                    !(stopped.contains(t) && fc.observed.state == Some(State::Running)),
+                    "a container of stopped task {t} runs"
+                );
+            }
+        }
+        for (arn, rec) in self.store.list::<TaskRecord>(store::TASKS).unwrap() {
+            let th = self.task_high.entry(arn.clone()).or_default();
+            prop_assert!(rec.known >= *th, "task {arn} known went back");
+            *th = rec.known;
+            for c in &rec.containers {
+                let h = self
+                    .high_water
+                    .entry((arn.clone(), c.name.clone()))
+                    .or_default();
+                prop_assert!(c.known >= *h, "container {arn}/{} went back", c.name);
+                *h = c.known;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_ops(ops: Vec<Op>, cleanup_zero: bool) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tmpdir();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let fake = Arc::new(FakeRuntime::with_images(&[]));
+        let sink = Arc::new(RecordingSink::default());
+        let s = settings(if cleanup_zero {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        });
+        let engine = build(&fake, &sink, &store, s.clone());
+        let mut m = Model {
+            fake,
+            sink,
+            store,
+            settings: s,
+            engine,
+            high_water: HashMap::new(),
+            task_high: HashMap::new(),
+            vanished: HashSet::new(),
+            _dir: dir,
+        };
+        let name_of = |m: &Model, t: usize, c: usize| -> Option<String> {
+            let arn = format!("arn:t{t}");
+            let cname = ["a", "b", "d"][c];
+            m.fake
+                .containers()
+                .values()
+                .find(|fc| {
+                    fc.observed.task_arn.as_deref() == Some(arn.as_str())
+                        && fc.observed.container_name.as_deref() == Some(cname)
+                })
+                .map(|fc| fc.observed.name.clone())
+        };
+        for op in ops {
+            match op {
+                Op::Deliver(t) => {
+                    let _ = deliver(&m.engine, template(t)).await;
+                }
+                Op::Stop(t) => {
+                    let _ = stop(&m.engine, &format!("arn:t{t}")).await;
+                }
+                Op::Exit(t, c, code) => {
+                    if let Some(n) = name_of(&m, t, c) {
+                        m.fake.exit(&n, code);
+                    }
+                }
+                Op::Vanish(t, c) => {
+                    if let Some(n) = name_of(&m, t, c) {
+                        m.fake.vanish(&n);
+                        m.vanished
+                            .insert((format!("arn:t{t}"), ["a", "b", "d"][c].to_string()));
+                    }
+                }
+                Op::Healthy(t, c) => {
+                    if let Some(n) = name_of(&m, t, c) {
+                        m.fake.set_health(&n, model::Health::Healthy);
+                    }
+                }
+                Op::DockerRestart => m.fake.restart_daemon(),
+                Op::Fail(o, n) => {
+                    let (op, e) = fail_op(o);
+                    m.fake.fail(op, n, e);
+                }
+                Op::DockerDown(d) => m.fake.set_down(d),
+                Op::Settle(n) => m.engine.settle(n).await.unwrap(),
+                Op::Restart => {
+                    // A new process on the same store (in-memory state lost).
+                    m.engine = build(&m.fake, &m.sink, &m.store, m.settings.clone());
+                }
+                Op::Time(s) => m.engine.advance_clock([1.0, 10.0, 100.0][s as usize]),
+            }
+            m.check()?;
+        }
+        // Quiesce: no more faults, dependencies made healthy; it must converge.
+        m.fake.set_down(false);
+        for o in 0..7 {
+            let (op, e) = fail_op(o);
+            m.fake.fail(op, 0, e);
+        }
+        for _ in 0..6 {
+            for (n, fc) in m.fake.containers() {
+                if fc.observed.state == Some(State::Running) {
+                    m.fake.set_health(&n, model::Health::Healthy);
+                    // Template 2's first container is a job the others wait to COMPLETE.
+                    if fc.observed.task_arn.as_deref() == Some("arn:t2")
+                        && fc.observed.container_name.as_deref() == Some("a")
+                    {
+                        m.fake.exit(&n, 0);
+                    }
+                }
+            }
+            m.engine.advance_clock(60.0);
+            m.engine.settle(20).await.unwrap();
+            m.check()?;
+        }
+        let recs = m.store.list::<TaskRecord>(store::TASKS).unwrap();
+        for (arn, rec) in &recs {
+            if rec.desired == TaskStatus::Stopped {
+                prop_assert_eq!(rec.known, TaskStatus::Stopped, "{} did not stop", arn);
+            } else {
+                prop_assert_eq!(
+                    rec.known,
+                    TaskStatus::Running,
+                    "{} did not converge: {:?}",
+                    arn,
+                    rec
+                );
+            }
+            for c in &rec.containers {
+                let fc = m.fake.containers().get(&c.docker_name).cloned();
+                match c.known {
+                    ContainerStatus::Running => prop_assert_eq!(
+                        fc.and_then(|f| f.observed.state),
+                        Some(State::Running),
+                        "{}/{} known RUNNING but not running",
+                        arn,
+                        c.name
+                    ),
+                    ContainerStatus::Stopped => prop_assert!(
+                        fc.is_none_or(|f| f.observed.state != Some(State::Running)),
+                        "{}/{} known STOPPED but running",
+                        arn,
+                        c.name
+                    ),
+                    other => prop_assert!(false, "{}/{} stuck in {:?}", arn, c.name, other),
+                }
+            }
+        }
+        // Every stopped task was reported STOPPED exactly once.
+        for (arn, rec) in &recs {
+            if rec.known == TaskStatus::Stopped {
+                let n = m
+                    .sink
+                    .changes()
+                    .iter()
+                    .filter(|c| &c.task_arn == arn && c.status == ReportStatus::Stopped)
+                    .count();
+                prop_assert_eq!(n, 1, "{} STOPPED reported {} times", arn, n);
+            }
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reconciler_converges_without_duplicates_or_regressions(
+        ops in proptest::collection::vec(op(), 1..40),
+        cleanup_zero in any::<bool>(),
+    ) {
+        run_ops(ops, cleanup_zero)?;
+    }
+}
