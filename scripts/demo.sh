@@ -47,12 +47,14 @@ printf 'ECS_CLUSTER=demo\nECS_RESERVED_MEMORY=32\nECS_INSTANCE_ATTRIBUTES={"demo
 
 log "pre-flight: ecs-hostd check"
 # The harness's own variables are not the agent's business.
+ECS_HOSTD_TEST_IMAGE_SAVED="$ECS_HOSTD_TEST_IMAGE"
 unset ECS_HOSTD_PYTHON ECS_HOSTD_TEST_IMAGE
 "$BIN" check --ecs-config "$WORK/ecs.config" --config "$WORK/config.toml"
 
 log "starting: ecs-hostd run"
 START=$(date +%s.%N)
 ECS_DATADIR="$WORK/data" ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" ECS_HOSTD_DOCKER_WATCHDOG=false \
+  ECS_CONTAINER_STOP_TIMEOUT=2s ECS_HOSTD_STARTUP_JITTER=0 \
   "$BIN" run --ecs-config "$WORK/ecs.config" --config "$WORK/config.toml" >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 600); do
@@ -79,6 +81,39 @@ for r in ci["registeredResources"]:
     print(f"  {r['name']:<9} {value}")
 attrs = {a["name"]: a.get("value") for a in ci["attributes"]}
 print("attributes:        ", len(attrs), "e.g. demo =", attrs.get("demo"), "| ecs.os-type =", attrs.get("ecs.os-type"))
+PY
+
+log "running a task exactly as a user would (boto3 register_task_definition + run_task)"
+TEST_IMAGE="$ECS_HOSTD_TEST_IMAGE_SAVED" boto <<'PY'
+import boto3, os, time, urllib.request
+ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+td = ecs.register_task_definition(family="demo-web", containerDefinitions=[
+    {"name": "web", "image": os.environ["TEST_IMAGE"], "memory": 64, "essential": True,
+     "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+     "portMappings": [{"containerPort": 8080, "hostPort": 0, "protocol": "tcp"}]},
+    {"name": "sidecar", "image": os.environ["TEST_IMAGE"], "memory": 32, "essential": False,
+     "command": ["sleep", "3600"]},
+])["taskDefinition"]["taskDefinitionArn"]
+start = time.time()
+task = ecs.run_task(cluster="demo", taskDefinition=td)["tasks"][0]["taskArn"]
+def wait(status):
+    for _ in range(600):
+        t = ecs.describe_tasks(cluster="demo", tasks=[task])["tasks"][0]
+        if t["lastStatus"] == status:
+            return t
+        time.sleep(0.1)
+    raise SystemExit(f"task did not reach {status}: {t['lastStatus']}")
+t = wait("RUNNING")
+print(f"task {task.rsplit('/', 1)[1]} RUNNING {time.time() - start:.2f} s after run_task")
+for c in t["containers"]:
+    print(f"  {c['name']:<8} {c['lastStatus']:<8} bindings {c.get('networkBindings', [])}")
+port = [c for c in t["containers"] if c["name"] == "web"][0]["networkBindings"][0]["hostPort"]
+body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode().strip()
+print(f"GET http://127.0.0.1:{port}/ -> {body!r}")
+ecs.stop_task(cluster="demo", task=task, reason="demo done")
+t = wait("STOPPED")
+print("task STOPPED:", ", ".join(f"{c['name']} exit {c.get('exitCode')}" for c in t["containers"]),
+      "| reason:", t.get("stoppedReason"))
 PY
 
 log "stopping the agent (SIGTERM)"

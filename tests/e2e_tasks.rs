@@ -158,6 +158,13 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
         .find(|c| c.name() == Some("web"))
         .unwrap();
     assert_eq!(web.last_status(), Some("RUNNING"));
+    assert!(
+        web.network_bindings()
+            .iter()
+            .all(|b| !b.bind_ip().unwrap_or_default().contains(':')),
+        "IPv6 bindings are excluded by default: {:?}",
+        web.network_bindings()
+    );
     let binding = &web.network_bindings()[0];
     assert_eq!(binding.container_port(), Some(8080));
     let host_port = binding.host_port().unwrap();

@@ -771,13 +771,17 @@ impl LoopState {
             return Ok(());
         }
         let cluster = self.settings().cluster.clone();
+        let exclude_ipv6 = self.settings().engine.exclude_ipv6_port_binding;
         let dirty: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
         let mut changes = Vec::new();
         let mut staged: Vec<TaskRecord> = Vec::new();
         for arn in &dirty {
             if let Some(rec) = self.tasks.get(arn) {
                 let mut next = rec.clone();
-                if let Some(change) = model::take_change(&mut next, &cluster) {
+                if let Some(mut change) = model::take_change(&mut next, &cluster) {
+                    if exclude_ipv6 {
+                        model::drop_ipv6_bindings(&mut change);
+                    }
                     changes.push(change);
                 }
                 staged.push(next);

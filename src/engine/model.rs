@@ -1028,6 +1028,14 @@ pub fn task_known(current: TaskStatus, containers: &[ContainerRecord]) -> TaskSt
     lowest.max(current)
 }
 
+/// Drops IPv6 (`::`) bindings from a report, as `ECS_EXCLUDE_IPV6_PORTBINDING=true` (the
+/// default) asks (protocol spec §8.2).
+pub fn drop_ipv6_bindings(change: &mut TaskChange) {
+    for c in &mut change.containers {
+        c.network_bindings.retain(|b| !b.bind_ip.contains(':'));
+    }
+}
+
 /// Builds the state change owed to ECS since the last one and marks it emitted (spec §8.1):
 /// task RUNNING/STOPPED when known passed what was sent; container RUNNING/STOPPED likewise,
 /// carried with the task's current status. `None` when nothing is owed.
@@ -1116,3 +1124,44 @@ pub fn strip_credentials(task: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod ipv6_binding_tests {
+    use super::*;
+    use crate::tasks::{ContainerChange, NetworkBinding, ReportStatus, TaskChange};
+
+    #[test]
+    fn ipv6_bindings_are_dropped_and_ipv4_kept() {
+        let binding = |ip: &str| NetworkBinding {
+            bind_ip: ip.into(),
+            container_port: Some(8080),
+            host_port: Some(32769),
+            protocol: "tcp".into(),
+            container_port_range: None,
+            host_port_range: None,
+        };
+        let mut change = TaskChange {
+            cluster: "c".into(),
+            task_arn: "t".into(),
+            status: ReportStatus::Running,
+            reason: None,
+            pull_started_at: None,
+            pull_stopped_at: None,
+            execution_stopped_at: None,
+            containers: vec![ContainerChange {
+                container_name: "web".into(),
+                runtime_id: None,
+                status: ReportStatus::Running,
+                exit_code: None,
+                reason: None,
+                image_digest: None,
+                network_bindings: vec![binding("0.0.0.0"), binding("::")],
+            }],
+        };
+        drop_ipv6_bindings(&mut change);
+        assert_eq!(
+            change.containers[0].network_bindings,
+            vec![binding("0.0.0.0")]
+        );
+    }
+}
