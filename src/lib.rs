@@ -18,9 +18,12 @@
 //!
 //! Modules, in the order data flows: [`config`] (all settings, validated), [`imds`] (instance
 //! identity), [`host`] (CPU, memory, OS), [`store`] (the one durable database), [`ecs`]
-//! (registration and the control plane), [`docker`] (the engine connection), [`health`] (the
-//! health board), [`lifecycle`] (Spot, Auto Scaling and warm-pool life of the instance), [`api`] (local HTTP), [`supervisor`] (long-running subsystems), [`app`] (the
-//! wiring of `run`), [`check`] and [`status`] (the other sub-commands).
+//! (registration, the ACS session and the state reporter), [`tasks`] (the contract between the
+//! control plane and the engine), [`engine`] (tasks as Docker containers), [`docker`] (the
+//! engine connection), [`metrics`] (host metrics to CloudWatch), [`watchdog`] (Docker health
+//! through systemd), [`lifecycle`] (Spot, Auto Scaling and warm-pool life of the instance),
+//! [`health`] (the health board), [`api`] (local HTTP), [`supervisor`] (long-running
+//! subsystems), [`app`] (the wiring of `run`), [`check`] and [`status`] (the other sub-commands).
 
 #![forbid(unsafe_code)]
 
