@@ -59,8 +59,8 @@ pub const RESYNC: Duration = Duration::from_secs(20);
 const DOCKER_DOWN_RETRY: Duration = Duration::from_secs(2);
 /// A failed cleanup is retried after this long.
 const CLEANUP_RETRY_SECS: f64 = 30.0;
-/// Image cleanup under disk pressure runs at most this often.
-const PRESSURE_IMAGE_CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// Image cleanup under disk pressure runs at once, then at most this often.
+const PRESSURE_IMAGE_CLEANUP_EVERY: Duration = Duration::from_secs(10);
 
 /// Engine errors (the loop's own; action failures become task state, not errors).
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +371,7 @@ struct LoopState {
     disk_pressure: bool,
     image_cleanup_running: bool,
     last_image_cleanup: tokio::time::Instant,
+    last_pressure_cleanup: Option<tokio::time::Instant>,
     cleanup_not_before: HashMap<String, f64>,
     waits: HashMap<String, String>,
     published: bool,
@@ -410,6 +411,7 @@ impl LoopState {
             disk_pressure: false,
             image_cleanup_running: false,
             last_image_cleanup: now,
+            last_pressure_cleanup: None,
             cleanup_not_before: HashMap::new(),
             waits: HashMap::new(),
             published: false,
@@ -1065,9 +1067,8 @@ impl LoopState {
             return;
         }
         let due = if self.disk_pressure {
-            self.last_image_cleanup.elapsed()
-                >= PRESSURE_IMAGE_CLEANUP_EVERY.min(e.image_cleanup_interval)
-                || !self.published
+            self.last_pressure_cleanup
+                .is_none_or(|t| t.elapsed() >= PRESSURE_IMAGE_CLEANUP_EVERY)
         } else {
             self.last_image_cleanup.elapsed() >= e.image_cleanup_interval
         };
@@ -1075,6 +1076,9 @@ impl LoopState {
             return;
         }
         self.last_image_cleanup = tokio::time::Instant::now();
+        if self.disk_pressure {
+            self.last_pressure_cleanup = Some(self.last_image_cleanup);
+        }
         self.image_cleanup_running = true;
         let records: Vec<ImageRecord> = self.images.values().cloned().collect();
         let referenced: HashSet<String> = self
