@@ -57,6 +57,12 @@ use crate::tasks::{CredentialsStore, RoleType, StateChangeSink, TaskControl};
 pub const RESYNC: Duration = Duration::from_secs(20);
 /// Retry interval while Docker does not answer.
 const DOCKER_DOWN_RETRY: Duration = Duration::from_secs(2);
+/// Extra listings after a Docker event (see `LoopState::schedule_rechecks`).
+const EVENT_RECHECKS: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(1000),
+];
 /// A failed cleanup is retried after this long.
 const CLEANUP_RETRY_SECS: f64 = 30.0;
 /// Image cleanup under disk pressure runs at once, then at most this often.
@@ -282,8 +288,11 @@ impl Engine {
                         state.finish(d)?;
                     }
                 }
-                _ = self.shared.wake.notified() => list = true,
-                _ = tokio::time::sleep_until(deadline) => list = state.resync_due(),
+                _ = self.shared.wake.notified() => {
+                    list = true;
+                    state.schedule_rechecks();
+                }
+                _ = tokio::time::sleep_until(deadline) => list = state.resync_due() || state.recheck_due(),
             }
             if state.tick(list).await? {
                 // Something changed (a task stopped, so another may now fit; a dependency was
@@ -372,6 +381,8 @@ struct LoopState {
     image_cleanup_running: bool,
     last_image_cleanup: tokio::time::Instant,
     last_pressure_cleanup: Option<tokio::time::Instant>,
+    recheck_at: Option<tokio::time::Instant>,
+    rechecks: usize,
     cleanup_not_before: HashMap<String, f64>,
     waits: HashMap<String, String>,
     published: bool,
@@ -412,6 +423,8 @@ impl LoopState {
             image_cleanup_running: false,
             last_image_cleanup: now,
             last_pressure_cleanup: None,
+            recheck_at: None,
+            rechecks: 0,
             cleanup_not_before: HashMap::new(),
             waits: HashMap::new(),
             published: false,
@@ -425,6 +438,28 @@ impl LoopState {
 
     fn now(&self) -> f64 {
         now_secs() + *self.shared.skew.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Docker can announce an event before its container listing shows the change (the
+    /// listing is a replica updated a moment later): after an event, list again shortly.
+    fn schedule_rechecks(&mut self) {
+        self.rechecks = EVENT_RECHECKS.len();
+        self.recheck_at = Some(tokio::time::Instant::now() + EVENT_RECHECKS[0]);
+    }
+
+    fn recheck_due(&mut self) -> bool {
+        match self.recheck_at {
+            Some(at) if tokio::time::Instant::now() >= at => {
+                self.rechecks = self.rechecks.saturating_sub(1);
+                let next = EVENT_RECHECKS.len() - self.rechecks;
+                self.recheck_at = EVENT_RECHECKS
+                    .get(next)
+                    .filter(|_| self.rechecks > 0)
+                    .map(|d| tokio::time::Instant::now() + *d);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn resync_due(&self) -> bool {
@@ -443,6 +478,9 @@ impl LoopState {
             self.settings().resync
         };
         let mut at = self.last_list + every;
+        if let Some(r) = self.recheck_at {
+            at = at.min(r);
+        }
         if let Some(t) = self.requeue_at {
             let wait = Duration::from_secs_f64((t - self.now()).clamp(0.0, 86_400.0));
             at = at.min(tokio::time::Instant::now() + wait);
