@@ -108,7 +108,7 @@ pub async fn run(args: impl IntoIterator<Item = String>) -> Result<(), String> {
     let settings = Settings::from_config(&config.metrics, None);
 
     let store = Store::open(&a.data_dir.join("ecs-hostd.redb")).map_err(|e| e.to_string())?;
-    let sdk = ecs_hostd::aws::sdk_config(&a.region).await;
+    let sdk = ecs_hostd::aws::sdk_config(&a.region).await?;
     let metrics = Metrics::new(
         settings,
         Sources {

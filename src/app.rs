@@ -189,10 +189,10 @@ async fn start_and_serve(
         .region
         .clone()
         .unwrap_or_else(|| identity.document.region.clone());
-    if let Err(e) = crate::aws::check_root_certificates() {
-        return Outcome::Terminal(e);
-    }
-    let sdk = crate::aws::sdk_config(&region).await;
+    let sdk = match crate::aws::sdk_config(&region).await {
+        Ok(sdk) => sdk,
+        Err(e) => return Outcome::Terminal(e),
+    };
     let ecs = SdkEcs::new(&sdk, config.ecs_endpoint.as_deref());
 
     systemd::status(&format!("registering with cluster {}", config.cluster));

@@ -29,7 +29,7 @@ const CA_BUNDLES: &[&str] = &[
 
 /// Checks that the host has TLS root certificates. Without them the SDK's HTTPS client cannot be
 /// built (it would panic), so the agent reports this as a terminal condition instead.
-pub fn check_root_certificates() -> Result<(), String> {
+fn check_root_certificates() -> Result<(), String> {
     let from_env = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
         .iter()
         .filter_map(std::env::var_os)
@@ -45,9 +45,11 @@ pub fn check_root_certificates() -> Result<(), String> {
 }
 
 /// Loads the SDK configuration for `region`, with one attempt per call and bounded timeouts.
-/// Credentials follow the default chain (environment, profile, IMDS instance role).
-pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+/// Credentials follow the default chain (environment, profile, IMDS instance role). Fails when the
+/// host has no TLS root certificates, which the SDK's HTTPS client cannot be built without.
+pub async fn sdk_config(region: &str) -> Result<aws_config::SdkConfig, String> {
+    check_root_certificates()?;
+    Ok(aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(region.to_owned()))
         .retry_config(RetryConfig::standard().with_max_attempts(1))
         .timeout_config(
@@ -58,7 +60,7 @@ pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
         )
         .app_name(aws_config::AppName::new("ecs-hostd").expect("valid app name"))
         .load()
-        .await
+        .await)
 }
 
 /// How an API failure should be treated.

@@ -140,12 +140,14 @@ pub async fn run(opts: &LoadOptions) -> Vec<Line> {
         out.push(line("cluster", false, "skipped: no region"));
         return out;
     };
-    if let Err(e) = crate::aws::check_root_certificates() {
-        out.push(line("credentials", false, e.clone()));
-        out.push(line("cluster", false, "skipped: no TLS root certificates"));
-        return out;
-    }
-    let sdk = crate::aws::sdk_config(&region).await;
+    let sdk = match crate::aws::sdk_config(&region).await {
+        Ok(sdk) => sdk,
+        Err(e) => {
+            out.push(line("credentials", false, e));
+            out.push(line("cluster", false, "skipped: no TLS root certificates"));
+            return out;
+        }
+    };
     let creds_ok = match sdk.credentials_provider() {
         None => {
             out.push(line(
