@@ -26,10 +26,11 @@ use ecs_hostd::store::Store;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const VENV_PYTHON: &str = "/root/.cache/ecs-hostd/venv/bin/python";
+#[path = "common/python.rs"]
+mod ec2sim_python;
 
 fn python() -> String {
-    let py = std::env::var("ECS_HOSTD_PYTHON").unwrap_or_else(|_| VENV_PYTHON.to_owned());
+    let py = ec2sim_python::python().to_string_lossy().into_owned();
     let ok = Command::new(&py)
         .args(["-c", "import moto, boto3, cbor2"])
         .status()

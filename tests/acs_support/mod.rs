@@ -25,30 +25,9 @@ use ecs_hostd::tasks::TaskControl;
 
 pub const REGION: &str = "us-east-1";
 
-/// The Python interpreter with ec2sim's requirements.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("ECS_HOSTD_PYTHON") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache = home.join(".cache/ecs-hostd");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin/python"))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "ec2sim needs a Python venv: set ECS_HOSTD_PYTHON (scripts/world.sh does) or create {}/venv",
-            cache.display()
-        )
-    })
-}
+#[path = "../common/python.rs"]
+mod ec2sim_python;
+pub use ec2sim_python::python;
 
 /// One ec2sim process, killed on drop.
 pub struct Ec2sim {

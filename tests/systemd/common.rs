@@ -57,19 +57,12 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// The Python of the ec2sim venv: `ECS_HOSTD_PYTHON` (set by scripts/world.sh and CI), else the
-/// developer default.
+#[path = "../common/python.rs"]
+mod ec2sim_python;
+
+/// The Python of the ec2sim venv (one lookup for every harness: `tests/common/python.rs`).
 pub fn python() -> String {
-    if let Ok(p) = std::env::var("ECS_HOSTD_PYTHON") {
-        return p;
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let p = format!("{home}/.cache/ecs-hostd/venv/bin/python");
-    assert!(
-        Path::new(&p).exists(),
-        "ec2sim's Python is missing: set ECS_HOSTD_PYTHON or run scripts/test.sh (scripts/world.sh sets up the venv)"
-    );
-    p
+    ec2sim_python::python().to_string_lossy().into_owned()
 }
 
 /// ec2sim on 127.0.0.1, killed on drop.
