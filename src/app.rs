@@ -24,7 +24,7 @@ use crate::health;
 use crate::host::HostFacts;
 use crate::imds::ImdsClient;
 use crate::lifecycle::autoscaling::SdkAutoScaling;
-use crate::lifecycle::drain::EcsCensus;
+use crate::lifecycle::drain::LocalCensus;
 use crate::lifecycle::signals::PollPlan;
 use crate::lifecycle::warmpool::{self, WarmPoolWait};
 use crate::lifecycle::{self, Lifecycle};
@@ -263,6 +263,14 @@ async fn start_and_serve(
         None
     };
     if let Some(m) = metrics.clone() {
+        // A drain (Spot notice, termination) flushes the spool at once.
+        let flush = m.draining();
+        let mut draining_rx = draining_tx.subscribe();
+        tokio::spawn(async move {
+            if draining_rx.wait_for(|d| *d).await.is_ok() {
+                flush.send_replace(true);
+            }
+        });
         supervisor.spawn("metrics", move |token| {
             let m = m.clone();
             async move {
@@ -316,6 +324,27 @@ async fn start_and_serve(
                 .map_err(|err| Failure::transient(err.to_string()))
         }
     });
+    // The engine's running task and container counts feed the health metrics (issue 5).
+    if let Some(m) = metrics.as_ref() {
+        let counts = m.engine_counts();
+        let view = engine.view();
+        supervisor.spawn("engine-counts", move |token| {
+            let (counts, mut view) = (counts.clone(), view.clone());
+            async move {
+                loop {
+                    let snap = view.snapshot();
+                    counts.send_replace(Some(crate::metrics::EngineCounts {
+                        running_tasks: snap.running_tasks,
+                        running_containers: snap.running_containers,
+                    }));
+                    tokio::select! {
+                        _ = token.cancelled() => return Ok(()),
+                        alive = view.changed() => if !alive { return Ok(()) },
+                    }
+                }
+            }
+        });
+    }
     let reporter_task = reporter.clone();
     supervisor.spawn("reporter", move |token| {
         let r = reporter_task.clone();
@@ -369,9 +398,13 @@ async fn start_and_serve(
         registration: reg_rx,
         health: board.clone(),
         tasks: Arc::new(engine.view()),
-        metrics: std::iter::once(watchdog_stats.clone() as Arc<dyn api::MetricsSection>)
-            .chain(metrics.iter().map(|m| m.section()))
-            .collect(),
+        metrics: [
+            watchdog_stats.clone() as Arc<dyn api::MetricsSection>,
+            Arc::new(engine.view()),
+        ]
+        .into_iter()
+        .chain(metrics.iter().map(|m| m.section()))
+        .collect(),
     };
     let api_addr = config.api_addr;
     let api_beat = supervisor.heartbeat("api", API_MAX_SILENCE);
@@ -400,11 +433,9 @@ async fn start_and_serve(
         imds: imds.clone(),
         ecs: ecs_api.clone(),
         autoscaling: Arc::new(SdkAutoScaling::new(&sdk)),
-        // TODO(issue 7): count the engine's local tasks once the engine lands (no ECS calls).
-        census: Arc::new(EcsCensus {
-            ecs: ecs_api,
-            cluster: registration.cluster.clone(),
-            container_instance_arn: registration.container_instance_arn.clone(),
+        census: Arc::new(LocalCensus {
+            view: engine.view(),
+            reporter: reporter.clone(),
         }),
         store: store.clone(),
         board: board.clone(),

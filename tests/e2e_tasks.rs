@@ -170,6 +170,9 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
     let host_port = binding.host_port().unwrap();
     assert!(host_port > 0);
     assert!(http_get(host_port).contains("hello from ecs-hostd"));
+    // The engine's counts reach the local API's /metrics (and, with ECS_HOSTD_HEALTH_METRICS,
+    // CloudWatch through the same hook).
+    assert_eq!(gauges(&w.agent), (1, 2), "{}", w.agent.log());
 
     w.sim
         .ecs()
@@ -186,6 +189,25 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
         assert_eq!(c.last_status(), Some("STOPPED"), "{c:?}");
         assert!(c.exit_code().is_some(), "{c:?}");
     }
+    assert_eq!(gauges(&w.agent), (0, 0));
+}
+
+/// `ecs_hostd_running_tasks` and `ecs_hostd_running_containers` from the agent's `/metrics`.
+fn gauges(agent: &Agent) -> (u64, u64) {
+    let out = std::process::Command::new("wget")
+        .args(["-qO-", "-T", "3", &format!("http://{}/metrics", agent.api)])
+        .output()
+        .expect("wget");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    (
+        value("ecs_hostd_running_tasks"),
+        value("ecs_hostd_running_containers"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

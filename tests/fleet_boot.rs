@@ -3,8 +3,10 @@
 //! CloudWatch) request rate seen by ec2sim, per second, with and without the start-up jitter, and
 //! shows the jitter spreads the first registrations (no thundering herd).
 //!
-//! CloudWatch requests are counted too; this branch has no metrics pipeline yet, so that rate is
-//! 0 until the metrics subsystem lands (then the same test reports it).
+//! CloudWatch requests are counted too: every agent publishes host metrics every 10 s here
+//! (the minimum interval, so the test sees each agent's first flushes), and the flush phase each
+//! process draws spreads PutMetricData over the interval the way the start-up jitter spreads
+//! registrations.
 
 mod common;
 
@@ -97,6 +99,10 @@ async fn boot(
                 spec = spec.env("ECS_HOSTD_STARTUP_JITTER", j);
             }
             spec.env.push(("RUST_LOG".into(), "warn".into()));
+            spec = spec
+                .env("ECS_HOSTD_METRICS", "true")
+                .env("ECS_HOSTD_METRICS_INTERVAL", "10s")
+                .env("ECS_HOSTD_METRICS_FLUSH_INTERVAL", "10s");
             spec.start()
         })
         .collect();
@@ -127,7 +133,22 @@ async fn boot(
     // What the agents sent (before the test's own ListContainerInstances below).
     let ecs = times(sim, "ecs", None);
     let registers = times(sim, "ecs", Some("RegisterContainerInstance"));
-    let cloudwatch = times(sim, "cloudwatch", None);
+
+    // Every agent's first PutMetricData: the first 10 s collection, then its flush phase.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let cloudwatch = loop {
+        let cw = times(sim, "cloudwatch", Some("PutMetricData"));
+        if cw.len() >= instances.len() || Instant::now() > deadline {
+            break cw;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        cloudwatch.len() >= instances.len(),
+        "{label}: only {} PutMetricData requests from {} agents in 45 s",
+        cloudwatch.len(),
+        instances.len()
+    );
 
     let listed = sim
         .ecs()
@@ -219,6 +240,16 @@ async fn fifty_agents_boot_together_and_the_start_up_jitter_spreads_their_regist
         herd.boot,
         spread.boot
     );
+    // Each agent flushes at its own random phase of the 10 s interval, whatever the start-up
+    // jitter: 50 first requests spread over seconds, not one burst.
+    for round in [&herd, &spread] {
+        assert!(
+            round.cloudwatch_peak <= FLEET / 2,
+            "flush phases spread PutMetricData: peak {} per second of {}",
+            round.cloudwatch_peak,
+            round.cloudwatch_total
+        );
+    }
     // Bounded memory: 50 debug-build agents.
     assert!(
         herd.rss_max_mib < 100 && spread.rss_max_mib < 100,

@@ -3,9 +3,10 @@
 //!
 //! ec2sim models ECS draining (design.md resolution 10): UpdateContainerInstancesState(DRAINING)
 //! stops the instance's service tasks (`startedBy` `ecs-svc/...`) and pushes them as STOPPED over
-//! ACS; standalone tasks keep running. The task engine is not part of this branch, so the test
-//! plays the engine's part where needed: it reports the stopped service tasks with
-//! SubmitTaskStateChange, as the engine would once their containers are gone.
+//! ACS; standalone tasks keep running. The agent's engine stops the containers (SIGTERM, then
+//! SIGKILL after `ECS_CONTAINER_STOP_TIMEOUT`: the tasks' `sleep` ignores SIGTERM as PID 1, so
+//! stopping takes the whole timeout) and reports them; the drain waits on the engine's own view
+//! and on ECS having accepted the STOPPED reports, never on ECS's task list.
 
 mod common;
 
@@ -77,6 +78,59 @@ async fn desired(sim: &Ec2Sim, cluster: &str, tasks: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Last (reported) status of each task, in order.
+async fn last(sim: &Ec2Sim, cluster: &str, tasks: &[String]) -> Vec<String> {
+    let out = sim
+        .ecs()
+        .await
+        .describe_tasks()
+        .cluster(cluster)
+        .set_tasks(Some(tasks.to_vec()))
+        .send()
+        .await
+        .expect("describe tasks");
+    tasks
+        .iter()
+        .map(|arn| {
+            out.tasks()
+                .iter()
+                .find(|t| t.task_arn() == Some(arn))
+                .and_then(|t| t.last_status())
+                .unwrap_or("MISSING")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Waits until every task's reported status is `status`.
+async fn wait_last(sim: &Ec2Sim, cluster: &str, tasks: &[String], status: &str, agent: &Agent) {
+    let started = Instant::now();
+    loop {
+        let now = last(sim, cluster, tasks).await;
+        if now.iter().all(|s| s == status) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "tasks {now:?}, not all {status}:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Time (ec2sim's clock) of the last SubmitTaskStateChange reporting one of `tasks` STOPPED.
+fn stopped_reported_at(sim: &Ec2Sim, tasks: &[String]) -> f64 {
+    sim.requests("ecs", "SubmitTaskStateChange")
+        .iter()
+        .filter(|r| {
+            r["body"]["status"] == "STOPPED"
+                && tasks.iter().any(|t| r["body"]["task"] == t.as_str())
+        })
+        .filter_map(|r| r["time"].as_f64())
+        .fold(f64::NAN, f64::max)
+}
+
 async fn instance_status(sim: &Ec2Sim, cluster: &str, arn: &str) -> String {
     describe_instance(sim, cluster, arn).await["status"]
         .as_str()
@@ -121,7 +175,9 @@ async fn a_spot_notice_sets_draining_within_seconds_and_ecs_stops_the_service_ta
     let (instance_id, imds) = sim.new_instance(json!({"lifecycle": "spot"}));
     let data = tempfile::tempdir().unwrap();
     let mut spec = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_ENABLE_SPOT_INSTANCE_DRAINING", "true");
+        .env("ECS_ENABLE_SPOT_INSTANCE_DRAINING", "true")
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
+        .env("ECS_HOSTD_METRICS", "false");
     spec.imds = imds;
     let mut agent = spec.start();
     let arn = agent.wait_registered(Duration::from_secs(60));
@@ -132,6 +188,8 @@ async fn a_spot_notice_sets_draining_within_seconds_and_ecs_stops_the_service_ta
         run_task(&sim, &cluster, &family, Some("ecs-svc/1234567890")).await,
     ];
     let standalone = run_task(&sim, &cluster, &family, None).await;
+    let all = [service.clone(), vec![standalone.clone()]].concat();
+    wait_last(&sim, &cluster, &all, "RUNNING", &agent).await;
     // Quiet for a while: nothing happens without a notice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(instance_status(&sim, &cluster, &arn).await, "ACTIVE");
@@ -146,7 +204,7 @@ async fn a_spot_notice_sets_draining_within_seconds_and_ecs_stops_the_service_ta
     );
     let took = wait_draining(&sim, &cluster, &arn, &mut agent).await;
     println!("figure: Spot notice armed -> instance DRAINING in ECS: {took:?}");
-    assert!(took < Duration::from_secs(15), "DRAINING after {took:?}");
+    assert!(took < Duration::from_secs(5), "DRAINING after {took:?}");
 
     // ECS (ec2sim) stopped the service tasks, not the standalone one.
     assert_eq!(
@@ -155,6 +213,12 @@ async fn a_spot_notice_sets_draining_within_seconds_and_ecs_stops_the_service_ta
     );
     assert_eq!(
         desired(&sim, &cluster, std::slice::from_ref(&standalone)).await,
+        vec!["RUNNING"]
+    );
+    // The agent's engine stopped them and reported it; the standalone task runs on.
+    wait_last(&sim, &cluster, &service, "STOPPED", &agent).await;
+    assert_eq!(
+        last(&sim, &cluster, std::slice::from_ref(&standalone)).await,
         vec!["RUNNING"]
     );
     let health = healthz(&agent);
@@ -247,7 +311,10 @@ async fn termination_drains_heartbeats_while_tasks_stop_and_completes_the_hook_o
     let mut spec = AgentSpec::new(&sim, &cluster, data.path())
         .env("ECS_HOSTD_LIFECYCLE_HOOK", "drain")
         .env("ECS_HOSTD_DRAIN_POLL_INTERVAL", "1s")
-        .env("ECS_HOSTD_DRAIN_TIMEOUT", "2m");
+        .env("ECS_HOSTD_DRAIN_TIMEOUT", "2m")
+        // Stopping takes this long (SIGTERM is ignored): several heartbeat periods.
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "8s")
+        .env("ECS_HOSTD_METRICS", "false");
     spec.imds = imds;
     let mut agent = spec.start();
     let arn = agent.wait_registered(Duration::from_secs(60));
@@ -258,6 +325,8 @@ async fn termination_drains_heartbeats_while_tasks_stop_and_completes_the_hook_o
         run_task(&sim, &cluster, &family, Some("ecs-svc/555")).await,
     ];
     let standalone = run_task(&sim, &cluster, &family, None).await;
+    let all = [service.clone(), vec![standalone.clone()]].concat();
+    wait_last(&sim, &cluster, &all, "RUNNING", &agent).await;
 
     sim.post(
         &format!("/ec2sim/instances/{instance_id}/imds"),
@@ -272,13 +341,18 @@ async fn termination_drains_heartbeats_while_tasks_stop_and_completes_the_hook_o
         "ECS stops the service tasks of a DRAINING instance"
     );
 
-    // The tasks are still stopping (nobody reported them STOPPED): the agent waits and
-    // heartbeats, past several heartbeat intervals, and completes nothing.
+    // The engine is stopping the tasks (SIGTERM ignored, SIGKILL after 8 s): the agent waits
+    // and heartbeats, past several heartbeat intervals, and completes nothing.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         lifecycle_actions(&sim, "CompleteLifecycleAction").is_empty(),
         "completed before the tasks stopped:\n{}",
         agent.log()
+    );
+    assert_eq!(
+        last(&sim, &cluster, &service).await,
+        vec!["RUNNING", "RUNNING"],
+        "still stopping"
     );
     let beats = lifecycle_actions(&sim, "RecordLifecycleActionHeartbeat");
     assert!(
@@ -300,33 +374,25 @@ async fn termination_drains_heartbeats_while_tasks_stop_and_completes_the_hook_o
         "{health}"
     );
 
-    // The engine's part: the service tasks' containers are gone; report them STOPPED.
-    let ecs = sim.ecs().await;
-    for task in &service {
-        ecs.submit_task_state_change()
-            .cluster(&cluster)
-            .task(task)
-            .status("STOPPED")
-            .reason("drained")
-            .send()
-            .await
-            .expect("submit task state change");
-    }
-    let reported = Instant::now();
-    let reported_at = sim.requests("ecs", "SubmitTaskStateChange").last().unwrap()["time"]
-        .as_f64()
-        .unwrap();
+    // The engine's SIGKILL ends the tasks; it reports them; then the hook is completed.
+    let waiting = Instant::now();
     let completions = loop {
         let c = lifecycle_actions(&sim, "CompleteLifecycleAction");
-        if !c.is_empty() || reported.elapsed() > Duration::from_secs(15) {
+        if !c.is_empty() || waiting.elapsed() > Duration::from_secs(40) {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!(
-        "figure: service tasks reported STOPPED -> CompleteLifecycleAction: {:?}",
-        reported.elapsed()
+        "figure: drain wait after Terminated (stop timeout 8 s) -> CompleteLifecycleAction: {:?}",
+        waiting.elapsed() + Duration::from_secs(4)
     );
+    assert_eq!(
+        last(&sim, &cluster, &service).await,
+        vec!["STOPPED", "STOPPED"],
+        "the agent reported the service tasks STOPPED"
+    );
+    let reported_at = stopped_reported_at(&sim, &service);
     assert_eq!(completions.len(), 1, "{completions:?}\n{}", agent.log());
     let c = &completions[0];
     assert_eq!(c["hook_name"], "drain");

@@ -100,6 +100,27 @@ pub struct Snapshot {
     pub tasks: Vec<IntrospectionTask>,
     /// ARNs whose desired status is RUNNING.
     pub desired_running: Vec<String>,
+    /// Every task the engine holds, reduced to what draining counts (lifecycle's census).
+    pub census: Vec<crate::ecs::TaskSummary>,
+    /// Tasks whose known status is RUNNING.
+    pub running_tasks: u64,
+    /// Containers whose known status is RUNNING (of any task).
+    pub running_containers: u64,
+}
+
+/// A task reduced to what draining counts: its service (as `startedBy`), known and desired
+/// status.
+pub fn census_entry(rec: &TaskRecord) -> crate::ecs::TaskSummary {
+    crate::ecs::TaskSummary {
+        arn: rec.spec.arn.clone(),
+        started_by: rec.spec.service_name.clone().unwrap_or_default(),
+        last_status: rec.known.report().as_str().to_owned(),
+        desired_status: match rec.desired {
+            TaskStatus::Stopped => "STOPPED",
+            _ => "RUNNING",
+        }
+        .to_owned(),
+    }
 }
 
 /// The [`TaskView`] the local API holds.
@@ -117,6 +138,37 @@ impl EngineView {
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.rx.borrow().clone()
+    }
+
+    /// Waits for the next snapshot; `false` once the engine is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
+/// The engine's part of `/metrics`: running tasks and containers as gauges (scraping is free,
+/// so these are always on; their CloudWatch twins are `ECS_HOSTD_HEALTH_METRICS`).
+impl crate::api::MetricsSection for EngineView {
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let snap = self.snapshot();
+        for (name, help, value) in [
+            (
+                crate::metrics::catalogue::RUNNING_TASKS,
+                "Tasks whose known status is RUNNING.",
+                snap.running_tasks,
+            ),
+            (
+                crate::metrics::catalogue::RUNNING_CONTAINERS,
+                "Task containers whose known status is RUNNING.",
+                snap.running_containers,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
     }
 }
 

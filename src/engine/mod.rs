@@ -877,6 +877,19 @@ impl LoopState {
                 .filter(|t| t.desired == TaskStatus::Running)
                 .map(|t| t.spec.arn.clone())
                 .collect(),
+            census: recs
+                .iter()
+                .map(|t| introspection::census_entry(t))
+                .collect(),
+            running_tasks: recs
+                .iter()
+                .filter(|t| t.known == TaskStatus::Running)
+                .count() as u64,
+            running_containers: recs
+                .iter()
+                .flat_map(|t| &t.containers)
+                .filter(|c| c.known == ContainerStatus::Running)
+                .count() as u64,
         };
         self.shared.snapshot.send_replace(Arc::new(snap));
         self.published = true;

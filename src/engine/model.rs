@@ -559,6 +559,10 @@ pub struct TaskSpec {
     /// IPC mode.
     #[serde(default)]
     pub ipc_mode: Option<String>,
+    /// The ECS service that started the task (absent for standalone tasks); draining waits for
+    /// service tasks only.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 impl TaskSpec {

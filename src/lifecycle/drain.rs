@@ -12,9 +12,10 @@
 //! 4. [`complete`]: CompleteLifecycleAction(CONTINUE), once. A `ValidationError` means the
 //!    action is already over and is not retried.
 //!
-//! Which tasks remain is asked through [`TaskCensus`]; [`EcsCensus`] asks ECS (ListTasks +
-//! DescribeTasks; never the running/pending counters, which miss stopping tasks). The engine's
-//! local view can implement the same trait. This module never stops a task itself and never
+//! Which tasks remain is asked through [`TaskCensus`]: the agent uses [`LocalCensus`] (the
+//! engine's own view plus what the reporter has had accepted; no ECS calls); [`EcsCensus`] asks
+//! ECS (ListTasks + DescribeTasks; never the running/pending counters, which miss stopping
+//! tasks). This module never stops a task itself and never
 //! persists anything (the caller records progress).
 
 use std::sync::Arc;
@@ -29,8 +30,11 @@ use super::Error;
 use super::autoscaling::AutoScalingApi;
 use crate::aws::ApiError;
 use crate::backoff::Policy;
+use crate::ecs::report::Reporter;
 use crate::ecs::{EcsApi, TaskSummary};
+use crate::engine::introspection::EngineView;
 use crate::imds::InstanceMetadata;
+use crate::tasks::ReportStatus;
 
 /// `startedBy` prefix of tasks started by an ECS service.
 pub const SERVICE_PREFIX: &str = "ecs-svc/";
@@ -111,6 +115,33 @@ impl TaskCensus for EcsCensus {
                     .await
                     .map_err(Error::Ecs)?,
             );
+        }
+        Ok(count(&tasks))
+    }
+}
+
+/// [`TaskCensus`] from the engine's own view: no ECS calls. A task is gone once the engine knows
+/// it STOPPED and ECS has accepted that report, so the instance is not terminated while the last
+/// STOPPED reports still sit in the reporter's queue.
+pub struct LocalCensus {
+    /// The engine's published view.
+    pub view: EngineView,
+    /// The reporter, asked what ECS has accepted.
+    pub reporter: Arc<Reporter>,
+}
+
+#[async_trait]
+impl TaskCensus for LocalCensus {
+    async fn remaining(&self) -> Result<Remaining, Error> {
+        let mut tasks = self.view.snapshot().census.clone();
+        // With an empty queue every STOPPED report has been accepted (or given up on as
+        // refused), so only a non-empty queue needs the per-task look.
+        if self.reporter.queued()? > 0 {
+            for t in tasks.iter_mut().filter(|t| t.last_status == "STOPPED") {
+                if self.reporter.sent(&t.arn)?.task != Some(ReportStatus::Stopped) {
+                    t.last_status = "STOPPING (report queued)".into();
+                }
+            }
         }
         Ok(count(&tasks))
     }

@@ -352,7 +352,7 @@ impl Lifecycle {
         };
         self.store.put(LIFECYCLE, DRAIN_KEY, &r)?;
         info!(%reason, "Container instance is DRAINING; ECS moves its service tasks elsewhere.");
-        // TODO(issue 7): flush metrics here once the metrics pipeline exposes a flush (spec §6.4).
+        // publish_draining raises the draining flag; the metrics pipeline flushes on it (§6.4).
         self.publish_draining(&r);
         *record = Some(r);
         Ok(())

@@ -234,6 +234,8 @@ struct Inner {
     view: Arc<Mutex<prometheus::HostView>>,
     identity: watch::Sender<IdentityState>,
     engine: watch::Sender<Option<EngineCounts>>,
+    /// Turns true when the instance starts draining: flush at once (packaging spec §6.4).
+    draining: watch::Sender<bool>,
     starts: u64,
     phase: Duration,
     reader_root: Option<std::path::PathBuf>,
@@ -263,6 +265,7 @@ impl Metrics {
                 view: Arc::default(),
                 identity: watch::Sender::new(IdentityState::Unknown),
                 engine: watch::Sender::new(None),
+                draining: watch::Sender::new(false),
                 starts,
                 phase,
                 reader_root: None,
@@ -293,6 +296,13 @@ impl Metrics {
         )
     }
 
+    /// A fixed flush phase (tests).
+    #[cfg(test)]
+    fn with_phase(mut self, phase: Duration) -> Metrics {
+        Arc::get_mut(&mut self.inner).expect("not shared yet").phase = phase;
+        self
+    }
+
     /// Reads another proc root (tests and the benchmark use recorded fixtures).
     pub fn with_proc_root(self, root: std::path::PathBuf) -> Metrics {
         match Arc::try_unwrap(self.inner) {
@@ -318,6 +328,13 @@ impl Metrics {
     /// The hook the task engine feeds running task and container counts into.
     pub fn engine_counts(&self) -> watch::Sender<Option<EngineCounts>> {
         self.inner.engine.clone()
+    }
+
+    /// The flag that makes the pipeline flush at once, outside its phase, when it turns true
+    /// (the lifecycle's draining flag: a Spot notice leaves two minutes, not a flush interval).
+    /// Flushes once per process.
+    pub fn draining(&self) -> watch::Sender<bool> {
+        self.inner.draining.clone()
     }
 
     /// Pipeline counters.
@@ -554,10 +571,28 @@ impl Metrics {
         let clock = self.inner.sources.clock.clone();
         let interval_ms = self.inner.settings.flush_interval.as_millis().max(1) as i64;
         let phase_ms = self.inner.phase.as_millis() as i64;
+        let mut draining = Some(self.inner.draining.subscribe());
         loop {
             let at = pipeline::next_flush(clock.now_ms(), interval_ms, phase_ms);
-            if !pipeline::sleep_until_wall(clock.as_ref(), at, cancel).await {
-                return Ok(());
+            let drained = async {
+                match draining.as_mut() {
+                    Some(rx) => rx.wait_for(|d| *d).await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                due = pipeline::sleep_until_wall(clock.as_ref(), at, cancel) => {
+                    if !due {
+                        return Ok(());
+                    }
+                }
+                fired = drained => {
+                    draining = None;
+                    if !fired {
+                        continue;
+                    }
+                    info!(spool.depth = self.spool_depth(), "The instance is draining: flushing metrics now.");
+                }
             }
             sender.flush(cancel, true).await?;
         }

@@ -364,3 +364,33 @@ async fn invalid_datums_are_dropped_and_counted_before_spooling() {
     assert_eq!(m.counters().dropped_invalid.load(Ordering::Relaxed), 2);
     assert_eq!(m.spool_depth(), 1);
 }
+
+/// packaging spec §6.4: when the instance starts draining the pipeline flushes at once, not at
+/// its phase; once per process.
+#[tokio::test(start_paused = true)]
+async fn draining_flushes_at_once() {
+    let w = World::new();
+    let m = w
+        .metrics(w.settings(), asg(None, true), None)
+        .with_phase(Duration::from_secs(30));
+    let (cancel, task) = spawn(&m);
+    // The first collection is at 60 s; this process flushes at 90 s.
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    let depth = m.spool_depth();
+    assert!(depth > 0, "a pass is spooled");
+    assert!(
+        w.fake.accepted().is_empty(),
+        "nothing sent before the phase"
+    );
+    m.draining().send_replace(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(m.spool_depth(), 0, "flushed at once");
+    assert_eq!(w.fake.accepted().len(), depth);
+    // Once: the next pass (120 s) waits for the phase (150 s) again.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(m.spool_depth() > 0, "the 120 s pass waits for the phase");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(m.spool_depth(), 0);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -391,3 +391,68 @@ fn milestones_keep_first_times_and_are_bounded() {
     }
     assert!(m.inner.lock().unwrap().len() <= MILESTONES_KEPT);
 }
+
+/// The termination drain's census (lifecycle::drain::LocalCensus): a service task stopped
+/// locally still counts while its STOPPED report waits in the queue, and is gone once ECS
+/// accepted it; standalone tasks never hold the drain.
+#[tokio::test(start_paused = true)]
+async fn local_census_waits_for_the_stopped_report_to_be_accepted() {
+    use crate::ecs::TaskSummary;
+    use crate::engine::introspection::{EngineView, Snapshot};
+    use crate::lifecycle::drain::{LocalCensus, Remaining, TaskCensus};
+
+    let w = world(FakeEcs::default());
+    // ECS refuses the service task's reports twice (throttled) before accepting.
+    w.ecs
+        .fail("svc", 2, "ThrottlingException", ErrorKind::Throttled);
+    let summary = |arn: &str, service: &str, last: &str, desired: &str| TaskSummary {
+        arn: arn.into(),
+        started_by: service.into(),
+        last_status: last.into(),
+        desired_status: desired.into(),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let census = LocalCensus {
+        view: EngineView::new(rx),
+        reporter: w.reporter.clone(),
+    };
+    let publish = |tasks: Vec<TaskSummary>| {
+        tx.send_replace(Arc::new(Snapshot {
+            census: tasks,
+            ..Snapshot::default()
+        }));
+    };
+    publish(vec![
+        summary("svc", "ecs-svc/1", "RUNNING", "RUNNING"),
+        summary("solo", "", "RUNNING", "RUNNING"),
+    ]);
+    assert_eq!(
+        census.remaining().await.unwrap(),
+        Remaining {
+            waiting_for: 1,
+            standalone: 1
+        }
+    );
+    // The engine stopped the service task and queued the report; ECS has not accepted it yet.
+    enqueue(&w.reporter, &[change("svc", S)]);
+    publish(vec![
+        summary("svc", "ecs-svc/1", "STOPPED", "STOPPED"),
+        summary("solo", "", "RUNNING", "RUNNING"),
+    ]);
+    assert_eq!(census.remaining().await.unwrap().waiting_for, 1);
+    let (cancel, task) = start(&w.reporter);
+    until("the report is accepted", || {
+        w.ecs.accepted().contains(&("svc".into(), S))
+    })
+    .await;
+    until("the queue is empty", || w.reporter.queued().unwrap() == 0).await;
+    assert_eq!(
+        census.remaining().await.unwrap(),
+        Remaining {
+            waiting_for: 0,
+            standalone: 1
+        }
+    );
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
