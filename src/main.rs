@@ -54,6 +54,19 @@ fn main() -> ExitCode {
     let strict = matches!(cli.command, Command::Check);
     let opts = LoadOptions::from_process(cli.ecs_config.clone(), cli.config.clone(), flags, strict);
 
+    // `run` reads its configuration before any thread exists: proxy settings from ecs.config
+    // become environment variables that every HTTP client of the process then follows.
+    let loaded = matches!(cli.command, Command::Run).then(|| {
+        let loaded = Config::load(&opts);
+        if let Ok(l) = &loaded {
+            for (key, value) in l.config.proxy.environment() {
+                // SAFETY: single-threaded here: the runtime and every client are created below.
+                unsafe { std::env::set_var(key, value) };
+            }
+        }
+        loaded
+    });
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -91,7 +104,7 @@ fn main() -> ExitCode {
             ExitCode::from(runtime.block_on(status::print(addr)))
         }
         Command::Run => {
-            let loaded = match Config::load(&opts) {
+            let loaded = match loaded.unwrap_or_else(|| Config::load(&opts)) {
                 Ok(l) => l,
                 Err(e @ ConfigError::Invalid(_)) => {
                     telemetry::init("info");

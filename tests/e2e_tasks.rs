@@ -20,14 +20,19 @@ struct World {
 }
 
 async fn world(prefix: &str) -> World {
+    world_with(prefix, "").await
+}
+
+async fn world_with(prefix: &str, ecs_config: &str) -> World {
     let sim = Ec2Sim::start();
     let cluster = unique(prefix);
     create_cluster(&sim, &cluster).await;
     let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
+    let mut spec = AgentSpec::new(&sim, &cluster, data.path())
         .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
-        .env("ECS_HOSTD_METRICS", "false")
-        .start();
+        .env("ECS_HOSTD_METRICS", "false");
+    spec.ecs_config = ecs_config.to_owned();
+    let mut agent = spec.start();
     agent.wait_registered(Duration::from_secs(60));
     World {
         sim,
@@ -243,4 +248,100 @@ async fn an_essential_container_exit_stops_the_task_with_its_reason() {
         .find(|c| c.name() == Some("side"))
         .unwrap();
     assert_eq!(side.last_status(), Some("STOPPED"));
+}
+
+/// A minimal forward proxy: `CONNECT` tunnels and absolute-form HTTP requests, recording each
+/// connection's first line.
+async fn forward_proxy() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let first = text.lines().next().unwrap_or_default().to_owned();
+                log.lock().unwrap().push(first.clone());
+                let mut parts = first.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let authority = if method == "CONNECT" {
+                    target.to_owned()
+                } else {
+                    let rest = target.strip_prefix("http://").unwrap_or(target);
+                    rest.split('/').next().unwrap_or("").to_owned()
+                };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&authority).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                if method == "CONNECT" {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                } else if upstream.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// HTTP_PROXY in ecs.config: the ACS websocket goes through a CONNECT tunnel (and the SDK's ECS
+/// calls through the proxy too), and tasks still run end to end.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_acs_websocket_goes_through_the_configured_proxy() {
+    let (port, seen) = forward_proxy().await;
+    let proxy = format!("http://127.0.0.1:{port}");
+    // Written to ecs.config, as operators of the official agent do.
+    let w = world_with("proxy", &format!("HTTP_PROXY={proxy}\n")).await;
+    let td = register(
+        &w,
+        &unique("proxied"),
+        vec![container("app", true, &["sleep", "3600"]).build()],
+    )
+    .await;
+    let task = run(&w, &td).await;
+    wait_status(&w, &task, "RUNNING", Duration::from_secs(60)).await;
+    let sim_authority = w
+        .sim
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let lines = seen.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("CONNECT {sim_authority} "))),
+        "no CONNECT tunnel for the websocket through the proxy: {lines:?}\n{}",
+        w.agent.log()
+    );
+    // The SDK's ECS calls honour the same variable (absolute-form requests to the proxy).
+    assert!(
+        lines.iter().any(|l| l.starts_with("POST http://")),
+        "{lines:?}"
+    );
+    w.sim
+        .ecs()
+        .await
+        .stop_task()
+        .cluster(&w.cluster)
+        .task(&task)
+        .send()
+        .await
+        .unwrap();
+    wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
 }

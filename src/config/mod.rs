@@ -310,6 +310,8 @@ pub struct Config {
     pub imds_endpoint: String,
     /// `DOCKER_HOST`; `None` = the local socket.
     pub docker_host: Option<String>,
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (from ecs.config as well as the environment).
+    pub proxy: ProxyConfig,
     /// `ECS_DATADIR`.
     pub data_dir: PathBuf,
     /// `ECS_LOGLEVEL`; `RUST_LOG` wins when set.
@@ -352,6 +354,7 @@ impl Default for Config {
             ecs_endpoint: None,
             imds_endpoint: "http://169.254.169.254".into(),
             docker_host: None,
+            proxy: ProxyConfig::default(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             log_level: "info".into(),
             reserved_memory_mib: 0,
@@ -581,6 +584,56 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
     /// The files that were actually read.
     pub files_read: Vec<PathBuf>,
+}
+
+/// Outbound proxy settings. The process applies them as environment variables before any
+/// client exists (see [`ProxyConfig::environment`]), so the AWS SDK's clients and the ACS
+/// websocket follow one set of rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// `HTTP_PROXY`.
+    pub http: Option<String>,
+    /// `HTTPS_PROXY`.
+    pub https: Option<String>,
+    /// `NO_PROXY` as configured.
+    pub no_proxy: Option<String>,
+}
+
+/// Hosts that must never go through a proxy: instance metadata (credentials of the instance
+/// role) and the task credentials endpoint.
+pub const ALWAYS_DIRECT: &[&str] = &["169.254.169.254", "169.254.170.2"];
+
+impl ProxyConfig {
+    /// The environment the process should run with: `HTTP_PROXY`/`HTTPS_PROXY` as configured,
+    /// and, when either is set, `NO_PROXY` with [`ALWAYS_DIRECT`] added (the official agent's
+    /// documentation asks operators to list them by hand; a missing entry sends the instance
+    /// role's credential requests to the proxy). Empty when no proxy is configured.
+    pub fn environment(&self) -> Vec<(&'static str, String)> {
+        if self.http.is_none() && self.https.is_none() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if let Some(p) = &self.http {
+            out.push(("HTTP_PROXY", p.clone()));
+        }
+        if let Some(p) = &self.https {
+            out.push(("HTTPS_PROXY", p.clone()));
+        }
+        let mut no: Vec<String> = self
+            .no_proxy
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        for host in ALWAYS_DIRECT {
+            if !no.iter().any(|h| h == host) {
+                no.push((*host).to_owned());
+            }
+        }
+        out.push(("NO_PROXY", no.join(",")));
+        out
+    }
 }
 
 /// A raw value before it is applied: text (ecs.config, environment, flags) or a TOML value.

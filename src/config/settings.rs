@@ -347,6 +347,36 @@ pub static SETTINGS: &[Setting] = &[
         }
     ),
     s!(
+        "HTTP_PROXY",
+        None,
+        "-",
+        "Proxy (http://[user:pass@]host:port) for plain-http endpoints; like the two below, read from ecs.config as well as the environment, and followed by the AWS API clients and the ACS websocket (CONNECT). IMDS always goes direct.",
+        |c, v, _| {
+            c.proxy.http = Some(nonempty(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "HTTPS_PROXY",
+        None,
+        "-",
+        "Proxy for https:// and wss:// endpoints (AWS APIs, ACS); HTTP_PROXY alone covers only plain http.",
+        |c, v, _| {
+            c.proxy.https = Some(nonempty(v)?);
+            Ok(())
+        }
+    ),
+    s!(
+        "NO_PROXY",
+        None,
+        "-",
+        "Hosts, domain suffixes (.internal) and CIDRs reached directly; 169.254.169.254 and 169.254.170.2 are always added.",
+        |c, v, _| {
+            c.proxy.no_proxy = Some(text(v)?);
+            Ok(())
+        }
+    ),
+    s!(
         "ECS_DATADIR",
         None,
         "/var/lib/ecs-hostd",

@@ -362,3 +362,42 @@ fn every_setting_is_in_the_packaged_example_file() {
         );
     }
 }
+
+/// Proxy settings from ecs.config (as the official agent's users write them) become the
+/// process environment, with the metadata and credentials endpoints always direct.
+#[test]
+fn proxy_settings_from_ecs_config_become_the_environment_with_imds_direct() {
+    let dir = tempfile::tempdir().unwrap();
+    let ecs = dir.path().join("ecs.config");
+    std::fs::write(
+        &ecs,
+        "ECS_CLUSTER=prod\nHTTP_PROXY=http://proxy.internal:3128\nNO_PROXY=.internal,169.254.169.254\n",
+    )
+    .unwrap();
+    let o = LoadOptions {
+        ecs_config: Some(ecs),
+        toml_config: Some(dir.path().join("absent-ok.toml")),
+        env: Vec::new(),
+        flags: Vec::new(),
+        strict: true,
+    };
+    std::fs::write(dir.path().join("absent-ok.toml"), "").unwrap();
+    let c = Config::load(&o).unwrap().config;
+    assert_eq!(
+        c.proxy.environment(),
+        vec![
+            ("HTTP_PROXY", "http://proxy.internal:3128".to_owned()),
+            (
+                "NO_PROXY",
+                ".internal,169.254.169.254,169.254.170.2".to_owned()
+            ),
+        ]
+    );
+    // No proxy configured: the environment is left alone.
+    assert!(ProxyConfig::default().environment().is_empty());
+    let only_no = ProxyConfig {
+        no_proxy: Some("x".into()),
+        ..ProxyConfig::default()
+    };
+    assert!(only_no.environment().is_empty());
+}

@@ -5,6 +5,7 @@
 //!   except for the store and the engine it is given).
 //! - [`session`]: the connection: endpoint discovery, SigV4-signed upgrade, read loop,
 //!   liveness, lifetime and reconnection.
+//! - [`proxy`]: `HTTPS_PROXY`/`NO_PROXY` routing and the `CONNECT` tunnel under the websocket.
 //!
 //! Data flow: ACS frame → [`handler::Handler`] → `TaskControl::deliver` (task JSON without
 //! credentials) + `CredentialsStore` (credentials, memory only) → replies (acks) → ACS.
@@ -13,6 +14,7 @@
 
 pub mod handler;
 pub mod messages;
+pub mod proxy;
 pub mod session;
 
 pub use handler::{Handler, HandlerParts, Identity};

@@ -37,6 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use super::handler::{self, Disconnect, Handler, HandlerParts};
 use super::messages;
+use super::proxy::{self, Proxies};
 use crate::backoff::{self, Policy};
 use crate::ecs::EcsApi;
 use crate::ecs::discover::{self, Discovery};
@@ -219,6 +220,7 @@ pub struct AcsSession {
     ecs: Arc<dyn EcsApi>,
     discovery: Discovery,
     credentials_provider: SharedCredentialsProvider,
+    proxies: Proxies,
     handler: tokio::sync::Mutex<Handler>,
     first_connection: AtomicBool,
     connections: AtomicU64,
@@ -322,6 +324,7 @@ impl AcsSession {
             ecs: parts.ecs,
             discovery: Discovery::default(),
             credentials_provider: parts.credentials_provider,
+            proxies: Proxies::from_env(),
             handler: tokio::sync::Mutex::new(Handler::new(parts.handler)?),
             first_connection: AtomicBool::new(true),
             connections: AtomicU64::new(0),
@@ -445,13 +448,21 @@ impl AcsSession {
                 HeaderValue::from_str(&value).map_err(|e| ConnectError::Sign(e.to_string()))?;
             request.headers_mut().insert(name, value);
         }
-        debug!(acs.endpoint = %endpoints.acs, send_credentials, "Connecting to ACS.");
-        match tokio::time::timeout(
-            c.timing.connect_timeout,
-            tokio_tungstenite::connect_async(request),
-        )
-        .await
-        {
+        let route = self.proxies.route(request.uri());
+        debug!(acs.endpoint = %endpoints.acs, send_credentials, proxy = route.as_ref().map(|r| r.describe()), "Connecting to ACS.");
+        let connecting = async {
+            match &route {
+                None => tokio_tungstenite::connect_async(request).await,
+                Some(route) => {
+                    let stream = proxy::tunnel(route, request.uri())
+                        .await
+                        .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
+                    tokio_tungstenite::client_async_tls_with_config(request, stream, None, None)
+                        .await
+                }
+            }
+        };
+        match tokio::time::timeout(c.timing.connect_timeout, connecting).await {
             Err(_) => Err(ConnectError::Timeout(c.timing.connect_timeout)),
             Ok(Err(tungstenite::Error::Http(response))) => {
                 let status = response.status().as_u16();
