@@ -9,7 +9,8 @@
 //! - live-restore on (SIGTERM and SIGKILL): containers survive the outage and are re-adopted with
 //!   nothing reported, while a container killed during the outage is reported STOPPED once;
 //! - live-restore off (SIGTERM: dockerd stops the containers; SIGKILL: the restarted dockerd finds
-//!   them dead): the task is STOPPED once with a reason and never started again.
+//!   them dead): the task is STOPPED once with a reason and never started again;
+//! - an engine that starts while Docker is down learns Docker's data root once it answers.
 
 #[path = "common/docker.rs"]
 mod common;
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ecs_hostd::api::TaskView;
 use ecs_hostd::tasks::{ReportStatus, TaskChange, TaskControl};
 use private_docker::{PrivateDocker, process_alive, shared_engine_answers};
 
@@ -345,4 +347,63 @@ async fn without_live_restore_sigterm_stops_tasks_once_and_never_restarts_them()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_live_restore_sigkill_stops_tasks_once_and_never_restarts_them() {
     no_live_restore("KILL").await;
+}
+
+/// An engine started while Docker is down learns the data root (`docker info` DockerRootDir)
+/// once Docker answers: the introspection view shows task volumes under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learns_the_data_root_once_docker_answers() {
+    let image = test_image();
+    let mut pd = PrivateDocker::start(false);
+    pd.load_image(&image);
+    // (bollard needs the socket to exist when the client is made; the app waits for it.)
+    let client = pd.client();
+    blocking(|| pd.stop_daemon("TERM"));
+    let run = run_id("root");
+    let r = start_on(settings(), client).await;
+    let t = arn(&run, "vol");
+    let mut c = looping(&run, "main", &image, true);
+    c["mountPoints"] =
+        serde_json::json!([{"sourceVolume": "scratch", "containerPath": "/scratch"}]);
+    let mut task = net_none(&t, vec![c]);
+    task["volumes"] = serde_json::json!([{"name": "scratch", "host": {}}]);
+    r.engine.deliver(task).await.unwrap();
+    outage().await;
+    blocking(|| pd.start_daemon());
+    r.wait_changes("RUNNING", WAIT, |c| {
+        task_reached(c, &t, ReportStatus::Running)
+    })
+    .await;
+    let view = r.engine.view();
+    let tasks = view.tasks();
+    let vol = &tasks
+        .iter()
+        .find(|x| x.arn == t)
+        .expect("task in the view")
+        .containers[0]
+        .volumes[0];
+    let root = pd.data_root();
+    assert!(
+        vol.source
+            .starts_with(&format!("{}/volumes/", root.display())),
+        "volume source {:?} is not under the private engine's data root {}",
+        vol.source,
+        root.display()
+    );
+    let docker_says = pd.run(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        vol.docker_name.as_deref().unwrap(),
+    ]);
+    assert_eq!(vol.source, docker_says);
+    r.engine.stop(&t).await.unwrap();
+    r.wait_changes("STOPPED", WAIT, |c| {
+        task_reached(c, &t, ReportStatus::Stopped)
+    })
+    .await;
+    r.shutdown().await;
+    drop(pd);
+    assert!(shared_engine_answers());
 }

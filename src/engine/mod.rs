@@ -263,12 +263,7 @@ impl Engine {
             self.shared.wake.clone(),
             cancel.clone(),
         ));
-        state.data_root = self.shared.parts.runtime.data_root().await.ok().flatten();
-        info!(
-            tasks = state.tasks.len(),
-            data_root = ?state.data_root,
-            "Task engine started."
-        );
+        info!(tasks = state.tasks.len(), "Task engine started.");
         state.tick(true).await?;
         loop {
             let deadline = state.next_deadline();
@@ -697,11 +692,30 @@ impl LoopState {
         if self.docker_down {
             info!("Docker answers again; resynchronising.");
         }
+        // Learn the data root from Docker itself once it answers (the engine may have started
+        // while it was down), and again after every outage: a restarted dockerd may use another.
+        if self.data_root.is_none() || self.docker_down {
+            self.learn_data_root().await;
+        }
         self.docker_down = false;
         self.observed = observed;
         self.listed = true;
         self.listed_epoch = epoch_at_start;
         self.check_disk();
+    }
+
+    /// Asks Docker for its data root (`docker info` DockerRootDir), used for task volume paths
+    /// in the introspection view and for the disk-pressure check.
+    async fn learn_data_root(&mut self) {
+        match self.shared.parts.runtime.data_root().await {
+            Ok(root) if root != self.data_root => {
+                info!(data_root = ?root, "Docker data root.");
+                self.data_root = root;
+                self.published = false;
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "Cannot read Docker's data root yet."),
+        }
     }
 
     fn check_disk(&mut self) {
