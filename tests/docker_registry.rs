@@ -97,6 +97,11 @@ impl ContainerRuntime for Counting {
     async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
         self.inner.images_in_use().await
     }
+    async fn list_images(
+        &self,
+    ) -> Result<Vec<ecs_hostd::engine::cleanup::DockerImage>, RuntimeError> {
+        self.inner.list_images().await
+    }
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
         self.inner.data_root().await
     }

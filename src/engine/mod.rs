@@ -1114,7 +1114,7 @@ impl LoopState {
         if self.image_cleanup_running
             || e.image_cleanup_disabled
             || e.image_pull_behavior == PullBehavior::PreferCached
-            || self.images.is_empty()
+            || (self.images.is_empty() && !e.untracked_image_cleanup)
         {
             return;
         }
@@ -1144,6 +1144,11 @@ impl LoopState {
             per_cycle: e.num_images_delete_per_cycle as usize,
             excluded: e.exclude_untracked_images.clone(),
         };
+        let untracked = e.untracked_image_cleanup.then(|| cleanup::UntrackedPolicy {
+            min_age: e.non_ecs_image_minimum_cleanup_age,
+            excluded: e.exclude_untracked_images.clone(),
+            budget: policy.per_cycle,
+        });
         let pressure = self.disk_pressure;
         let runtime = self.shared.parts.runtime.clone();
         let now = self.now();
@@ -1155,10 +1160,13 @@ impl LoopState {
                     return Done::Images(Vec::new());
                 }
             };
-            let victims =
-                cleanup::images_to_delete(&records, &in_use, &referenced, now, &policy, pressure);
+            let victims = if records.is_empty() {
+                Vec::new()
+            } else {
+                cleanup::images_to_delete(&records, &in_use, &referenced, now, &policy, pressure)
+            };
             let mut removed = Vec::new();
-            let tried = victims.len();
+            let mut tried = victims.len();
             for v in victims {
                 match runtime.remove_image(&v.image).await {
                     Ok(()) => {
@@ -1168,8 +1176,42 @@ impl LoopState {
                     Err(e) => debug!(image = %v.image, error = %e, "Image not removed."),
                 }
             }
+            // Untracked images share the cycle's budget with the engine's own (as upstream);
+            // the minimum age holds even under disk pressure: they may be an operator's.
+            let mut untracked_removed = 0;
+            if let Some(mut u) = untracked {
+                u.budget = u.budget.saturating_sub(removed.len());
+                let victims = if u.budget == 0 {
+                    Vec::new()
+                } else {
+                    match runtime.list_images().await {
+                        Ok(images) => cleanup::untracked_to_delete(
+                            &images, &records, &in_use, &referenced, now, &u,
+                        ),
+                        Err(e) => {
+                            warn!(error = %e, "Untracked image cleanup skipped: cannot list images.");
+                            Vec::new()
+                        }
+                    }
+                };
+                tried += victims.len();
+                for v in victims {
+                    match runtime.remove_image(&v).await {
+                        Ok(()) => {
+                            info!(image = %v, "Untracked image removed.");
+                            untracked_removed += 1;
+                        }
+                        Err(e) => debug!(image = %v, error = %e, "Untracked image not removed."),
+                    }
+                }
+            }
             if tried > 0 {
-                info!(removed = removed.len(), tried, "Image cleanup done.");
+                info!(
+                    removed = removed.len() + untracked_removed,
+                    untracked = untracked_removed,
+                    tried,
+                    "Image cleanup done."
+                );
             }
             Done::Images(removed)
         });

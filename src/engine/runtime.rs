@@ -203,6 +203,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Image ids used by any container (ours or not).
     async fn images_in_use(&self) -> Result<HashSet<String>, RuntimeError>;
+    /// Every image Docker has (for untracked image cleanup).
+    async fn list_images(&self) -> Result<Vec<crate::engine::cleanup::DockerImage>, RuntimeError>;
     /// The engine's data directory (for disk-pressure checks); `None` if unknown.
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError>;
     /// A stream that yields once per container event concerning our containers; it ends or
@@ -556,6 +558,23 @@ impl ContainerRuntime for FakeRuntime {
             .containers
             .values()
             .filter_map(|c| c.observed.image_id.clone())
+            .collect())
+    }
+
+    async fn list_images(&self) -> Result<Vec<crate::engine::cleanup::DockerImage>, RuntimeError> {
+        let inner = self.lock();
+        if inner.down {
+            return Err(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        Ok(inner
+            .images
+            .iter()
+            .map(|i| crate::engine::cleanup::DockerImage {
+                id: format!("sha256:{i}"),
+                tags: vec![i.clone()],
+                created: 0.0,
+                size: 0,
+            })
             .collect())
     }
 
