@@ -253,6 +253,8 @@ struct FakeInner {
     pulls: Vec<String>,
     clock: u64,
     down: bool,
+    lists: u64,
+    data_root: Option<std::path::PathBuf>,
 }
 
 /// In-memory runtime: containers start and stop instantly; failures can be injected per call.
@@ -358,6 +360,16 @@ impl FakeRuntime {
         self.emit();
     }
 
+    /// The data root `data_root` reports (None by default).
+    pub fn set_data_root(&self, root: Option<&str>) {
+        self.lock().data_root = root.map(std::path::PathBuf::from);
+    }
+
+    /// How many times `list` was called (failed calls included).
+    pub fn lists(&self) -> u64 {
+        self.lock().lists
+    }
+
     /// A Docker restart: every running container exits with 137 (no live-restore).
     pub fn restart_daemon(&self) {
         let names: Vec<String> = self.lock().containers.keys().cloned().collect();
@@ -375,6 +387,7 @@ fn labels_get(labels: &HashMap<String, String>, key: &str) -> String {
 impl ContainerRuntime for FakeRuntime {
     async fn list(&self) -> Result<Vec<Summary>, RuntimeError> {
         let mut inner = self.lock();
+        inner.lists += 1;
         if let Some(e) = Self::take_failure(&mut inner, FakeOp::List) {
             return Err(e);
         }
@@ -579,7 +592,11 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
-        Ok(None)
+        let inner = self.lock();
+        if inner.down {
+            return Err(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        Ok(inner.data_root.clone())
     }
 
     fn events(&self) -> BoxStream<'static, Result<(), RuntimeError>> {
