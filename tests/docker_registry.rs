@@ -2,6 +2,10 @@
 //! basic auth (`ECS_ENGINE_AUTH_TYPE=docker`): a wrong password stops the task with a clear
 //! `CannotPullContainerError`; many tasks wanting one image pull it one at a time; images the
 //! engine pulled are cleaned up once unused (here brought forward by disk pressure).
+//!
+//! The pulled image is derived from the test image with an id of its own (a commit with a
+//! label), so that removing it can never touch the shared test image other tests run, and no
+//! other test's container can keep it in use.
 
 #[path = "common/docker.rs"]
 mod common;
@@ -19,6 +23,7 @@ use async_trait::async_trait;
 use bollard::auth::DockerCredentials;
 use bollard::models::ContainerCreateBody;
 use common::*;
+use ecs_hostd::api::TaskView;
 use ecs_hostd::config::PullBehavior;
 use ecs_hostd::engine::docker::{DockerRuntime, Timeouts};
 use ecs_hostd::engine::runtime::{
@@ -96,6 +101,11 @@ impl ContainerRuntime for Counting {
     }
     async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
         self.inner.images_in_use().await
+    }
+    async fn list_images(
+        &self,
+    ) -> Result<Vec<ecs_hostd::engine::cleanup::DockerImage>, RuntimeError> {
+        self.inner.list_images().await
     }
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
         self.inner.data_root().await
@@ -187,6 +197,29 @@ fn one(run: &str, image: &str, arn: &str) -> serde_json::Value {
     )
 }
 
+/// The id of a local image (by reference or id), if present.
+fn image_id(image: &str) -> Option<String> {
+    let o = std::process::Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", image])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+fn untag(reference: &str) {
+    let o = std::process::Command::new("docker")
+        .args(["rmi", reference])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "docker rmi {reference}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn image_exists(image: &str) -> bool {
     std::process::Command::new("docker")
         .args(["image", "inspect", image])
@@ -195,20 +228,56 @@ fn image_exists(image: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A new local image with its own id, derived from `base` (a commit adding a label), tagged
+/// `ehd-derived/<run>:1`; returns its id.
+fn derived_image(base: &str, run: &str) -> String {
+    let docker = |args: &[&str]| {
+        let o = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let label = format!("{TEST_LABEL}={run}");
+    let cid = docker(&["create", "--label", &label, base, "true"]);
+    let tag = format!("ehd-derived/{run}:1");
+    let id = docker(&["commit", "--change", &format!("LABEL {label}"), &cid, &tag]);
+    docker(&["rm", &cid]);
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_without_auth_once_at_a_time() {
+async fn pulls_without_auth_once_at_a_time_and_cleans_the_image_up() {
     let image = test_image();
+    let base_id = image_id(&image).unwrap();
     let run = run_id("pull");
     let _c = Cleanup::new(&run);
     let storage = tempfile::tempdir().unwrap();
     let reg = Registry::start(storage.path(), None);
-    let pulled = push(&image, &reg.addr, &format!("ehd/{run}:1"));
+    let own_id = derived_image(&image, &run);
+    assert_ne!(own_id, base_id);
+    let local = format!("ehd-derived/{run}:1");
+    let pulled = push(&local, &reg.addr, &format!("ehd/{run}:1"));
+    untag(&local);
     assert!(!image_exists(&pulled));
+    assert!(
+        image_id(&own_id).is_none(),
+        "the derived image must exist only in the registry now"
+    );
 
     let mut s = settings();
     s.engine.image_pull_behavior = PullBehavior::Always;
-    s.engine.task_cleanup_wait = Duration::from_secs(1);
     s.engine.image_minimum_cleanup_age = Duration::from_secs(0);
+    // Disk pressure (threshold 0 %): stopped tasks are cleaned up at once and unused pulled
+    // images right after, instead of after ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION and
+    // ECS_IMAGE_CLEANUP_INTERVAL.
+    s.engine.disk_cleanup_threshold_percent = 0.0;
+    s.engine.task_cleanup_wait = Duration::from_secs(3600);
     s.engine.image_cleanup_interval = Duration::from_secs(3600);
     let r = rig(s).await;
     let arns: Vec<String> = (0..3)
@@ -223,6 +292,7 @@ async fn pulls_without_auth_once_at_a_time() {
     })
     .await;
     assert!(image_exists(&pulled));
+    assert_eq!(image_id(&pulled).as_deref(), Some(own_id.as_str()));
     assert_eq!(
         r.runtime.max_parallel_same_image.load(Ordering::SeqCst),
         1,
@@ -242,10 +312,30 @@ async fn pulls_without_auth_once_at_a_time() {
             .all(|a| task_reached(c, a, ReportStatus::Stopped))
     })
     .await;
-    r.cancel.cancel();
 
-    // TODO(issue 3): the image-cleanup-after-pull half of this test (a fresh engine under disk
-    // pressure removing the pulled image) failed on the merged tree and is not in main yet.
+    // Under pressure the stopped tasks are removed at once, then the image they used is no
+    // longer used by any container and goes too; the shared test image stays.
+    let start = std::time::Instant::now();
+    while image_id(&own_id).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pulled image never cleaned up; containers left: {:?}",
+            containers_with(None, &format!("{TEST_LABEL}={run}"))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        containers_with(None, &format!("{TEST_LABEL}={run}")).is_empty(),
+        "the image went before the containers that used it"
+    );
+    assert!(r.engine.view().tasks().is_empty(), "tasks not cleaned up");
+    assert!(!image_exists(&pulled));
+    assert_eq!(
+        image_id(&image).as_deref(),
+        Some(base_id.as_str()),
+        "the image the engine did not pull is kept"
+    );
+    r.cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -667,7 +667,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_ENABLE_UNTRACKED_IMAGE_CLEANUP",
         None,
         "false",
-        "Also remove images not pulled by the agent.",
+        "Also remove images not pulled by the agent: unused by any container, named by no task, within the per-cycle budget (containers are never removed).",
         |c, v, _| {
             c.engine.untracked_image_cleanup = boolean(v)?;
             Ok(())
@@ -677,7 +677,7 @@ pub static SETTINGS: &[Setting] = &[
         "NON_ECS_IMAGE_MINIMUM_CLEANUP_AGE",
         None,
         "1h",
-        "Minimum age of untracked images before removal.",
+        "Minimum age of untracked images (since created) before removal.",
         |c, v, _| {
             c.engine.non_ecs_image_minimum_cleanup_age = duration(v)?;
             Ok(())

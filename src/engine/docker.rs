@@ -17,13 +17,14 @@ use bollard::auth::DockerCredentials;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::{Map, Value, json};
 
+use crate::engine::cleanup::DockerImage;
 use crate::engine::model::{ContainerSpec, Health, TaskRecord, VolumeSource};
 use crate::engine::runtime::{
     ContainerRuntime, ImageInfo, LABEL_CLUSTER, LABEL_CONTAINER_NAME, LABEL_FAMILY, LABEL_TASK_ARN,
@@ -678,6 +679,29 @@ impl ContainerRuntime for DockerRuntime {
         )
         .await?;
         Ok(list.into_iter().filter_map(|c| c.image_id).collect())
+    }
+
+    async fn list_images(&self) -> Result<Vec<DockerImage>, RuntimeError> {
+        let opts = ListImagesOptionsBuilder::default().all(false).build();
+        let list = deadline(
+            "list images",
+            self.timeouts.list,
+            self.docker.list_images(Some(opts)),
+        )
+        .await?;
+        Ok(list
+            .into_iter()
+            .map(|i| DockerImage {
+                id: i.id,
+                tags: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                created: i.created as f64,
+                size: i.size,
+            })
+            .collect())
     }
 
     async fn data_root(&self) -> Result<Option<PathBuf>, RuntimeError> {

@@ -263,12 +263,7 @@ impl Engine {
             self.shared.wake.clone(),
             cancel.clone(),
         ));
-        state.data_root = self.shared.parts.runtime.data_root().await.ok().flatten();
-        info!(
-            tasks = state.tasks.len(),
-            data_root = ?state.data_root,
-            "Task engine started."
-        );
+        info!(tasks = state.tasks.len(), "Task engine started.");
         state.tick(true).await?;
         loop {
             let deadline = state.next_deadline();
@@ -697,11 +692,30 @@ impl LoopState {
         if self.docker_down {
             info!("Docker answers again; resynchronising.");
         }
+        // Learn the data root from Docker itself once it answers (the engine may have started
+        // while it was down), and again after every outage: a restarted dockerd may use another.
+        if self.data_root.is_none() || self.docker_down {
+            self.learn_data_root().await;
+        }
         self.docker_down = false;
         self.observed = observed;
         self.listed = true;
         self.listed_epoch = epoch_at_start;
         self.check_disk();
+    }
+
+    /// Asks Docker for its data root (`docker info` DockerRootDir), used for task volume paths
+    /// in the introspection view and for the disk-pressure check.
+    async fn learn_data_root(&mut self) {
+        match self.shared.parts.runtime.data_root().await {
+            Ok(root) if root != self.data_root => {
+                info!(data_root = ?root, "Docker data root.");
+                self.data_root = root;
+                self.published = false;
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "Cannot read Docker's data root yet."),
+        }
     }
 
     fn check_disk(&mut self) {
@@ -1113,7 +1127,7 @@ impl LoopState {
         if self.image_cleanup_running
             || e.image_cleanup_disabled
             || e.image_pull_behavior == PullBehavior::PreferCached
-            || self.images.is_empty()
+            || (self.images.is_empty() && !e.untracked_image_cleanup)
         {
             return;
         }
@@ -1143,6 +1157,11 @@ impl LoopState {
             per_cycle: e.num_images_delete_per_cycle as usize,
             excluded: e.exclude_untracked_images.clone(),
         };
+        let untracked = e.untracked_image_cleanup.then(|| cleanup::UntrackedPolicy {
+            min_age: e.non_ecs_image_minimum_cleanup_age,
+            excluded: e.exclude_untracked_images.clone(),
+            budget: policy.per_cycle,
+        });
         let pressure = self.disk_pressure;
         let runtime = self.shared.parts.runtime.clone();
         let now = self.now();
@@ -1154,10 +1173,13 @@ impl LoopState {
                     return Done::Images(Vec::new());
                 }
             };
-            let victims =
-                cleanup::images_to_delete(&records, &in_use, &referenced, now, &policy, pressure);
+            let victims = if records.is_empty() {
+                Vec::new()
+            } else {
+                cleanup::images_to_delete(&records, &in_use, &referenced, now, &policy, pressure)
+            };
             let mut removed = Vec::new();
-            let tried = victims.len();
+            let mut tried = victims.len();
             for v in victims {
                 match runtime.remove_image(&v.image).await {
                     Ok(()) => {
@@ -1167,8 +1189,42 @@ impl LoopState {
                     Err(e) => debug!(image = %v.image, error = %e, "Image not removed."),
                 }
             }
+            // Untracked images share the cycle's budget with the engine's own (as upstream);
+            // the minimum age holds even under disk pressure: they may be an operator's.
+            let mut untracked_removed = 0;
+            if let Some(mut u) = untracked {
+                u.budget = u.budget.saturating_sub(removed.len());
+                let victims = if u.budget == 0 {
+                    Vec::new()
+                } else {
+                    match runtime.list_images().await {
+                        Ok(images) => cleanup::untracked_to_delete(
+                            &images, &records, &in_use, &referenced, now, &u,
+                        ),
+                        Err(e) => {
+                            warn!(error = %e, "Untracked image cleanup skipped: cannot list images.");
+                            Vec::new()
+                        }
+                    }
+                };
+                tried += victims.len();
+                for v in victims {
+                    match runtime.remove_image(&v).await {
+                        Ok(()) => {
+                            info!(image = %v, "Untracked image removed.");
+                            untracked_removed += 1;
+                        }
+                        Err(e) => debug!(image = %v, error = %e, "Untracked image not removed."),
+                    }
+                }
+            }
             if tried > 0 {
-                info!(removed = removed.len(), tried, "Image cleanup done.");
+                info!(
+                    removed = removed.len() + untracked_removed,
+                    untracked = untracked_removed,
+                    tried,
+                    "Image cleanup done."
+                );
             }
             Done::Images(removed)
         });

@@ -203,6 +203,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Image ids used by any container (ours or not).
     async fn images_in_use(&self) -> Result<HashSet<String>, RuntimeError>;
+    /// Every image Docker has (for untracked image cleanup).
+    async fn list_images(&self) -> Result<Vec<crate::engine::cleanup::DockerImage>, RuntimeError>;
     /// The engine's data directory (for disk-pressure checks); `None` if unknown.
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError>;
     /// A stream that yields once per container event concerning our containers; it ends or
@@ -251,6 +253,8 @@ struct FakeInner {
     pulls: Vec<String>,
     clock: u64,
     down: bool,
+    lists: u64,
+    data_root: Option<std::path::PathBuf>,
 }
 
 /// In-memory runtime: containers start and stop instantly; failures can be injected per call.
@@ -356,6 +360,16 @@ impl FakeRuntime {
         self.emit();
     }
 
+    /// The data root `data_root` reports (None by default).
+    pub fn set_data_root(&self, root: Option<&str>) {
+        self.lock().data_root = root.map(std::path::PathBuf::from);
+    }
+
+    /// How many times `list` was called (failed calls included).
+    pub fn lists(&self) -> u64 {
+        self.lock().lists
+    }
+
     /// A Docker restart: every running container exits with 137 (no live-restore).
     pub fn restart_daemon(&self) {
         let names: Vec<String> = self.lock().containers.keys().cloned().collect();
@@ -373,6 +387,7 @@ fn labels_get(labels: &HashMap<String, String>, key: &str) -> String {
 impl ContainerRuntime for FakeRuntime {
     async fn list(&self) -> Result<Vec<Summary>, RuntimeError> {
         let mut inner = self.lock();
+        inner.lists += 1;
         if let Some(e) = Self::take_failure(&mut inner, FakeOp::List) {
             return Err(e);
         }
@@ -559,8 +574,29 @@ impl ContainerRuntime for FakeRuntime {
             .collect())
     }
 
+    async fn list_images(&self) -> Result<Vec<crate::engine::cleanup::DockerImage>, RuntimeError> {
+        let inner = self.lock();
+        if inner.down {
+            return Err(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        Ok(inner
+            .images
+            .iter()
+            .map(|i| crate::engine::cleanup::DockerImage {
+                id: format!("sha256:{i}"),
+                tags: vec![i.clone()],
+                created: 0.0,
+                size: 0,
+            })
+            .collect())
+    }
+
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError> {
-        Ok(None)
+        let inner = self.lock();
+        if inner.down {
+            return Err(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        Ok(inner.data_root.clone())
     }
 
     fn events(&self) -> BoxStream<'static, Result<(), RuntimeError>> {

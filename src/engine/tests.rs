@@ -307,6 +307,67 @@ async fn restart_reports_what_changed_while_away() {
     assert_eq!(fake.creates().len(), 2);
 }
 
+/// The data root comes from Docker once it answers (the engine started while it was down), and
+/// is asked again after every outage.
+#[tokio::test]
+async fn data_root_is_learned_when_docker_answers_and_after_each_outage() {
+    let fake = Arc::new(FakeRuntime::with_images(&[IMG]));
+    fake.set_down(true);
+    let mut s = settings(Duration::from_secs(3600));
+    s.resync = Duration::from_millis(20);
+    let r = rig_with(fake.clone(), s);
+    let cancel = CancellationToken::new();
+    let (e, c2) = (r.engine.clone(), cancel.clone());
+    let looped = tokio::spawn(async move { e.run(c2).await });
+    let mut main = c("main", true);
+    main["mountPoints"] = serde_json::json!([{"sourceVolume": "v", "containerPath": "/v"}]);
+    let mut t = task("t", serde_json::json!([main]));
+    t["volumes"] = serde_json::json!([{"name": "v", "host": {}}]);
+    r.engine.deliver(t).await.unwrap();
+    let source = || {
+        r.engine
+            .view()
+            .tasks()
+            .first()
+            .and_then(|t| t.containers.first().cloned())
+            .and_then(|c| c.volumes.first().cloned())
+            .map(|v| v.source)
+            .unwrap_or_default()
+    };
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let lists = fake.lists();
+    until("the engine tried Docker while down", || {
+        fake.lists() > lists
+    })
+    .await;
+    assert_eq!(source(), "", "no data root while Docker never answered");
+
+    fake.set_data_root(Some("/first"));
+    fake.set_down(false);
+    until("data root learned", || {
+        source().starts_with("/first/volumes/")
+    })
+    .await;
+
+    fake.set_down(true);
+    let lists = fake.lists();
+    until("the engine saw the outage", || fake.lists() >= lists + 2).await;
+    fake.set_data_root(Some("/second"));
+    fake.set_down(false);
+    until("data root learned again after the outage", || {
+        source().starts_with("/second/volumes/")
+    })
+    .await;
+    cancel.cancel();
+    looped.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn tasks_wait_pending_for_resources_then_run() {
     let mut s = settings(Duration::from_secs(3600));

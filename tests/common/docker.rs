@@ -207,9 +207,13 @@ pub async fn docker() -> bollard::Docker {
     d
 }
 
-/// Starts an engine with `settings`.
+/// Starts an engine with `settings` on the default Docker engine.
 pub async fn start(settings: Settings) -> Running {
-    let docker = docker().await;
+    start_on(settings, docker().await).await
+}
+
+/// Starts an engine with `settings` on `docker` (e.g. a private engine; it need not answer yet).
+pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.redb")).unwrap();
     let sink = Arc::new(GatedSink {
