@@ -112,7 +112,16 @@ async fn start_and_serve(
     // raises it; the Docker watchdog never restarts Docker while it is up.
     let draining_tx = lifecycle::draining_flag();
     let draining = watchdog::Draining::from_sender(draining_tx.clone());
-    spawn_health_subsystems(&config, supervisor, board, &watchdog_stats, &draining);
+    // ACS heartbeats ask the Docker watchdog for a health round (protocol spec §5.4).
+    let docker_check = Arc::new(tokio::sync::Notify::new());
+    spawn_health_subsystems(
+        &config,
+        supervisor,
+        board,
+        &watchdog_stats,
+        &draining,
+        &docker_check,
+    );
     systemd::status("waiting for Docker");
     board.set("docker", false, "waiting for Docker");
     let (docker, docker_info) =
@@ -381,7 +390,7 @@ async fn start_and_serve(
             milestones: Some(milestones),
         },
     }) {
-        Ok(a) => Arc::new(a),
+        Ok(a) => Arc::new(a.with_health_check(docker_check)),
         Err(e) => return Outcome::Error(e.to_string()),
     };
     supervisor.spawn("acs", move |token| {
@@ -476,6 +485,7 @@ fn spawn_health_subsystems(
     board: &health::Board,
     stats: &Arc<watchdog::Stats>,
     draining: &watchdog::Draining,
+    check_now: &Arc<tokio::sync::Notify>,
 ) {
     let wd_config = config.watchdog.clone();
     let wd_beat = supervisor.heartbeat(
@@ -484,6 +494,7 @@ fn spawn_health_subsystems(
     );
     let wd_host = config.docker_host.clone();
     let (wd_board, wd_stats, wd_draining) = (board.clone(), stats.clone(), draining.clone());
+    let wd_check_now = check_now.clone();
     supervisor.spawn("docker-watchdog", move |token| {
         let w = watchdog::Watchdog {
             config: wd_config.clone(),
@@ -493,6 +504,7 @@ fn spawn_health_subsystems(
             stats: wd_stats.clone(),
             draining: wd_draining.clone(),
             heartbeat: Some(wd_beat.clone()),
+            check_now: wd_check_now.clone(),
         };
         w.run(token)
     });

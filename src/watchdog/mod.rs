@@ -22,7 +22,7 @@ use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::MetricsSection;
 use crate::config::WatchdogConfig;
@@ -203,6 +203,9 @@ pub enum Systemd {
 
 /// The watchdog subsystem. Build one per run of the subsystem; [`Watchdog::run`] loops until
 /// cancelled.
+/// The least time between a round and one asked for through [`Watchdog::check_now`].
+pub const ASKED_ROUND_GAP: Duration = Duration::from_secs(2);
+
 pub struct Watchdog {
     /// `[watchdog]` settings.
     pub config: WatchdogConfig,
@@ -218,6 +221,9 @@ pub struct Watchdog {
     pub draining: Draining,
     /// Liveness for the systemd watchdog.
     pub heartbeat: Option<Heartbeat>,
+    /// Asks for a round now (an ACS heartbeat: protocol spec §5.4 "run local health checks").
+    /// An asked-for round comes at least half an interval, or [`ASKED_ROUND_GAP`], after the last.
+    pub check_now: Arc<tokio::sync::Notify>,
 }
 
 /// The current systemd connection, or why there is none.
@@ -318,9 +324,19 @@ impl Watchdog {
                 }
             }
             self.report(&obs, &decision, &link, &last_action, last_error.as_deref());
+            let round_done = tokio::time::Instant::now();
+            let next = round_done + self.config.interval;
+            let earliest = round_done + (self.config.interval / 2).min(ASKED_ROUND_GAP);
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(self.config.interval) => {}
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.check_now.notified() => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep_until(earliest) => {}
+                    }
+                    debug!("Docker health round asked for (ACS heartbeat).");
+                }
             }
         }
     }

@@ -104,6 +104,7 @@ fn unit(active: Active, file: FileState) -> UnitState {
 }
 
 struct Running {
+    check_now: Arc<tokio::sync::Notify>,
     board: health::Board,
     stats: Arc<Stats>,
     cancel: CancellationToken,
@@ -129,6 +130,7 @@ fn spawn(
     let board = health::Board::new();
     let stats = Arc::new(Stats::default());
     let cancel = CancellationToken::new();
+    let check_now = Arc::new(tokio::sync::Notify::new());
     let w = Watchdog {
         config,
         docker_host,
@@ -137,12 +139,14 @@ fn spawn(
         stats: stats.clone(),
         draining,
         heartbeat: None,
+        check_now: check_now.clone(),
     };
     let c = cancel.clone();
     let task = tokio::spawn(async move {
         w.run(c).await.unwrap();
     });
     Running {
+        check_now,
         board,
         stats,
         cancel,
@@ -370,4 +374,20 @@ impl ServiceManager for FailingStart {
     async fn reset_failed(&self, unit: &str) -> Result<(), systemd_dbus::Error> {
         self.0.reset_failed(unit).await
     }
+}
+
+/// An ACS heartbeat asks for a round at once (protocol spec §5.4), not an interval later.
+#[tokio::test]
+async fn a_check_asked_for_runs_a_round_before_the_interval() {
+    let docker = FakeDocker::start();
+    let mut cfg = config();
+    cfg.interval = Duration::from_secs(3600);
+    let run = spawn(cfg, client(&docker.path), Systemd::Absent, Draining::new());
+    let rounds = || run.stats.rounds.load(Ordering::Relaxed);
+    until("the first round", || rounds() == 1).await;
+    // The interval is an hour: only the request can bring the second round within `until`'s
+    // 10 s.
+    run.check_now.notify_one();
+    until("the round asked for", || rounds() == 2).await;
+    run.stop().await;
 }

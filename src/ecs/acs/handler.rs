@@ -162,6 +162,7 @@ pub struct Handler {
     sink: Arc<dyn StateChangeSink>,
     store: Store,
     milestones: Option<Arc<Milestones>>,
+    health_check: Option<Arc<tokio::sync::Notify>>,
     latest_seq: i64,
     manifest_message_id: Option<String>,
     delivered: Delivered,
@@ -182,6 +183,7 @@ impl Handler {
             sink: parts.sink,
             store: parts.store,
             milestones: parts.milestones,
+            health_check: None,
             latest_seq,
             manifest_message_id: None,
             delivered: Delivered::default(),
@@ -205,12 +207,20 @@ impl Handler {
         }
     }
 
+    /// Heartbeats wake `check` (the Docker watchdog's health round).
+    pub fn set_health_check(&mut self, check: Arc<tokio::sync::Notify>) {
+        self.health_check = Some(check);
+    }
+
     /// Handles one decoded message.
     pub async fn handle(&mut self, msg: Inbound) -> Result<Handled, Error> {
         let handled = match msg {
             Inbound::Heartbeat(m) => match nonempty(&m.message_id) {
                 Some(id) => {
                     debug!(message.id = %id, "ACS heartbeat.");
+                    if let Some(check) = &self.health_check {
+                        check.notify_one();
+                    }
                     Handled::replies(vec![Outbound::HeartbeatAckRequest(HeartbeatAckRequest {
                         message_id: id.to_owned(),
                     })])

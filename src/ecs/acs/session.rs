@@ -332,6 +332,13 @@ impl AcsSession {
         })
     }
 
+    /// Heartbeats from ACS also wake `check`: the Docker watchdog's health round (protocol
+    /// spec §5.4 "run local health checks (Docker ping)").
+    pub fn with_health_check(mut self, check: Arc<tokio::sync::Notify>) -> AcsSession {
+        self.handler.get_mut().set_health_check(check);
+        self
+    }
+
     /// Connections opened so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)

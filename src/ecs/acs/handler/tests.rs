@@ -121,6 +121,8 @@ fn ack(id: &str) -> Outbound {
 #[tokio::test]
 async fn heartbeats_are_acked() {
     let mut w = world();
+    let check = Arc::new(tokio::sync::Notify::new());
+    w.handler.set_health_check(check.clone());
     let h = w
         .handler
         .handle_frame(&fixture("HeartbeatMessage.session_test.json"))
@@ -132,6 +134,10 @@ async fn heartbeats_are_acked() {
             message_id: "123".into()
         })]
     );
+    // The heartbeat asked for a Docker health round.
+    tokio::time::timeout(std::time::Duration::from_secs(1), check.notified())
+        .await
+        .expect("a heartbeat wakes the health check");
     let h = w
         .handler
         .handle_frame(&frame("HeartbeatMessage", json!({"healthy": true})))
