@@ -372,7 +372,8 @@ pub struct ContainerSpec {
     /// Start ordering.
     #[serde(default, deserialize_with = "null_default")]
     pub depends_on: Vec<Dependency>,
-    /// Seconds to wait for dependencies (0/absent = no limit).
+    /// Seconds the containers that depend on this one wait, from its start, for it to reach
+    /// their condition (0/absent = no limit); then they give up (`DependencyConditionError`).
     #[serde(default)]
     pub start_timeout: Option<u64>,
     /// SIGTERM→SIGKILL grace in seconds (0/absent = `ECS_CONTAINER_STOP_TIMEOUT`).
@@ -816,6 +817,9 @@ pub struct ContainerRecord {
     pub health: Health,
     /// Whether the container ever ran (a stop of a never-started one has no exit code).
     pub ran: bool,
+    /// Epoch seconds the engine first knew it RUNNING (`startTimeout` counts from here).
+    #[serde(default)]
+    pub running_since: Option<f64>,
     /// Last failed step.
     pub failure: Option<Failure>,
     /// Engine epoch at which `docker_id` was recorded; only a Docker listing taken later may
@@ -963,9 +967,26 @@ pub enum DepState {
     Impossible(String),
 }
 
+/// When a dependency of `c` that has not reached its condition yet runs out of its
+/// `startTimeout` (the earliest such time), if any does.
+pub fn dependency_deadline(task: &TaskRecord, c: &ContainerSpec) -> Option<f64> {
+    c.depends_on
+        .iter()
+        .filter_map(|d| {
+            let since = task.container(&d.container_name)?.running_since?;
+            let timeout = task
+                .spec_of(&d.container_name)?
+                .start_timeout
+                .filter(|t| *t > 0)?;
+            Some(since + timeout as f64)
+        })
+        .min_by(f64::total_cmp)
+}
+
 /// Evaluates `c`'s `dependsOn` (and links/volumesFrom needing the target created) against the
-/// other containers' records, for the create/start steps (spec §7.2).
-pub fn dependencies(task: &TaskRecord, c: &ContainerSpec) -> DepState {
+/// other containers' records at `now`, for the create/start steps (spec §7.2). A dependency
+/// that has not reached its condition `startTimeout` seconds after it started never will.
+pub fn dependencies(task: &TaskRecord, c: &ContainerSpec, now: f64) -> DepState {
     let mut pending = false;
     for d in &c.depends_on {
         let Some(dep) = task.container(&d.container_name) else {
@@ -991,6 +1012,18 @@ pub fn dependencies(task: &TaskRecord, c: &ContainerSpec) -> DepState {
             return DepState::Impossible(format!(
                 "DependencyConditionError: dependency {} of container {} can no longer satisfy condition {:?} (exit code {:?})",
                 d.container_name, c.name, d.condition, dep.exit_code
+            ));
+        }
+        let timeout = task
+            .spec_of(&d.container_name)
+            .and_then(|s| s.start_timeout)
+            .filter(|t| *t > 0);
+        if let (Some(since), Some(timeout)) = (dep.running_since, timeout)
+            && now >= since + timeout as f64
+        {
+            return DepState::Impossible(format!(
+                "DependencyConditionError: dependency {} of container {} did not reach condition {:?} within its startTimeout of {timeout} s",
+                d.container_name, c.name, d.condition
             ));
         }
         pending = true;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::engine::model::{
     ContainerRecord, ContainerStatus, DepState, Failure, Health, Step, TaskRecord, TaskStatus,
-    dependencies, task_known,
+    dependencies, dependency_deadline, task_known,
 };
 use crate::engine::runtime::{Observed, RuntimeError, State};
 use crate::tasks::NetworkBinding;
@@ -260,6 +260,11 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             }
         }
     } else if r.admitted {
+        for c in &mut r.containers {
+            if c.known >= ContainerStatus::Running && c.running_since.is_none() {
+                c.running_since = Some(ctx.now);
+            }
+        }
         let snapshot = r.clone();
         for c in &mut r.containers {
             if c.known >= ContainerStatus::Running || waiting.contains(&c.name) {
@@ -280,11 +285,16 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                 );
                 continue;
             }
-            let deps = dependencies(&snapshot, spec);
+            let deps = dependencies(&snapshot, spec, ctx.now);
             if let DepState::Impossible(why) = &deps {
                 c.known = ContainerStatus::Stopped;
                 c.reason = Some(why.clone());
                 continue;
+            }
+            if deps == DepState::Pending
+                && let Some(deadline) = dependency_deadline(&snapshot, spec)
+            {
+                requeue_at(deadline);
             }
             let ready = deps == DepState::Satisfied;
             match c.known {

@@ -172,6 +172,43 @@ async fn multi_container_task_with_depends_on_runs_and_reports_once() {
     assert_eq!(r.engine.desired_running(), vec!["t1".to_string()]);
 }
 
+/// `startTimeout` of a dependency (spec §6.2): its dependents wait for the condition only that
+/// long after it started, then give up with a DependencyConditionError; the essential dependent
+/// stopping stops the task.
+#[tokio::test]
+async fn a_dependency_that_misses_its_start_timeout_stops_its_dependents() {
+    let r = rig();
+    let mut db = c("db", false);
+    db["startTimeout"] = serde_json::json!(1);
+    let mut web = c("web", true);
+    web["dependsOn"] = serde_json::json!([{"containerName": "db", "condition": "HEALTHY"}]);
+    deliver(&r.engine, task("t", serde_json::json!([db, web])))
+        .await
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    // db runs but never becomes healthy; within the timeout web just waits.
+    assert_eq!(r.fake.creates().len(), 1);
+    assert_eq!(container_statuses(&r.sink.changes(), "t", "web"), vec![]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    r.engine.settle(10).await.unwrap();
+    let changes = r.sink.changes();
+    assert_eq!(r.fake.creates().len(), 1, "web was never created");
+    assert_eq!(
+        statuses(&changes, "t"),
+        vec![ReportStatus::Running, ReportStatus::Stopped]
+    );
+    let web = changes
+        .iter()
+        .flat_map(|c| c.containers.iter())
+        .find(|c| c.container_name == "web" && c.status == ReportStatus::Stopped)
+        .expect("web reported STOPPED");
+    let reason = web.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("DependencyConditionError") && reason.contains("startTimeout of 1 s"),
+        "{reason}"
+    );
+}
+
 #[tokio::test]
 async fn essential_exit_stops_the_task_non_essential_does_not() {
     let r = rig();

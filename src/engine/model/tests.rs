@@ -64,7 +64,10 @@ fn with_container_fixture_maps_command_links_ports() {
     // links refer to "db", which is not in the fixture's task: tolerated (Docker decides).
     let spec = TaskSpec::from_json(&t).unwrap();
     let rec = TaskRecord::new(spec.clone(), 1, 0.0).unwrap();
-    assert_eq!(dependencies(&rec, &spec.containers[0]), DepState::Satisfied);
+    assert_eq!(
+        dependencies(&rec, &spec.containers[0], 0.0),
+        DepState::Satisfied
+    );
     let mut t = t;
     t["containers"][0]["links"] = serde_json::json!(null);
     t["someFutureField"] = serde_json::json!({"x": 1});
@@ -144,27 +147,58 @@ fn docker_names_are_official_and_fixed_at_delivery() {
 fn dependency_conditions() {
     let mut rec = two_container_task();
     let side = rec.spec.containers[1].clone();
-    assert_eq!(dependencies(&rec, &side), DepState::Pending);
+    assert_eq!(dependencies(&rec, &side, 0.0), DepState::Pending);
     rec.containers[0].health = Health::Healthy;
-    assert_eq!(dependencies(&rec, &side), DepState::Satisfied);
+    assert_eq!(dependencies(&rec, &side, 0.0), DepState::Satisfied);
     rec.containers[0].health = Health::Unknown;
     rec.containers[0].known = ContainerStatus::Stopped;
-    assert!(matches!(dependencies(&rec, &side), DepState::Impossible(_)));
+    assert!(matches!(
+        dependencies(&rec, &side, 0.0),
+        DepState::Impossible(_)
+    ));
 
     let mut c = side.clone();
     c.depends_on[0].condition = Condition::Success;
     rec.containers[0].exit_code = Some(0);
-    assert_eq!(dependencies(&rec, &c), DepState::Satisfied);
+    assert_eq!(dependencies(&rec, &c, 0.0), DepState::Satisfied);
     rec.containers[0].exit_code = Some(2);
-    assert!(matches!(dependencies(&rec, &c), DepState::Impossible(_)));
+    assert!(matches!(
+        dependencies(&rec, &c, 0.0),
+        DepState::Impossible(_)
+    ));
     c.depends_on[0].condition = Condition::Complete;
-    assert_eq!(dependencies(&rec, &c), DepState::Satisfied);
+    assert_eq!(dependencies(&rec, &c, 0.0), DepState::Satisfied);
     c.depends_on[0].condition = Condition::Start;
     rec.containers[0].known = ContainerStatus::Created;
-    assert_eq!(dependencies(&rec, &c), DepState::Pending);
+    assert_eq!(dependencies(&rec, &c, 0.0), DepState::Pending);
     rec.containers[0].known = ContainerStatus::Running;
     rec.containers[0].ran = true;
-    assert_eq!(dependencies(&rec, &c), DepState::Satisfied);
+    assert_eq!(dependencies(&rec, &c, 0.0), DepState::Satisfied);
+}
+
+#[test]
+fn start_timeout_of_a_dependency_counts_from_its_start() {
+    let mut rec = two_container_task();
+    let side = rec.spec.containers[1].clone();
+    // No startTimeout: waiting for HEALTHY never gives up.
+    rec.containers[0].known = ContainerStatus::Running;
+    rec.containers[0].running_since = Some(100.0);
+    assert_eq!(dependencies(&rec, &side, 1e9), DepState::Pending);
+    assert_eq!(dependency_deadline(&rec, &side), None);
+    rec.spec.containers[0].start_timeout = Some(30);
+    assert_eq!(dependency_deadline(&rec, &side), Some(130.0));
+    assert_eq!(dependencies(&rec, &side, 129.9), DepState::Pending);
+    assert!(
+        matches!(dependencies(&rec, &side, 130.0), DepState::Impossible(r) if r.contains("startTimeout of 30 s"))
+    );
+    // Healthy in time: satisfied whatever the clock says.
+    rec.containers[0].health = Health::Healthy;
+    assert_eq!(dependencies(&rec, &side, 1e9), DepState::Satisfied);
+    // Not started yet: the timeout has not begun.
+    rec.containers[0].health = Health::Unknown;
+    rec.containers[0].running_since = None;
+    rec.containers[0].known = ContainerStatus::Created;
+    assert_eq!(dependencies(&rec, &side, 1e9), DepState::Pending);
 }
 
 #[test]
