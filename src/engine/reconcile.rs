@@ -233,8 +233,21 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
 
     // 4. Towards the desired status.
     if r.desired == TaskStatus::Stopped {
+        // Reverse dependency order (as ECS documents for dependsOn): a container is stopped only
+        // once every container that depends on it has stopped.
+        let still_needed: HashSet<String> = rec
+            .spec
+            .containers
+            .iter()
+            .filter(|d| {
+                r.containers
+                    .iter()
+                    .any(|c| c.name == d.name && c.known != ContainerStatus::Stopped)
+            })
+            .flat_map(|d| d.depends_on.iter().map(|dep| dep.container_name.clone()))
+            .collect();
         for c in &mut r.containers {
-            if c.known == ContainerStatus::Stopped {
+            if c.known == ContainerStatus::Stopped || still_needed.contains(&c.name) {
                 continue;
             }
             let key = ActionKey::Container(arn.clone(), c.name.clone());

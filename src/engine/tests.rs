@@ -209,6 +209,45 @@ async fn a_dependency_that_misses_its_start_timeout_stops_its_dependents() {
     );
 }
 
+/// Stopping a task stops dependents before what they depend on (reverse dependsOn order).
+#[tokio::test]
+async fn a_stopping_task_stops_dependents_first() {
+    let r = rig();
+    let mut web = c("web", true);
+    web["dependsOn"] = serde_json::json!([{"containerName": "db", "condition": "START"}]);
+    // db first in the task, so task order alone would stop it first.
+    deliver(
+        &r.engine,
+        task("t", serde_json::json!([c("db", true), web])),
+    )
+    .await
+    .unwrap();
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(
+        statuses(&r.sink.changes(), "t"),
+        vec![ReportStatus::Running]
+    );
+    stop(&r.engine, "t").await.unwrap();
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(
+        statuses(&r.sink.changes(), "t"),
+        vec![ReportStatus::Running, ReportStatus::Stopped]
+    );
+    let finished = |name: &str| {
+        r.fake.containers()[&fake_name(&r, "t", name)]
+            .observed
+            .finished_at
+            .clone()
+            .expect("stopped")
+    };
+    assert!(
+        finished("web") < finished("db"),
+        "web {} db {}",
+        finished("web"),
+        finished("db")
+    );
+}
+
 #[tokio::test]
 async fn essential_exit_stops_the_task_non_essential_does_not() {
     let r = rig();
