@@ -325,10 +325,11 @@ async fn start_and_serve(
         Err(e) => return Outcome::Terminal(e.to_string()),
     };
     let engine_task = engine.clone();
+    let engine_beat = supervisor.heartbeat("engine", crate::engine::MAX_SILENCE);
     supervisor.spawn("engine", move |token| {
-        let e = engine_task.clone();
+        let (e, beat) = (engine_task.clone(), engine_beat.clone());
         async move {
-            e.run(token)
+            e.run_beating(token, Some(beat))
                 .await
                 .map_err(|err| Failure::transient(err.to_string()))
         }

@@ -201,6 +201,12 @@ pub struct Engine {
     shared: Arc<Shared>,
 }
 
+/// How often a responsive engine loop beats its heartbeat.
+pub const BEAT: Duration = Duration::from_secs(15);
+/// Silence after which the engine loop counts as wedged: longer than its longest single wait
+/// on Docker (a container listing may take 10 min before it times out) plus inspections.
+pub const MAX_SILENCE: Duration = Duration::from_secs(15 * 60);
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -255,7 +261,19 @@ impl Engine {
     /// Runs the loop until cancelled. Reloads everything from the store first, so a restart
     /// (of the loop or of the process) resumes where the last commit left off.
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), Error> {
+        self.run_beating(cancel, None).await
+    }
+
+    /// [`Engine::run`], beating `heartbeat` at least every [`BEAT`] while the loop is
+    /// responsive (the supervisor then withholds systemd's watchdog ping when it wedges).
+    pub async fn run_beating(
+        &self,
+        cancel: CancellationToken,
+        heartbeat: Option<crate::supervisor::Heartbeat>,
+    ) -> Result<(), Error> {
         let mut rx = self.shared.rx.lock().await;
+        let mut beat = tokio::time::interval(BEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state = LoopState::load(self.shared.clone())?;
         let mut aux = JoinSet::new();
         aux.spawn(events::watch(
@@ -288,6 +306,12 @@ impl Engine {
                     state.schedule_rechecks();
                 }
                 _ = tokio::time::sleep_until(deadline) => list = state.resync_due() || state.recheck_due(),
+                _ = beat.tick() => {
+                    if let Some(h) = &heartbeat {
+                        h.beat();
+                    }
+                    continue;
+                }
             }
             if state.tick(list).await? {
                 // Something changed (a task stopped, so another may now fit; a dependency was

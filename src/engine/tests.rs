@@ -907,3 +907,26 @@ proptest! {
         run_ops(ops, cleanup_zero)?;
     }
 }
+
+/// The running loop beats its supervisor heartbeat while idle (so a wedged loop, and only
+/// that, withholds systemd's watchdog ping).
+#[tokio::test(start_paused = true)]
+async fn the_loop_beats_its_heartbeat_while_idle() {
+    let r = rig();
+    let (sup, _terminal) = crate::supervisor::Supervisor::new(CancellationToken::new());
+    let beat = sup.heartbeat("engine", BEAT * 2);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let (e, c) = (r.engine.clone(), cancel.clone());
+        async move { e.run_beating(c, Some(beat)).await }
+    });
+    for _ in 0..8 {
+        tokio::time::sleep(BEAT).await;
+        assert!(sup.all_alive(), "stale: {:?}", sup.stale());
+    }
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    // Nobody beats any more: the heartbeat goes stale.
+    tokio::time::sleep(BEAT * 3).await;
+    assert_eq!(sup.stale(), vec!["engine"]);
+}
