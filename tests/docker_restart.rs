@@ -106,6 +106,19 @@ async fn outage() {
     tokio::time::sleep(settings().resync * 2 + Duration::from_millis(500)).await;
 }
 
+/// [`outage`], checks nothing was reported meanwhile (`reported_before` changes were), then
+/// starts the private daemon again.
+async fn silent_outage_then_start(r: &Running, pd: &mut PrivateDocker, reported_before: usize) {
+    outage().await;
+    assert_eq!(
+        r.changes().len(),
+        reported_before,
+        "nothing is reported while Docker is down: {:#?}",
+        &r.changes()[reported_before..]
+    );
+    blocking(|| pd.start_daemon());
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -150,14 +163,7 @@ async fn live_restore(sig: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    outage().await;
-    assert_eq!(
-        r.changes().len(),
-        reported_before,
-        "nothing is reported while Docker is down: {:#?}",
-        &r.changes()[reported_before..]
-    );
-    blocking(|| pd.start_daemon());
+    silent_outage_then_start(&r, &mut pd, reported_before).await;
 
     let ch = r
         .wait_changes(
@@ -245,14 +251,7 @@ async fn no_live_restore(sig: &str) {
     let reported_before = r.changes().len();
 
     blocking(|| pd.stop_daemon(sig));
-    outage().await;
-    assert_eq!(
-        r.changes().len(),
-        reported_before,
-        "nothing is reported while Docker is down: {:#?}",
-        &r.changes()[reported_before..]
-    );
-    blocking(|| pd.start_daemon());
+    silent_outage_then_start(&r, &mut pd, reported_before).await;
 
     let ch = r
         .wait_changes("STOPPED after the restart", WAIT, |c| {

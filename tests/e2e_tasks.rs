@@ -107,6 +107,20 @@ async fn wait_status(
     }
 }
 
+/// StopTask, as a user calls it.
+async fn stop_task(w: &World, task: &str) {
+    w.sim
+        .ecs()
+        .await
+        .stop_task()
+        .cluster(&w.cluster)
+        .task(task)
+        .reason("test stop")
+        .send()
+        .await
+        .unwrap();
+}
+
 fn container(
     name: &str,
     essential: bool,
@@ -179,16 +193,7 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
     // CloudWatch through the same hook).
     assert_eq!(gauges(&w.agent), (1, 2), "{}", w.agent.log());
 
-    w.sim
-        .ecs()
-        .await
-        .stop_task()
-        .cluster(&w.cluster)
-        .task(&task)
-        .reason("test stop")
-        .send()
-        .await
-        .unwrap();
+    stop_task(&w, &task).await;
     let t = wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
     for c in t.containers() {
         assert_eq!(c.last_status(), Some("STOPPED"), "{c:?}");
@@ -334,14 +339,6 @@ async fn the_acs_websocket_goes_through_the_configured_proxy() {
         lines.iter().any(|l| l.starts_with("POST http://")),
         "{lines:?}"
     );
-    w.sim
-        .ecs()
-        .await
-        .stop_task()
-        .cluster(&w.cluster)
-        .task(&task)
-        .send()
-        .await
-        .unwrap();
+    stop_task(&w, &task).await;
     wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
 }

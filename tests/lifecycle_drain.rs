@@ -54,8 +54,13 @@ async fn run_task(sim: &Ec2Sim, cluster: &str, family: &str, started_by: Option<
         .to_owned()
 }
 
-/// Desired status of each task, in order.
-async fn desired(sim: &Ec2Sim, cluster: &str, tasks: &[String]) -> Vec<String> {
+/// One field of each task as DescribeTasks shows it, in order (`MISSING` when absent).
+async fn field(
+    sim: &Ec2Sim,
+    cluster: &str,
+    tasks: &[String],
+    pick: fn(&aws_sdk_ecs::types::Task) -> Option<&str>,
+) -> Vec<String> {
     let out = sim
         .ecs()
         .await
@@ -71,35 +76,21 @@ async fn desired(sim: &Ec2Sim, cluster: &str, tasks: &[String]) -> Vec<String> {
             out.tasks()
                 .iter()
                 .find(|t| t.task_arn() == Some(arn))
-                .and_then(|t| t.desired_status())
+                .and_then(pick)
                 .unwrap_or("MISSING")
                 .to_owned()
         })
         .collect()
 }
 
+/// Desired status of each task, in order.
+async fn desired(sim: &Ec2Sim, cluster: &str, tasks: &[String]) -> Vec<String> {
+    field(sim, cluster, tasks, |t| t.desired_status()).await
+}
+
 /// Last (reported) status of each task, in order.
 async fn last(sim: &Ec2Sim, cluster: &str, tasks: &[String]) -> Vec<String> {
-    let out = sim
-        .ecs()
-        .await
-        .describe_tasks()
-        .cluster(cluster)
-        .set_tasks(Some(tasks.to_vec()))
-        .send()
-        .await
-        .expect("describe tasks");
-    tasks
-        .iter()
-        .map(|arn| {
-            out.tasks()
-                .iter()
-                .find(|t| t.task_arn() == Some(arn))
-                .and_then(|t| t.last_status())
-                .unwrap_or("MISSING")
-                .to_owned()
-        })
-        .collect()
+    field(sim, cluster, tasks, |t| t.last_status()).await
 }
 
 /// Waits until every task's reported status is `status`.
