@@ -359,6 +359,216 @@ impl Puller {
 mod tests {
     use super::*;
 
+    use std::sync::Mutex;
+
+    use crate::engine::model::EcrAuthData;
+    use crate::engine::runtime::FakeRuntime;
+
+    /// One `EcrTokens::token` call as the fake saw it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct TokenCall {
+        region: String,
+        registry_id: Option<String>,
+        endpoint: Option<String>,
+        /// Access key id of the credentials passed (None: the instance role).
+        access_key_id: Option<String>,
+    }
+
+    /// Records calls and answers `AWS:<password>` for `https://<registry>`.
+    #[derive(Default)]
+    struct FakeEcr {
+        calls: Mutex<Vec<TokenCall>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EcrTokens for FakeEcr {
+        async fn token(
+            &self,
+            region: &str,
+            registry_id: Option<&str>,
+            endpoint: Option<&str>,
+            creds: Option<RoleCredentials>,
+        ) -> Result<DockerCredentials, PullError> {
+            self.calls.lock().unwrap().push(TokenCall {
+                region: region.to_owned(),
+                registry_id: registry_id.map(str::to_owned),
+                endpoint: endpoint.map(str::to_owned),
+                access_key_id: creds.map(|c| c.access_key_id),
+            });
+            Ok(DockerCredentials {
+                username: Some("AWS".into()),
+                password: Some("ecr-password".into()),
+                serveraddress: Some("https://123456789012.dkr.ecr.eu-west-1.amazonaws.com".into()),
+                ..Default::default()
+            })
+        }
+    }
+
+    const TASK: &str = "arn:aws:ecs:eu-west-1:123456789012:task/c/t1";
+    const ECR_IMAGE: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1";
+
+    fn puller(engine_auth: HashMap<String, DockerCredentials>) -> (Puller, Arc<FakeEcr>) {
+        let ecr = Arc::new(FakeEcr::default());
+        let p = Puller {
+            runtime: Arc::new(FakeRuntime::default()),
+            behavior: PullBehavior::Always,
+            limits: PullLimits {
+                inactivity: Duration::from_secs(60),
+                first_progress: FIRST_PROGRESS,
+                total: Duration::from_secs(600),
+            },
+            engine_auth,
+            credentials: Arc::new(CredentialsStore::default()),
+            ecr: ecr.clone(),
+            region: Some("us-west-2".into()),
+            retry: Policy::new(Duration::from_millis(1), Duration::from_millis(1), 1.0, 0.0),
+        };
+        (p, ecr)
+    }
+
+    fn ecr_auth(use_execution_role: bool, region: Option<&str>) -> RegistryAuthentication {
+        RegistryAuthentication {
+            kind: Some("ecr".into()),
+            ecr_auth_data: Some(EcrAuthData {
+                region: region.map(str::to_owned),
+                registry_id: Some("123456789012".into()),
+                endpoint_override: Some("http://127.0.0.1:9".into()),
+                use_execution_role,
+            }),
+        }
+    }
+
+    fn execution_creds() -> RoleCredentials {
+        RoleCredentials {
+            credentials_id: "cid".into(),
+            role_arn: "arn:aws:iam::123456789012:role/exec".into(),
+            access_key_id: "ASIAEXECUTION".into(),
+            secret_access_key: "exec-secret".into(),
+            session_token: "exec-session".into(),
+            expiration: "2030-01-01T00:00:00.000+0000".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ecr_with_the_execution_role_uses_its_credentials() {
+        let (p, ecr) = puller(HashMap::new());
+        p.credentials
+            .set(TASK, RoleType::TaskExecution, execution_creds());
+        let auth = ecr_auth(true, Some("eu-west-1"));
+        let c = p
+            .credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.username.as_deref(), Some("AWS"));
+        assert_eq!(c.password.as_deref(), Some("ecr-password"));
+        assert_eq!(
+            *ecr.calls.lock().unwrap(),
+            vec![TokenCall {
+                region: "eu-west-1".into(),
+                registry_id: Some("123456789012".into()),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                access_key_id: Some("ASIAEXECUTION".into()),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn ecr_with_the_execution_role_missing_is_a_clear_error_without_an_ecr_call() {
+        let (p, ecr) = puller(HashMap::new());
+        // Another task's execution role and this task's application role do not count.
+        p.credentials.set(
+            "arn:aws:ecs:eu-west-1:123456789012:task/c/other",
+            RoleType::TaskExecution,
+            execution_creds(),
+        );
+        p.credentials
+            .set(TASK, RoleType::TaskApplication, execution_creds());
+        let auth = ecr_auth(true, Some("eu-west-1"));
+        let err = p
+            .credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PullError::NoExecutionCredentials(ref t) if t == TASK));
+        assert!(err.is_retryable(), "ACS may still deliver them");
+        assert!(ecr.calls.lock().unwrap().is_empty());
+        // Through the whole pull: every attempt fails the same way; the reason names it.
+        let reason = p.ensure(ECR_IMAGE, TASK, Some(&auth)).await.unwrap_err();
+        assert_eq!(
+            reason,
+            format!("CannotPullContainerError: no execution role credentials for task {TASK}")
+        );
+        assert!(ecr.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ecr_without_the_execution_role_uses_the_instance_role_and_region() {
+        let (p, ecr) = puller(HashMap::new());
+        // Execution credentials present but not asked for: still the instance role.
+        p.credentials
+            .set(TASK, RoleType::TaskExecution, execution_creds());
+        let auth = ecr_auth(false, None);
+        p.credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .await
+            .unwrap()
+            .unwrap();
+        let calls = ecr.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].access_key_id, None, "instance role");
+        assert_eq!(
+            calls[0].region, "us-west-2",
+            "the instance's region by default"
+        );
+        // The pull really carries the ECR credentials.
+        assert!(p.ensure(ECR_IMAGE, TASK, Some(&auth)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn basic_auth_from_engine_auth_data_when_not_ecr() {
+        let engine_auth = parse_engine_auth(
+            Some("docker"),
+            Some(r#"{"https://127.0.0.1:5000":{"username":"u","password":"p"}}"#),
+        )
+        .unwrap();
+        let (p, ecr) = puller(engine_auth);
+        let c = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        // Another registry: anonymous.
+        assert!(
+            p.credentials_for("127.0.0.1:5001/app:1", TASK, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // registryAuthentication without ecrAuthData (e.g. asm, unsupported): the same fallback.
+        let asm = RegistryAuthentication {
+            kind: Some("asm".into()),
+            ecr_auth_data: None,
+        };
+        let c = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&asm))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert!(ecr.calls.lock().unwrap().is_empty());
+        // ECR auth wins over static credentials for the same registry.
+        let auth = ecr_auth(false, Some("eu-west-1"));
+        let c = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&auth))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.password.as_deref(), Some("ecr-password"));
+    }
+
     #[test]
     fn docker_and_dockercfg_formats_parse() {
         let m = parse_engine_auth(
