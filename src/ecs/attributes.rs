@@ -44,7 +44,10 @@ pub const IMPLEMENTED: Features = Features {
     // dependsOn START/COMPLETE/SUCCESS/HEALTHY: engine::model::dependencies, tested in
     // engine::tests and tests/docker_engine.rs.
     container_ordering: true,
-    ecr_pull: false,
+    // ECR tokens with the execution role's credentials or the instance role: engine::pull
+    // (`Puller::credentials_for`, `SdkEcr`), tested in engine::pull::tests and end to end in
+    // tests/e2e_ecr.rs (ec2sim's GetAuthorizationToken for a local registry with htpasswd).
+    ecr_pull: true,
     full_sync: false,
 };
 
@@ -124,6 +127,9 @@ mod tests {
         assert!(!n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.26"));
         assert!(n.contains(&"com.amazonaws.ecs.capability.logging-driver.json-file"));
         assert!(n.contains(&"com.amazonaws.ecs.capability.privileged-container"));
+        // ECR pulls, with the instance role and with the task's execution role.
+        assert!(n.contains(&"com.amazonaws.ecs.capability.ecr-auth"));
+        assert!(n.contains(&"ecs.capability.execution-role-ecr-pull"));
         // Nothing unimplemented is advertised.
         for never in [
             "task-iam-role",
