@@ -479,4 +479,9 @@ async fn sdk_ecr_token_against_ec2sim() {
     let text = err.to_string();
     assert!(text.contains("ServiceUnavailable"), "{text}");
     assert!(!text.contains("direct-secret") && !text.contains("direct-session"));
+    assert_eq!(
+        sim.requests("ecr", "GetAuthorizationToken").len(),
+        2,
+        "one attempt per call: the pull loop owns the retries"
+    );
 }

@@ -169,10 +169,14 @@ impl EcrTokens for SdkEcr {
         endpoint: Option<&str>,
         creds: Option<RoleCredentials>,
     ) -> Result<DockerCredentials, PullError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_owned()));
+        // The agent's SDK settings (one attempt per call: the pull loop owns the retries;
+        // bounded timeouts); the instance role is the default chain's credentials.
+        let sdk = crate::aws::sdk_config(region)
+            .await
+            .map_err(PullError::Ecr)?;
+        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
         if let Some(c) = creds {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+            conf = conf.credentials_provider(aws_credential_types::Credentials::new(
                 c.access_key_id,
                 c.secret_access_key,
                 Some(c.session_token),
@@ -180,8 +184,6 @@ impl EcrTokens for SdkEcr {
                 "ecs-hostd-execution-role",
             ));
         }
-        let sdk = loader.load().await;
-        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
         if let Some(ep) = endpoint.filter(|e| !e.is_empty()) {
             conf = conf.endpoint_url(ep);
         }
