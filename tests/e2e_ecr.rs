@@ -161,6 +161,8 @@ struct World {
     sim: Ec2Sim,
     cluster: String,
     agent: Agent,
+    /// The container instance ARN.
+    instance_arn: String,
     _data: tempfile::TempDir,
 }
 
@@ -172,11 +174,12 @@ fn start_agent(sim: Ec2Sim, cluster: String) -> World {
         // Every task pulls, even when an earlier one left the image behind.
         .env("ECS_IMAGE_PULL_BEHAVIOR", "always")
         .start();
-    agent.wait_registered(Duration::from_secs(60));
+    let instance_arn = agent.wait_registered(Duration::from_secs(60));
     World {
         sim,
         cluster,
         agent,
+        instance_arn,
         _data: data,
     }
 }
@@ -334,6 +337,21 @@ async fn ecr_pulls_use_the_execution_role_or_else_the_instance_role() {
     let ecr = EcrRegistry::start(&sim, None);
     let w = start_agent(sim, cluster);
     let instance = instance_key(&w.sim);
+    // ECS places ECR tasks only on instances advertising these.
+    let described = describe_instance(&w.sim, &w.cluster, &w.instance_arn).await;
+    for capability in [
+        "com.amazonaws.ecs.capability.ecr-auth",
+        "ecs.capability.execution-role-ecr-pull",
+    ] {
+        assert!(
+            described["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == capability),
+            "{capability} not advertised: {described}"
+        );
+    }
 
     // (a) With an execution role: the token comes from ECR called with its credentials.
     let td = register(&w, &ecr.image, Some(EXECUTION_ROLE)).await;
