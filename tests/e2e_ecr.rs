@@ -492,7 +492,7 @@ async fn sdk_ecr_token_against_ec2sim() {
         .token("us-west-2", None, Some(&sim.url()), Some(creds()))
         .await
         .unwrap_err();
-    assert!(matches!(err, PullError::Ecr(_)), "{err:?}");
+    assert!(matches!(err, PullError::EcrApi(_)), "{err:?}");
     assert!(err.is_retryable());
     let text = err.to_string();
     assert!(text.contains("ServiceUnavailable"), "{text}");

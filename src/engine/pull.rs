@@ -45,9 +45,13 @@ pub enum PullError {
         /// Why.
         reason: String,
     },
-    /// ECR refused or could not be reached.
+    /// The ECR token could not be used (or the SDK not configured).
     #[error("cannot get an ECR authorization token: {0}")]
     Ecr(String),
+    /// GetAuthorizationToken failed; retryable unless ECR refused the request (4xx, e.g. the
+    /// role may not call it).
+    #[error("cannot get an ECR authorization token: {0}")]
+    EcrApi(#[from] crate::aws::ApiError),
     /// ECR auth needs execution-role credentials that are not (yet) there.
     #[error("no execution role credentials for task {0}")]
     NoExecutionCredentials(String),
@@ -62,6 +66,7 @@ impl PullError {
         match self {
             PullError::AuthData { .. } => false,
             PullError::Ecr(_) | PullError::NoExecutionCredentials(_) => true,
+            PullError::EcrApi(e) => e.is_retryable(),
             PullError::Runtime(e) => e.is_retryable(),
         }
     }
@@ -191,9 +196,11 @@ impl EcrTokens for SdkEcr {
         // The token is valid for every registry the principal may use; the registry id is only
         // logged (the API's registryIds parameter is deprecated).
         debug!(registry_id = ?registry_id, region, "Requesting an ECR authorization token.");
-        let out = client.get_authorization_token().send().await.map_err(|e| {
-            PullError::Ecr(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
-        })?;
+        let out = client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| crate::aws::classify("GetAuthorizationToken", e))?;
         let data = out
             .authorization_data()
             .first()
@@ -569,6 +576,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.password.as_deref(), Some("ecr-password"));
+    }
+
+    #[test]
+    fn ecr_refusals_are_final_and_outages_retried() {
+        use crate::aws::{ApiError, ErrorKind};
+        let err = |kind, code: &str| {
+            PullError::EcrApi(ApiError {
+                operation: "GetAuthorizationToken",
+                kind,
+                code: Some(code.into()),
+                message: "m".into(),
+            })
+        };
+        let denied = err(ErrorKind::Client, "AccessDeniedException");
+        assert!(!denied.is_retryable());
+        assert_eq!(
+            denied.to_string(),
+            "cannot get an ECR authorization token: GetAuthorizationToken: AccessDeniedException: m"
+        );
+        assert!(err(ErrorKind::Server, "ServerException").is_retryable());
+        assert!(err(ErrorKind::Throttled, "ThrottlingException").is_retryable());
+        assert!(err(ErrorKind::Transport, "x").is_retryable());
     }
 
     #[test]
