@@ -26,6 +26,9 @@ const DOCKER_API_VERSIONS: &[(u32, u32)] = &[
     (1, 32),
 ];
 
+/// The Docker API version ECR pulls need (the official agent's condition).
+const ECR_MIN_DOCKER_API: (u32, u32) = (1, 19);
+
 /// Optional features, each advertised only once it is implemented and tested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
@@ -44,7 +47,10 @@ pub const IMPLEMENTED: Features = Features {
     // dependsOn START/COMPLETE/SUCCESS/HEALTHY: engine::model::dependencies, tested in
     // engine::tests and tests/docker_engine.rs.
     container_ordering: true,
-    ecr_pull: false,
+    // ECR tokens with the execution role's credentials or the instance role: engine::pull
+    // (`Puller::credentials_for`, `SdkEcr`), tested in engine::pull::tests and end to end in
+    // tests/e2e_ecr.rs (ec2sim's GetAuthorizationToken for a local registry with htpasswd).
+    ecr_pull: true,
     full_sync: false,
 };
 
@@ -68,7 +74,8 @@ pub fn attributes(
         Attribute::pair("ecs.os-family", "LINUX"),
         Attribute::pair("ecs.os-type-detailed", os_detailed),
     ];
-    if let Some(daemon) = docker_api_version.and_then(parse_api_version) {
+    let daemon = docker_api_version.and_then(parse_api_version);
+    if let Some(daemon) = daemon {
         for &(maj, min) in DOCKER_API_VERSIONS.iter().filter(|v| **v <= daemon) {
             out.push(Attribute::flag(format!(
                 "{LEGACY}docker-remote-api.{maj}.{min}"
@@ -90,7 +97,8 @@ pub fn attributes(
     if features.container_ordering {
         out.push(Attribute::flag(format!("{CURRENT}container-ordering")));
     }
-    if features.ecr_pull {
+    // ECR auth needs the daemon to accept X-Registry-Auth on pulls (Docker API 1.19, spec §3.3).
+    if features.ecr_pull && daemon.is_some_and(|d| d >= ECR_MIN_DOCKER_API) {
         out.push(Attribute::flag(format!("{LEGACY}ecr-auth")));
         out.push(Attribute::flag(format!("{CURRENT}execution-role-ecr-pull")));
     }
@@ -124,6 +132,9 @@ mod tests {
         assert!(!n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.26"));
         assert!(n.contains(&"com.amazonaws.ecs.capability.logging-driver.json-file"));
         assert!(n.contains(&"com.amazonaws.ecs.capability.privileged-container"));
+        // ECR pulls, with the instance role and with the task's execution role.
+        assert!(n.contains(&"com.amazonaws.ecs.capability.ecr-auth"));
+        assert!(n.contains(&"ecs.capability.execution-role-ecr-pull"));
         // Nothing unimplemented is advertised.
         for never in [
             "task-iam-role",
@@ -149,6 +160,18 @@ mod tests {
         assert!(!n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.25"));
         assert!(!n.contains(&"com.amazonaws.ecs.capability.privileged-container"));
         assert!(a.contains(&Attribute::pair("stack", "prod")));
+        // ECR pulls need Docker API 1.19: advertised from there, not below or when unknown.
+        assert!(n.contains(&"ecs.capability.execution-role-ecr-pull"));
+        for daemon in [Some("1.18"), None] {
+            let old = names(&attributes(&c, "LINUX", daemon, IMPLEMENTED, false))
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            assert!(
+                !old.iter().any(|x| x.contains("ecr")),
+                "{daemon:?}: {old:?}"
+            );
+        }
         let again = attributes(&c, "LINUX", Some("1.24"), IMPLEMENTED, false);
         assert!(
             !again.contains(&Attribute::pair("stack", "prod")),

@@ -45,9 +45,13 @@ pub enum PullError {
         /// Why.
         reason: String,
     },
-    /// ECR refused or could not be reached.
+    /// The ECR token could not be used (or the SDK not configured).
     #[error("cannot get an ECR authorization token: {0}")]
     Ecr(String),
+    /// GetAuthorizationToken failed; retryable unless ECR refused the request (4xx, e.g. the
+    /// role may not call it).
+    #[error("cannot get an ECR authorization token: {0}")]
+    EcrApi(#[from] crate::aws::ApiError),
     /// ECR auth needs execution-role credentials that are not (yet) there.
     #[error("no execution role credentials for task {0}")]
     NoExecutionCredentials(String),
@@ -62,6 +66,7 @@ impl PullError {
         match self {
             PullError::AuthData { .. } => false,
             PullError::Ecr(_) | PullError::NoExecutionCredentials(_) => true,
+            PullError::EcrApi(e) => e.is_retryable(),
             PullError::Runtime(e) => e.is_retryable(),
         }
     }
@@ -169,10 +174,14 @@ impl EcrTokens for SdkEcr {
         endpoint: Option<&str>,
         creds: Option<RoleCredentials>,
     ) -> Result<DockerCredentials, PullError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_owned()));
+        // The agent's SDK settings (one attempt per call: the pull loop owns the retries;
+        // bounded timeouts); the instance role is the default chain's credentials.
+        let sdk = crate::aws::sdk_config(region)
+            .await
+            .map_err(PullError::Ecr)?;
+        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
         if let Some(c) = creds {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+            conf = conf.credentials_provider(aws_credential_types::Credentials::new(
                 c.access_key_id,
                 c.secret_access_key,
                 Some(c.session_token),
@@ -180,8 +189,6 @@ impl EcrTokens for SdkEcr {
                 "ecs-hostd-execution-role",
             ));
         }
-        let sdk = loader.load().await;
-        let mut conf = aws_sdk_ecr::config::Builder::from(&sdk);
         if let Some(ep) = endpoint.filter(|e| !e.is_empty()) {
             conf = conf.endpoint_url(ep);
         }
@@ -189,9 +196,11 @@ impl EcrTokens for SdkEcr {
         // The token is valid for every registry the principal may use; the registry id is only
         // logged (the API's registryIds parameter is deprecated).
         debug!(registry_id = ?registry_id, region, "Requesting an ECR authorization token.");
-        let out = client.get_authorization_token().send().await.map_err(|e| {
-            PullError::Ecr(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
-        })?;
+        let out = client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| crate::aws::classify("GetAuthorizationToken", e))?;
         let data = out
             .authorization_data()
             .first()
@@ -358,6 +367,238 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Mutex;
+
+    use crate::engine::model::EcrAuthData;
+    use crate::engine::runtime::FakeRuntime;
+
+    /// One `EcrTokens::token` call as the fake saw it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct TokenCall {
+        region: String,
+        registry_id: Option<String>,
+        endpoint: Option<String>,
+        /// Access key id of the credentials passed (None: the instance role).
+        access_key_id: Option<String>,
+    }
+
+    /// Records calls and answers `AWS:<password>` for `https://<registry>`.
+    #[derive(Default)]
+    struct FakeEcr {
+        calls: Mutex<Vec<TokenCall>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EcrTokens for FakeEcr {
+        async fn token(
+            &self,
+            region: &str,
+            registry_id: Option<&str>,
+            endpoint: Option<&str>,
+            creds: Option<RoleCredentials>,
+        ) -> Result<DockerCredentials, PullError> {
+            self.calls.lock().unwrap().push(TokenCall {
+                region: region.to_owned(),
+                registry_id: registry_id.map(str::to_owned),
+                endpoint: endpoint.map(str::to_owned),
+                access_key_id: creds.map(|c| c.access_key_id),
+            });
+            Ok(DockerCredentials {
+                username: Some("AWS".into()),
+                password: Some("ecr-password".into()),
+                serveraddress: Some("https://123456789012.dkr.ecr.eu-west-1.amazonaws.com".into()),
+                ..Default::default()
+            })
+        }
+    }
+
+    const TASK: &str = "arn:aws:ecs:eu-west-1:123456789012:task/c/t1";
+    const ECR_IMAGE: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1";
+
+    fn puller(engine_auth: HashMap<String, DockerCredentials>) -> (Puller, Arc<FakeEcr>) {
+        let ecr = Arc::new(FakeEcr::default());
+        let p = Puller {
+            runtime: Arc::new(FakeRuntime::default()),
+            behavior: PullBehavior::Always,
+            limits: PullLimits {
+                inactivity: Duration::from_secs(60),
+                first_progress: FIRST_PROGRESS,
+                total: Duration::from_secs(600),
+            },
+            engine_auth,
+            credentials: Arc::new(CredentialsStore::default()),
+            ecr: ecr.clone(),
+            region: Some("us-west-2".into()),
+            retry: Policy::new(Duration::from_millis(1), Duration::from_millis(1), 1.0, 0.0),
+        };
+        (p, ecr)
+    }
+
+    fn ecr_auth(use_execution_role: bool, region: Option<&str>) -> RegistryAuthentication {
+        RegistryAuthentication {
+            kind: Some("ecr".into()),
+            ecr_auth_data: Some(EcrAuthData {
+                region: region.map(str::to_owned),
+                registry_id: Some("123456789012".into()),
+                endpoint_override: Some("http://127.0.0.1:9".into()),
+                use_execution_role,
+            }),
+        }
+    }
+
+    fn execution_creds() -> RoleCredentials {
+        RoleCredentials {
+            credentials_id: "cid".into(),
+            role_arn: "arn:aws:iam::123456789012:role/exec".into(),
+            access_key_id: "ASIAEXECUTION".into(),
+            secret_access_key: "exec-secret".into(),
+            session_token: "exec-session".into(),
+            expiration: "2030-01-01T00:00:00.000+0000".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ecr_with_the_execution_role_uses_its_credentials() {
+        let (p, ecr) = puller(HashMap::new());
+        p.credentials
+            .set(TASK, RoleType::TaskExecution, execution_creds());
+        let auth = ecr_auth(true, Some("eu-west-1"));
+        let c = p
+            .credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.username.as_deref(), Some("AWS"));
+        assert_eq!(c.password.as_deref(), Some("ecr-password"));
+        assert_eq!(
+            *ecr.calls.lock().unwrap(),
+            vec![TokenCall {
+                region: "eu-west-1".into(),
+                registry_id: Some("123456789012".into()),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                access_key_id: Some("ASIAEXECUTION".into()),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn ecr_with_the_execution_role_missing_is_a_clear_error_without_an_ecr_call() {
+        let (p, ecr) = puller(HashMap::new());
+        // Another task's execution role and this task's application role do not count.
+        p.credentials.set(
+            "arn:aws:ecs:eu-west-1:123456789012:task/c/other",
+            RoleType::TaskExecution,
+            execution_creds(),
+        );
+        p.credentials
+            .set(TASK, RoleType::TaskApplication, execution_creds());
+        let auth = ecr_auth(true, Some("eu-west-1"));
+        let err = p
+            .credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PullError::NoExecutionCredentials(ref t) if t == TASK));
+        assert!(err.is_retryable(), "ACS may still deliver them");
+        assert!(ecr.calls.lock().unwrap().is_empty());
+        // Through the whole pull: every attempt fails the same way; the reason names it.
+        let reason = p.ensure(ECR_IMAGE, TASK, Some(&auth)).await.unwrap_err();
+        assert_eq!(
+            reason,
+            format!("CannotPullContainerError: no execution role credentials for task {TASK}")
+        );
+        assert!(ecr.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ecr_without_the_execution_role_uses_the_instance_role_and_region() {
+        let (p, ecr) = puller(HashMap::new());
+        // Execution credentials present but not asked for: still the instance role.
+        p.credentials
+            .set(TASK, RoleType::TaskExecution, execution_creds());
+        let auth = ecr_auth(false, None);
+        p.credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .await
+            .unwrap()
+            .unwrap();
+        let calls = ecr.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].access_key_id, None, "instance role");
+        assert_eq!(
+            calls[0].region, "us-west-2",
+            "the instance's region by default"
+        );
+        // The pull really carries the ECR credentials.
+        assert!(p.ensure(ECR_IMAGE, TASK, Some(&auth)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn basic_auth_from_engine_auth_data_when_not_ecr() {
+        let engine_auth = parse_engine_auth(
+            Some("docker"),
+            Some(r#"{"https://127.0.0.1:5000":{"username":"u","password":"p"}}"#),
+        )
+        .unwrap();
+        let (p, ecr) = puller(engine_auth);
+        let c = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        // Another registry: anonymous.
+        assert!(
+            p.credentials_for("127.0.0.1:5001/app:1", TASK, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // registryAuthentication without ecrAuthData (e.g. asm, unsupported): the same fallback.
+        let asm = RegistryAuthentication {
+            kind: Some("asm".into()),
+            ecr_auth_data: None,
+        };
+        let c = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&asm))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert!(ecr.calls.lock().unwrap().is_empty());
+        // ECR auth wins over static credentials for the same registry.
+        let auth = ecr_auth(false, Some("eu-west-1"));
+        let c = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&auth))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.password.as_deref(), Some("ecr-password"));
+    }
+
+    #[test]
+    fn ecr_refusals_are_final_and_outages_retried() {
+        use crate::aws::{ApiError, ErrorKind};
+        let err = |kind, code: &str| {
+            PullError::EcrApi(ApiError {
+                operation: "GetAuthorizationToken",
+                kind,
+                code: Some(code.into()),
+                message: "m".into(),
+            })
+        };
+        let denied = err(ErrorKind::Client, "AccessDeniedException");
+        assert!(!denied.is_retryable());
+        assert_eq!(
+            denied.to_string(),
+            "cannot get an ECR authorization token: GetAuthorizationToken: AccessDeniedException: m"
+        );
+        assert!(err(ErrorKind::Server, "ServerException").is_retryable());
+        assert!(err(ErrorKind::Throttled, "ThrottlingException").is_retryable());
+        assert!(err(ErrorKind::Transport, "x").is_retryable());
+    }
 
     #[test]
     fn docker_and_dockercfg_formats_parse() {

@@ -22,6 +22,9 @@ from multidict import CIMultiDict
 # SigV4 credential scope: Credential=<akid>/<date>/<region>/<service>/aws4_request
 _SCOPE_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
 
+# SigV4 access key id: Credential=<akid>/...
+_AKID_RE = re.compile(r"Credential=([^/,\s]+)/")
+
 # SigV4 signing name -> the service name ec2sim uses in its records and fault table.
 _SIGNING_NAME_TO_SERVICE = {"monitoring": "cloudwatch"}
 
@@ -65,6 +68,12 @@ class AwsCall:
     @property
     def authorization(self) -> str:
         return self.headers.get("Authorization", "")
+
+    @property
+    def access_key_id(self) -> str | None:
+        """The access key id the request was signed with (never the secret), or None."""
+        match = _AKID_RE.search(self.authorization)
+        return match.group(1) if match else None
 
 
 def scope_of(authorization: str) -> tuple[str, str] | None:

@@ -1,7 +1,7 @@
 """The control surface tests use: JSON over HTTP under ``/ec2sim/`` (documented in README.md).
 
 Owns only request validation and the mapping of control routes onto the parts of the world
-(IMDS instances, fault table, journals, ACS hub). Holds no state of its own.
+(IMDS instances, fault table, journals, ACS hub, ECR registry). Holds no state of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from acs import Acs, envelope
+from ecr_api import EcrRegistry
 from faults import FaultTable
 from imds import Imds
 from journal import Journal
@@ -29,6 +30,7 @@ class World:
     lifecycle_actions: Journal
     acs: Acs
     base_url: Callable[[], str]
+    ecr: EcrRegistry
 
 
 def _bad_request(message: str) -> web.Response:
@@ -77,6 +79,8 @@ class Control:
             web.post("/ec2sim/acs/credentials", self.acs_credentials),
             web.get("/ec2sim/acs/config", self.get_acs_config),
             web.post("/ec2sim/acs/config", self.set_acs_config),
+            web.get("/ec2sim/ecr", self.get_ecr),
+            web.post("/ec2sim/ecr", self.set_ecr),
         ]
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -213,3 +217,15 @@ class Control:
         except ValueError as err:
             return _bad_request(str(err))
         return web.json_response(self.world.acs.config.describe())
+
+    # ------------------------------------------------------------------ ECR
+
+    async def get_ecr(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.world.ecr.describe())
+
+    async def set_ecr(self, request: web.Request) -> web.Response:
+        try:
+            self.world.ecr.update(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(self.world.ecr.describe())

@@ -10,7 +10,7 @@ One process, bound to 127.0.0.1 only, serving on one port:
 - ``GET /ws``: the ACS websocket, and a silent TCS websocket (acs.py)
 - ``/ec2sim/...``: the control API tests use (control.py, README.md)
 - anything else: the AWS APIs, moto in-process plus ec2sim's additions (gateway.py, ecs_api.py,
-  cloudwatch_cbor.py, autoscaling.py)
+  cloudwatch_cbor.py, autoscaling.py, ecr_api.py)
 
 When ready it writes ``{"port": N, "pid": P}`` to the ready file (atomically) and serves until
 SIGTERM or SIGINT, then exits 0. Logs go to stderr.
@@ -32,6 +32,7 @@ from acs import Acs
 from autoscaling import LifecycleActions
 from cloudwatch_cbor import CloudWatchCbor
 from control import Control, World
+from ecr_api import EcrApi, EcrRegistry
 from ecs_api import EcsApi
 from faults import FaultTable
 from gateway import Gateway
@@ -80,10 +81,14 @@ class Ec2Sim:
             lifecycle_actions=Journal(),
             acs=self.acs,
             base_url=self.base_url,
+            ecr=EcrRegistry(),
         )
         self.gateway = Gateway(self.moto, self.world.faults, self.world.requests, region)
-        ecs = EcsApi(self.moto, self.acs, self.world.state_changes, self.base_url, inactive)
+        ecs = EcsApi(
+            self.moto, self.acs, self.world.state_changes, self.base_url, inactive, self.world.ecr
+        )
         self.gateway.handle_operations("ecs", ecs.handlers())
+        self.gateway.handle_operations("ecr", EcrApi(self.moto, self.world.ecr).handlers())
         self.gateway.handle_operations(
             "autoscaling", LifecycleActions(self.world.lifecycle_actions).handlers()
         )

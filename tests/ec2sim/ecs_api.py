@@ -17,6 +17,7 @@ Everything else goes to moto untouched. Reads and writes moto's backend objects 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 import payload
+from ecr_api import EcrRegistry
 from awsproto import AwsCall, AwsError, json_response
 from journal import Journal
 from motohost import MotoHost
@@ -119,6 +121,7 @@ class EcsApi:
         state_changes: Journal,
         base_url: Callable[[], str],
         inactive: set[str],
+        ecr: EcrRegistry | None = None,
     ) -> None:
         self.moto = moto
         self.acs = acs
@@ -126,6 +129,8 @@ class EcsApi:
         self.base_url = base_url
         #: ARNs (and bare ids) of deregistered container instances, shared with the ACS server.
         self.inactive = inactive
+        #: Which registry counts as ECR (payloads give its images ecrAuthData).
+        self.ecr = ecr
 
     def handlers(self) -> dict:
         return {
@@ -418,10 +423,19 @@ class EcsApi:
         for task in tasks:
             if task.container_instance_arn:
                 by_instance.setdefault(task.container_instance_arn, []).append(task)
+        ecr_auth = None
+        if self.ecr is not None:
+            ecr_auth = functools.partial(
+                self.ecr.auth_for, region=region, endpoint=self.base_url()
+            )
+
         for instance_arn, instance_tasks in by_instance.items():
             rendered = [
                 payload.build_task(
-                    t, backend.describe_task_definition(t.task_definition_arn), desired_status
+                    t,
+                    backend.describe_task_definition(t.task_definition_arn),
+                    desired_status,
+                    ecr_auth,
                 )
                 for t in instance_tasks
             ]

@@ -52,6 +52,7 @@ class Gateway:
             operation=call.operation,
             region=call.region,
             protocol=call.protocol,
+            access_key_id=call.access_key_id,
             body=call.body,
             fault=fault,
         )

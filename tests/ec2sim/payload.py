@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from motohost import ACCOUNT_ID
@@ -31,11 +32,21 @@ _MIN_DOCKER_API = {
 _BASE_DOCKER_API = "1.17"
 
 
-def build_task(task, task_definition, desired_status: str) -> dict:
+#: ``ecr_auth(image, use_execution_role)``: the container's ``registryAuthentication`` when its
+#: image is on ECR, else None (``ecr_api.EcrRegistry.auth_for`` bound to a region and endpoint).
+EcrAuth = Callable[[str, bool], dict | None]
+
+
+def build_task(
+    task, task_definition, desired_status: str, ecr_auth: EcrAuth | None = None
+) -> dict:
     """The ``PayloadMessage.tasks[]`` entry for a moto ``Task`` and its ``TaskDefinition``."""
     overrides = task.overrides or {}
     container_overrides = {o.get("name"): o for o in overrides.get("containerOverrides", [])}
     network_mode = task_definition.network_mode or "bridge"
+    execution_role = overrides.get("executionRoleArn") or getattr(
+        task_definition, "execution_role_arn", None
+    )
     entry: dict = {
         "arn": task.task_arn,
         "family": task_definition.family,
@@ -67,11 +78,14 @@ def build_task(task, task_definition, desired_status: str) -> dict:
     role = overrides.get("taskRoleArn") or getattr(task_definition, "task_role_arn", None)
     if role and desired_status == "RUNNING":
         entry["roleCredentials"] = role_credentials(role, "TaskApplication")
-    execution_role = overrides.get("executionRoleArn") or getattr(
-        task_definition, "execution_role_arn", None
-    )
     if execution_role and desired_status == "RUNNING":
         entry["executionRoleCredentials"] = role_credentials(execution_role, "TaskExecution")
+    if ecr_auth is not None:
+        # ECS sends ECR images ecrAuthData; with an execution role the agent must use it.
+        for container in entry["containers"]:
+            auth = ecr_auth(container.get("image") or "", bool(execution_role))
+            if auth is not None:
+                container["registryAuthentication"] = auth
     return entry
 
 

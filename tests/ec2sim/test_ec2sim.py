@@ -6,6 +6,7 @@ Run: <venv>/bin/python -m pytest tests/ec2sim -q
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import gzip
@@ -1087,3 +1088,88 @@ def test_sigterm_exits_promptly_with_open_connections(tmp_path):
     finally:
         if own.process.poll() is None:
             own.process.kill()
+
+
+# ---- ECR
+
+
+def test_ecr_token_encodes_the_configured_registry_and_records_the_access_key(sim):
+    ecr_client = boto3.client(
+        "ecr",
+        endpoint_url=sim.base,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXECROLE",
+        aws_secret_access_key="secret",
+        aws_session_token="session",
+        config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )
+    # Without a configured registry moto answers (its own token).
+    assert sim.control("GET", "/ecr")["registry"] is None
+    moto_token = ecr_client.get_authorization_token()["authorizationData"][0]
+    assert base64.b64decode(moto_token["authorizationToken"]).startswith(b"AWS:")
+    try:
+        assert (
+            sim.http("POST", "/ec2sim/ecr", {"registry": "http://x/y"}, {})[0] == 400
+        ), "scheme refused"
+        assert sim.http("POST", "/ec2sim/ecr", {"username": "a:b"}, {})[0] == 400
+        state = sim.control(
+            "POST", "/ecr", {"registry": "127.0.0.1:5999", "username": "AWS", "password": "pw:1"}
+        )
+        assert state["registry"] == "127.0.0.1:5999" and state["registry_id"] == "123456789012"
+        sim.control("DELETE", "/requests")
+        data = ecr_client.get_authorization_token()["authorizationData"][0]
+        assert base64.b64decode(data["authorizationToken"]) == b"AWS:pw:1"
+        assert data["proxyEndpoint"] == "https://127.0.0.1:5999"
+        assert data["expiresAt"].timestamp() > time.time() + 3600
+        [call] = sim.control("GET", "/requests?service=ecr&operation=GetAuthorizationToken")[
+            "requests"
+        ]
+        assert call["access_key_id"] == "AKIDEXECROLE" and call["region"] == "us-east-1"
+        # The secret and session token are never recorded.
+        assert "secret" not in json.dumps(call) and "session" not in json.dumps(call)
+    finally:
+        sim.control("POST", "/ecr", {"registry": None, "password": ""})
+
+
+def test_payload_gives_ecr_images_ecr_auth_data(sim):
+    containers = [
+        {"name": "ecr", "image": "127.0.0.1:5998/app/x:1", "memory": 32},
+        {"name": "hub", "image": "library/busybox:1", "memory": 32, "essential": False},
+        {
+            "name": "real",
+            "image": "210987654321.dkr.ecr.eu-west-1.amazonaws.com/r:1",
+            "memory": 32,
+            "essential": False,
+        },
+    ]
+    with_role = "arn:aws:iam::123456789012:role/exec"
+    sim.control("POST", "/ecr", {"registry": "127.0.0.1:5998", "password": "p"})
+    try:
+        for execution_role in (with_role, None):
+            extra = {"executionRoleArn": execution_role} if execution_role else {}
+            ecs, cluster, instance_arn, family = setup_cluster(sim, containers, **extra)
+
+            async def scenario(ecs=ecs, cluster=cluster, instance_arn=instance_arn, family=family):
+                async with acs_connect(sim, cluster, instance_arn) as ws:
+                    await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family)
+                    message = await next_frame(ws, "PayloadMessage")
+                    await ack(ws, message)
+                    return message["tasks"][0]
+
+            task = asyncio.run(scenario())
+            by_name = {c["name"]: c for c in task["containers"]}
+            assert by_name["ecr"]["registryAuthentication"] == {
+                "type": "ecr",
+                "ecrAuthData": {
+                    "region": "us-east-1",
+                    "registryId": "123456789012",
+                    "useExecutionRole": execution_role is not None,
+                    "endpointOverride": sim.base,
+                },
+            }
+            assert "registryAuthentication" not in by_name["hub"]
+            real = by_name["real"]["registryAuthentication"]["ecrAuthData"]
+            assert (real["registryId"], real["region"]) == ("210987654321", "eu-west-1")
+            assert ("executionRoleCredentials" in task) == (execution_role is not None)
+    finally:
+        sim.control("POST", "/ecr", {"registry": None, "password": ""})
