@@ -20,7 +20,7 @@ mod harness;
 mod harness_main;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ecs::types::ContainerDefinition;
 use base64::Engine as _;
@@ -219,30 +219,11 @@ async fn register(w: &World, image: &str, execution_role: Option<&str>) -> Strin
 }
 
 async fn run(w: &World, td: &str) -> String {
-    let out = w
-        .sim
-        .ecs()
-        .await
-        .run_task()
-        .cluster(&w.cluster)
-        .task_definition(td)
-        .send()
-        .await
-        .unwrap();
-    assert!(out.failures().is_empty(), "{:?}", out.failures());
-    out.tasks()[0].task_arn().unwrap().to_owned()
+    run_task(&w.sim, &w.cluster, td).await
 }
 
 async fn stop(w: &World, task: &str) {
-    w.sim
-        .ecs()
-        .await
-        .stop_task()
-        .cluster(&w.cluster)
-        .task(task)
-        .send()
-        .await
-        .unwrap();
+    stop_task(&w.sim, &w.cluster, task).await
 }
 
 async fn wait_status(
@@ -251,30 +232,7 @@ async fn wait_status(
     status: &str,
     within: Duration,
 ) -> aws_sdk_ecs::types::Task {
-    let deadline = Instant::now() + within;
-    loop {
-        let out = w
-            .sim
-            .ecs()
-            .await
-            .describe_tasks()
-            .cluster(&w.cluster)
-            .tasks(task)
-            .send()
-            .await
-            .unwrap();
-        let t = out.tasks()[0].clone();
-        if t.last_status() == Some(status) {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {task} is {:?}, not {status}, after {within:?}:\n{}",
-            t.last_status(),
-            w.agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_task_status(&w.sim, &w.cluster, task, status, within, &w.agent).await
 }
 
 /// The `executionRoleCredentials` ec2sim sent the agent for `task`.

@@ -61,18 +61,7 @@ async fn register(w: &World, family: &str, containers: Vec<ContainerDefinition>)
 }
 
 async fn run(w: &World, td: &str) -> String {
-    let out = w
-        .sim
-        .ecs()
-        .await
-        .run_task()
-        .cluster(&w.cluster)
-        .task_definition(td)
-        .send()
-        .await
-        .unwrap();
-    assert!(out.failures().is_empty(), "{:?}", out.failures());
-    out.tasks()[0].task_arn().unwrap().to_owned()
+    run_task(&w.sim, &w.cluster, td).await
 }
 
 async fn wait_status(
@@ -81,44 +70,7 @@ async fn wait_status(
     status: &str,
     within: Duration,
 ) -> aws_sdk_ecs::types::Task {
-    let deadline = Instant::now() + within;
-    loop {
-        let out = w
-            .sim
-            .ecs()
-            .await
-            .describe_tasks()
-            .cluster(&w.cluster)
-            .tasks(task)
-            .send()
-            .await
-            .unwrap();
-        let t = out.tasks()[0].clone();
-        if t.last_status() == Some(status) {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {task} is {:?}, not {status}, after {within:?}:\n{}",
-            t.last_status(),
-            w.agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// StopTask, as a user calls it.
-async fn stop_task(w: &World, task: &str) {
-    w.sim
-        .ecs()
-        .await
-        .stop_task()
-        .cluster(&w.cluster)
-        .task(task)
-        .reason("test stop")
-        .send()
-        .await
-        .unwrap();
+    wait_task_status(&w.sim, &w.cluster, task, status, within, &w.agent).await
 }
 
 fn container(
@@ -193,7 +145,7 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
     // CloudWatch through the same hook).
     assert_eq!(gauges(&w.agent), (1, 2), "{}", w.agent.log());
 
-    stop_task(&w, &task).await;
+    stop_task(&w.sim, &w.cluster, &task).await;
     let t = wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
     for c in t.containers() {
         assert_eq!(c.last_status(), Some("STOPPED"), "{c:?}");
@@ -339,6 +291,6 @@ async fn the_acs_websocket_goes_through_the_configured_proxy() {
         lines.iter().any(|l| l.starts_with("POST http://")),
         "{lines:?}"
     );
-    stop_task(&w, &task).await;
+    stop_task(&w.sim, &w.cluster, &task).await;
     wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
 }

@@ -473,3 +473,66 @@ pub async fn describe_instance(sim: &Ec2Sim, cluster: &str, arn: &str) -> Value 
         "attributes": attributes,
     })
 }
+
+/// RunTask of `td` in `cluster`, as a user calls it; returns the task ARN.
+pub async fn run_task(sim: &Ec2Sim, cluster: &str, td: &str) -> String {
+    let out = sim
+        .ecs()
+        .await
+        .run_task()
+        .cluster(cluster)
+        .task_definition(td)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.failures().is_empty(), "{:?}", out.failures());
+    out.tasks()[0].task_arn().unwrap().to_owned()
+}
+
+/// StopTask, as a user calls it.
+pub async fn stop_task(sim: &Ec2Sim, cluster: &str, task: &str) {
+    sim.ecs()
+        .await
+        .stop_task()
+        .cluster(cluster)
+        .task(task)
+        .reason("test stop")
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Waits until DescribeTasks shows `task` with last status `status` (the agent's reports);
+/// fails with the agent's log after `within`.
+pub async fn wait_task_status(
+    sim: &Ec2Sim,
+    cluster: &str,
+    task: &str,
+    status: &str,
+    within: Duration,
+    agent: &Agent,
+) -> aws_sdk_ecs::types::Task {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = sim
+            .ecs()
+            .await
+            .describe_tasks()
+            .cluster(cluster)
+            .tasks(task)
+            .send()
+            .await
+            .unwrap();
+        let t = out.tasks()[0].clone();
+        if t.last_status() == Some(status) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {task} is {:?}, not {status}, after {within:?}:\n{}",
+            t.last_status(),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
