@@ -318,7 +318,10 @@ async fn start_and_serve(
                 ..Default::default()
             },
         )),
-        ecr: Arc::new(crate::engine::pull::SdkEcr),
+        ecr: Arc::new(crate::engine::pull::CachedEcr::new(
+            Arc::new(crate::engine::pull::SdkEcr),
+            crate::engine::pull::ECR_TOKEN_REUSE,
+        )),
         hooks: crate::engine::Hooks::default(),
     }) {
         Ok(e) => e,

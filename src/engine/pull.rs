@@ -161,6 +161,68 @@ pub trait EcrTokens: Send + Sync {
     ) -> Result<DockerCredentials, PullError>;
 }
 
+/// How long an ECR token is reused. ECR tokens are valid for 12 hours; an hour keeps a burst of
+/// tasks from one registry to one GetAuthorizationToken call (the API is throttled per account)
+/// while a revoked role stops working within the hour.
+pub const ECR_TOKEN_REUSE: Duration = Duration::from_secs(3600);
+
+/// Reuses ECR tokens per region, registry, endpoint and principal (the access key id of the
+/// execution role's credentials, or the instance role) for [`ECR_TOKEN_REUSE`]; only
+/// successful answers are kept. Tokens live in memory only.
+pub struct CachedEcr {
+    inner: Arc<dyn EcrTokens>,
+    reuse: Duration,
+    cache: std::sync::Mutex<HashMap<EcrKey, (tokio::time::Instant, DockerCredentials)>>,
+}
+
+type EcrKey = (String, Option<String>, Option<String>, Option<String>);
+
+impl CachedEcr {
+    /// A cache in front of `inner`.
+    pub fn new(inner: Arc<dyn EcrTokens>, reuse: Duration) -> CachedEcr {
+        CachedEcr {
+            inner,
+            reuse,
+            cache: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EcrTokens for CachedEcr {
+    async fn token(
+        &self,
+        region: &str,
+        registry_id: Option<&str>,
+        endpoint: Option<&str>,
+        creds: Option<RoleCredentials>,
+    ) -> Result<DockerCredentials, PullError> {
+        let key = (
+            region.to_owned(),
+            registry_id.map(str::to_owned),
+            endpoint.map(str::to_owned),
+            creds.as_ref().map(|c| c.access_key_id.clone()),
+        );
+        let now = tokio::time::Instant::now();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.retain(|_, (at, _)| now.duration_since(*at) < self.reuse);
+            if let Some((_, t)) = cache.get(&key) {
+                return Ok(t.clone());
+            }
+        }
+        let token = self
+            .inner
+            .token(region, registry_id, endpoint, creds)
+            .await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (now, token.clone()));
+        Ok(token)
+    }
+}
+
 /// ECR through aws-sdk-ecr.
 #[derive(Debug, Default)]
 pub struct SdkEcr;
@@ -411,6 +473,48 @@ mod tests {
                 ..Default::default()
             })
         }
+    }
+
+    fn role(key: &str) -> RoleCredentials {
+        RoleCredentials {
+            credentials_id: "c".into(),
+            role_arn: "arn:aws:iam::1:role/exec".into(),
+            access_key_id: key.into(),
+            secret_access_key: "s".into(),
+            session_token: "t".into(),
+            expiration: String::new(),
+        }
+    }
+
+    /// One GetAuthorizationToken per registry and principal within the reuse time; another
+    /// principal, or the time passing, asks again.
+    #[tokio::test(start_paused = true)]
+    async fn ecr_tokens_are_reused_per_registry_and_principal() {
+        let fake = Arc::new(FakeEcr::default());
+        let cached = CachedEcr::new(fake.clone(), Duration::from_secs(60));
+        for _ in 0..3 {
+            let t = cached
+                .token("eu-west-1", Some("1"), None, Some(role("ASIAEXEC")))
+                .await
+                .unwrap();
+            assert_eq!(t.password.as_deref(), Some("ecr-password"));
+        }
+        assert_eq!(fake.calls.lock().unwrap().len(), 1);
+        cached
+            .token("eu-west-1", Some("1"), None, None)
+            .await
+            .unwrap();
+        cached
+            .token("eu-west-1", Some("1"), None, Some(role("ASIAOTHER")))
+            .await
+            .unwrap();
+        assert_eq!(fake.calls.lock().unwrap().len(), 3);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        cached
+            .token("eu-west-1", Some("1"), None, Some(role("ASIAEXEC")))
+            .await
+            .unwrap();
+        assert_eq!(fake.calls.lock().unwrap().len(), 4);
     }
 
     const TASK: &str = "arn:aws:ecs:eu-west-1:123456789012:task/c/t1";
