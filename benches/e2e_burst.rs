@@ -51,14 +51,16 @@ async fn main() {
     let reference = support::run_tasks(&sim, &agent, &cluster, &td2, n_ref, 2, 1).await;
     let bodies = support::agent_container_bodies(&docker, &run, &reference.arns[0]).await;
     support::stop_tasks(&sim, &agent, &cluster, &reference.arns).await;
-    let ref_base = support::baseline(&docker, &run, &bodies, n_ref, 1).await;
+    let ref_base = support::baseline(&docker, &run, &bodies, &vec![Duration::ZERO; n_ref], 1).await;
 
     // 2. Burst: single-container tasks, all at once; then the same containers directly.
     let td1 = support::task_definition(&ecs, &unique("burst"), 1, &run).await;
     let burst = support::run_tasks(&sim, &agent, &cluster, &td1, n_burst, 1, n_burst).await;
     let bodies = support::agent_container_bodies(&docker, &run, &burst.arns[0]).await;
     support::stop_tasks(&sim, &agent, &cluster, &burst.arns).await;
-    let burst_base = support::baseline(&docker, &run, &bodies, n_burst, n_burst).await;
+    // Same arrival schedule as the agent's payloads (RunTask places at most 10 per call).
+    let arrivals = support::arrival_offsets(&burst.milestones);
+    let burst_base = support::baseline(&docker, &run, &bodies, &arrivals, n_burst).await;
 
     agent.terminate();
     support::remove_run_containers(&docker, &run).await;
@@ -111,7 +113,7 @@ async fn main() {
             Summary::of(&r.visible).p50_p99_ms()
         );
         println!(
-            "| Docker direct (bollard) create + start of the same {} container(s), concurrency {} | {} |",
+            "| Docker direct (bollard) create + start of the same {} container(s), concurrency {}, same arrival times | {} |",
             r.containers_per_task,
             r.concurrency,
             Summary::of(&base.per_task).p50_p99_ms()

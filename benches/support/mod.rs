@@ -396,21 +396,38 @@ pub struct Baseline {
     pub total: Duration,
 }
 
-/// Creates and starts `tasks` copies of `bodies` (one task's containers) directly through
-/// bollard, `concurrency` tasks at a time, then removes them.
+/// When each task of a run arrived at the agent, relative to the first payload (so a baseline
+/// can replay the same arrival schedule: RunTask places at most 10 tasks per call, and the
+/// agent receives one payload per call).
+pub fn arrival_offsets(milestones: &[Milestone]) -> Vec<Duration> {
+    let first = milestones
+        .iter()
+        .map(|m| m.payload_unix_us)
+        .min()
+        .unwrap_or(0);
+    milestones
+        .iter()
+        .map(|m| Duration::from_micros(m.payload_unix_us - first))
+        .collect()
+}
+
+/// Creates and starts one copy of `bodies` (one task's containers) per entry of `arrivals`
+/// directly through bollard, each task starting at its arrival offset (all zero: all at once),
+/// at most `concurrency` tasks at a time, then removes them.
 pub async fn baseline(
     docker: &bollard::Docker,
     run: &str,
     bodies: &[ContainerCreateBody],
-    tasks: usize,
+    arrivals: &[Duration],
     concurrency: usize,
 ) -> Baseline {
     let start = Instant::now();
     let prefix = crate::common::unique(&format!("{run}-direct"));
-    let per_task: Vec<Duration> = futures_util::stream::iter(0..tasks)
-        .map(|t| {
+    let per_task: Vec<Duration> = futures_util::stream::iter(arrivals.iter().enumerate())
+        .map(|(t, offset)| {
             let prefix = prefix.clone();
             async move {
+                tokio::time::sleep_until((start + *offset).into()).await;
                 let t0 = Instant::now();
                 futures_util::future::join_all(bodies.iter().enumerate().map(|(c, body)| {
                     let name = format!("{prefix}-{t}-{c}");
