@@ -113,9 +113,14 @@ async fn main() {
             Summary::of(&r.visible).p50_p99_ms()
         );
         println!(
-            "| Docker direct (bollard) create + start of the same {} container(s), concurrency {}, same arrival times | {} |",
+            "| Docker direct (bollard) create + start of the same {} container(s), concurrency {}{} | {} |",
             r.containers_per_task,
             r.concurrency,
+            if r.concurrency > 1 {
+                ", each task at its payload's arrival offset"
+            } else {
+                ""
+            },
             Summary::of(&base.per_task).p50_p99_ms()
         );
         if r.concurrency == 1 {
