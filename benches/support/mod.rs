@@ -42,8 +42,56 @@ pub fn image() -> String {
 
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_secs(pid: u32) -> f64 {
+    cpu_ticks(pid) as f64 / TICKS_PER_SEC
+}
+
+/// CPU clock ticks (user + system, 10 ms each) a process has used.
+pub fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    report::stat_cpu_ticks(&stat).unwrap_or(0) as f64 / TICKS_PER_SEC
+    report::stat_cpu_ticks(&stat).unwrap_or(0)
+}
+
+/// Counts Docker events that wake the agent's engine (container create/start/die/destroy/
+/// health_status/oom of any container with the ECS task-ARN label, the agent's own filter),
+/// until dropped.
+pub struct EventCounter {
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventCounter {
+    pub fn start(docker: &bollard::Docker) -> EventCounter {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("label", vec![LABEL_TASK_ARN]),
+            (
+                "event",
+                vec!["create", "start", "die", "destroy", "health_status", "oom"],
+            ),
+        ]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut stream = docker.events(Some(opts));
+        let c = count.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(_)) = stream.next().await {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        EventCounter { count, task }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for EventCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`), in KiB.

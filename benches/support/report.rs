@@ -127,6 +127,33 @@ pub fn status_kib(status: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// One slice of an idle window: the agent's CPU ticks in it and the container events of other
+/// processes' ECS-labelled containers in it (on a shared machine the engine re-lists Docker
+/// after each such event, which is not idleness).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slice {
+    pub ticks: u64,
+    pub events: u64,
+    pub millis: u64,
+}
+
+/// The slices free of that cross-talk: no event in the slice nor in the one before (the engine
+/// re-lists up to 1 s after an event). Returns (their ticks, their count, their milliseconds).
+pub fn quiet_slices(slices: &[Slice]) -> (u64, usize, u64) {
+    let mut ticks = 0;
+    let mut n = 0;
+    let mut millis = 0;
+    for (i, s) in slices.iter().enumerate() {
+        let before = if i == 0 { 0 } else { slices[i - 1].events };
+        if s.events == 0 && before == 0 {
+            ticks += s.ticks;
+            n += 1;
+            millis += s.millis;
+        }
+    }
+    (ticks, n, millis)
+}
+
 /// The verdict on one figure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -244,6 +271,21 @@ mod tests {
         assert_eq!(status_kib(status, "VmHWM"), Some(12000));
         assert_eq!(status_kib(status, "VmSwap"), None);
         assert_eq!(mib(15 * 1024), "15.0 MiB");
+    }
+
+    #[test]
+    fn quiet_slices_skip_events_and_the_slice_after() {
+        let sl = |ticks, events| Slice {
+            ticks,
+            events,
+            millis: 10_000,
+        };
+        assert_eq!(quiet_slices(&[]), (0, 0, 0));
+        let mut v = vec![sl(1, 0), sl(5, 2), sl(4, 0), sl(2, 0), sl(3, 0)];
+        v[4].millis = 5_000; // a shorter last slice
+        // Slice 1 has events, slice 2 follows it: both excluded.
+        assert_eq!(quiet_slices(&v), (1 + 2 + 3, 3, 25_000));
+        assert_eq!(quiet_slices(&[sl(7, 1)]), (0, 0, 0));
     }
 
     #[test]
