@@ -192,8 +192,13 @@ struct Counters {
     last_latency_ms: AtomicU64,
 }
 
-/// Timing hooks: when a task's payload arrived, when it was handed to the engine, and when ECS
-/// accepted its RUNNING and STOPPED reports. Kept in memory for the most recent tasks only.
+/// Timing hooks: when a task's payload arrived, when it was handed to the engine, when the engine
+/// queued its RUNNING report (every container running), and when ECS accepted its RUNNING and
+/// STOPPED reports. Kept in memory for the most recent tasks only.
+///
+/// When ECS accepts a task's first RUNNING report, one DEBUG line with target
+/// [`MILESTONES_TARGET`] gives the three intervals from the payload (`RUST_LOG=info,
+/// ecs_hostd::ecs::report::milestones=debug` adds just that line; the benchmarks read it).
 #[derive(Debug, Default)]
 pub struct Milestones {
     inner: Mutex<HashMap<String, TaskMilestones>>,
@@ -206,6 +211,9 @@ pub struct TaskMilestones {
     pub payload_received: Option<std::time::Instant>,
     /// The engine accepted the task.
     pub delivered: Option<std::time::Instant>,
+    /// The engine queued the task's RUNNING report (all its containers running), as recorded in
+    /// the committed queue entry (millisecond resolution).
+    pub running_queued: Option<std::time::Instant>,
     /// ECS accepted a RUNNING task report.
     pub running_accepted: Option<std::time::Instant>,
     /// ECS accepted a STOPPED task report.
@@ -214,6 +222,9 @@ pub struct TaskMilestones {
 
 /// Tasks whose milestones are kept.
 const MILESTONES_KEPT: usize = 1024;
+
+/// The tracing target of the per-task start-milestones line.
+pub const MILESTONES_TARGET: &str = "ecs_hostd::ecs::report::milestones";
 
 impl Milestones {
     fn update(&self, task_arn: &str, f: impl FnOnce(&mut TaskMilestones)) {
@@ -258,6 +269,25 @@ impl Milestones {
             }
             ReportStatus::Pending => {}
         });
+    }
+
+    /// Records that ECS accepted a RUNNING report the engine queued at `queued_at`. Returns the
+    /// task's milestones when this is its first accepted RUNNING report.
+    pub fn running_accepted(
+        &self,
+        task_arn: &str,
+        queued_at: std::time::Instant,
+    ) -> Option<TaskMilestones> {
+        let now = std::time::Instant::now();
+        let mut first = None;
+        self.update(task_arn, |m| {
+            m.running_queued.get_or_insert(queued_at);
+            if m.running_accepted.is_none() {
+                m.running_accepted = Some(now);
+                first = Some(*m);
+            }
+        });
+        first
     }
 
     /// A task's milestones.
@@ -548,7 +578,19 @@ impl Reporter {
                         "State change accepted.");
                 }
                 if let Some(m) = &self.milestones {
-                    m.accepted(&arn, sent_change.status);
+                    if sent_change.status == ReportStatus::Running {
+                        // The queue entry's wall-clock enqueue time, moved onto the monotonic
+                        // clock the other milestones use.
+                        let now = std::time::Instant::now();
+                        let queued_at = now
+                            .checked_sub(Duration::from_millis(latency))
+                            .unwrap_or(now);
+                        if let Some(t) = m.running_accepted(&arn, queued_at) {
+                            milestones::log_start(&arn, &t);
+                        }
+                    } else {
+                        m.accepted(&arn, sent_change.status);
+                    }
                 }
             }
             Err(e) if e.has_code("InvalidParameterException") => {
@@ -607,6 +649,44 @@ impl Reporter {
             );
         }
         Ok(())
+    }
+}
+
+/// The per-task start-milestones line, in a module of its own so that its tracing target (the
+/// module path, [`MILESTONES_TARGET`]) can be enabled alone.
+mod milestones {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use tracing::debug;
+
+    use super::TaskMilestones;
+
+    /// Logs the line (only for tasks whose payload this process received).
+    pub(super) fn log_start(arn: &str, t: &TaskMilestones) {
+        let Some(payload) = t.payload_received else {
+            return;
+        };
+        let ms = |at: Option<std::time::Instant>| {
+            at.map_or(-1.0, |at| {
+                at.saturating_duration_since(payload).as_secs_f64() * 1e3
+            })
+        };
+        // The payload's arrival on the wall clock, so runs can be lined up with other clocks.
+        let payload_unix_us = SystemTime::now()
+            .checked_sub(payload.elapsed())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_micros() as u64);
+        debug!(task.arn = %arn, payload_unix_us,
+            payload_to_delivered_ms = ms(t.delivered),
+            payload_to_running_ms = ms(t.running_queued),
+            payload_to_accepted_ms = ms(t.running_accepted),
+            "Task start milestones.");
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn target_is_the_documented_one() {
+        assert_eq!(module_path!(), super::MILESTONES_TARGET);
     }
 }
 

@@ -215,6 +215,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The agent binary: `ECS_HOSTD_BIN` when set (scripts/bench.sh points it at the release build),
+/// else the one Cargo built for this test.
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("ECS_HOSTD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ecs-hostd")))
+}
+
 /// How to start the agent.
 pub struct AgentSpec {
     pub cluster: String,
@@ -260,7 +268,7 @@ impl AgentSpec {
         std::fs::write(&toml, "").unwrap();
         let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ecs-hostd"));
+        let mut cmd = Command::new(agent_binary());
         cmd.arg(self.subcommand)
             .arg("--ecs-config")
             .arg(&ecs_config)

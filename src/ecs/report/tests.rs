@@ -456,3 +456,23 @@ async fn local_census_waits_for_the_stopped_report_to_be_accepted() {
     cancel.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[test]
+fn running_accepted_is_reported_once_with_the_queue_time() {
+    let m = Milestones::default();
+    let t0 = std::time::Instant::now();
+    m.payload_received("a", t0);
+    let queued = t0 + Duration::from_millis(40);
+    let first = m
+        .running_accepted("a", queued)
+        .expect("first RUNNING acceptance");
+    assert_eq!(first.payload_received, Some(t0));
+    assert_eq!(first.running_queued, Some(queued));
+    assert!(first.running_accepted.unwrap() >= t0);
+    // A later RUNNING report (e.g. a container change) keeps the first times.
+    assert!(
+        m.running_accepted("a", queued + Duration::from_secs(1))
+            .is_none()
+    );
+    assert_eq!(m.get("a").unwrap().running_queued, Some(queued));
+}
