@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # The local test world: a real Docker engine, offline test images, and ec2sim's Python venv.
-# Sourced by scripts/demo.sh and scripts/test.sh. Idempotent: it installs only what is missing,
-# reuses a running dockerd, and caches the venv (keyed by tests/ec2sim/requirements.txt) and the
-# images on the machine.
+# Sourced by scripts/demo.sh and scripts/test.sh; run directly, it sets the world up. Idempotent:
+# it installs only what is missing, reuses a running dockerd, and caches the venv (keyed by
+# tests/ec2sim/requirements.txt) and the images on the machine.
 
 set -euo pipefail
 
@@ -47,7 +47,8 @@ world_docker() {
   if ! docker info >/dev/null 2>&1; then
     log "starting dockerd"
     mkdir -p "$CACHE"
-    (dockerd >"$CACHE/dockerd.log" 2>&1 &)
+    # Its own session, so it outlives the shell (and the terminal session) that started it.
+    setsid dockerd >"$CACHE/dockerd.log" 2>&1 </dev/null &
     for _ in $(seq 200); do docker info >/dev/null 2>&1 && break; sleep 0.1; done
     docker info >/dev/null 2>&1 || { log "dockerd did not start; see $CACHE/dockerd.log"; tail -20 "$CACHE/dockerd.log" >&2; return 1; }
   fi
@@ -141,3 +142,8 @@ world_ec2sim() {
   rm -f "$ready"
   export EC2SIM_PORT EC2SIM_PID
 }
+
+# Executed rather than sourced (`bash scripts/world.sh`): set the world up.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  world_setup
+fi
