@@ -197,17 +197,6 @@ fn one(run: &str, image: &str, arn: &str) -> serde_json::Value {
     )
 }
 
-/// The id of a local image (by reference or id), if present.
-fn image_id(image: &str) -> Option<String> {
-    let o = std::process::Command::new("docker")
-        .args(["image", "inspect", "-f", "{{.Id}}", image])
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-}
-
 fn untag(reference: &str) {
     let o = std::process::Command::new("docker")
         .args(["rmi", reference])

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use common::*;
 use ecs_hostd::engine::pull::{EcrTokens, PullError, SdkEcr};
 use ecs_hostd::tasks::RoleCredentials;
-use harness::{Registry, htpasswd, push};
+use harness::{Registry, htpasswd, image_id, push};
 use serde_json::{Value, json};
 
 /// Not a test: lets `harness.rs` re-execute this binary (unused here, required by the module).
@@ -51,16 +51,6 @@ fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-fn image_id(image: &str) -> Option<String> {
-    let o = Command::new("docker")
-        .args(["image", "inspect", "-f", "{{.Id}}", image])
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
 /// The test image, which must be there.
@@ -192,30 +182,14 @@ async fn sim_with_cluster() -> (Ec2Sim, String) {
 }
 
 async fn register(w: &World, image: &str, execution_role: Option<&str>) -> String {
-    let out = w
-        .sim
-        .ecs()
-        .await
-        .register_task_definition()
-        .family(unique("ecr"))
-        .set_execution_role_arn(execution_role.map(str::to_owned))
-        .container_definitions(
-            ContainerDefinition::builder()
-                .name("app")
-                .image(image)
-                .essential(true)
-                .memory(64)
-                .set_command(Some(vec!["sleep".into(), "3600".into()]))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    out.task_definition()
-        .unwrap()
-        .task_definition_arn()
-        .unwrap()
-        .to_owned()
+    let app = ContainerDefinition::builder()
+        .name("app")
+        .image(image)
+        .essential(true)
+        .memory(64)
+        .set_command(Some(vec!["sleep".into(), "3600".into()]))
+        .build();
+    register_task_definition(&w.sim, &unique("ecr"), vec![app], execution_role).await
 }
 
 async fn run(w: &World, td: &str) -> String {
@@ -266,6 +240,21 @@ fn token_keys(sim: &Ec2Sim) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// ec2sim saw at least one GetAuthorizationToken, every one signed with `key` (`whose`, for the
+/// message).
+fn assert_tokens_signed_with(w: &World, key: &str, whose: &str) {
+    let keys = token_keys(&w.sim);
+    assert!(
+        !keys.is_empty(),
+        "no GetAuthorizationToken:\n{}",
+        w.agent.log()
+    );
+    assert!(
+        keys.iter().all(|k| k == key),
+        "GetAuthorizationToken signed with {keys:?}, not {whose} {key}"
+    );
 }
 
 /// The access key the agent signs its own ECS calls with (the instance's credentials).
@@ -324,16 +313,7 @@ async fn ecr_pulls_use_the_execution_role_or_else_the_instance_role() {
     let exec = execution_credentials(&w.sim, &task);
     let exec_key = exec["accessKeyId"].as_str().unwrap();
     assert_ne!(exec_key, instance);
-    let keys = token_keys(&w.sim);
-    assert!(
-        !keys.is_empty(),
-        "no GetAuthorizationToken:\n{}",
-        w.agent.log()
-    );
-    assert!(
-        keys.iter().all(|k| k == exec_key),
-        "GetAuthorizationToken signed with {keys:?}, not the execution role's {exec_key}"
-    );
+    assert_tokens_signed_with(&w, exec_key, "the execution role's");
     stop(&w, &task).await;
     wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
 
@@ -342,16 +322,7 @@ async fn ecr_pulls_use_the_execution_role_or_else_the_instance_role() {
     clear_requests(&w.sim);
     let task = run(&w, &td).await;
     wait_status(&w, &task, "RUNNING", Duration::from_secs(90)).await;
-    let keys = token_keys(&w.sim);
-    assert!(
-        !keys.is_empty(),
-        "no GetAuthorizationToken:\n{}",
-        w.agent.log()
-    );
-    assert!(
-        keys.iter().all(|k| *k == instance),
-        "GetAuthorizationToken signed with {keys:?}, not the instance's {instance}"
-    );
+    assert_tokens_signed_with(&w, &instance, "the instance's");
     stop(&w, &task).await;
     wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
 
@@ -394,11 +365,10 @@ async fn a_wrong_ecr_token_stops_the_task_with_the_auth_failure() {
     assert!(image_id(&ecr.image).is_none());
     // The token was asked for (with the execution role): the registry refused it.
     let exec = execution_credentials(&w.sim, &task);
-    let keys = token_keys(&w.sim);
-    assert!(!keys.is_empty());
-    assert!(
-        keys.iter()
-            .all(|k| k == exec["accessKeyId"].as_str().unwrap())
+    assert_tokens_signed_with(
+        &w,
+        exec["accessKeyId"].as_str().unwrap(),
+        "the execution role's",
     );
     let token = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{wrong}"));
     assert_not_logged(

@@ -43,21 +43,7 @@ async fn world_with(prefix: &str, ecs_config: &str) -> World {
 }
 
 async fn register(w: &World, family: &str, containers: Vec<ContainerDefinition>) -> String {
-    let out = w
-        .sim
-        .ecs()
-        .await
-        .register_task_definition()
-        .family(family)
-        .set_container_definitions(Some(containers))
-        .send()
-        .await
-        .unwrap();
-    out.task_definition()
-        .unwrap()
-        .task_definition_arn()
-        .unwrap()
-        .to_owned()
+    register_task_definition(&w.sim, family, containers, None).await
 }
 
 async fn run(w: &World, td: &str) -> String {

@@ -288,3 +288,14 @@ pub fn push(image: &str, registry: &str, repo: &str) -> String {
     run(&["rmi", &target]);
     target
 }
+
+/// The id of a local image (by reference or id) on the shared engine, if present.
+pub fn image_id(image: &str) -> Option<String> {
+    let o = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", image])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}

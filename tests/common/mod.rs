@@ -544,3 +544,28 @@ pub async fn wait_task_status(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// RegisterTaskDefinition of `family` with `containers` (and an execution role); returns the
+/// task definition ARN.
+pub async fn register_task_definition(
+    sim: &Ec2Sim,
+    family: &str,
+    containers: Vec<aws_sdk_ecs::types::ContainerDefinition>,
+    execution_role: Option<&str>,
+) -> String {
+    let out = sim
+        .ecs()
+        .await
+        .register_task_definition()
+        .family(family)
+        .set_execution_role_arn(execution_role.map(str::to_owned))
+        .set_container_definitions(Some(containers))
+        .send()
+        .await
+        .unwrap();
+    out.task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned()
+}
