@@ -4,7 +4,7 @@
 //!
 //! Run it with `bash scripts/bench.sh` (release build, then this bench against ec2sim and the
 //! machine's Docker with `ECS_HOSTD_BIN=target/release/ecs-hostd`). `BENCH_IDLE_SECS` sets the
-//! idle window (default 600 s with `--bench`). Under `cargo test --all-targets` (no `--bench`)
+//! idle window (default 600 s with `--bench`); `BENCH_ONLY=idle` stops after the idle figures. Under `cargo test --all-targets` (no `--bench`)
 //! it runs a smoke pass with the debug binary (3 s idle, a handful of tasks) so it keeps working.
 //!
 //! Order (one agent for everything after step 2, every subsystem on):
@@ -329,6 +329,12 @@ async fn main_agent(sim: &Ec2Sim, plan: &Plan) -> Vec<Row> {
             "3600 s / flush interval {flush:.0} s × {namespaces} namespace(s) (one request per flush per namespace), checked against the PutMetricData requests ec2sim recorded in the idle window (miss if more than one above {expected_in_window:.1})"
         ),
     });
+
+    // BENCH_ONLY=idle: the idle figures alone (a quicker loop while working on them).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("idle") {
+        agent.terminate();
+        return rows;
+    }
 
     // 4. Burst.
     let ecs = sim.ecs().await;

@@ -282,10 +282,10 @@ impl Engine {
             cancel.clone(),
         ));
         info!(tasks = state.tasks.len(), "Task engine started.");
-        state.tick(true).await?;
+        state.request_listing();
+        state.tick()?;
         loop {
             let deadline = state.next_deadline();
-            let mut list = false;
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv() => {
@@ -301,11 +301,28 @@ impl Engine {
                         state.finish(d)?;
                     }
                 }
+                Some(listing) = state.lister.join_next() => {
+                    match listing {
+                        Ok(l) => state.apply_listing(l),
+                        Err(e) => {
+                            error!(error = %e, "Docker listing panicked or was cancelled.");
+                            state.listing_running = false;
+                            state.list_again = true;
+                        }
+                    }
+                    if state.list_again {
+                        state.request_listing();
+                    }
+                }
                 _ = self.shared.wake.notified() => {
-                    list = true;
+                    state.request_listing();
                     state.schedule_rechecks();
                 }
-                _ = tokio::time::sleep_until(deadline) => list = state.resync_due() || state.recheck_due(),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if state.resync_due() || state.recheck_due() {
+                        state.request_listing();
+                    }
+                }
                 _ = beat.tick() => {
                     if let Some(h) = &heartbeat {
                         h.beat();
@@ -313,12 +330,13 @@ impl Engine {
                     continue;
                 }
             }
-            if state.tick(list).await? {
+            if state.tick()? {
                 // Something changed (a task stopped, so another may now fit; a dependency was
                 // met): look again at once rather than at the next event.
                 state.requeue_at = Some(0.0);
             }
         }
+        state.lister.abort_all();
         state.actions.abort_all();
         aux.abort_all();
         Ok(())
@@ -334,7 +352,8 @@ impl Engine {
             while let Ok(m) = rx.try_recv() {
                 state.handle(m)?;
             }
-            let progress = state.tick(true).await?;
+            state.observe().await;
+            let progress = state.tick()?;
             if state.actions.is_empty() && !progress {
                 break;
             }
@@ -375,6 +394,73 @@ impl TaskControl for Engine {
     }
 }
 
+/// Inspections cached by container id, valid while Docker's listing shows the same state.
+type InspectCache = HashMap<String, (State, model::Health, Observed)>;
+
+/// One finished listing of Docker.
+struct Listing {
+    /// Engine epoch when the listing started.
+    epoch: u64,
+    /// The inspection cache, handed back (entries of containers gone are dropped).
+    cache: InspectCache,
+    /// Our containers by Docker name, or why Docker could not be listed.
+    result: Result<HashMap<String, Observed>, String>,
+    /// Docker's data root, when asked for.
+    data_root: Option<Result<Option<PathBuf>, String>>,
+}
+
+/// Lists our containers and inspects the ones whose state changed since the cached inspection.
+async fn list_docker(
+    runtime: Arc<dyn ContainerRuntime>,
+    mut cache: InspectCache,
+    epoch: u64,
+    want_root: bool,
+) -> Listing {
+    let failed = |cache, why: String| Listing {
+        epoch,
+        cache,
+        result: Err(why),
+        data_root: None,
+    };
+    let summaries: Vec<Summary> = match runtime.list().await {
+        Ok(s) => s,
+        Err(e) => return failed(cache, e.to_string()),
+    };
+    let mut observed = HashMap::new();
+    let mut seen = HashSet::new();
+    for s in summaries {
+        seen.insert(s.id.clone());
+        let cached = cache
+            .get(&s.id)
+            .filter(|(st, h, _)| *st == s.state && *h == s.health)
+            .map(|(_, _, o)| o.clone());
+        let o = match cached {
+            Some(o) => o,
+            None => match runtime.inspect(&s.id).await {
+                Ok(Some(o)) => {
+                    cache.insert(s.id.clone(), (s.state, s.health, o.clone()));
+                    o
+                }
+                Ok(None) => continue,
+                Err(e) => return failed(cache, format!("cannot inspect container {}: {e}", s.id)),
+            },
+        };
+        observed.insert(s.name.clone(), o);
+    }
+    cache.retain(|id, _| seen.contains(id));
+    let data_root = if want_root {
+        Some(runtime.data_root().await.map_err(|e| e.to_string()))
+    } else {
+        None
+    };
+    Listing {
+        epoch,
+        cache,
+        result: Ok(observed),
+        data_root,
+    }
+}
+
 /// The loop's state: the single writer of task records.
 struct LoopState {
     shared: Arc<Shared>,
@@ -386,12 +472,17 @@ struct LoopState {
     next_seq: u64,
     dirty: BTreeSet<String>,
     observed: HashMap<String, Observed>,
-    inspect_cache: HashMap<String, (State, model::Health, Observed)>,
+    inspect_cache: InspectCache,
     listed: bool,
     listed_epoch: u64,
     epoch: u64,
     in_flight: HashSet<ActionKey>,
     actions: JoinSet<Done>,
+    /// The listing running beside the loop (at most one).
+    lister: JoinSet<Listing>,
+    listing_running: bool,
+    /// A listing was asked for while one ran.
+    list_again: bool,
     requeue_at: Option<f64>,
     last_list: tokio::time::Instant,
     docker_down: bool,
@@ -434,6 +525,9 @@ impl LoopState {
             epoch: 1,
             in_flight: HashSet::new(),
             actions: JoinSet::new(),
+            lister: JoinSet::new(),
+            listing_running: false,
+            list_again: false,
             requeue_at: None,
             last_list: now,
             docker_down: false,
@@ -669,12 +763,47 @@ impl LoopState {
         Ok(())
     }
 
+    /// Lists Docker now, on the loop (for [`Engine::settle`]; the loop itself lists off-loop
+    /// through [`LoopState::request_listing`]).
     async fn observe(&mut self) {
-        let runtime = self.shared.parts.runtime.clone();
-        let epoch_at_start = self.epoch;
+        let job = self.listing_job();
+        let listing = job.await;
+        self.apply_listing(listing);
+    }
+
+    /// Asks for a listing of Docker. It runs beside the loop (an inspection can wait seconds
+    /// while Docker starts that very container, and deliveries and action outcomes must not
+    /// wait behind it); a request while one runs is folded into one more listing after it.
+    fn request_listing(&mut self) {
+        if self.listing_running {
+            self.list_again = true;
+            return;
+        }
+        self.listing_running = true;
+        self.list_again = false;
+        let job = self.listing_job();
+        self.lister.spawn(job);
+    }
+
+    /// The listing as a future that owns what it needs; the loop's state is untouched until
+    /// [`LoopState::apply_listing`] folds the answer in.
+    fn listing_job(&mut self) -> impl std::future::Future<Output = Listing> + Send + 'static {
         self.last_list = tokio::time::Instant::now();
-        let summaries: Vec<Summary> = match runtime.list().await {
-            Ok(s) => s,
+        let runtime = self.shared.parts.runtime.clone();
+        let cache = std::mem::take(&mut self.inspect_cache);
+        let epoch = self.epoch;
+        let want_root = self.data_root.is_none() || self.docker_down;
+        list_docker(runtime, cache, epoch, want_root)
+    }
+
+    /// Folds a finished listing in. Its epoch says which action outcomes it may predate: the
+    /// reconciler judges a container vanished only from a listing that started after the
+    /// container's id was recorded.
+    fn apply_listing(&mut self, listing: Listing) {
+        self.listing_running = false;
+        self.inspect_cache = listing.cache;
+        let observed = match listing.result {
+            Ok(o) => o,
             Err(e) => {
                 if !self.docker_down {
                     warn!(error = %e, "Cannot list containers; waiting for Docker.");
@@ -684,62 +813,25 @@ impl LoopState {
                 return;
             }
         };
-        let mut observed = HashMap::new();
-        let mut seen = HashSet::new();
-        for s in summaries {
-            seen.insert(s.id.clone());
-            let cached = self
-                .inspect_cache
-                .get(&s.id)
-                .filter(|(st, h, _)| *st == s.state && *h == s.health)
-                .map(|(_, _, o)| o.clone());
-            let o = match cached {
-                Some(o) => o,
-                None => match runtime.inspect(&s.id).await {
-                    Ok(Some(o)) => {
-                        self.inspect_cache
-                            .insert(s.id.clone(), (s.state, s.health, o.clone()));
-                        o
-                    }
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warn!(container.id = %s.id, error = %e, "Cannot inspect container.");
-                        self.docker_down = true;
-                        self.listed = false;
-                        return;
-                    }
-                },
-            };
-            observed.insert(s.name.clone(), o);
-        }
-        self.inspect_cache.retain(|id, _| seen.contains(id));
         if self.docker_down {
             info!("Docker answers again; resynchronising.");
         }
         // Learn the data root from Docker itself once it answers (the engine may have started
         // while it was down), and again after every outage: a restarted dockerd may use another.
-        if self.data_root.is_none() || self.docker_down {
-            self.learn_data_root().await;
-        }
-        self.docker_down = false;
-        self.observed = observed;
-        self.listed = true;
-        self.listed_epoch = epoch_at_start;
-        self.check_disk();
-    }
-
-    /// Asks Docker for its data root (`docker info` DockerRootDir), used for task volume paths
-    /// in the introspection view and for the disk-pressure check.
-    async fn learn_data_root(&mut self) {
-        match self.shared.parts.runtime.data_root().await {
-            Ok(root) if root != self.data_root => {
+        match listing.data_root {
+            Some(Ok(root)) if root != self.data_root => {
                 info!(data_root = ?root, "Docker data root.");
                 self.data_root = root;
                 self.published = false;
             }
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "Cannot read Docker's data root yet."),
+            Some(Err(e)) => debug!(error = %e, "Cannot read Docker's data root yet."),
+            _ => {}
         }
+        self.docker_down = false;
+        self.observed = observed;
+        self.listed = true;
+        self.listed_epoch = listing.epoch;
+        self.check_disk();
     }
 
     fn check_disk(&mut self) {
@@ -773,11 +865,8 @@ impl LoopState {
         }
     }
 
-    /// One pass; returns whether any record changed.
-    async fn tick(&mut self, list: bool) -> Result<bool, Error> {
-        if list || !self.listed {
-            self.observe().await;
-        }
+    /// One pass over what the loop knows now; returns whether any record changed.
+    fn tick(&mut self) -> Result<bool, Error> {
         let now = self.now();
 
         // Admission (resolution 9): tasks that fit start; the others wait as PENDING.

@@ -580,6 +580,10 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
         } => with_container(rec, task_arn, container, |c| match result {
             Ok(Some(o)) => {
                 observe(c, o);
+                // A listing that began before the start finished may have caught the container
+                // mid-start (inspected as gone, or not yet listed): only a later one may judge it
+                // vanished.
+                c.id_epoch = c.id_epoch.max(epoch);
                 c.failure = None;
             }
             Ok(None) => {}

@@ -262,6 +262,8 @@ struct FakeInner {
 pub struct FakeRuntime {
     inner: Mutex<FakeInner>,
     events: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<()>>>,
+    /// While true, every inspect waits (as Docker's does while it starts that container).
+    inspect_held: tokio::sync::watch::Sender<bool>,
 }
 
 impl FakeRuntime {
@@ -365,6 +367,11 @@ impl FakeRuntime {
         self.lock().data_root = root.map(std::path::PathBuf::from);
     }
 
+    /// Holds every inspect until released (`false`), as a busy Docker does.
+    pub fn hold_inspections(&self, held: bool) {
+        self.inspect_held.send_replace(held);
+    }
+
     /// How many times `list` was called (failed calls included).
     pub fn lists(&self) -> u64 {
         self.lock().lists
@@ -405,6 +412,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn inspect(&self, id_or_name: &str) -> Result<Option<Observed>, RuntimeError> {
+        let _ = self.inspect_held.subscribe().wait_for(|held| !held).await;
         let inner = self.lock();
         if inner.down {
             return Err(RuntimeError::Unavailable("fake docker down".into()));

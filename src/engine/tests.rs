@@ -930,3 +930,86 @@ async fn the_loop_beats_its_heartbeat_while_idle() {
     tokio::time::sleep(BEAT * 3).await;
     assert_eq!(sup.stale(), vec!["engine"]);
 }
+
+/// Docker's listing runs beside the loop: while an inspection hangs (Docker busy starting that
+/// container), deliveries are still accepted and their containers created.
+#[tokio::test]
+async fn a_slow_docker_listing_does_not_hold_up_deliveries() {
+    let r = rig_with(
+        Arc::new(FakeRuntime::with_images(&[IMG])),
+        settings(Duration::from_secs(3 * 3600)),
+    );
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (e, c) = (r.engine.clone(), cancel.clone());
+        async move { e.run(c).await }
+    });
+    let within = Duration::from_secs(10);
+    let running = |arn: &str| {
+        let want = arn.to_owned();
+        let view = r.engine.view();
+        async move {
+            loop {
+                let snap = view.snapshot();
+                if snap
+                    .census
+                    .iter()
+                    .any(|t| t.arn == want && t.last_status == "RUNNING")
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    r.engine
+        .deliver(task("arn:a", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    tokio::time::timeout(within, running("arn:a"))
+        .await
+        .expect("task a runs");
+
+    // Docker now takes forever to answer inspections; an event makes the engine list.
+    r.fake.hold_inspections(true);
+    let lists = r.fake.lists();
+    r.fake.exit(&fake_name(&r, "arn:a", "a"), 0);
+    tokio::time::timeout(within, async {
+        while r.fake.lists() == lists {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the event makes the engine list Docker");
+
+    tokio::time::timeout(
+        within,
+        r.engine
+            .deliver(task("arn:b", serde_json::json!([c("b", true)]))),
+    )
+    .await
+    .expect("a delivery is accepted while the listing hangs")
+    .unwrap();
+    tokio::time::timeout(within, async {
+        while r.fake.creates().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the delivered task's container is created while the listing hangs");
+
+    // Released, both inspections answer: a is seen exited, b running.
+    r.fake.hold_inspections(false);
+    tokio::time::timeout(within, running("arn:b"))
+        .await
+        .expect("task b runs");
+    tokio::time::timeout(within, async {
+        while !statuses(&r.sink.changes(), "arn:a").contains(&ReportStatus::Stopped) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("task a's exit is reported");
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
