@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use hyper::Method;
 use serde::Deserialize;
 
 use crate::backoff::Policy;
@@ -60,6 +61,9 @@ pub enum Error {
         /// Path read.
         path: String,
     },
+    /// The configured endpoint is not a plain `http://` URL.
+    #[error("IMDS endpoint: {0}")]
+    BadEndpoint(String),
     /// The identity document is not the JSON expected.
     #[error("IMDS identity document is not valid: {0}")]
     BadDocument(String),
@@ -145,7 +149,7 @@ struct Token {
 
 /// The real IMDSv2 client.
 pub struct ImdsClient {
-    http: reqwest::Client,
+    wire: Result<wire::Wire, String>,
     endpoint: String,
     token: Mutex<Option<Token>>,
     ttl: Duration,
@@ -160,21 +164,17 @@ impl ImdsClient {
     }
 
     /// A client with explicit per-request timeout, total deadline and attempt budget per read.
+    /// An endpoint that is not an `http://` URL fails every read with [`Error::BadEndpoint`].
     pub fn with_limits(
         endpoint: &str,
         request_timeout: Duration,
         deadline: Duration,
         max_attempts: u32,
     ) -> ImdsClient {
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(request_timeout)
-            .no_proxy()
-            .build()
-            .expect("a plain HTTP client always builds");
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
         ImdsClient {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            wire: wire::Wire::new(&endpoint, request_timeout),
+            endpoint,
             token: Mutex::new(None),
             ttl: TOKEN_TTL,
             deadline,
@@ -206,19 +206,17 @@ impl ImdsClient {
     }
 
     /// Fetches a new token. `Err(Ok(e))` is final (IMDSv2 refused), `Err(Err(msg))` retryable.
-    async fn fetch_token(&self) -> Result<String, Result<Error, String>> {
-        let url = format!("{}/latest/api/token", self.endpoint);
-        let resp = self
-            .http
-            .put(&url)
-            .header(
-                "X-aws-ec2-metadata-token-ttl-seconds",
-                self.ttl.as_secs().max(1).to_string(),
+    async fn fetch_token(&self, wire: &wire::Wire) -> Result<String, Result<Error, String>> {
+        let ttl = self.ttl.as_secs().max(1).to_string();
+        let resp = wire
+            .send(
+                Method::PUT,
+                "latest/api/token",
+                &[("x-aws-ec2-metadata-token-ttl-seconds", &ttl)],
             )
-            .send()
             .await
-            .map_err(|e| Err(format!("token request failed: {}", describe(&e))))?;
-        let status = resp.status().as_u16();
+            .map_err(|e| Err(format!("token request failed: {e}")))?;
+        let status = resp.status.as_u16();
         match status {
             200 => {}
             403..=405 => {
@@ -230,16 +228,11 @@ impl ImdsClient {
             _ => return Err(Err(format!("token request answered HTTP {status}"))),
         }
         let granted = resp
-            .headers()
-            .get("x-aws-ec2-metadata-token-ttl-seconds")
-            .and_then(|v| v.to_str().ok())
+            .ttl_header
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs)
             .unwrap_or(self.ttl);
-        let value = resp
-            .text()
-            .await
-            .map_err(|e| Err(format!("token body: {}", describe(&e))))?;
+        let value = resp.body.map_err(|e| Err(format!("token body: {e}")))?;
         *self.token.lock().expect("token lock") = Some(Token {
             value: value.clone(),
             expires: Instant::now() + granted,
@@ -248,21 +241,14 @@ impl ImdsClient {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        e.to_string()
-    }
-}
-
 #[async_trait]
 impl InstanceMetadata for ImdsClient {
     async fn get(&self, path: &str) -> Result<Option<String>, Error> {
+        let wire = self
+            .wire
+            .as_ref()
+            .map_err(|e| Error::BadEndpoint(e.clone()))?;
         let path = path.trim_start_matches('/');
-        let url = format!("{}/{path}", self.endpoint);
         let started = Instant::now();
         let mut backoff = RETRY.start();
         let mut attempts = 0;
@@ -271,39 +257,34 @@ impl InstanceMetadata for ImdsClient {
             attempts += 1;
             let token = match self.cached_token() {
                 Some(t) => Ok(t),
-                None => self.fetch_token().await,
+                None => self.fetch_token(wire).await,
             };
             last = match token {
                 Err(Ok(fatal)) => return Err(fatal),
                 Err(Err(msg)) => msg,
-                Ok(token) => {
-                    match self
-                        .http
-                        .get(&url)
-                        .header("X-aws-ec2-metadata-token", token)
-                        .send()
-                        .await
-                    {
-                        Err(e) => describe(&e),
-                        Ok(resp) => match resp.status().as_u16() {
-                            200 => match resp.text().await {
-                                Ok(body) => return Ok(Some(body)),
-                                Err(e) => describe(&e),
-                            },
-                            404 => return Ok(None),
-                            401 => {
-                                // The token expired or was revoked: get a new one and retry at
-                                // once, without counting the wait.
-                                self.forget_token();
-                                if attempts < self.max_attempts {
-                                    continue;
-                                }
-                                "HTTP 401 with a fresh token".into()
-                            }
-                            status => format!("HTTP {status}"),
+                Ok(token) => match wire
+                    .send(Method::GET, path, &[("x-aws-ec2-metadata-token", &token)])
+                    .await
+                {
+                    Err(e) => e,
+                    Ok(resp) => match resp.status.as_u16() {
+                        200 => match resp.body {
+                            Ok(body) => return Ok(Some(body)),
+                            Err(e) => e,
                         },
-                    }
-                }
+                        404 => return Ok(None),
+                        401 => {
+                            // The token expired or was revoked: get a new one and retry at
+                            // once, without counting the wait.
+                            self.forget_token();
+                            if attempts < self.max_attempts {
+                                continue;
+                            }
+                            "HTTP 401 with a fresh token".into()
+                        }
+                        status => format!("HTTP {status}"),
+                    },
+                },
             };
             let delay = backoff.next_delay();
             if attempts >= self.max_attempts || started.elapsed() + delay > self.deadline {
@@ -319,6 +300,8 @@ impl InstanceMetadata for ImdsClient {
         }
     }
 }
+
+mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -67,8 +67,10 @@ fn main() -> ExitCode {
         loaded
     });
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One scheduler thread: the agent waits on Docker, IMDS and AWS far more than it computes,
+    // and a second worker only adds cross-thread wake-ups while idle (issue 8's idle CPU). Blocking
+    // calls (statvfs, DNS) still go to tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -9,13 +9,17 @@
 //! and on ECS having accepted the STOPPED reports, never on ECS's task list.
 
 mod common;
+#[path = "common/docker.rs"]
+mod docker;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use docker::{Cleanup, TEST_LABEL};
 use serde_json::{Value, json};
 
-/// Registers a one-container task definition; returns its family.
+/// Registers a one-container task definition labelled for the test run `family` (so a
+/// [`Cleanup`] guard removes the agent's containers, pass or fail); returns its family.
 async fn task_definition(sim: &Ec2Sim, family: &str) -> String {
     let ecs = sim.ecs().await;
     ecs.register_task_definition()
@@ -27,6 +31,7 @@ async fn task_definition(sim: &Ec2Sim, family: &str) -> String {
                 .memory(16)
                 .command("sleep")
                 .command("3600")
+                .docker_labels(TEST_LABEL, family)
                 .build(),
         )
         .send()
@@ -174,6 +179,7 @@ async fn a_spot_notice_sets_draining_within_seconds_and_ecs_stops_the_service_ta
     let arn = agent.wait_registered(Duration::from_secs(60));
 
     let family = task_definition(&sim, &unique("svc")).await;
+    let _containers = Cleanup::new(&family);
     let service = vec![
         run_task(&sim, &cluster, &family, Some("ecs-svc/1234567890")).await,
         run_task(&sim, &cluster, &family, Some("ecs-svc/1234567890")).await,
@@ -311,6 +317,7 @@ async fn termination_drains_heartbeats_while_tasks_stop_and_completes_the_hook_o
     let arn = agent.wait_registered(Duration::from_secs(60));
 
     let family = task_definition(&sim, &unique("svc")).await;
+    let _containers = Cleanup::new(&family);
     let service = vec![
         run_task(&sim, &cluster, &family, Some("ecs-svc/555")).await,
         run_task(&sim, &cluster, &family, Some("ecs-svc/555")).await,

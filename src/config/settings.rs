@@ -329,8 +329,10 @@ pub static SETTINGS: &[Setting] = &[
         "IMDS base URL.",
         |c, v, _| {
             let s = nonempty(v)?;
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
-                return Err(format!("expected an http:// URL, got {s:?}"));
+            if !s.starts_with("http://") || s.parse::<hyper::Uri>().is_err() {
+                return Err(format!(
+                    "expected an http:// URL (IMDS is plain HTTP), got {s:?}"
+                ));
             }
             c.imds_endpoint = s.trim_end_matches('/').to_owned();
             Ok(())
