@@ -4,8 +4,9 @@
 //!
 //! Run it with `bash scripts/bench.sh` (release build, then this bench against ec2sim and the
 //! machine's Docker with `ECS_HOSTD_BIN=target/release/ecs-hostd`). `BENCH_IDLE_SECS` sets the
-//! idle window (default 600 s with `--bench`); `BENCH_ONLY=idle` stops after the idle figures. Under `cargo test --all-targets` (no `--bench`)
-//! it runs a smoke pass with the debug binary (3 s idle, a handful of tasks) so it keeps working.
+//! idle window (default 600 s with `--bench`); `BENCH_ONLY=idle` stops after the idle figures.
+//! Under `cargo test --all-targets` (no `--bench`) it runs a smoke pass with the debug binary
+//! (3 s idle, a handful of tasks) so it keeps working.
 //!
 //! Order (one agent for everything after step 2, every subsystem on):
 //! 1. binary size; 2. `run` → registered, fresh agents against ec2sim, minus a replay of the

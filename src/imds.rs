@@ -147,6 +147,12 @@ struct Token {
     expires: Instant,
 }
 
+/// Checks that `endpoint` is a URL the client can use (`http://host[:port][/prefix]`): the same
+/// parse the client does, so the configuration refuses what the client would.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    wire::Wire::new(endpoint, REQUEST_TIMEOUT).map(|_| ())
+}
+
 /// The real IMDSv2 client.
 pub struct ImdsClient {
     wire: Result<wire::Wire, String>,

@@ -329,7 +329,7 @@ pub static SETTINGS: &[Setting] = &[
         "IMDS base URL.",
         |c, v, _| {
             let s = nonempty(v)?;
-            if !s.starts_with("http://") || s.parse::<hyper::Uri>().is_err() {
+            if !s.starts_with("http://") || crate::imds::check_endpoint(&s).is_err() {
                 return Err(format!(
                     "expected an http:// URL (IMDS is plain HTTP), got {s:?}"
                 ));

@@ -306,7 +306,6 @@ impl Engine {
                         Ok(l) => state.apply_listing(l),
                         Err(e) => {
                             error!(error = %e, "Docker listing panicked or was cancelled.");
-                            state.listing_running = false;
                             state.list_again = true;
                         }
                     }
@@ -480,7 +479,6 @@ struct LoopState {
     actions: JoinSet<Done>,
     /// The listing running beside the loop (at most one).
     lister: JoinSet<Listing>,
-    listing_running: bool,
     /// A listing was asked for while one ran.
     list_again: bool,
     requeue_at: Option<f64>,
@@ -526,7 +524,6 @@ impl LoopState {
             in_flight: HashSet::new(),
             actions: JoinSet::new(),
             lister: JoinSet::new(),
-            listing_running: false,
             list_again: false,
             requeue_at: None,
             last_list: now,
@@ -766,8 +763,7 @@ impl LoopState {
     /// Lists Docker now, on the loop (for [`Engine::settle`]; the loop itself lists off-loop
     /// through [`LoopState::request_listing`]).
     async fn observe(&mut self) {
-        let job = self.listing_job();
-        let listing = job.await;
+        let listing = self.listing_job().await;
         self.apply_listing(listing);
     }
 
@@ -775,11 +771,10 @@ impl LoopState {
     /// while Docker starts that very container, and deliveries and action outcomes must not
     /// wait behind it); a request while one runs is folded into one more listing after it.
     fn request_listing(&mut self) {
-        if self.listing_running {
+        if !self.lister.is_empty() {
             self.list_again = true;
             return;
         }
-        self.listing_running = true;
         self.list_again = false;
         let job = self.listing_job();
         self.lister.spawn(job);
@@ -800,7 +795,6 @@ impl LoopState {
     /// reconciler judges a container vanished only from a listing that started after the
     /// container's id was recorded.
     fn apply_listing(&mut self, listing: Listing) {
-        self.listing_running = false;
         self.inspect_cache = listing.cache;
         let observed = match listing.result {
             Ok(o) => o,

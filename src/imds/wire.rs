@@ -98,8 +98,8 @@ impl Wire {
     }
 
     /// One request for `path` (below the endpoint, e.g. `latest/api/token`) with the given
-    /// headers, within the per-request timeout. A kept connection
-    /// the server closed meanwhile is replaced once, without counting as a failure.
+    /// headers, within the per-request timeout. A kept connection the server closed meanwhile
+    /// is replaced once, without counting as a failure.
     pub(super) async fn send(
         &self,
         method: Method,
@@ -183,19 +183,15 @@ async fn exchange(c: &mut Conn, req: Request<Empty<Bytes>>) -> Result<Answer, Fa
             // The connection finished (the server closed it, maybe right after this response):
             // whatever it delivered is with the exchange, which now ends too. The connection
             // is never polled again.
-            c_ended(end);
+            if let Err(e) = end {
+                tracing::debug!(error = %e, "IMDS connection ended.");
+            }
             let r = work.await;
             r.map(|mut a| {
                 a.ended = true;
                 a
             })
         }
-    }
-}
-
-fn c_ended(end: Result<(), hyper::Error>) {
-    if let Err(e) = end {
-        tracing::debug!(error = %e, "IMDS connection ended.");
     }
 }
 
