@@ -4,8 +4,9 @@
 //!
 //! The Spot notice is read every second for the life of a Spot instance; through a general
 //! purpose client each read also paid for a pool checkout, a second task's wake-ups and URL
-//! parsing (issue 8's idle CPU). One idle connection is kept; concurrent reads open their own
-//! and the last one back is kept. Owns nothing of IMDSv2 itself (tokens, retries): that is
+//! parsing (issue 8's idle CPU). Up to [`MAX_IDLE`] idle connections are kept, so the lifecycle
+//! pollers, whose periods coincide (1 s, 5 s, 30 s, 5 min from one start), each find one
+//! instead of connecting anew. Owns nothing of IMDSv2 itself (tokens, retries): that is
 //! `super::ImdsClient`'s.
 
 use std::sync::Mutex;
@@ -27,6 +28,11 @@ pub(super) struct Answer {
     ended: bool,
 }
 
+/// Idle connections kept: one per IMDS poller that can run at the same instant
+/// (`crate::lifecycle::signals`); a read finding none connects, and a connection beyond this is
+/// closed when its read ends.
+pub(super) const MAX_IDLE: usize = 4;
+
 type Connection = http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
 
 struct Conn {
@@ -43,7 +49,7 @@ pub(super) struct Wire {
     /// Path before `latest/...` (empty on EC2; a test world may serve several instances).
     prefix: String,
     timeout: Duration,
-    idle: Mutex<Option<Conn>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Wire {
@@ -64,22 +70,26 @@ impl Wire {
             host: authority.as_str().to_owned(),
             prefix: uri.path().trim_end_matches('/').to_owned(),
             timeout,
-            idle: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
+    /// The most recently kept idle connection still open (the others closed meanwhile are
+    /// dropped on the way).
     fn take_idle(&self) -> Option<Conn> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .filter(|c| !c.sender.is_closed())
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() {
+                return Some(c);
+            }
+        }
+        None
     }
 
     fn keep(&self, c: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.is_none() {
-            *idle = Some(c);
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
         }
     }
 
@@ -275,6 +285,33 @@ mod tests {
         }
         // Two requests per connection: three connections, none per request.
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_keep_their_connections_up_to_the_limit() {
+        // A server that never closes: every connection it accepts is one the client opened.
+        let (endpoint, accepted) = closing_server(usize::MAX).await;
+        let wire = Wire::new(&endpoint, Duration::from_secs(2)).unwrap();
+        let read = || async {
+            let a = wire.send(Method::GET, "latest/meta-data/x", &[]).await;
+            assert_eq!(a.unwrap().status, StatusCode::OK);
+        };
+        // Three pollers due at the same instant, ten times: three connections, kept.
+        for _ in 0..10 {
+            tokio::join!(read(), read(), read());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // More at once than are kept: the surplus is closed after its read, so the next round
+        // of as many connects again only for that surplus.
+        let wide = || async {
+            let reads: Vec<_> = (0..MAX_IDLE + 2).map(|_| read()).collect();
+            futures_util::future::join_all(reads).await;
+        };
+        wide().await;
+        let after_first = accepted.load(Ordering::SeqCst);
+        assert_eq!(after_first, MAX_IDLE + 2);
+        wide().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), after_first + 2);
     }
 
     #[test]
