@@ -252,6 +252,11 @@ async fn main_agent(sim: &Ec2Sim, plan: &Plan) -> Vec<Row> {
     let slice = IDLE_SLICE.min(plan.idle);
     let cpu0 = support::cpu_ticks(pid);
     let t0 = Instant::now();
+    // For an outside profiler (perf stat/record -p): which process, and from when.
+    eprintln!(
+        "budget bench: idle window begins: agent pid {pid}, {} s",
+        plan.idle.as_secs()
+    );
     let mut slices = Vec::new();
     let (mut ticks, mut seen) = (cpu0, 0);
     while t0.elapsed() + Duration::from_millis(1) < plan.idle {
