@@ -426,7 +426,7 @@ async fn start_and_serve(
         let beat = api_beat.clone();
         async move {
             // The beat shares the server's task: it stops when that task is wedged.
-            let mut tick = tokio::time::interval(API_BEAT);
+            let mut tick = crate::clock::Ticker::new(API_BEAT);
             let serve = api::serve(api_addr, state, token);
             tokio::pin!(serve);
             loop {

@@ -53,12 +53,28 @@ impl Board {
     /// Sets one component's state; `since` moves only when `ok` changes.
     pub fn set(&self, name: &str, ok: bool, detail: impl Into<String>) {
         let detail = detail.into();
-        self.tx.send_modify(|s| {
-            let since = match s.get(name) {
-                Some(c) if c.ok == ok => c.since,
-                _ => now(),
-            };
-            s.insert(name.to_owned(), Component { ok, detail, since });
+        // Subscribers (the systemd status line) wake only on a change, not on every report.
+        self.tx.send_if_modified(|s| {
+            if let Some(c) = s.get_mut(name) {
+                if c.ok == ok && c.detail == detail {
+                    return false;
+                }
+                if c.ok != ok {
+                    c.since = now();
+                }
+                c.ok = ok;
+                c.detail = detail;
+                return true;
+            }
+            s.insert(
+                name.to_owned(),
+                Component {
+                    ok,
+                    detail,
+                    since: now(),
+                },
+            );
+            true
         });
     }
 
@@ -81,6 +97,27 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscribers_wake_only_when_a_component_changes() {
+        let b = Board::new();
+        b.set("docker", true, "up");
+        let mut rx = b.subscribe();
+        rx.borrow_and_update();
+        b.set("docker", true, "up");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "the same report again is no change"
+        );
+        b.set("docker", true, "still up");
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        b.set("docker", false, "still up");
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        b.set("api", true, "listening");
+        assert!(rx.has_changed().unwrap(), "a new component is a change");
+    }
 
     #[test]
     fn since_moves_only_on_change() {

@@ -32,6 +32,7 @@ pub mod app;
 pub mod aws;
 pub mod backoff;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod docker;
 pub mod ecs;

@@ -71,7 +71,7 @@ pub async fn run_pinger(
     watchdog: Option<Duration>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ping_period(watchdog));
+    let mut tick = crate::clock::Ticker::new(ping_period(watchdog));
     let mut was_stale = false;
     loop {
         tokio::select! {

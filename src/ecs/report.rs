@@ -53,8 +53,10 @@ pub const MAX_IN_FLIGHT: usize = 10;
 /// How long the sent record of a task reported STOPPED is kept: far longer than the engine keeps
 /// the task (3 h cleanup by default), so no late change can be re-sent.
 pub const SENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The sender also looks for committed changes on this period, in case a `notify` was missed.
-const RESCAN: Duration = Duration::from_secs(5);
+/// The sender also looks for committed changes on this period, in case a `notify` was missed. A
+/// safety net only (`Notify` keeps a wake-up sent while nobody waits), so it is long: each look
+/// is a store read, and at idle it was one of the agent's most frequent (issue 8).
+const RESCAN: Duration = Duration::from_secs(30);
 /// How often old sent records are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// After the first failure of a task's change, only every n-th further failure is a warning.
@@ -479,8 +481,7 @@ impl Reporter {
         let mut retry: HashMap<String, Retry> = HashMap::new();
         let mut busy: HashSet<String> = HashSet::new();
         let mut in_flight: FuturesUnordered<Submission<'_>> = FuturesUnordered::new();
-        let mut rescan = tokio::time::interval(RESCAN);
-        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescan = crate::clock::Ticker::new(RESCAN);
 
         loop {
             // Start what can start.

@@ -272,8 +272,7 @@ impl Engine {
         heartbeat: Option<crate::supervisor::Heartbeat>,
     ) -> Result<(), Error> {
         let mut rx = self.shared.rx.lock().await;
-        let mut beat = tokio::time::interval(BEAT);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = crate::clock::Ticker::new(BEAT);
         let mut state = LoopState::load(self.shared.clone())?;
         let mut aux = JoinSet::new();
         aux.spawn(events::watch(
@@ -587,7 +586,10 @@ impl LoopState {
         } else {
             self.settings().resync
         };
-        let mut at = self.last_list + every;
+        // The periodic re-list goes to the shared grid (`crate::clock`); rechecks of a task stay
+        // exact.
+        let mut at =
+            crate::clock::at_or_after(self.last_list + every, every.min(crate::clock::SECOND));
         if let Some(r) = self.recheck_at {
             at = at.min(r);
         }

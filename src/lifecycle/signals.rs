@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -229,8 +228,7 @@ async fn poll(
     cancel: &CancellationToken,
     mut step: impl FnMut(Option<&str>) -> Step,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = crate::clock::Ticker::new(every);
     let mut failing = false;
     loop {
         tokio::select! {

@@ -2,7 +2,8 @@
 //! running, pings Docker with a deadline, and restarts it through systemd when it hangs.
 //!
 //! One round: read the units' state over D-Bus → ping Docker and probe a real API call, each
-//! under the configured deadline → ask [`policy::Policy`] what to do → do it through
+//! under the configured deadline (after a healthy round the API call alone, the ping only when it
+//! fails) → ask [`policy::Policy`] what to do → do it through
 //! [`systemd_dbus::ServiceManager`] (reset-failed first) → publish the outcome on the health board
 //! (`docker`, `watchdog`), in [`Stats`] (`/metrics`) and in the log, each action with its reason.
 //!
@@ -265,6 +266,7 @@ impl Watchdog {
         let mut link = self.link(None).await;
         let mut docker: Option<Docker> = None;
         let mut last_held: Option<String> = None;
+        let mut answered = false;
         let mut last_action = String::from("none");
         // The last failed action, reported until an action succeeds.
         let mut last_error: Option<String> = None;
@@ -284,8 +286,9 @@ impl Watchdog {
             }
             let obs = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                obs = self.observe(&mut link, &mut docker) => obs,
+                obs = self.observe(&mut link, &mut docker, answered) => obs,
             };
+            answered = obs.ping == Probe::Ok && obs.api == Probe::Ok;
             self.beat();
             let now = tokio::time::Instant::now().into_std();
             let decision = policy.decide(&obs, now);
@@ -325,8 +328,14 @@ impl Watchdog {
             }
             self.report(&obs, &decision, &link, &last_action, last_error.as_deref());
             let round_done = tokio::time::Instant::now();
-            let next = round_done + self.config.interval;
-            let earliest = round_done + (self.config.interval / 2).min(ASKED_ROUND_GAP);
+            // Both on the shared grid (`crate::clock`): the round then shares its wake-up with
+            // the other periodic tasks.
+            let grid = self.config.interval.min(crate::clock::SECOND);
+            let next = crate::clock::at_or_after(round_done + self.config.interval, grid);
+            let earliest = crate::clock::at_or_after(
+                round_done + (self.config.interval / 2).min(ASKED_ROUND_GAP),
+                grid,
+            );
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next) => {}
@@ -373,7 +382,13 @@ impl Watchdog {
     }
 
     /// Reads the units, then pings and probes Docker.
-    async fn observe(&self, link: &mut Link, docker: &mut Option<Docker>) -> Observation {
+    /// `answered_before`: Docker answered the last round's probes.
+    async fn observe(
+        &self,
+        link: &mut Link,
+        docker: &mut Option<Docker>,
+        answered_before: bool,
+    ) -> Observation {
         let (mut service, mut socket) = (None, None);
         if let Link::Up(m) = &*link {
             let units = async {
@@ -420,12 +435,7 @@ impl Watchdog {
                 draining: self.draining.get(),
             };
         };
-        let ping = match tokio::time::timeout(timeout, client.ping()).await {
-            Ok(Ok(_)) => Probe::Ok,
-            Ok(Err(e)) => Probe::Failed(e.to_string()),
-            Err(_) => Probe::TimedOut,
-        };
-        let api = if ping == Probe::Ok {
+        let list = || async {
             let opts = ListContainersOptionsBuilder::new()
                 .all(true)
                 .limit(1)
@@ -435,8 +445,30 @@ impl Watchdog {
                 Ok(Err(e)) => Probe::Failed(e.to_string()),
                 Err(_) => Probe::TimedOut,
             }
+        };
+        // A Docker that answered last round gets the list call alone: its answer, on a connection
+        // of its own, proves all the ping would. Only a failed list is followed by the ping, to
+        // tell a hung API from a dead daemon (that round takes up to two deadlines).
+        let early = if answered_before {
+            Some(list().await)
         } else {
-            Probe::Skipped
+            None
+        };
+        let (ping, api) = match early {
+            Some(Probe::Ok) => (Probe::Ok, Probe::Ok),
+            early => {
+                let ping = match tokio::time::timeout(timeout, client.ping()).await {
+                    Ok(Ok(_)) => Probe::Ok,
+                    Ok(Err(e)) => Probe::Failed(e.to_string()),
+                    Err(_) => Probe::TimedOut,
+                };
+                let api = match (&ping, early) {
+                    (Probe::Ok, Some(listed)) => listed,
+                    (Probe::Ok, None) => list().await,
+                    _ => Probe::Skipped,
+                };
+                (ping, api)
+            }
         };
         Observation {
             ping,

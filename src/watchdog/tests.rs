@@ -16,6 +16,8 @@ use super::*;
 struct FakeDocker {
     path: PathBuf,
     hang_list: Arc<AtomicBool>,
+    /// Requests answered or held: (`/_ping`, `/containers/json`).
+    calls: Arc<std::sync::Mutex<(u32, u32)>>,
     _dir: tempfile::TempDir,
 }
 
@@ -26,9 +28,12 @@ impl FakeDocker {
         let listener = UnixListener::bind(&path).unwrap();
         let hang_list = Arc::new(AtomicBool::new(false));
         let hang = hang_list.clone();
+        let calls = Arc::new(std::sync::Mutex::new((0, 0)));
+        let counts = calls.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let hang = hang.clone();
+                let counts = counts.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -45,8 +50,10 @@ impl FakeDocker {
                             buf.drain(..end + 4);
                             let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                             let body = if path.starts_with("/_ping") {
+                                counts.lock().unwrap().0 += 1;
                                 "OK"
                             } else if path.starts_with("/containers/json") {
+                                counts.lock().unwrap().1 += 1;
                                 if hang.load(Ordering::SeqCst) {
                                     std::future::pending::<()>().await;
                                 }
@@ -74,6 +81,7 @@ impl FakeDocker {
         FakeDocker {
             path,
             hang_list,
+            calls,
             _dir: dir,
         }
     }
@@ -389,5 +397,37 @@ async fn a_check_asked_for_runs_a_round_before_the_interval() {
     // 10 s.
     run.check_now.notify_one();
     until("the round asked for", || rounds() == 2).await;
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_healthy_docker_is_probed_with_one_list_call_a_round() {
+    let docker = FakeDocker::start();
+    let run = spawn(
+        config(),
+        client(&docker.path),
+        Systemd::Absent,
+        Draining::new(),
+    );
+    until("ten rounds", || docker.calls.lock().unwrap().1 >= 10).await;
+    let (pings, lists) = *docker.calls.lock().unwrap();
+    // The first round pings; every later one lists only.
+    assert_eq!(pings, 1, "{pings} pings for {lists} lists");
+    assert!(run.board.snapshot()[DOCKER_COMPONENT].ok);
+    // A list that stops answering brings the ping back, which tells a hung API from a dead
+    // daemon.
+    docker.hang_list.store(true, Ordering::SeqCst);
+    until("a hung-API report", || {
+        run.board
+            .snapshot()
+            .get(DOCKER_COMPONENT)
+            .is_some_and(|c| !c.ok && c.detail.contains("API"))
+    })
+    .await;
+    assert!(docker.calls.lock().unwrap().0 >= 2);
+    assert!(
+        run.stats.api_hangs.load(Ordering::Relaxed) >= 1,
+        "counted as a hung API"
+    );
     run.stop().await;
 }
