@@ -69,11 +69,14 @@ fn main() -> ExitCode {
 
     // One scheduler thread: the agent waits on Docker, IMDS and AWS far more than it computes,
     // and a second worker only adds cross-thread wake-ups while idle (issue 8's idle CPU). Blocking
-    // calls (statvfs, DNS) still go to tokio's blocking pool.
+    // calls (statvfs, DNS) still go to tokio's blocking pool, whose idle thread is kept across
+    // metrics passes (60 s by default) instead of being started anew for each (tokio's default
+    // keep-alive is 10 s).
     // The periodic tasks' time grid counts from here, as the runtime's timer wheel is about to.
     ecs_hostd::clock::start();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(600))
         .build()
     {
         Ok(r) => r,
