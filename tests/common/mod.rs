@@ -22,13 +22,22 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never the same one twice in this process: the tests of a binary
+/// run in parallel, and two agents handed one API port would answer for each other (one test
+/// then saw another's registration, issue 8's flaky `an_unreachable_ecs_is_retried...`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A running ec2sim, stopped on drop.
@@ -298,6 +307,7 @@ impl AgentSpec {
         Agent {
             child,
             api: SocketAddr::from(([127, 0, 0, 1], self.api_port)),
+            cluster: self.cluster.clone(),
             log_path,
             _dir: dir,
         }
@@ -308,6 +318,8 @@ impl AgentSpec {
 pub struct Agent {
     pub child: Child,
     pub api: SocketAddr,
+    /// The cluster it was started for: what its local API must report.
+    cluster: String,
     log_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -351,6 +363,13 @@ impl Agent {
             if let Some(m) = self.metadata()
                 && let Some(arn) = m["ContainerInstanceArn"].as_str()
             {
+                let cluster = m["Cluster"].as_str().unwrap_or_default();
+                assert!(
+                    cluster == self.cluster || cluster.ends_with(&format!("/{}", self.cluster)),
+                    "{} answers for cluster {cluster:?}, not {:?}: another agent holds this one's API port",
+                    self.api,
+                    self.cluster
+                );
                 return arn.to_owned();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
