@@ -12,10 +12,12 @@
 //!
 //! Owns only *when*; never what a tick does.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// tokio's timer wheel: level 0 has 1 ms slots, level 1 has 64 ms slots.
 const SLOT_MS: u64 = 64;
@@ -74,14 +76,24 @@ pub fn at_or_after(at: Instant, period: Duration) -> Instant {
     point(p, first_k(p, at, false))
 }
 
+type Timer = Pin<Box<Sleep>>;
+
 /// Ticks on the grid points of one period: the first tick at once (as `tokio::time::interval`),
 /// then at each grid point; points missed while the owner was busy are skipped, not made up.
 /// Cancel-safe: a `tick` dropped before it completes leaves the ticker as it was.
+///
+/// The timer of the tick after next is armed one tick early. tokio wakes its own (parked) thread
+/// through an eventfd whenever a timer is set earlier than every timer it knew of when it last
+/// woke; a poller that sets its next tick, and a request deadline, only after its tick has fired
+/// pays that write and an extra return from `epoll_wait` twice a tick. With the following tick's
+/// timer already in the wheel, neither is earlier than it.
 #[derive(Debug)]
 pub struct Ticker {
     period_ms: u64,
     /// The next tick's grid index; `None` before the first tick.
     next: Option<u64>,
+    /// Timers for ticks `next` and `next + 1`, kept between calls.
+    armed: Option<(Timer, Timer)>,
 }
 
 impl Ticker {
@@ -90,6 +102,7 @@ impl Ticker {
         Ticker {
             period_ms: period_ms(period),
             next: None,
+            armed: None,
         }
     }
 
@@ -108,8 +121,28 @@ impl Ticker {
             }
             Some(k) => k,
         };
-        tokio::time::sleep_until(point(p, k)).await;
-        self.next = Some(first_k(p, Instant::now(), true).max(k + 1));
+        let (due, ahead) = self.armed.get_or_insert_with(|| {
+            (
+                Box::pin(tokio::time::sleep_until(point(p, k))),
+                Box::pin(tokio::time::sleep_until(point(p, k + 1))),
+            )
+        });
+        std::future::poll_fn(|cx| {
+            // Polled to be registered with the timer; its own firing only wakes this task.
+            let _ = ahead.as_mut().poll(cx);
+            due.as_mut().poll(cx)
+        })
+        .await;
+        let next = first_k(p, Instant::now(), true).max(k + 1);
+        self.armed = match self.armed.take() {
+            // On time: the armed one is due next, and the one after is armed at the next call.
+            Some((_, ahead)) if next == k + 1 => {
+                Some((ahead, Box::pin(tokio::time::sleep_until(point(p, k + 2)))))
+            }
+            // Late: both timers are stale.
+            _ => None,
+        };
+        self.next = Some(next);
     }
 }
 
