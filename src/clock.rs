@@ -25,7 +25,7 @@ const SLOT_MS: u64 = 64;
 const ROUNDED_FROM_MS: u64 = 1000;
 
 /// The grid every one-off deadline that need not be exact goes to (see [`at_or_after`]).
-pub const SECOND: Duration = Duration::from_secs(1);
+const SECOND: Duration = Duration::from_secs(1);
 
 static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
 
@@ -68,11 +68,11 @@ fn first_k(p: u64, at: Instant, strictly: bool) -> u64 {
     }
 }
 
-/// The first grid point of `period` at or after `at`: where a deadline goes when a little later
-/// costs nothing and a wake-up of its own does. [`SECOND`] is the usual grid; a caller whose own
-/// period is shorter (tests) passes that instead.
+/// The first point of the one-second grid at or after `at`, for a deadline of something done every
+/// `period`: where it goes when a little later costs nothing and a wake-up of its own does. A
+/// period shorter than a second (tests) uses its own, finer grid instead.
 pub fn at_or_after(at: Instant, period: Duration) -> Instant {
-    let p = period_ms(period);
+    let p = period_ms(period.min(SECOND));
     point(p, first_k(p, at, false))
 }
 
@@ -104,11 +104,6 @@ impl Ticker {
             next: None,
             armed: None,
         }
-    }
-
-    /// The period.
-    pub fn period(&self) -> Duration {
-        Duration::from_millis(self.period_ms)
     }
 
     /// Waits for the next tick.
@@ -254,6 +249,12 @@ mod tests {
             assert_eq!(since_epoch_ms(g) % SLOT_MS, 0);
             assert_eq!(at_or_after(g, SECOND), g, "a grid point is its own");
         }
+        // Longer periods share the one-second grid.
+        let at = now + Duration::from_millis(4_321);
+        assert_eq!(
+            at_or_after(at, Duration::from_secs(20)),
+            at_or_after(at, SECOND)
+        );
         // Short periods (tests) are not rounded.
         let g = at_or_after(now, Duration::from_millis(10));
         assert_eq!(since_epoch_ms(g) % 10, 0);

@@ -588,8 +588,7 @@ impl LoopState {
         };
         // The periodic re-list goes to the shared grid (`crate::clock`); rechecks of a task stay
         // exact.
-        let mut at =
-            crate::clock::at_or_after(self.last_list + every, every.min(crate::clock::SECOND));
+        let mut at = crate::clock::at_or_after(self.last_list + every, every);
         if let Some(r) = self.recheck_at {
             at = at.min(r);
         }

@@ -288,7 +288,7 @@ impl Watchdog {
                 _ = cancel.cancelled() => return Ok(()),
                 obs = self.observe(&mut link, &mut docker, answered) => obs,
             };
-            answered = obs.ping == Probe::Ok && obs.api == Probe::Ok;
+            answered = obs.problem().is_none();
             self.beat();
             let now = tokio::time::Instant::now().into_std();
             let decision = policy.decide(&obs, now);
@@ -330,11 +330,11 @@ impl Watchdog {
             let round_done = tokio::time::Instant::now();
             // Both on the shared grid (`crate::clock`): the round then shares its wake-up with
             // the other periodic tasks.
-            let grid = self.config.interval.min(crate::clock::SECOND);
-            let next = crate::clock::at_or_after(round_done + self.config.interval, grid);
+            let interval = self.config.interval;
+            let next = crate::clock::at_or_after(round_done + interval, interval);
             let earliest = crate::clock::at_or_after(
-                round_done + (self.config.interval / 2).min(ASKED_ROUND_GAP),
-                grid,
+                round_done + (interval / 2).min(ASKED_ROUND_GAP),
+                interval,
             );
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
