@@ -325,6 +325,14 @@ fn is_auth_message(m: &str) -> bool {
     .any(|k| m.contains(k))
 }
 
+/// The container events (of containers with the task-ARN label) that wake the engine loop.
+///
+/// Not `create` or `start`: the agent's own creates and starts report through their outcomes,
+/// and during a burst their events kept a listing in flight at all times (72 listings while 50
+/// tasks started). A container started behind the agent's back is seen at the next periodic
+/// resync.
+pub const WAKE_EVENTS: [&str; 4] = ["die", "destroy", "health_status", "oom"];
+
 async fn deadline<T>(
     op: &'static str,
     limit: Duration,
@@ -713,12 +721,7 @@ impl ContainerRuntime for DockerRuntime {
         let filters: HashMap<String, Vec<String>> = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
             ("label".to_owned(), vec![LABEL_TASK_ARN.to_owned()]),
-            (
-                "event".to_owned(),
-                ["create", "start", "die", "destroy", "health_status", "oom"]
-                    .map(String::from)
-                    .to_vec(),
-            ),
+            ("event".to_owned(), WAKE_EVENTS.map(String::from).to_vec()),
         ]);
         let opts = EventsOptionsBuilder::default().filters(&filters).build();
         self.docker

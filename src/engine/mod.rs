@@ -407,10 +407,15 @@ struct Listing {
     data_root: Option<Result<Option<PathBuf>, String>>,
 }
 
-/// Lists our containers and inspects the ones whose state changed since the cached inspection.
+/// Lists our containers and inspects the ones whose state changed since the cached inspection,
+/// except those in `busy` (Docker names with a create, start or stop in flight): that action's
+/// own outcome tells their state, and an inspection would only queue behind it in Docker (during
+/// a burst of starts, listings used to add one inspection in flight at all times). They are left
+/// out of the observation; the reconciler never judges a busy container vanished.
 async fn list_docker(
     runtime: Arc<dyn ContainerRuntime>,
     mut cache: InspectCache,
+    busy: HashSet<String>,
     epoch: u64,
     want_root: bool,
 ) -> Listing {
@@ -434,6 +439,7 @@ async fn list_docker(
             .map(|(_, _, o)| o.clone());
         let o = match cached {
             Some(o) => o,
+            None if busy.contains(&s.name) => continue,
             None => match runtime.inspect(&s.id).await {
                 Ok(Some(o)) => {
                     cache.insert(s.id.clone(), (s.state, s.health, o.clone()));
@@ -731,6 +737,16 @@ impl LoopState {
                                 .insert(task_arn.clone(), now + CLEANUP_RETRY_SECS);
                         }
                     },
+                    Outcome::Started {
+                        result: Ok(Some(o)),
+                        ..
+                    } => {
+                        // The start's own inspection: the next listing need not repeat it.
+                        if let Some(state) = o.state {
+                            self.inspect_cache
+                                .insert(o.id.clone(), (state, o.health, o.clone()));
+                        }
+                    }
                     Outcome::Pulled {
                         image,
                         result: Ok(id),
@@ -787,16 +803,30 @@ impl LoopState {
         self.last_list = tokio::time::Instant::now();
         let runtime = self.shared.parts.runtime.clone();
         let cache = std::mem::take(&mut self.inspect_cache);
+        let busy = self
+            .in_flight
+            .iter()
+            .filter_map(|key| match key {
+                ActionKey::Container(arn, name) => self
+                    .tasks
+                    .get(arn)?
+                    .container(name)
+                    .map(|c| c.docker_name.clone()),
+                _ => None,
+            })
+            .collect();
         let epoch = self.epoch;
         let want_root = self.data_root.is_none() || self.docker_down;
-        list_docker(runtime, cache, epoch, want_root)
+        list_docker(runtime, cache, busy, epoch, want_root)
     }
 
     /// Folds a finished listing in. Its epoch says which action outcomes it may predate: the
     /// reconciler judges a container vanished only from a listing that started after the
     /// container's id was recorded.
     fn apply_listing(&mut self, listing: Listing) {
-        self.inspect_cache = listing.cache;
+        // Inspections that action outcomes brought in while the listing ran are newer.
+        let outcomes = std::mem::replace(&mut self.inspect_cache, listing.cache);
+        self.inspect_cache.extend(outcomes);
         let observed = match listing.result {
             Ok(o) => o,
             Err(e) => {

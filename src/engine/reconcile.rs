@@ -577,43 +577,50 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             task_arn,
             container,
             result,
-        } => with_container(rec, task_arn, container, |c| match result {
-            Ok(Some(o)) => {
-                observe(c, o);
-                // A listing that began before the start finished may have caught the container
-                // mid-start (inspected as gone, or not yet listed): only a later one may judge it
-                // vanished.
-                c.id_epoch = c.id_epoch.max(epoch);
-                c.failure = None;
+        } => with_container(rec, task_arn, container, |c| {
+            // A listing that began before the start finished skipped the container (it was
+            // busy) or caught it mid-start (inspected as gone, or not yet listed): only a later
+            // one may judge it vanished, whether the start worked or not.
+            c.id_epoch = c.id_epoch.max(epoch);
+            match result {
+                Ok(Some(o)) => {
+                    observe(c, o);
+                    c.failure = None;
+                }
+                Ok(None) => {}
+                Err(e) => fail(
+                    c,
+                    Step::Start,
+                    format!("CannotStartContainerError: {e}"),
+                    e.is_retryable(),
+                    now,
+                ),
             }
-            Ok(None) => {}
-            Err(e) => fail(
-                c,
-                Step::Start,
-                format!("CannotStartContainerError: {e}"),
-                e.is_retryable(),
-                now,
-            ),
         }),
         Outcome::Stopped {
             task_arn,
             container,
             result,
-        } => with_container(rec, task_arn, container, |c| match result {
-            Ok(Some(o)) => {
-                observe(c, o);
-                if c.failure.as_ref().is_some_and(|f| f.step == Step::Stop) {
-                    c.failure = None;
+        } => with_container(rec, task_arn, container, |c| {
+            // A listing that ran during the stop skipped the container (it was busy) or caught
+            // it mid-stop: only a later one may judge it vanished.
+            c.id_epoch = c.id_epoch.max(epoch);
+            match result {
+                Ok(Some(o)) => {
+                    observe(c, o);
+                    if c.failure.as_ref().is_some_and(|f| f.step == Step::Stop) {
+                        c.failure = None;
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => fail(
+                    c,
+                    Step::Stop,
+                    format!("CannotStopContainerError: {e}"),
+                    true,
+                    now,
+                ),
             }
-            Ok(None) => {}
-            Err(e) => fail(
-                c,
-                Step::Stop,
-                format!("CannotStopContainerError: {e}"),
-                true,
-                now,
-            ),
         }),
         Outcome::Removed { .. } => false,
     }

@@ -254,6 +254,7 @@ struct FakeInner {
     clock: u64,
     down: bool,
     lists: u64,
+    inspections: Vec<String>,
     data_root: Option<std::path::PathBuf>,
 }
 
@@ -377,6 +378,11 @@ impl FakeRuntime {
         self.lock().lists
     }
 
+    /// Ids or names passed to `inspect`, in order (failed calls included).
+    pub fn inspections(&self) -> Vec<String> {
+        self.lock().inspections.clone()
+    }
+
     /// A Docker restart: every running container exits with 137 (no live-restore).
     pub fn restart_daemon(&self) {
         let names: Vec<String> = self.lock().containers.keys().cloned().collect();
@@ -413,7 +419,8 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn inspect(&self, id_or_name: &str) -> Result<Option<Observed>, RuntimeError> {
         let _ = self.inspect_held.subscribe().wait_for(|held| !held).await;
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.inspections.push(id_or_name.to_owned());
         if inner.down {
             return Err(RuntimeError::Unavailable("fake docker down".into()));
         }

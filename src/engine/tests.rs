@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::api::TaskView;
-use crate::engine::runtime::{FakeOp, FakeRuntime};
+use crate::engine::runtime::{FakeOp, FakeRuntime, LABEL_TASK_ARN};
 use crate::tasks::{RecordingSink, ReportStatus, TaskChange};
 use proptest::prelude::*;
 
@@ -1010,6 +1010,91 @@ async fn a_slow_docker_listing_does_not_hold_up_deliveries() {
     })
     .await
     .expect("task a's exit is reported");
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
+
+/// A listing leaves a container with an action in flight to that action (no inspection queued
+/// behind a start in Docker), and inspects it once it is no longer busy.
+#[tokio::test]
+async fn a_listing_skips_busy_containers_until_they_are_not() {
+    let fake = Arc::new(FakeRuntime::with_images(&[IMG]));
+    let body = |arn: &str| bollard::models::ContainerCreateBody {
+        image: Some(IMG.into()),
+        labels: Some(HashMap::from([(LABEL_TASK_ARN.to_owned(), arn.to_owned())])),
+        ..Default::default()
+    };
+    let busy_id = fake.create("busy", body("arn:a")).await.unwrap();
+    let idle_id = fake.create("idle", body("arn:b")).await.unwrap();
+    let rt: Arc<dyn ContainerRuntime> = fake.clone();
+
+    let first = list_docker(
+        rt.clone(),
+        InspectCache::new(),
+        HashSet::from(["busy".to_owned()]),
+        1,
+        false,
+    )
+    .await;
+    let seen = first.result.as_ref().unwrap();
+    assert!(seen.contains_key("idle") && !seen.contains_key("busy"));
+    assert_eq!(fake.inspections(), vec![idle_id.clone()]);
+
+    let second = list_docker(rt, first.cache, HashSet::new(), 2, false).await;
+    let seen = second.result.as_ref().unwrap();
+    assert!(seen.contains_key("idle") && seen.contains_key("busy"));
+    assert_eq!(
+        fake.inspections(),
+        vec![idle_id, busy_id],
+        "the idle container's unchanged state is served from the cache"
+    );
+}
+
+/// The start's own inspection is cached: listings after it (the start's event wakes one) do
+/// not inspect the container again while its state is unchanged.
+#[tokio::test]
+async fn a_started_container_is_inspected_once() {
+    let r = rig();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (e, c) = (r.engine.clone(), cancel.clone());
+        async move { e.run(c).await }
+    });
+    r.engine
+        .deliver(task("arn:a", serde_json::json!([c("a", true)])))
+        .await
+        .unwrap();
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, async {
+        while !statuses(&r.sink.changes(), "arn:a").contains(&ReportStatus::Running) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("task a runs");
+
+    // An event about the container with no state change makes the engine list again.
+    let name = fake_name(&r, "arn:a", "a");
+    let lists = r.fake.lists();
+    r.fake.set_health(&name, model::Health::Unknown);
+    tokio::time::timeout(within, async {
+        while r.fake.lists() < lists + 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the event makes the engine list Docker");
+    // Let that listing finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let id = r.fake.containers()[&name].observed.id.clone();
+    let of_it = r
+        .fake
+        .inspections()
+        .iter()
+        .filter(|i| **i == id || **i == name)
+        .count();
+    assert_eq!(of_it, 1, "only the start inspected the container");
     cancel.cancel();
     run.await.unwrap().unwrap();
 }

@@ -90,6 +90,11 @@ impl Ec2Sim {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// ec2sim's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// ec2sim's own log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ec2sim.log")).unwrap_or_default()

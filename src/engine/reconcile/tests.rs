@@ -123,6 +123,40 @@ fn a_recorded_container_missing_from_a_later_listing_vanished() {
 }
 
 #[test]
+fn a_listing_that_ran_during_a_failed_start_or_stop_cannot_judge_the_container_vanished() {
+    // The listing (epoch 10) skipped the container while its action was in flight; the action
+    // then failed (epoch 11), so the container still exists but is missing from that listing.
+    let failed = [
+        (
+            ContainerStatus::Created,
+            Outcome::Started {
+                task_arn: "t".into(),
+                container: "a".into(),
+                result: Err(RuntimeError::Unavailable("busy".into())),
+            },
+        ),
+        (
+            ContainerStatus::Running,
+            Outcome::Stopped {
+                task_arn: "t".into(),
+                container: "a".into(),
+                result: Err(RuntimeError::Unavailable("busy".into())),
+            },
+        ),
+    ];
+    for (known, outcome) in failed {
+        let mut r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+        r.containers[0].known = known;
+        r.containers[0].docker_id = Some("x".into());
+        r.containers[0].id_epoch = 3;
+        assert!(apply(&mut r, &outcome, 1000.0, 11));
+        let p = run(&r, &[], &[], &ctx());
+        assert_eq!(p.record.containers[0].known, known, "after {outcome:?}");
+        assert_eq!(p.record.containers[0].reason, None, "after {outcome:?}");
+    }
+}
+
+#[test]
 fn essential_exit_stops_siblings_with_their_grace() {
     let mut r = rec(serde_json::json!([
         {"name": "a", "image": "i", "essential": true},
