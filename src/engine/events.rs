@@ -1,6 +1,6 @@
-//! The Docker event watcher: turns container events on our containers (start, die, oom,
-//! health_status, destroy, ...) into wake-ups of the engine loop, so an exit is seen within a
-//! second instead of at the next periodic resync.
+//! The Docker event watcher: turns container events on our containers (die, destroy,
+//! health_status, oom: [`super::docker::WAKE_EVENTS`]) into wake-ups of the engine loop, so an
+//! exit is seen within a second instead of at the next periodic resync.
 //!
 //! It carries no data: the loop re-lists Docker when woken (kube-rs style: the reconciler never
 //! learns why it runs). On a broken stream it reconnects with backoff and wakes the loop so a
