@@ -1,7 +1,8 @@
 //! The task engine against the real Docker engine: multi-container tasks with ports, env,
 //! volumes and dependsOn; SIGTERM then SIGKILL; essential semantics; the dockerConfig mapping as
 //! Docker applies it; the introspection API; cleanup after the wait, only once reported, and
-//! early under disk pressure.
+//! early under disk pressure; a kill or removal behind the agent's back seen through Docker's
+//! events, not the periodic resync.
 
 #[path = "common/docker.rs"]
 mod common;
@@ -513,5 +514,77 @@ async fn containers_not_created_by_the_engine_are_never_touched() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let i = eng.docker.inspect_container(&id, None).await.unwrap();
     assert_eq!(i.state.unwrap().running, Some(true));
+    eng.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_or_removal_behind_the_agents_back_is_seen_through_docker_events() {
+    let image = test_image();
+    let run = run_id("behind");
+    let _cleanup = Cleanup::new(&run);
+    let sleeper = |name: &str| {
+        container(
+            &run,
+            name,
+            &image,
+            &["sleep", "600"],
+            true,
+            serde_json::json!({}),
+        )
+    };
+    let killed = format!("arn:aws:ecs:us-east-1:123456789012:task/test/{run}-killed");
+    let removed = format!("arn:aws:ecs:us-east-1:123456789012:task/test/{run}-removed");
+    let mut s = settings();
+    // Far beyond the wait below: only Docker's die/destroy events can wake the engine in time.
+    s.resync = Duration::from_secs(600);
+    let eng = start(s).await;
+    for arn in [&killed, &removed] {
+        eng.engine
+            .deliver(task(arn, "behind", vec![sleeper("c")]))
+            .await
+            .unwrap();
+    }
+    let ch = eng
+        .wait_changes("both RUNNING", Duration::from_secs(30), |c| {
+            task_reached(c, &killed, ReportStatus::Running)
+                && task_reached(c, &removed, ReportStatus::Running)
+        })
+        .await;
+    let id = |arn: &str| {
+        container_change(&ch, arn, "c", ReportStatus::Running)
+            .and_then(|c| c.runtime_id)
+            .unwrap()
+    };
+    // Let the engine settle: the extra listings it makes after any event end within 1.4 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for args in [
+        ["kill", "-s", "KILL", &id(&killed)],
+        ["rm", "-f", "-v", &id(&removed)],
+    ] {
+        let out = docker_cli(None).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ch = eng
+        .wait_changes("both STOPPED", Duration::from_secs(15), |c| {
+            task_reached(c, &killed, ReportStatus::Stopped)
+                && task_reached(c, &removed, ReportStatus::Stopped)
+        })
+        .await;
+    let k = container_change(&ch, &killed, "c", ReportStatus::Stopped).unwrap();
+    assert_eq!(k.exit_code, Some(137), "{k:?}");
+    // Removed: either its exit (137) was inspected before the removal, or it is reported vanished.
+    let r = container_change(&ch, &removed, "c", ReportStatus::Stopped).unwrap();
+    assert!(
+        r.exit_code == Some(137)
+            || r.reason
+                .as_deref()
+                .is_some_and(|m| m.contains("ContainerVanishedError")),
+        "{r:?}"
+    );
+    assert_each_once(&ch);
     eng.shutdown().await;
 }
