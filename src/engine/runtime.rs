@@ -207,8 +207,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn list_images(&self) -> Result<Vec<crate::engine::cleanup::DockerImage>, RuntimeError>;
     /// The engine's data directory (for disk-pressure checks); `None` if unknown.
     async fn data_root(&self) -> Result<Option<std::path::PathBuf>, RuntimeError>;
-    /// A stream that yields once per container event concerning our containers; it ends or
-    /// errors when the connection drops.
+    /// A stream that yields once per container event of [`super::docker::WAKE_EVENTS`]
+    /// concerning our containers; it ends or errors when the connection drops.
     fn events(&self) -> BoxStream<'static, Result<(), RuntimeError>>;
 }
 
@@ -526,7 +526,7 @@ impl ContainerRuntime for FakeRuntime {
                 _ => return Err(RuntimeError::Refused("cannot start".into())),
             }
         }
-        self.emit();
+        // No event: a start is not among the real stream's `WAKE_EVENTS`.
         Ok(())
     }
 

@@ -1050,8 +1050,8 @@ async fn a_listing_skips_busy_containers_until_they_are_not() {
     );
 }
 
-/// The start's own inspection is cached: listings after it (the start's event wakes one) do
-/// not inspect the container again while its state is unchanged.
+/// The start's own inspection is cached: listings after it do not inspect the container again
+/// while its state is unchanged.
 #[tokio::test]
 async fn a_started_container_is_inspected_once() {
     let r = rig();
