@@ -3,9 +3,12 @@
 Owns the sessions (one per websocket the agents open), each instance's delivery channel (the
 PayloadMessage/TaskManifestMessage sequence number and the payloads not yet acked, which are resent
 at the start of the instance's next session), the periodic HeartbeatMessage and TaskManifestMessage,
-answers to TaskStopVerificationMessage, and the control operations tests use (drop, send, config).
-Envelope and messages follow protocol spec §5; the task objects come from ``payload``. Reads moto's
-ECS backend for clusters, instances and tasks; never writes moto except ``agentConnected``.
+answers to TaskStopVerificationMessage, the delivery of role credentials (IAMRoleCredentialsMessage:
+refreshes every half lifetime or on request, and all sets again on a ``sendCredentials=true``
+connection; task-credentials.md §10) with a record of what was sent and acked, and the control
+operations tests use (drop, send, config). Envelope and messages follow protocol spec §5; the task
+objects come from ``payload``, the credentials from ``credentials``. Reads moto's ECS backend for
+clusters, instances and tasks; never writes moto except ``agentConnected``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from aiohttp import WSMsgType, web
 
 import payload
 from awsproto import scope_of
+from credentials import TASK_ROLE_TYPES, Credentials, CredentialSet
 from ecs_api import find_cluster, find_container_instance, find_task, is_inactive
-from motohost import ACCOUNT_ID, MotoHost
+from journal import Journal
+from motohost import MotoHost
 
 LOG = logging.getLogger("ec2sim.acs")
 
@@ -132,12 +137,21 @@ class AcsError(Exception):
 class Acs:
     """All ACS/TCS sessions and the delivery channels of container instances."""
 
-    def __init__(self, moto: MotoHost, inactive: set[str]) -> None:
+    def __init__(
+        self, moto: MotoHost, inactive: set[str], credentials: Credentials | None = None
+    ) -> None:
         self.moto = moto
         self.inactive = inactive
+        self.credentials = credentials or Credentials()
         self.config = Config()
         self.sessions: list[Session] = []
         self.channels: dict[str, Channel] = {}
+        #: IAMRoleCredentialsMessages sent (no secrets) and IAMRoleCredentialsAckRequests received.
+        self.credential_messages = Journal()
+        self.credential_acks = Journal()
+        #: (messageId, credentialsId) -> expiration, for every credential set sent (in a
+        #: PayloadMessage or an IAMRoleCredentialsMessage): what a correct ack echoes.
+        self._sent_expirations: dict[tuple[str, str], str] = {}
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ connection
@@ -223,6 +237,8 @@ class Acs:
         try:
             for text in list(self.channel(session.container_instance_arn).unacked.values()):
                 await self._send_payload(session, text)
+            if session.query.get("sendCredentials") == "true":
+                await self._resend_credentials(session)
             async for msg in session.ws:
                 if msg.type == WSMsgType.TEXT:
                     await self._on_frame(session, msg.data)
@@ -255,6 +271,8 @@ class Acs:
         message = frame.get("message") if isinstance(frame.get("message"), dict) else {}
         if frame.get("type") == "AckRequest":
             self.channel(session.container_instance_arn).unacked.pop(message.get("messageId"), None)
+        elif frame.get("type") == "IAMRoleCredentialsAckRequest":
+            self._record_credentials_ack(session, message)
         elif frame.get("type") == "TaskStopVerificationMessage":
             await self._verify_stops(session, message)
 
@@ -311,6 +329,11 @@ class Acs:
             ):
                 last_manifest = now
                 await self._send(session, self.manifest(session))
+            if self.credentials.auto_refresh:
+                for due in self.credentials.due(session.container_instance_arn):
+                    if self._task_live(session.region, due.task_arn):
+                        self.credentials.refresh(due.task_arn, due.role_type)
+                        await self._send_credentials(session, due, "refresh")
 
     def manifest(self, session: Session) -> str:
         """A TaskManifestMessage listing what ECS thinks the instance should run."""
@@ -371,6 +394,13 @@ class Acs:
             },
         )
         channel.unacked[message_id] = text
+        for task in tasks:
+            for key in ("roleCredentials", "executionRoleCredentials"):
+                sent = task.get(key)
+                if isinstance(sent, dict):
+                    self._sent_expirations[(message_id, sent.get("credentialsId"))] = sent.get(
+                        "expiration"
+                    )
         session = self.live_session(instance_arn)
         LOG.info(
             "payload %s (%d task(s)) for %s: %s",
@@ -412,23 +442,141 @@ class Acs:
         await self._send(session, text)
         return True
 
-    async def send_credentials(self, instance_arn: str, task_arn: str, role_type: str) -> bool:
-        """Send an IAMRoleCredentialsMessage with fresh credentials for one task."""
-        session = self.live_session(instance_arn)
+    async def send_credentials(
+        self, instance_arn: str | None, task_arn: str, role_type: str
+    ) -> dict | None:
+        """Refresh one task's credentials (new keys, same credentialsId) and send them.
+
+        The instance defaults to the task's. Returns the record of the message sent, or None if
+        the instance has no connected ACS session (nothing is issued then).
+        """
+        task = self._find_task_anywhere(task_arn)
+        known = self.credentials.get(task_arn, role_type)
+        instance_arn = (
+            instance_arn
+            or (known.container_instance_arn if known else "")
+            or (task.container_instance_arn if task is not None else "")
+        )
+        session = self.live_session(instance_arn) if instance_arn else None
         if session is None:
-            return False
-        task = find_task(self.moto.ecs_backend(session.region), task_arn)
+            return None
+        role_arn = None
+        if task is not None:
+            definition = self.moto.ecs_backend(task.region_name).describe_task_definition(
+                task.task_definition_arn
+            )
+            role_arn = payload.role_arns(task, definition).get(role_type)
+        refreshed = self.credentials.refresh(task_arn, role_type, task=task, role_arn=role_arn)
+        return await self._send_credentials(session, refreshed, "control")
+
+    # ------------------------------------------------------------------ credentials
+
+    async def _resend_credentials(self, session: Session) -> None:
+        """``sendCredentials=true``: every set of the instance's live tasks, current keys."""
+        for issued in self.credentials.of_instance(session.container_instance_arn):
+            if issued.role_type in TASK_ROLE_TYPES and self._task_live(
+                session.region, issued.task_arn
+            ):
+                await self._send_credentials(session, issued, "sendCredentials")
+
+    async def _send_credentials(self, session: Session, issued: CredentialSet, reason: str) -> dict:
+        """Send the set's current credentials in an IAMRoleCredentialsMessage; record it."""
+        message_id = str(uuid.uuid4())
         message = {
-            "messageId": str(uuid.uuid4()),
-            "taskArn": task_arn,
-            "taskClusterArn": task.cluster_arn if task else session.cluster,
-            "roleType": role_type,
-            "roleCredentials": payload.role_credentials(
-                f"arn:aws:iam::{ACCOUNT_ID}:role/ec2sim-{role_type}", role_type
-            ),
+            "messageId": message_id,
+            "taskArn": issued.task_arn,
+            "taskClusterArn": issued.cluster_arn or session.cluster,
+            "roleType": issued.role_type,
+            "roleCredentials": dict(issued.credentials),
         }
+        expiration = issued.credentials["expiration"]
+        self._sent_expirations[(message_id, issued.credentials_id)] = expiration
         await self._send(session, envelope("IAMRoleCredentialsMessage", message))
-        return True
+        LOG.info(
+            "credentials %s (%s) of %s sent to session %s (%s)",
+            issued.credentials_id,
+            issued.role_type,
+            issued.task_arn,
+            session.id,
+            reason,
+        )
+        return self.credential_messages.record(
+            session=session.id,
+            container_instance_arn=session.container_instance_arn,
+            message_id=message_id,
+            task_arn=issued.task_arn,
+            role_type=issued.role_type,
+            role_arn=issued.role_arn,
+            credentials_id=issued.credentials_id,
+            access_key_id=issued.credentials["accessKeyId"],
+            expiration=expiration,
+            reason=reason,
+        )
+
+    def _record_credentials_ack(self, session: Session, message: dict) -> None:
+        message_id, credentials_id = message.get("messageId"), message.get("credentialsId")
+        expected = self._sent_expirations.get((message_id, credentials_id))
+        self.credential_acks.record(
+            session=session.id,
+            container_instance_arn=session.container_instance_arn,
+            message_id=message_id,
+            credentials_id=credentials_id,
+            expiration=message.get("expiration"),
+            answers=self._sent_type(session.container_instance_arn, message_id),
+            matches=expected is not None and expected == message.get("expiration"),
+        )
+
+    def _sent_type(self, instance_arn: str, message_id) -> str | None:
+        """Type of the frame with this messageId sent to the instance (latest session first)."""
+        for session in reversed(self.sessions):
+            if session.container_instance_arn != instance_arn:
+                continue
+            for frame in reversed(session.sent):
+                if (frame.get("message") or {}).get("messageId") == message_id:
+                    return frame.get("type")
+        return None
+
+    def _task_live(self, region: str, task_arn: str) -> bool:
+        """Whether ECS still runs the task (not both desired and last STOPPED)."""
+        task = find_task(self.moto.ecs_backend(region), task_arn)
+        return task is not None and not (task.desired_status == task.last_status == "STOPPED")
+
+    def _find_task_anywhere(self, task_arn: str):
+        region = task_arn.split(":")[3] if task_arn.count(":") >= 5 else ""
+        if not region:
+            return None
+        try:
+            return find_task(self.moto.ecs_backend(region), task_arn)
+        except KeyError:
+            return None
+
+    def describe_credentials(self, task_arn: str | None = None) -> dict:
+        """What was sent and acked, optionally for one task's messages and sets."""
+        messages = self.credential_messages.query(task_arn=task_arn)
+        acks = self.credential_acks.query()
+        if task_arn is not None:
+            credential_ids = {
+                s.credentials_id for s in self.credentials.sets.values() if s.task_arn == task_arn
+            }
+            acks = [a for a in acks if a["credentials_id"] in credential_ids]
+        acked = {(a["message_id"], a["credentials_id"]) for a in acks}
+        return {
+            "messages": [
+                {**m, "acked": (m["message_id"], m["credentials_id"]) in acked} for m in messages
+            ],
+            "acks": acks,
+        }
+
+    def received(self, kind: str | None = None, instance_arn: str | None = None) -> list[dict]:
+        """Frames agents sent, over all ACS sessions in order, each with its session id."""
+        return [
+            {**frame, "session": session.id}
+            for session in self.sessions
+            if session.kind == "acs"
+            and (instance_arn is None or session.container_instance_arn == instance_arn)
+            for frame in session.received
+            if kind is None or frame.get("type") == kind
+        ]
 
 
 def _parse_frame(text: str) -> dict:

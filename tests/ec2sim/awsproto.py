@@ -32,6 +32,7 @@ _SIGNING_NAME_TO_SERVICE = {"monitoring": "cloudwatch"}
 _TARGET_PREFIX_TO_SERVICE = {
     "AmazonEC2ContainerServiceV20141113": "ecs",
     "GraniteServiceVersion20100801": "cloudwatch",
+    "Logs_20140328": "logs",
 }
 
 CBOR_CONTENT_TYPE = "application/cbor"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from acs import Acs, envelope
+from credentials import TASK_ROLE_TYPES, Credentials
 from ecr_api import EcrRegistry
 from faults import FaultTable
 from imds import Imds
@@ -31,6 +32,7 @@ class World:
     acs: Acs
     base_url: Callable[[], str]
     ecr: EcrRegistry
+    credentials: Credentials
 
 
 def _bad_request(message: str) -> web.Response:
@@ -77,6 +79,11 @@ class Control:
             web.post("/ec2sim/acs/sessions/{id}/drop", self.drop_session),
             web.post("/ec2sim/acs/send", self.acs_send),
             web.post("/ec2sim/acs/credentials", self.acs_credentials),
+            web.get("/ec2sim/acs/credentials", self.get_acs_credentials),
+            web.get("/ec2sim/acs/received", self.get_received),
+            web.get("/ec2sim/credentials", self.get_credentials),
+            web.post("/ec2sim/credentials", self.set_credentials),
+            web.get("/ec2sim/credentials/keys", self.get_keys),
             web.get("/ec2sim/acs/config", self.get_acs_config),
             web.post("/ec2sim/acs/config", self.set_acs_config),
             web.get("/ec2sim/ecr", self.get_ecr),
@@ -201,12 +208,54 @@ class Control:
     async def acs_credentials(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         arn, task_arn = body.get("container_instance_arn"), body.get("task_arn")
-        if not isinstance(arn, str) or not isinstance(task_arn, str):
-            return _bad_request("container_instance_arn and task_arn are required")
+        if not isinstance(task_arn, str) or not task_arn:
+            return _bad_request("task_arn is required")
+        if arn is not None and not isinstance(arn, str):
+            return _bad_request("container_instance_arn must be a string")
         role_type = body.get("role_type", "TaskApplication")
-        if not await self.world.acs.send_credentials(arn, task_arn, role_type):
+        if role_type not in TASK_ROLE_TYPES:
+            return _bad_request(f"role_type must be one of {TASK_ROLE_TYPES}")
+        sent = await self.world.acs.send_credentials(arn, task_arn, role_type)
+        if sent is None:
             return web.json_response({"error": "no connected ACS session"}, status=409)
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": True, **sent})
+
+    async def get_acs_credentials(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            self.world.acs.describe_credentials(task_arn=request.query.get("task_arn"))
+        )
+
+    async def get_received(self, request: web.Request) -> web.Response:
+        frames = self.world.acs.received(
+            kind=request.query.get("type"),
+            instance_arn=request.query.get("container_instance_arn"),
+        )
+        return web.json_response({"frames": frames})
+
+    # ------------------------------------------------------------------ role credentials
+
+    async def get_credentials(self, request: web.Request) -> web.Response:
+        described = self.world.credentials.describe()
+        task_arn = request.query.get("task_arn")
+        if task_arn is not None:
+            described["sets"] = [s for s in described["sets"] if s["task_arn"] == task_arn]
+        return web.json_response(described)
+
+    async def set_credentials(self, request: web.Request) -> web.Response:
+        try:
+            self.world.credentials.configure(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(self.world.credentials.describe())
+
+    async def get_keys(self, request: web.Request) -> web.Response:
+        keys = self.world.credentials.describe_keys(
+            access_key_id=request.query.get("access_key_id"),
+            task_arn=request.query.get("task_arn"),
+            role_type=request.query.get("role_type"),
+            credentials_id=request.query.get("credentials_id"),
+        )
+        return web.json_response({"keys": keys})
 
     async def get_acs_config(self, _request: web.Request) -> web.Response:
         return web.json_response(self.world.acs.config.describe())

@@ -10,7 +10,7 @@ One process, bound to 127.0.0.1 only, serving on one port:
 - ``GET /ws``: the ACS websocket, and a silent TCS websocket (acs.py)
 - ``/ec2sim/...``: the control API tests use (control.py, README.md)
 - anything else: the AWS APIs, moto in-process plus ec2sim's additions (gateway.py, ecs_api.py,
-  cloudwatch_cbor.py, autoscaling.py, ecr_api.py)
+  cloudwatch_cbor.py, autoscaling.py, ecr_api.py, sts_api.py; role credentials in credentials.py)
 
 When ready it writes ``{"port": N, "pid": P}`` to the ready file (atomically) and serves until
 SIGTERM or SIGINT, then exits 0. Logs go to stderr.
@@ -32,6 +32,7 @@ from acs import Acs
 from autoscaling import LifecycleActions
 from cloudwatch_cbor import CloudWatchCbor
 from control import Control, World
+from credentials import Credentials
 from ecr_api import EcrApi, EcrRegistry
 from ecs_api import EcsApi
 from faults import FaultTable
@@ -39,6 +40,7 @@ from gateway import Gateway
 from imds import Imds
 from journal import Journal
 from motohost import MotoHost
+from sts_api import StsApi
 
 LOG = logging.getLogger("ec2sim")
 BIND_ADDRESS = "127.0.0.1"
@@ -72,9 +74,10 @@ class Ec2Sim:
         self.port = 0
         self.moto = MotoHost()
         inactive: set[str] = set()
-        self.acs = Acs(self.moto, inactive)
+        credentials = Credentials()
+        self.acs = Acs(self.moto, inactive, credentials)
         self.world = World(
-            imds=Imds(self.moto, region),
+            imds=Imds(self.moto, region, credentials),
             faults=FaultTable(),
             requests=Journal(),
             state_changes=Journal(),
@@ -82,12 +85,21 @@ class Ec2Sim:
             acs=self.acs,
             base_url=self.base_url,
             ecr=EcrRegistry(),
+            credentials=credentials,
         )
         self.gateway = Gateway(self.moto, self.world.faults, self.world.requests, region)
         ecs = EcsApi(
-            self.moto, self.acs, self.world.state_changes, self.base_url, inactive, self.world.ecr
+            self.moto,
+            self.acs,
+            self.world.state_changes,
+            self.base_url,
+            inactive,
+            self.world.ecr,
+            credentials,
         )
         self.gateway.handle_operations("ecs", ecs.handlers())
+        sts = StsApi(self.moto, credentials, lambda: self.world.imds.default_id)
+        self.gateway.handle_operations("sts", sts.handlers())
         self.gateway.handle_operations("ecr", EcrApi(self.moto, self.world.ecr).handlers())
         self.gateway.handle_operations(
             "autoscaling", LifecycleActions(self.world.lifecycle_actions).handlers()

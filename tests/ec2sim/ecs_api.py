@@ -27,8 +27,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 import payload
-from ecr_api import EcrRegistry
 from awsproto import AwsCall, AwsError, json_response
+from credentials import Credentials
+from ecr_api import EcrRegistry
 from journal import Journal
 from motohost import MotoHost
 
@@ -122,6 +123,7 @@ class EcsApi:
         base_url: Callable[[], str],
         inactive: set[str],
         ecr: EcrRegistry | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.moto = moto
         self.acs = acs
@@ -131,6 +133,8 @@ class EcsApi:
         self.inactive = inactive
         #: Which registry counts as ECR (payloads give its images ecrAuthData).
         self.ecr = ecr
+        #: Task role credentials (one credentialsId per task and role type).
+        self.credentials = credentials or Credentials()
 
     def handlers(self) -> dict:
         return {
@@ -425,9 +429,7 @@ class EcsApi:
                 by_instance.setdefault(task.container_instance_arn, []).append(task)
         ecr_auth = None
         if self.ecr is not None:
-            ecr_auth = functools.partial(
-                self.ecr.auth_for, region=region, endpoint=self.base_url()
-            )
+            ecr_auth = functools.partial(self.ecr.auth_for, region=region, endpoint=self.base_url())
 
         for instance_arn, instance_tasks in by_instance.items():
             rendered = [
@@ -436,6 +438,7 @@ class EcsApi:
                     backend.describe_task_definition(t.task_definition_arn),
                     desired_status,
                     ecr_auth,
+                    self.credentials.for_task,
                 )
                 for t in instance_tasks
             ]

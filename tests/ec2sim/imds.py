@@ -20,13 +20,14 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from credentials import INSTANCE_ROLE_NAME, Credentials
 from motohost import ACCOUNT_ID, MotoHost
 
 LOG = logging.getLogger("ec2sim.imds")
 
 DEFAULT_AMI = "ami-760aaa0f"
 DEFAULT_INSTANCE_TYPE = "c5.xlarge"
-ROLE_NAME = "ec2sim-instance-role"
+ROLE_NAME = INSTANCE_ROLE_NAME
 INSTANCE_PROFILE_ARN = f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{ROLE_NAME}"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -74,6 +75,8 @@ class Instance:
     gets: int = 0
     #: token -> monotonic expiry time.
     tokens: dict = field(default_factory=dict, repr=False)
+    #: Where issued instance-role keys are remembered (for STS GetCallerIdentity and tests).
+    credentials: Credentials = field(default_factory=Credentials, repr=False)
 
     def issue_token(self, ttl: int) -> tuple[str, int]:
         granted = min(ttl, self.token_ttl_cap) if self.token_ttl_cap else ttl
@@ -108,16 +111,16 @@ class Instance:
         return json.dumps(doc, indent=2, separators=(",", " : "))
 
     def role_credentials(self) -> str:
-        now = datetime.now(UTC)
+        issued = self.credentials.instance_key(self.instance_id)
         return json.dumps(
             {
                 "Code": "Success",
-                "LastUpdated": iso_z(now),
+                "LastUpdated": issued["LastUpdated"],
                 "Type": "AWS-HMAC",
-                "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(),
-                "SecretAccessKey": secrets.token_urlsafe(30),
-                "Token": secrets.token_urlsafe(60),
-                "Expiration": iso_z(now + timedelta(hours=6)),
+                "AccessKeyId": issued["AccessKeyId"],
+                "SecretAccessKey": issued["SecretAccessKey"],
+                "Token": issued["Token"],
+                "Expiration": issued["Expiration"],
             },
             indent=2,
         )
@@ -247,9 +250,12 @@ def _notice(value: dict | None, defaults: dict, time_key: str) -> dict | None:
 class Imds:
     """All simulated instances and the HTTP handlers of their metadata service."""
 
-    def __init__(self, moto: MotoHost, default_region: str) -> None:
+    def __init__(
+        self, moto: MotoHost, default_region: str, credentials: Credentials | None = None
+    ) -> None:
         self.moto = moto
         self.default_region = default_region
+        self.credentials = credentials or Credentials()
         self.instances: dict[str, Instance] = {}
         self.default_id = ""
 
@@ -283,6 +289,7 @@ class Imds:
             lifecycle=lifecycle,
             pending_time=iso_z(described["LaunchTime"]),
             asg=asg,
+            credentials=self.credentials,
         )
         self.instances[instance.instance_id] = instance
         LOG.info("instance %s created in %s (%s)", instance.instance_id, region, lifecycle)

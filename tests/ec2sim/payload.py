@@ -9,11 +9,9 @@ readonlyRootFilesystem, privileged, linuxParameters, ...). Pure functions; talks
 from __future__ import annotations
 
 import json
-import secrets
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
+from credentials import Credentials
 from motohost import ACCOUNT_ID
 
 NANOS = 1_000_000_000
@@ -36,17 +34,37 @@ _BASE_DOCKER_API = "1.17"
 #: image is on ECR, else None (``ecr_api.EcrRegistry.auth_for`` bound to a region and endpoint).
 EcrAuth = Callable[[str, bool], dict | None]
 
+#: ``credentials(task, role_arn, role_type)``: the task's ``IAMRoleCredentials`` for that role
+#: (``credentials.Credentials.for_task``: one credentialsId per task and role type).
+TaskCredentials = Callable[[object, str, str], dict]
+
+
+def role_arns(task, task_definition) -> dict[str, str]:
+    """``{role type: role ARN}`` of the task's roles (overrides win over the task definition)."""
+    overrides = task.overrides or {}
+    found = {
+        "TaskApplication": overrides.get("taskRoleArn")
+        or getattr(task_definition, "task_role_arn", None),
+        "TaskExecution": overrides.get("executionRoleArn")
+        or getattr(task_definition, "execution_role_arn", None),
+    }
+    return {role_type: arn for role_type, arn in found.items() if arn}
+
 
 def build_task(
-    task, task_definition, desired_status: str, ecr_auth: EcrAuth | None = None
+    task,
+    task_definition,
+    desired_status: str,
+    ecr_auth: EcrAuth | None = None,
+    credentials: TaskCredentials | None = None,
 ) -> dict:
     """The ``PayloadMessage.tasks[]`` entry for a moto ``Task`` and its ``TaskDefinition``."""
     overrides = task.overrides or {}
     container_overrides = {o.get("name"): o for o in overrides.get("containerOverrides", [])}
     network_mode = task_definition.network_mode or "bridge"
-    execution_role = overrides.get("executionRoleArn") or getattr(
-        task_definition, "execution_role_arn", None
-    )
+    roles = role_arns(task, task_definition)
+    execution_role = roles.get("TaskExecution")
+    credentials = credentials or Credentials().for_task
     entry: dict = {
         "arn": task.task_arn,
         "family": task_definition.family,
@@ -75,11 +93,13 @@ def build_task(
         entry["pidMode"] = task_definition.pid_mode
     if task_definition.ipc_mode:
         entry["ipcMode"] = task_definition.ipc_mode
-    role = overrides.get("taskRoleArn") or getattr(task_definition, "task_role_arn", None)
-    if role and desired_status == "RUNNING":
-        entry["roleCredentials"] = role_credentials(role, "TaskApplication")
-    if execution_role and desired_status == "RUNNING":
-        entry["executionRoleCredentials"] = role_credentials(execution_role, "TaskExecution")
+    if desired_status == "RUNNING":
+        if "TaskApplication" in roles:
+            entry["roleCredentials"] = credentials(
+                task, roles["TaskApplication"], "TaskApplication"
+            )
+        if execution_role:
+            entry["executionRoleCredentials"] = credentials(task, execution_role, "TaskExecution")
     if ecr_auth is not None:
         # ECS sends ECR images ecrAuthData; with an execution role the agent must use it.
         for container in entry["containers"]:
@@ -87,20 +107,6 @@ def build_task(
             if auth is not None:
                 container["registryAuthentication"] = auth
     return entry
-
-
-def role_credentials(role_arn: str, role_type: str) -> dict:
-    """A fresh ``IAMRoleCredentials`` object (expiration in ACS's opaque format)."""
-    expiration = datetime.now(UTC) + timedelta(hours=6)
-    return {
-        "credentialsId": str(uuid.uuid4()),
-        "roleArn": role_arn,
-        "accessKeyId": "ASIA" + secrets.token_hex(8).upper(),
-        "secretAccessKey": secrets.token_urlsafe(30),
-        "sessionToken": secrets.token_urlsafe(60),
-        "expiration": expiration.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
-        "credentialScope": role_type,
-    }
 
 
 def build_container(definition: dict, override: dict, network_mode: str) -> dict:

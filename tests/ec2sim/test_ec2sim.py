@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import gzip
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -584,7 +585,7 @@ def setup_cluster(sim: Sim, containers=None, **task_definition):
     return ecs, cluster, instance["containerInstanceArn"], family
 
 
-def acs_url(sim: Sim, cluster: str, instance_arn: str) -> str:
+def acs_url(sim: Sim, cluster: str, instance_arn: str, send_credentials: bool = True) -> str:
     from urllib.parse import urlencode
 
     query = urlencode(
@@ -593,7 +594,7 @@ def acs_url(sim: Sim, cluster: str, instance_arn: str) -> str:
             "containerInstanceArn": instance_arn,
             "seqNum": "1",
             "protocolVersion": "2",
-            "sendCredentials": "true",
+            "sendCredentials": "true" if send_credentials else "false",
             "agentVersion": "1.105.1",
             "agentHash": "abcdef01",
             "dockerVersion": "DockerVersion: 20.10.24",
@@ -602,13 +603,17 @@ def acs_url(sim: Sim, cluster: str, instance_arn: str) -> str:
     return f"ws://127.0.0.1:{sim.port}/ws?{query}"
 
 
-def acs_connect(sim: Sim, cluster: str, instance_arn: str, headers=None):
+def acs_connect(
+    sim: Sim, cluster: str, instance_arn: str, headers=None, send_credentials: bool = True
+):
     headers = (
         {"Authorization": FAKE_SIGV4, "X-Amz-Date": "20240101T000000Z"}
         if headers is None
         else headers
     )
-    return websockets.connect(acs_url(sim, cluster, instance_arn), additional_headers=headers)
+    return websockets.connect(
+        acs_url(sim, cluster, instance_arn, send_credentials), additional_headers=headers
+    )
 
 
 async def next_frame(ws, kind: str, timeout: float = 5.0) -> dict:
@@ -1108,9 +1113,9 @@ def test_ecr_token_encodes_the_configured_registry_and_records_the_access_key(si
     moto_token = ecr_client.get_authorization_token()["authorizationData"][0]
     assert base64.b64decode(moto_token["authorizationToken"]).startswith(b"AWS:")
     try:
-        assert (
-            sim.http("POST", "/ec2sim/ecr", {"registry": "http://x/y"}, {})[0] == 400
-        ), "scheme refused"
+        assert sim.http("POST", "/ec2sim/ecr", {"registry": "http://x/y"}, {})[0] == 400, (
+            "scheme refused"
+        )
         assert sim.http("POST", "/ec2sim/ecr", {"username": "a:b"}, {})[0] == 400
         state = sim.control(
             "POST", "/ecr", {"registry": "127.0.0.1:5999", "username": "AWS", "password": "pw:1"}
@@ -1173,3 +1178,344 @@ def test_payload_gives_ecr_images_ecr_auth_data(sim):
             assert ("executionRoleCredentials" in task) == (execution_role is not None)
     finally:
         sim.control("POST", "/ecr", {"registry": None, "password": ""})
+
+
+# ---- role credentials, STS, CloudWatch Logs
+
+APP_ROLE = "arn:aws:iam::123456789012:role/app"
+EXEC_ROLE = "arn:aws:iam::123456789012:role/service/exec"
+RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+ASIA_KEY = re.compile(r"^ASIA[0-9A-F]{16}$")
+
+
+def client_with(sim: Sim, service: str, credentials: dict | None = None, **keys):
+    """A boto3 client signing with ACS ``roleCredentials`` (or explicit keys)."""
+    if credentials is not None:
+        keys = {
+            "aws_access_key_id": credentials["accessKeyId"],
+            "aws_secret_access_key": credentials["secretAccessKey"],
+            "aws_session_token": credentials["sessionToken"],
+        }
+    return boto3.client(
+        service,
+        endpoint_url=sim.base,
+        region_name="us-east-1",
+        config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        **keys,
+    )
+
+
+def caller_arn(sim: Sim, credentials: dict | None = None, **keys) -> str:
+    return client_with(sim, "sts", credentials, **keys).get_caller_identity()["Arn"]
+
+
+def roles_cluster(sim: Sim):
+    return setup_cluster(sim, taskRoleArn=APP_ROLE, executionRoleArn=EXEC_ROLE)
+
+
+async def credentials_ack(ws, message_id: str, credentials: dict, expiration=None) -> None:
+    ack_message = {
+        "messageId": message_id,
+        "credentialsId": credentials["credentialsId"],
+        "expiration": expiration or credentials["expiration"],
+    }
+    await ws.send(json.dumps({"type": "IAMRoleCredentialsAckRequest", "message": ack_message}))
+
+
+async def no_frame(ws, kind: str, seconds: float) -> None:
+    """Fail if a frame of ``kind`` arrives within ``seconds``."""
+    with contextlib.suppress(TimeoutError):
+        frame = await next_frame(ws, kind, timeout=seconds)
+        raise AssertionError(f"unexpected {kind}: {frame}")
+
+
+def test_payload_credentials_and_sts_caller_identity_per_key(sim):
+    ecs, cluster, instance_arn, family = roles_cluster(sim)
+    prefix = new_instance_prefix(sim)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            task = (await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family))[
+                "tasks"
+            ][0]
+            message = await next_frame(ws, "PayloadMessage")
+            await ack(ws, message)
+            return task, message["tasks"][0]
+
+    task, pushed = asyncio.run(scenario())
+    task_id = task["taskArn"].rsplit("/", 1)[-1]
+    app, execution = pushed["roleCredentials"], pushed["executionRoleCredentials"]
+    assert (app["roleArn"], execution["roleArn"]) == (APP_ROLE, EXEC_ROLE)
+    for credentials in (app, execution):
+        assert ASIA_KEY.match(credentials["accessKeyId"]), credentials
+        assert str(uuid.UUID(credentials["credentialsId"])) == credentials["credentialsId"]
+        assert RFC3339_Z.match(credentials["expiration"]), credentials["expiration"]
+        expires = datetime.datetime.fromisoformat(credentials["expiration"]).timestamp()
+        assert 5 * 3600 < expires - time.time() <= 6 * 3600 + 5
+    assert app["credentialsId"] != execution["credentialsId"]
+    assert app["accessKeyId"] != execution["accessKeyId"]
+
+    app_identity = client_with(sim, "sts", app).get_caller_identity()
+    assert app_identity["Arn"] == f"arn:aws:sts::123456789012:assumed-role/app/{task_id}"
+    assert app_identity["Account"] == "123456789012"
+    assert re.match(r"^AROA[0-9A-Z]{17}:" + task_id + "$", app_identity["UserId"])
+    assert caller_arn(sim, execution) == (f"arn:aws:sts::123456789012:assumed-role/exec/{task_id}")
+    # ec2sim remembers whose each key is.
+    [key] = sim.control("GET", f"/credentials/keys?access_key_id={execution['accessKeyId']}")[
+        "keys"
+    ]
+    assert (key["role_arn"], key["task_arn"], key["role_type"], key["credentials_id"]) == (
+        EXEC_ROLE,
+        task["taskArn"],
+        "TaskExecution",
+        execution["credentialsId"],
+    )
+
+    # The instance role's keys from IMDS, and keys nobody issued: the instance profile's role.
+    token = sim.token(prefix)
+    status, _, body = sim.imds_get(
+        "meta-data/iam/security-credentials/ec2sim-instance-role", token, prefix
+    )
+    assert status == 200
+    imds = json.loads(body)
+    instance_id = prefix.rsplit("/", 1)[-1]
+    assert RFC3339_Z.match(imds["Expiration"])
+    assert caller_arn(
+        sim,
+        aws_access_key_id=imds["AccessKeyId"],
+        aws_secret_access_key=imds["SecretAccessKey"],
+        aws_session_token=imds["Token"],
+    ) == (f"arn:aws:sts::123456789012:assumed-role/ec2sim-instance-role/{instance_id}")
+    default_id = sim.control("GET", "/instances/default")["instance_id"]
+    assert caller_arn(sim, aws_access_key_id="AKIDNOBODY", aws_secret_access_key="x") == (
+        f"arn:aws:sts::123456789012:assumed-role/ec2sim-instance-role/{default_id}"
+    )
+    # Keys moto issued are moto's to answer.
+    assumed = client_with(
+        sim, "sts", aws_access_key_id="AKIDTEST", aws_secret_access_key="x"
+    ).assume_role(RoleArn=APP_ROLE, RoleSessionName="moto-session")["Credentials"]
+    assert caller_arn(
+        sim,
+        aws_access_key_id=assumed["AccessKeyId"],
+        aws_secret_access_key=assumed["SecretAccessKey"],
+        aws_session_token=assumed["SessionToken"],
+    ).endswith("/app/moto-session")
+    calls = sim.control("GET", "/requests?service=sts&operation=GetCallerIdentity")["requests"]
+    assert app["accessKeyId"] in [c["access_key_id"] for c in calls]
+
+
+def test_credentials_refresh_on_request_keeps_the_id_and_records_acks(sim):
+    ecs, cluster, instance_arn, family = roles_cluster(sim)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn, send_credentials=False) as ws:
+            task = (await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family))[
+                "tasks"
+            ][0]
+            payload_message = await next_frame(ws, "PayloadMessage")
+            await ack(ws, payload_message)
+            pushed = payload_message["tasks"][0]
+            for key in ("roleCredentials", "executionRoleCredentials"):
+                await credentials_ack(ws, payload_message["messageId"], pushed[key])
+            # The instance defaults to the task's.
+            sent = await asyncio.to_thread(
+                sim.control,
+                "POST",
+                "/acs/credentials",
+                {"task_arn": task["taskArn"], "role_type": "TaskExecution"},
+            )
+            refresh = await next_frame(ws, "IAMRoleCredentialsMessage")
+            await credentials_ack(ws, refresh["messageId"], refresh["roleCredentials"])
+            # A second refresh, acked with the wrong expiration.
+            await asyncio.to_thread(
+                sim.control,
+                "POST",
+                "/acs/credentials",
+                {"container_instance_arn": instance_arn, "task_arn": task["taskArn"]},
+            )
+            again = await next_frame(ws, "IAMRoleCredentialsMessage")
+            await credentials_ack(ws, again["messageId"], again["roleCredentials"], "2000-01-01")
+            await asyncio.sleep(0.3)
+            return task, payload_message, sent, refresh, again
+
+    task, payload_message, sent, refresh, again = asyncio.run(scenario())
+    pushed = payload_message["tasks"][0]
+    old, new = pushed["executionRoleCredentials"], refresh["roleCredentials"]
+    assert refresh["taskArn"] == task["taskArn"] and refresh["roleType"] == "TaskExecution"
+    assert refresh["taskClusterArn"] == task["clusterArn"]
+    assert new["credentialsId"] == old["credentialsId"] and new["roleArn"] == EXEC_ROLE
+    for secret in ("accessKeyId", "secretAccessKey", "sessionToken"):
+        assert new[secret] != old[secret]
+    assert ASIA_KEY.match(new["accessKeyId"]) and RFC3339_Z.match(new["expiration"])
+    assert sent["message_id"] == refresh["messageId"]
+    assert sent["credentials_id"] == old["credentialsId"]
+    assert sent["access_key_id"] == new["accessKeyId"]
+    assert again["roleType"] == "TaskApplication"
+    assert again["roleCredentials"]["credentialsId"] == pushed["roleCredentials"]["credentialsId"]
+    # Old and new keys both identify the role (old STS keys stay valid until they expire).
+    task_id = task["taskArn"].rsplit("/", 1)[-1]
+    for credentials in (old, new):
+        assert caller_arn(sim, credentials).endswith(f"assumed-role/exec/{task_id}")
+
+    record = sim.control("GET", f"/acs/credentials?task_arn={task['taskArn']}")
+    assert [(m["message_id"], m["reason"], m["acked"]) for m in record["messages"]] == [
+        (refresh["messageId"], "control", True),
+        (again["messageId"], "control", True),
+    ]
+    acks = {(a["message_id"], a["credentials_id"]): a for a in record["acks"]}
+    assert len(acks) == 4
+    execution_id = old["credentialsId"]
+    payload_ack = acks[(payload_message["messageId"], execution_id)]
+    assert payload_ack["answers"] == "PayloadMessage" and payload_ack["matches"] is True
+    refresh_ack = acks[(refresh["messageId"], execution_id)]
+    assert refresh_ack["answers"] == "IAMRoleCredentialsMessage" and refresh_ack["matches"]
+    assert refresh_ack["expiration"] == new["expiration"]
+    wrong = acks[(again["messageId"], again["roleCredentials"]["credentialsId"])]
+    assert wrong["matches"] is False
+    frames = sim.control(
+        "GET",
+        f"/acs/received?type=IAMRoleCredentialsAckRequest&container_instance_arn={instance_arn}",
+    )["frames"]
+    assert len(frames) == 4 and all(f["session"] for f in frames)
+
+    sets = sim.control("GET", f"/credentials?task_arn={task['taskArn']}")["sets"]
+    [execution_set] = [s for s in sets if s["role_type"] == "TaskExecution"]
+    assert execution_set["refreshes"] == 1 and len(sets) == 2
+    assert execution_set["access_key_ids"] == [old["accessKeyId"], new["accessKeyId"]]
+    assert execution_set["credentials"]["accessKeyId"] == new["accessKeyId"]
+
+    def post(body):
+        return sim.http(
+            "POST", "/ec2sim/acs/credentials", body, {"Content-Type": "application/json"}
+        )[0]
+
+    assert post({"task_arn": task["taskArn"], "role_type": "Nope"}) == 400
+    assert post({"role_type": "TaskApplication"}) == 400
+    assert post({"task_arn": task["taskArn"]}) == 409  # the session is gone
+
+
+def test_credentials_refresh_every_half_lifetime(sim):
+    ecs, cluster, instance_arn, family = roles_cluster(sim)
+    sim.control("POST", "/credentials", {"lifetime": 2})
+    try:
+
+        async def scenario():
+            async with acs_connect(sim, cluster, instance_arn) as ws:
+                await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family)
+                message = await next_frame(ws, "PayloadMessage")
+                started = time.monotonic()
+                await ack(ws, message)
+                first = await next_frame(ws, "IAMRoleCredentialsMessage", timeout=3)
+                second = await next_frame(ws, "IAMRoleCredentialsMessage", timeout=3)
+                return message["tasks"][0], [first, second], time.monotonic() - started
+
+        pushed, refreshes, elapsed = asyncio.run(scenario())
+    finally:
+        sim.control("POST", "/credentials", {"lifetime": 21600})
+    assert 0.5 < elapsed < 3
+    by_type = {r["roleType"]: r["roleCredentials"] for r in refreshes}
+    for role_type, key in (
+        ("TaskApplication", "roleCredentials"),
+        ("TaskExecution", "executionRoleCredentials"),
+    ):
+        assert by_type[role_type]["credentialsId"] == pushed[key]["credentialsId"]
+        assert by_type[role_type]["accessKeyId"] != pushed[key]["accessKeyId"]
+        expires = datetime.datetime.fromisoformat(by_type[role_type]["expiration"]).timestamp()
+        assert expires - time.time() < 3
+    reasons = [
+        m["reason"]
+        for m in sim.control("GET", "/acs/credentials")["messages"]
+        if m["task_arn"] == pushed["arn"]
+    ]
+    assert reasons[:2] == ["refresh", "refresh"]
+    config = sim.control("GET", "/credentials")
+    assert config["lifetime"] == 21600 and config["auto_refresh"] is True
+    assert sim.http("POST", "/ec2sim/credentials", {"lifetime": 0}, {})[0] == 400
+
+
+def test_send_credentials_true_resends_every_live_task(sim):
+    ecs, cluster, instance_arn, family = roles_cluster(sim)
+    plain = unique("plain")
+    ecs.register_task_definition(
+        family=plain, containerDefinitions=[{"name": "a", "image": "i", "memory": 16}]
+    )
+
+    async def deliver(ws, definition):
+        task = (await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=definition))[
+            "tasks"
+        ][0]
+        message = await next_frame(ws, "PayloadMessage")
+        await ack(ws, message)
+        return task, message["tasks"][0]
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn, send_credentials=False) as ws:
+            live, live_pushed = await deliver(ws, family)
+            stopped, _ = await deliver(ws, family)
+            await deliver(ws, plain)
+            await asyncio.to_thread(
+                ecs.submit_task_state_change,
+                cluster=cluster,
+                task=stopped["taskArn"],
+                status="STOPPED",
+            )
+            await no_frame(ws, "IAMRoleCredentialsMessage", 0.5)
+        async with acs_connect(sim, cluster, instance_arn, send_credentials=False) as ws:
+            await no_frame(ws, "IAMRoleCredentialsMessage", 0.5)
+        async with acs_connect(sim, cluster, instance_arn, send_credentials=True) as ws:
+            resent = [await next_frame(ws, "IAMRoleCredentialsMessage") for _ in range(2)]
+            await no_frame(ws, "IAMRoleCredentialsMessage", 0.5)
+        return live, live_pushed, resent
+
+    live, live_pushed, resent = asyncio.run(scenario())
+    assert {(m["taskArn"], m["roleType"]) for m in resent} == {
+        (live["taskArn"], "TaskApplication"),
+        (live["taskArn"], "TaskExecution"),
+    }
+    by_type = {m["roleType"]: m["roleCredentials"] for m in resent}
+    # The current credentials, again (no refresh was due).
+    assert by_type["TaskApplication"] == live_pushed["roleCredentials"]
+    assert by_type["TaskExecution"] == live_pushed["executionRoleCredentials"]
+    assert all(m["taskClusterArn"] == live["clusterArn"] for m in resent)
+    reasons = {
+        m["reason"]
+        for m in sim.control("GET", f"/acs/credentials?task_arn={live['taskArn']}")["messages"]
+    }
+    assert reasons == {"sendCredentials"}
+
+
+def test_cloudwatch_logs_round_trip(sim):
+    logs = client_with(
+        sim,
+        "logs",
+        aws_access_key_id="ASIALOGSTEST0001",
+        aws_secret_access_key="x",
+        aws_session_token="t",
+    )
+    group, stream = unique("/ecs/app"), "app/web/0123"
+    sim.control("DELETE", "/requests")
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(time.time() * 1000)
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName=stream,
+        logEvents=[{"timestamp": now, "message": "hello"}, {"timestamp": now + 1, "message": "2"}],
+    )
+    events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)
+    assert [e["message"] for e in events["events"]] == ["hello", "2"]
+    [described] = logs.describe_log_streams(logGroupName=group)["logStreams"]
+    assert described["logStreamName"] == stream
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        logs.create_log_stream(logGroupName=unique("/missing"), logStreamName="s")
+    assert err.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    calls = sim.control("GET", "/requests?service=logs")["requests"]
+    assert [c["operation"] for c in calls] == [
+        "CreateLogGroup",
+        "CreateLogStream",
+        "PutLogEvents",
+        "GetLogEvents",
+        "DescribeLogStreams",
+        "CreateLogStream",
+    ]
+    assert {c["access_key_id"] for c in calls} == {"ASIALOGSTEST0001"}
