@@ -3,7 +3,9 @@
 Owns the mapping of spec §6: which task-definition fields become top-level payload fields and which
 are rendered into the ``dockerConfig.config`` / ``dockerConfig.hostConfig`` Docker JSON strings
 (memoryReservation, logConfiguration, healthCheck, ulimits, user, workingDirectory, dockerLabels,
-readonlyRootFilesystem, privileged, linuxParameters, ...). Pure functions; talks to nothing.
+readonlyRootFilesystem, privileged, linuxParameters, ...), and what ECS adds: role credentials,
+``containerArn``, ``logsAuthStrategy`` and the ``awslogs-stream`` rendered from
+``awslogs-stream-prefix``. Pure functions; talks to nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def build_task(
     roles = role_arns(task, task_definition)
     execution_role = roles.get("TaskExecution")
     credentials = credentials or Credentials().for_task
+    task_id = task.task_arn.rsplit("/", 1)[-1]
+    # DescribeTasks' container records (ecs_api.ensure_containers): the ARNs ECS gave them.
+    container_arns = {
+        c.get("name"): c.get("containerArn") for c in task.containers or [] if isinstance(c, dict)
+    }
     entry: dict = {
         "arn": task.task_arn,
         "family": task_definition.family,
@@ -76,7 +83,14 @@ def build_task(
         "networkMode": network_mode,
         "overrides": json.dumps(overrides),
         "containers": [
-            build_container(c, container_overrides.get(c.get("name"), {}), network_mode)
+            build_container(
+                c,
+                container_overrides.get(c.get("name"), {}),
+                network_mode,
+                task_id=task_id,
+                container_arn=container_arns.get(c.get("name")),
+                execution_role=bool(execution_role),
+            )
             for c in task_definition.container_definitions
         ],
         "volumes": [build_volume(v) for v in task_definition.volumes],
@@ -109,8 +123,20 @@ def build_task(
     return entry
 
 
-def build_container(definition: dict, override: dict, network_mode: str) -> dict:
-    """One ``containers[]`` entry of a payload task."""
+def build_container(
+    definition: dict,
+    override: dict,
+    network_mode: str,
+    task_id: str = "",
+    container_arn: str | None = None,
+    execution_role: bool = False,
+) -> dict:
+    """One ``containers[]`` entry of a payload task.
+
+    ``containerArn`` is set when known. A container logging with ``awslogs`` in a task with an
+    execution role gets ``logsAuthStrategy: "ExecutionRole"`` (ECS does so for agents with
+    ``ecs.capability.execution-role-awslogs``; ec2sim does not check the capability).
+    """
     environment = {e["name"]: e.get("value", "") for e in definition.get("environment", [])}
     environment.update({e["name"]: e.get("value", "") for e in override.get("environment", [])})
     container_override = {k: v for k, v in override.items() if k in ("command",)}
@@ -129,8 +155,13 @@ def build_container(definition: dict, override: dict, network_mode: str) -> dict
         "links": definition.get("links", []),
         "dependsOn": definition.get("dependsOn", []),
         "overrides": json.dumps(container_override),
-        "dockerConfig": docker_config(definition, network_mode),
+        "dockerConfig": docker_config(definition, network_mode, task_id),
     }
+    if container_arn:
+        container["containerArn"] = container_arn
+    log_driver = (definition.get("logConfiguration") or {}).get("logDriver")
+    if execution_role and log_driver == "awslogs":
+        container["logsAuthStrategy"] = "ExecutionRole"
     if "healthCheck" in definition:
         container["healthCheckType"] = "docker"
     for key in ("stopTimeout", "startTimeout", "secrets", "environmentFiles", "restartPolicy"):
@@ -159,10 +190,10 @@ def _port_mapping(mapping: dict) -> dict:
     return {k: v for k, v in rendered.items() if v is not None}
 
 
-def docker_config(definition: dict, network_mode: str) -> dict:
+def docker_config(definition: dict, network_mode: str, task_id: str = "") -> dict:
     """``dockerConfig``: Docker ``Config`` and ``HostConfig`` JSON strings plus an API version."""
     config = _docker_config_keys(definition)
-    host_config = _docker_host_config_keys(definition, network_mode)
+    host_config = _docker_host_config_keys(definition, network_mode, task_id)
     used = [_MIN_DOCKER_API.get(k, _BASE_DOCKER_API) for k in [*config, *host_config]]
     version = max([_BASE_DOCKER_API, *used], key=lambda v: tuple(int(x) for x in v.split(".")))
     return {
@@ -194,13 +225,19 @@ def _docker_config_keys(definition: dict) -> dict:
     return config
 
 
-def _docker_host_config_keys(definition: dict, network_mode: str) -> dict:
+def _docker_host_config_keys(definition: dict, network_mode: str, task_id: str = "") -> dict:
     host: dict = {"NetworkMode": network_mode}
     if "memoryReservation" in definition:
         host["MemoryReservation"] = definition["memoryReservation"] * MIB
     if "logConfiguration" in definition:
         log = definition["logConfiguration"]
-        host["LogConfig"] = {"Type": log.get("logDriver"), "Config": log.get("options", {})}
+        options = dict(log.get("options") or {})
+        if log.get("logDriver") == "awslogs" and "awslogs-stream-prefix" in options:
+            # An ECS option Docker does not know: ECS names the stream
+            # <prefix>/<container name>/<task id> (container-features.md §9).
+            prefix = options.pop("awslogs-stream-prefix")
+            options["awslogs-stream"] = f"{prefix}/{definition.get('name')}/{task_id}"
+        host["LogConfig"] = {"Type": log.get("logDriver"), "Config": options}
     if "ulimits" in definition:
         host["Ulimits"] = [
             {"Name": u["name"], "Soft": u["softLimit"], "Hard": u["hardLimit"]}

@@ -1519,3 +1519,56 @@ def test_cloudwatch_logs_round_trip(sim):
         "CreateLogStream",
     ]
     assert {c["access_key_id"] for c in calls} == {"ASIALOGSTEST0001"}
+
+
+def test_payload_container_arns_and_execution_role_awslogs(sim):
+    options = {
+        "awslogs-group": "/ecs/app",
+        "awslogs-region": "us-east-1",
+        "awslogs-stream-prefix": "ecs",
+        "awslogs-create-group": "true",
+    }
+    containers = [
+        {
+            "name": "web",
+            "image": "i",
+            "memory": 32,
+            "logConfiguration": {"logDriver": "awslogs", "options": options},
+        },
+        {
+            "name": "side",
+            "image": "i",
+            "memory": 32,
+            "essential": False,
+            "logConfiguration": {"logDriver": "json-file"},
+        },
+    ]
+    ecs, cluster, instance_arn, family = setup_cluster(sim, containers, executionRoleArn=EXEC_ROLE)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            task = (await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family))[
+                "tasks"
+            ][0]
+            message = await next_frame(ws, "PayloadMessage")
+            await ack(ws, message)
+            return task, message["tasks"][0]
+
+    task, pushed = asyncio.run(scenario())
+    described = {c["name"]: c["containerArn"] for c in task["containers"]}
+    by_name = {c["name"]: c for c in pushed["containers"]}
+    assert {n: c["containerArn"] for n, c in by_name.items()} == described
+    assert by_name["web"]["logsAuthStrategy"] == "ExecutionRole"
+    assert "logsAuthStrategy" not in by_name["side"]
+    log_config = json.loads(by_name["web"]["dockerConfig"]["hostConfig"])["LogConfig"]
+    task_id = task["taskArn"].rsplit("/", 1)[-1]
+    assert log_config == {
+        "Type": "awslogs",
+        "Config": {
+            "awslogs-group": "/ecs/app",
+            "awslogs-region": "us-east-1",
+            "awslogs-create-group": "true",
+            "awslogs-stream": f"ecs/web/{task_id}",
+        },
+    }
+    assert "roleCredentials" not in pushed and "executionRoleCredentials" in pushed
