@@ -115,6 +115,90 @@ world_debian_image() {
   export ECS_HOSTD_DEBIAN_IMAGE
 }
 
+# Images with real AWS clients for the task-role, awslogs and task-metadata tests. Built like the
+# Debian image (debootstrap from the machine's Debian mirror, `docker import`, tagged with a hash of
+# the recipe, once per machine, a lock against concurrent builders), plus PyPI for the OTel one.
+#
+# ecs-hostd-test/awscli:<hash> ($ECS_HOSTD_AWSCLI_IMAGE): Debian bookworm with awscli (2.9.19, AWS
+# CLI v2), python3-boto3 (1.26.27, botocore 1.29.27), curl, wget, ca-certificates. Both SDKs take
+# credentials from AWS_CONTAINER_CREDENTIALS_RELATIVE_URI (http://169.254.170.2 + it) or _FULL_URI
+# (hosts 169.254.170.2, localhost, 127.0.0.1 only); neither knows AWS_ENDPOINT_URL: pass
+# --endpoint-url (CLI) or endpoint_url= (boto3), and a region (--region / AWS_DEFAULT_REGION).
+# python3-cffi-backend is named because debootstrap does not resolve the virtual packages
+# python3-cryptography depends on (python3-cffi-backend-api-min/max).
+AWSCLI_PACKAGES="awscli,python3-boto3,python3-cffi-backend,curl,wget,ca-certificates"
+AWSCLI_RECIPE="debootstrap --variant=minbase --include=$AWSCLI_PACKAGES bookworm (recipe 1)"
+
+world_awscli_image() {
+  local hash
+  hash=$(printf '%s' "$AWSCLI_RECIPE" | sha256sum | cut -c1-12)
+  ECS_HOSTD_AWSCLI_IMAGE="ecs-hostd-test/awscli:$hash"
+  export ECS_HOSTD_AWSCLI_IMAGE
+  docker image inspect "$ECS_HOSTD_AWSCLI_IMAGE" >/dev/null 2>&1 && return 0
+  mkdir -p "$CACHE"
+  (
+    exec 8>"$CACHE/awscli-image.lock"
+    flock 8
+    docker image inspect "$ECS_HOSTD_AWSCLI_IMAGE" >/dev/null 2>&1 && exit 0
+    command -v debootstrap >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+    local mirror dir started
+    mirror=$(world_debian_mirror)
+    dir=$(mktemp -d)
+    trap 'rm -rf "$dir"' EXIT
+    started=$SECONDS
+    log "building $ECS_HOSTD_AWSCLI_IMAGE with debootstrap from $mirror (a few minutes, once per machine)"
+    if ! debootstrap --variant=minbase --include="$AWSCLI_PACKAGES" bookworm "$dir" "$mirror" >"$CACHE/debootstrap-awscli.log" 2>&1; then
+      log "debootstrap failed; see $CACHE/debootstrap-awscli.log"; tail -5 "$CACHE/debootstrap-awscli.log" >&2; exit 1
+    fi
+    : >"$dir/etc/machine-id"
+    rm -rf "$dir"/var/cache/apt/* "$dir"/var/lib/apt/lists/*
+    tar -C "$dir" -c . | docker import \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'ENV LANG=C.UTF-8' \
+      --change 'CMD ["/bin/bash"]' - "$ECS_HOSTD_AWSCLI_IMAGE" >/dev/null
+    docker run --rm --network none "$ECS_HOSTD_AWSCLI_IMAGE" sh -c 'aws --version && python3 -c "import boto3" && curl --version >/dev/null && wget --version >/dev/null' >&2 \
+      || { log "$ECS_HOSTD_AWSCLI_IMAGE does not work; removing it"; docker rmi "$ECS_HOSTD_AWSCLI_IMAGE" >/dev/null; exit 1; }
+    log "built $ECS_HOSTD_AWSCLI_IMAGE in $((SECONDS - started)) s"
+  )
+}
+
+# ecs-hostd-test/otel:<hash> ($ECS_HOSTD_OTEL_IMAGE): the awscli image plus the PyPI packages of
+# tests/images/otel/requirements.txt in /usr/local/lib/python3.11/dist-packages and
+# /usr/local/bin/ecs-detect (tests/images/otel/ecs-detect): runs OpenTelemetry's
+# AwsEcsResourceDetector and prints the detected resource attributes as JSON. The wheels are
+# fetched with the ec2sim venv's pip (world_venv) for CPython 3.11 on x86_64.
+world_otel_image() {
+  local hash otel_dir="$ROOT/tests/images/otel"
+  world_awscli_image
+  hash=$( { echo "$ECS_HOSTD_AWSCLI_IMAGE otel (recipe 1)"; cat "$otel_dir/requirements.txt" "$otel_dir/ecs-detect"; } | sha256sum | cut -c1-12)
+  ECS_HOSTD_OTEL_IMAGE="ecs-hostd-test/otel:$hash"
+  export ECS_HOSTD_OTEL_IMAGE
+  docker image inspect "$ECS_HOSTD_OTEL_IMAGE" >/dev/null 2>&1 && return 0
+  (
+    exec 8>"$CACHE/otel-image.lock"
+    flock 8
+    docker image inspect "$ECS_HOSTD_OTEL_IMAGE" >/dev/null 2>&1 && exit 0
+    local dir container started=$SECONDS
+    dir=$(mktemp -d)
+    trap 'rm -rf "$dir"; [ -z "${container:-}" ] || docker rm -f "$container" >/dev/null 2>&1' EXIT
+    log "building $ECS_HOSTD_OTEL_IMAGE (PyPI: $(grep -c '^[a-z]' "$otel_dir/requirements.txt") packages)"
+    mkdir -p "$dir/usr/local/lib/python3.11/dist-packages" "$dir/usr/local/bin"
+    "${ECS_HOSTD_PYTHON:?run world_venv first}" -m pip install -q --disable-pip-version-check --no-deps --no-compile \
+      --target "$dir/usr/local/lib/python3.11/dist-packages" --only-binary=:all: \
+      --python-version 3.11 --implementation cp --abi cp311 --platform manylinux2014_x86_64 \
+      -r "$otel_dir/requirements.txt" >&2
+    rm -rf "$dir/usr/local/lib/python3.11/dist-packages/bin"
+    install -m 0755 "$otel_dir/ecs-detect" "$dir/usr/local/bin/ecs-detect"
+    container=$(docker create --network none "$ECS_HOSTD_AWSCLI_IMAGE" true)
+    tar -C "$dir" -c --owner=0 --group=0 usr | docker cp - "$container:/"
+    docker commit --change 'CMD ["/usr/local/bin/ecs-detect"]' "$container" "$ECS_HOSTD_OTEL_IMAGE" >/dev/null
+    # Without ECS metadata the detector returns an empty resource: "{}" and exit status 1.
+    [ "$(docker run --rm --network none "$ECS_HOSTD_OTEL_IMAGE" ecs-detect 2>/dev/null || true)" = "{}" ] \
+      || { log "$ECS_HOSTD_OTEL_IMAGE does not work; removing it"; docker rmi "$ECS_HOSTD_OTEL_IMAGE" >/dev/null; exit 1; }
+    log "built $ECS_HOSTD_OTEL_IMAGE in $((SECONDS - started)) s"
+  )
+}
+
 # Package tools for tests/package_*.rs: rpm (rpm -qlp, rpm -qp --scripts).
 world_package_tools() {
   command -v rpm >/dev/null 2>&1 || { log "installing rpm"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null; }
@@ -128,6 +212,8 @@ world_setup() {
   world_systemd_image
   world_package_tools
   world_debian_image
+  world_awscli_image
+  world_otel_image
 }
 
 # Starts ec2sim in the background; sets EC2SIM_PORT and EC2SIM_PID.
