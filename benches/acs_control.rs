@@ -29,14 +29,15 @@ use ecs_hostd::ecs::acs::{Handler, HandlerParts, Identity};
 use ecs_hostd::ecs::report::{Reporter, ReporterConfig};
 use ecs_hostd::store::Store;
 use ecs_hostd::tasks::{
-    CredentialsStore, RecordingSink, ReportStatus, StateChangeSink, TaskChange, TaskControl,
+    CredentialsStore, DeliverError, RecordingSink, ReportStatus, StateChangeSink, TaskChange,
+    TaskControl,
 };
 
 struct NoopEngine;
 
 #[async_trait]
 impl TaskControl for NoopEngine {
-    async fn deliver(&self, _task: Value) -> Result<(), String> {
+    async fn deliver(&self, _task: Value) -> Result<(), DeliverError> {
         Ok(())
     }
     fn desired_running(&self) -> Vec<String> {

@@ -300,6 +300,18 @@ async fn start_and_serve(
     );
     let credentials = Arc::new(crate::tasks::CredentialsStore::default());
     let sink: Arc<dyn crate::tasks::StateChangeSink> = reporter.clone();
+    // Every Docker call the engine makes is counted (`/metrics`).
+    let docker_runtime = crate::engine::counting::Counting::new(Arc::new(
+        crate::engine::docker::DockerRuntime::new(
+            docker.clone(),
+            crate::engine::docker::Timeouts {
+                create: config.engine.container_create_timeout,
+                start: config.engine.container_start_timeout,
+                ..Default::default()
+            },
+        ),
+    ));
+    let docker_calls = docker_runtime.calls();
     let engine = match crate::engine::Engine::new(crate::engine::Parts {
         settings: crate::engine::Settings::from_config(
             &config,
@@ -310,14 +322,7 @@ async fn start_and_serve(
         store: store.clone(),
         sink: sink.clone(),
         credentials: credentials.clone(),
-        runtime: Arc::new(crate::engine::docker::DockerRuntime::new(
-            docker.clone(),
-            crate::engine::docker::Timeouts {
-                create: config.engine.container_create_timeout,
-                start: config.engine.container_start_timeout,
-                ..Default::default()
-            },
-        )),
+        runtime: Arc::new(docker_runtime),
         ecr: Arc::new(crate::engine::pull::CachedEcr::new(
             Arc::new(crate::engine::pull::SdkEcr),
             crate::engine::pull::ECR_TOKEN_REUSE,
@@ -414,6 +419,7 @@ async fn start_and_serve(
         metrics: [
             watchdog_stats.clone() as Arc<dyn api::MetricsSection>,
             Arc::new(engine.view()),
+            docker_calls,
         ]
         .into_iter()
         .chain(metrics.iter().map(|m| m.section()))

@@ -131,15 +131,28 @@ pub trait StateChangeSink: Send + Sync {
 #[async_trait]
 pub trait TaskControl: Send + Sync {
     /// A task from a PayloadMessage: the task object as ACS sent it, with `roleCredentials` and
-    /// `executionRoleCredentials` removed. Its `desiredStatus` says what to do; desired status only
-    /// moves forward. `Err` carries the reason to report when the task cannot be accepted.
-    async fn deliver(&self, task: serde_json::Value) -> Result<(), String>;
+    /// `executionRoleCredentials` reduced to their `roleArn`. Its `desiredStatus` says what to
+    /// do; desired status only moves forward.
+    async fn deliver(&self, task: serde_json::Value) -> Result<(), DeliverError>;
 
     /// ARNs of the tasks whose desired status is RUNNING (for TaskManifest handling).
     fn desired_running(&self) -> Vec<String>;
 
     /// Sets a task's desired status to STOPPED (TaskStopVerificationAck).
     async fn stop(&self, task_arn: &str) -> Result<(), String>;
+}
+
+/// Why a delivered task was not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// The task itself is invalid: report it STOPPED with this reason and do not acknowledge
+    /// the payload (task-credentials.md §2.2).
+    #[error("{0}")]
+    Refused(String),
+    /// The engine cannot take tasks right now (stopping, restarting): do not acknowledge, so ACS
+    /// delivers the payload again; report nothing.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Which role a credential set belongs to.

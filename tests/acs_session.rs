@@ -75,8 +75,15 @@ async fn session_delivers_tasks_acks_and_survives_garbage() {
     assert_eq!(payloads.len(), 1);
     let sent_task = &payloads[0]["message"]["tasks"][0];
     let delivered = agent.engine.delivered.lock().unwrap()[0].clone();
-    assert!(delivered.get("roleCredentials").is_none());
-    assert!(delivered.get("executionRoleCredentials").is_none());
+    // Of each credential set only the role's ARN reaches the engine (it decides from it whether
+    // it can run the task), never a key, token, expiration or credentials id.
+    for role in ["roleCredentials", "executionRoleCredentials"] {
+        assert_eq!(
+            delivered[role],
+            json!({"roleArn": sent_task[role]["roleArn"]}),
+            "{role}"
+        );
+    }
     assert_eq!(delivered["containers"], sent_task["containers"]);
     let text = delivered.to_string();
     for role in ["roleCredentials", "executionRoleCredentials"] {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{ContainerDefinition, PortMapping, TransportProtocol};
 use common::*;
+use serde_json::json;
 
 fn image() -> String {
     std::env::var("ECS_HOSTD_TEST_IMAGE").unwrap_or_else(|_| "ecs-hostd-test/busybox:latest".into())
@@ -279,4 +280,116 @@ async fn the_acs_websocket_goes_through_the_configured_proxy() {
     );
     stop_task(&w.sim, &w.cluster, &task).await;
     wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
+}
+
+/// Issue 24 items 7 and 9, end to end: a task with a task role (this instance does not advertise
+/// `task-iam-role`, so ECS would not place it, but it arrives anyway) and a task that cannot be
+/// read at all both reach ECS as STOPPED with a reason; neither runs, the unreadable one's
+/// payload is not acknowledged, and the role's keys appear nowhere in the agent's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_the_agent_cannot_run_are_reported_stopped_with_a_reason() {
+    let w = world("refuse").await;
+    let family = unique("role");
+    let td = w
+        .sim
+        .ecs()
+        .await
+        .register_task_definition()
+        .family(&family)
+        .task_role_arn("arn:aws:iam::123456789012:role/app")
+        .container_definitions(container("app", true, &["sleep", "3600"]).build())
+        .send()
+        .await
+        .unwrap()
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned();
+    let task = run(&w, &td).await;
+    let t = wait_status(&w, &task, "STOPPED", Duration::from_secs(30)).await;
+    let reason = t.stopped_reason().unwrap_or_default();
+    assert!(
+        reason.contains("task IAM roles (taskRoleArn)"),
+        "{reason:?}"
+    );
+    assert!(
+        !docker_has_task(&task),
+        "a container of the refused task reached Docker"
+    );
+    let sets = w.sim.get(&format!("/ec2sim/credentials?task_arn={task}"));
+    let log = w.agent.log();
+    let sets = sets["sets"].as_array().unwrap();
+    assert!(!sets.is_empty(), "ec2sim sent no role credentials");
+    for set in sets {
+        for key in ["AccessKeyId", "SecretAccessKey", "Token"] {
+            if let Some(v) = set["credentials"][key].as_str() {
+                assert!(!log.contains(v), "{key} in the agent's log");
+            }
+        }
+    }
+
+    // An unreadable task (two containers of one name): reported STOPPED with the official
+    // agent's reason, and its payload never acknowledged.
+    let instance = w.agent.metadata().unwrap()["ContainerInstanceArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bad = task.replace(task.rsplit('/').next().unwrap(), "unreadable0001");
+    let twin = json!({"name": "twin", "image": image(), "essential": true});
+    w.sim.post(
+        "/ec2sim/acs/send",
+        json!({"container_instance_arn": instance, "message": {"type": "PayloadMessage", "message": {
+            "messageId": "unreadable-payload", "clusterArn": t.cluster_arn(), "containerInstanceArn": instance,
+            "tasks": [{"arn": bad, "desiredStatus": "RUNNING", "family": "f", "version": "1",
+                       "containers": [twin, twin]}]}}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reported = w
+            .sim
+            .requests("ecs", "SubmitTaskStateChange")
+            .into_iter()
+            .find(|r| r["body"]["task"] == bad.as_str());
+        if let Some(r) = reported {
+            assert_eq!(r["body"]["status"], "STOPPED");
+            let reason = r["body"]["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.starts_with("UnrecognizedACSTask: Error loading task: ")
+                    && reason.contains("twin"),
+                "{reason:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no STOPPED report for the unreadable task:\n{}",
+            w.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acks = w.sim.get("/ec2sim/acs/received?type=AckRequest");
+    assert!(
+        acks["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["message"]["messageId"] != "unreadable-payload"),
+        "the unreadable payload was acknowledged"
+    );
+    assert!(!docker_has_task(&bad));
+}
+
+/// Whether Docker has any container (any state) of `task`.
+fn docker_has_task(task: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.amazonaws.ecs.task-arn={task}"),
+        ])
+        .output()
+        .expect("docker ps");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }

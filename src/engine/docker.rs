@@ -123,10 +123,17 @@ pub fn create_body(
                     .get(&(port, proto.to_owned()))
                     .map_or_else(String::new, |p| p.to_string()),
             };
-            bindings.insert(
-                key,
-                json!([{"HostIp": ctx.bind_ip.clone().unwrap_or_default(), "HostPort": host_port}]),
-            );
+            // Several host ports for one container port (80 and 443 → 8080) are several
+            // bindings of one key: Docker publishes each.
+            let binding =
+                json!({"HostIp": ctx.bind_ip.clone().unwrap_or_default(), "HostPort": host_port});
+            match bindings.get_mut(&key).and_then(Value::as_array_mut) {
+                Some(list) if !list.contains(&binding) => list.push(binding),
+                Some(_) => {}
+                None => {
+                    bindings.insert(key, json!([binding]));
+                }
+            }
         }
     }
     let mut config = json!({ "Image": c.image, "Env": env });
@@ -230,6 +237,17 @@ pub fn create_body(
     config["Labels"] = Value::Object(labels);
     config["HostConfig"] = host;
     serde_json::from_value(config).map_err(|e| MapError::Invalid(e.to_string()))
+}
+
+/// A container's own name among the names Docker lists for it. A container that others link
+/// to is also listed under `/<linker>/<alias>`, in no fixed order; only the name without a
+/// second path segment is its own.
+pub fn canonical_name(names: &[String]) -> Option<String> {
+    names
+        .iter()
+        .map(|n| n.trim_start_matches('/'))
+        .find(|n| !n.is_empty() && !n.contains('/'))
+        .map(str::to_owned)
 }
 
 /// Docker-side deadlines (spec §6.4, upstream values; create/start from the configuration).
@@ -494,7 +512,7 @@ impl ContainerRuntime for DockerRuntime {
                 };
                 Some(Summary {
                     id: c.id?,
-                    name: c.names?.first()?.trim_start_matches('/').to_owned(),
+                    name: canonical_name(&c.names?)?,
                     state,
                     health: summary_health(c.status.as_deref().unwrap_or_default()),
                 })

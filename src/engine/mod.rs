@@ -18,8 +18,11 @@
 //! container carries this task's labels).
 
 pub mod cleanup;
+pub mod counting;
 pub mod docker;
+pub mod docker_json;
 pub mod events;
+pub mod features;
 pub mod introspection;
 pub mod model;
 pub mod pull;
@@ -51,7 +54,7 @@ use crate::engine::runtime::{
     ContainerRuntime, Observed, PullLimits, RuntimeError, State, Summary,
 };
 use crate::store::Store;
-use crate::tasks::{CredentialsStore, RoleType, StateChangeSink, TaskControl};
+use crate::tasks::{CredentialsStore, DeliverError, RoleType, StateChangeSink, TaskControl};
 
 /// Periodic full resync with Docker, even without events.
 pub const RESYNC: Duration = Duration::from_secs(20);
@@ -175,8 +178,21 @@ pub struct Parts {
 }
 
 enum Msg {
-    Deliver(Box<TaskSpec>, oneshot::Sender<Result<(), String>>),
+    /// A task, with the feature it asks for that the engine does not implement, if any.
+    Deliver(
+        Box<TaskSpec>,
+        Option<features::Unsupported>,
+        oneshot::Sender<Result<(), Rejection>>,
+    ),
     Stop(String, oneshot::Sender<Result<(), String>>),
+}
+
+/// Why the loop did not take a delivered task.
+enum Rejection {
+    /// The task cannot be recorded (reported STOPPED by the caller).
+    Invalid(String),
+    /// The store failed (the payload is not acknowledged; ACS delivers it again).
+    Store(String),
 }
 
 enum Done {
@@ -365,16 +381,23 @@ impl Engine {
 
 #[async_trait]
 impl TaskControl for Engine {
-    async fn deliver(&self, mut task: serde_json::Value) -> Result<(), String> {
+    async fn deliver(&self, mut task: serde_json::Value) -> Result<(), DeliverError> {
         model::strip_credentials(&mut task);
-        let spec = TaskSpec::from_json(&task).map_err(|e| e.to_string())?;
+        let spec = TaskSpec::from_json(&task).map_err(|e| DeliverError::Refused(e.to_string()))?;
+        let unsupported = features::unsupported(&task);
         let (tx, rx) = oneshot::channel();
         self.shared
             .tx
-            .send(Msg::Deliver(Box::new(spec), tx))
-            .map_err(|_| "task engine is not running".to_owned())?;
-        rx.await
-            .map_err(|_| "task engine stopped before accepting the task".to_owned())?
+            .send(Msg::Deliver(Box::new(spec), unsupported, tx))
+            .map_err(|_| DeliverError::Unavailable("task engine is not running".to_owned()))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Rejection::Invalid(why))) => Err(DeliverError::Refused(why)),
+            Ok(Err(Rejection::Store(why))) => Err(DeliverError::Unavailable(why)),
+            Err(_) => Err(DeliverError::Unavailable(
+                "task engine stopped before accepting the task".to_owned(),
+            )),
+        }
     }
 
     fn desired_running(&self) -> Vec<String> {
@@ -407,14 +430,17 @@ struct Listing {
     data_root: Option<Result<Option<PathBuf>, String>>,
 }
 
-/// Lists our containers and inspects the ones whose state changed since the cached inspection,
-/// except those in `busy` (Docker names with a create, start or stop in flight): that action's
-/// own outcome tells their state, and an inspection would only queue behind it in Docker (during
-/// a burst of starts, listings used to add one inspection in flight at all times). They are left
-/// out of the observation; the reconciler never judges a busy container vanished.
+/// Lists the containers of our records (`ours`, by Docker name: containers of other agents or
+/// tools that carry the ECS labels are never inspected) and inspects the ones whose state
+/// changed since the cached inspection, except those in `busy` (Docker names with a create,
+/// start or stop in flight): that action's own outcome tells their state, and an inspection
+/// would only queue behind it in Docker (during a burst of starts, listings used to add one
+/// inspection in flight at all times). They are left out of the observation; the reconciler
+/// never judges a busy container vanished.
 async fn list_docker(
     runtime: Arc<dyn ContainerRuntime>,
     mut cache: InspectCache,
+    ours: HashSet<String>,
     busy: HashSet<String>,
     epoch: u64,
     want_root: bool,
@@ -431,7 +457,7 @@ async fn list_docker(
     };
     let mut observed = HashMap::new();
     let mut seen = HashSet::new();
-    for s in summaries {
+    for s in summaries.into_iter().filter(|s| ours.contains(&s.name)) {
         seen.insert(s.id.clone());
         let cached = cache
             .get(&s.id)
@@ -607,9 +633,12 @@ impl LoopState {
 
     fn handle(&mut self, msg: Msg) -> Result<(), Error> {
         match msg {
-            Msg::Deliver(spec, reply) => {
-                let r = self.deliver(*spec);
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+            Msg::Deliver(spec, unsupported, reply) => {
+                let r = match self.deliver(*spec, unsupported) {
+                    Ok(accepted) => accepted.map_err(Rejection::Invalid),
+                    Err(e) => Err(Rejection::Store(e.to_string())),
+                };
+                let _ = reply.send(r);
             }
             Msg::Stop(arn, reply) => {
                 let r = match self.tasks.get_mut(&arn) {
@@ -619,6 +648,7 @@ impl LoopState {
                             t.desired = TaskStatus::Stopped;
                             self.dirty.insert(arn.clone());
                             self.persist_dirty()?;
+                            self.request_listing();
                         }
                         Ok(())
                     }
@@ -631,11 +661,19 @@ impl LoopState {
         Ok(())
     }
 
-    fn deliver(&mut self, spec: TaskSpec) -> Result<(), Error> {
+    /// Takes a delivered task in. The inner error is a task the engine cannot even record: the
+    /// caller reports it STOPPED and does not acknowledge the payload (task-credentials.md
+    /// §2.2). A task asking for an unsupported feature is recorded and stopped at once, with a
+    /// reason naming the feature.
+    fn deliver(
+        &mut self,
+        spec: TaskSpec,
+        unsupported: Option<features::Unsupported>,
+    ) -> Result<Result<(), String>, Error> {
         let arn = spec.arn.clone();
         if self.tombstones.contains_key(&arn) {
             debug!(task.arn = %arn, "Task was already cleaned up; ignoring the delivery.");
-            return Ok(());
+            return Ok(Ok(()));
         }
         let desired = match spec.desired() {
             Ok(TaskStatus::Stopped) => TaskStatus::Stopped,
@@ -648,17 +686,26 @@ impl LoopState {
                 t.desired = desired;
                 self.dirty.insert(arn);
                 self.persist_dirty()?;
+                // What runs is stopped at once from the record (the reconciler stops what our
+                // own start said runs); a fresh listing settles the containers no listing has
+                // shown since they were created, rather than the next resync (issue 24 item 3).
+                self.request_listing();
             }
-            return Ok(());
+            return Ok(Ok(()));
         }
         let jitter = crate::backoff::jitter(self.settings().engine.task_cleanup_wait_jitter);
-        let rec = match TaskRecord::new(spec, self.next_seq, jitter.as_secs_f64()) {
+        let mut rec = match TaskRecord::new(spec, self.next_seq, jitter.as_secs_f64()) {
             Ok(r) => r,
             Err(e) => {
                 warn!(task.arn = %arn, error = %e, "Task refused.");
-                return Ok(());
+                return Ok(Err(e.to_string()));
             }
         };
+        if let Some(why) = unsupported {
+            warn!(task.arn = %arn, feature = why.feature, field = %why.field,
+                "Task asks for a feature this agent does not implement; stopping it.");
+            rec.refuse(&why.to_string());
+        }
         info!(
             task.arn = %arn,
             family = %rec.spec.family,
@@ -675,7 +722,7 @@ impl LoopState {
         })?;
         self.tasks.insert(arn, rec);
         self.published = false;
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Persists dirty records (without emitting); used for desired-status changes.
@@ -740,8 +787,12 @@ impl LoopState {
                     Outcome::Started {
                         result: Ok(Some(o)),
                         ..
+                    }
+                    | Outcome::Stopped {
+                        result: Ok(Some(o)),
+                        ..
                     } => {
-                        // The start's own inspection: the next listing need not repeat it.
+                        // The action's own inspection: the next listing need not repeat it.
                         if let Some(state) = o.state {
                             self.inspect_cache
                                 .insert(o.id.clone(), (state, o.health, o.clone()));
@@ -815,9 +866,14 @@ impl LoopState {
                 _ => None,
             })
             .collect();
+        let ours = self
+            .tasks
+            .values()
+            .flat_map(|t| t.containers.iter().map(|c| c.docker_name.clone()))
+            .collect();
         let epoch = self.epoch;
         let want_root = self.data_root.is_none() || self.docker_down;
-        list_docker(runtime, cache, busy, epoch, want_root)
+        list_docker(runtime, cache, ours, busy, epoch, want_root)
     }
 
     /// Folds a finished listing in. Its epoch says which action outcomes it may predate: the
@@ -896,6 +952,16 @@ impl LoopState {
 
         // Admission (resolution 9): tasks that fit start; the others wait as PENDING.
         let (admitted, waits) = resources::admit(self.tasks.values(), &self.settings().capacity);
+        for (arn, why) in waits.iter().filter(|(_, w)| w.never_fits()) {
+            if let Some(t) = self.tasks.get_mut(arn) {
+                let reason = format!("ResourceError: {why}; it can never fit on this instance");
+                warn!(task.arn = %arn, reason = %reason, "Task can never be admitted; stopping it.");
+                t.refuse(&reason);
+                self.waits.remove(arn);
+                self.dirty.insert(arn.clone());
+            }
+        }
+        let waits: Vec<_> = waits.into_iter().filter(|(_, w)| !w.never_fits()).collect();
         for arn in admitted {
             if let Some(t) = self.tasks.get_mut(&arn) {
                 t.admitted = true;

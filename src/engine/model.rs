@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::engine::docker_json;
 use crate::tasks::{ContainerChange, NetworkBinding, ReportStatus, TaskChange};
 
 /// Model errors: a task that cannot be accepted. Never retryable (the payload is wrong).
@@ -411,6 +412,7 @@ impl ContainerSpec {
             self.docker_config
                 .as_ref()
                 .and_then(|d| d.config.as_deref()),
+            docker_json::Kind::Config,
         )
     }
 
@@ -420,6 +422,7 @@ impl ContainerSpec {
             self.docker_config
                 .as_ref()
                 .and_then(|d| d.host_config.as_deref()),
+            docker_json::Kind::HostConfig,
         )
     }
 
@@ -442,11 +445,17 @@ impl ContainerSpec {
     }
 }
 
-fn parse_raw(s: Option<&str>) -> serde_json::Value {
-    s.filter(|s| !s.trim().is_empty())
+/// A `dockerConfig` JSON string as an object with Docker's key spelling (ECS's keys are
+/// case-insensitive, container-features.md §0). Unparsable text never gets this far: the engine
+/// refuses such a task at delivery (`engine::features`).
+fn parse_raw(s: Option<&str>, kind: docker_json::Kind) -> serde_json::Value {
+    let mut v = s
+        .filter(|s| !s.trim().is_empty())
         .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
         .filter(|v| v.is_object())
-        .unwrap_or_else(|| serde_json::json!({}))
+        .unwrap_or_else(|| serde_json::json!({}));
+    docker_json::canonicalize(&mut v, kind);
+    v
 }
 
 /// `host` volume details.
@@ -710,6 +719,10 @@ impl TaskSpec {
 
     /// Static host ports the task needs, as `(port, protocol)`.
     pub fn static_host_ports(&self) -> Vec<(u16, String)> {
+        if self.network_mode.as_deref() == Some("awsvpc") {
+            // The task's own network namespace: its ports are not the host's.
+            return Vec::new();
+        }
         if self.network_mode.as_deref() == Some("host") {
             // Host networking: the container ports are the host ports.
             return self
@@ -894,6 +907,19 @@ impl TaskRecord {
         })
     }
 
+    /// Stops a task that cannot run, before anything of it was created: every container
+    /// STOPPED with `reason`, which is also the task's.
+    pub fn refuse(&mut self, reason: &str) {
+        self.desired = TaskStatus::Stopped;
+        self.reason.get_or_insert_with(|| reason.to_owned());
+        for c in &mut self.containers {
+            if c.known < ContainerStatus::Stopped {
+                c.known = ContainerStatus::Stopped;
+                c.reason.get_or_insert_with(|| reason.to_owned());
+            }
+        }
+    }
+
     /// The spec of container `i`.
     pub fn spec_of(&self, name: &str) -> Option<&ContainerSpec> {
         self.spec.containers.iter().find(|c| c.name == name)
@@ -1056,12 +1082,21 @@ pub fn dependencies(task: &TaskRecord, c: &ContainerSpec, now: f64) -> DepState 
 }
 
 /// The task status its containers imply (the lowest, §7.2); never below `current`.
-pub fn task_known(current: TaskStatus, containers: &[ContainerRecord]) -> TaskStatus {
+pub fn task_known(
+    current: TaskStatus,
+    containers: &[ContainerRecord],
+    essential_stopped: bool,
+) -> TaskStatus {
     let lowest = containers
         .iter()
         .map(|c| c.known.as_task_status())
         .min()
         .unwrap_or(TaskStatus::Stopped);
+    // Spec §7.2: while an essential container is stopped and others still run, the task does
+    // not advance (it never becomes RUNNING on the way down); it goes straight to STOPPED.
+    if essential_stopped && lowest < TaskStatus::Stopped {
+        return current;
+    }
     lowest.max(current)
 }
 
@@ -1151,11 +1186,17 @@ pub fn truncate_reason(s: &str) -> String {
     s[..end].to_owned()
 }
 
-/// Strips credentials from a task object (design.md resolution 7) before it is stored or parsed.
+/// Strips credentials from a task object (design.md resolution 7) before it is stored or
+/// parsed: of each credential set only the role's ARN is kept (it says the task has that role,
+/// and is no secret); keys, token, expiration and the credentials id go.
 pub fn strip_credentials(task: &mut serde_json::Value) {
     if let Some(o) = task.as_object_mut() {
-        o.remove("roleCredentials");
-        o.remove("executionRoleCredentials");
+        for key in ["roleCredentials", "executionRoleCredentials"] {
+            if let Some(c) = o.get_mut(key) {
+                let arn = c.get("roleArn").cloned().unwrap_or_else(|| "".into());
+                *c = serde_json::json!({ "roleArn": arn });
+            }
+        }
     }
 }
 

@@ -118,6 +118,20 @@ pub struct World<'a> {
     pub in_flight: &'a HashSet<ActionKey>,
 }
 
+impl World<'_> {
+    /// What the last listing showed of container `c` of task `arn`: by its Docker name, else by
+    /// its id (never a container of another task, never another id under its name).
+    pub fn find(&self, arn: &str, c: &ContainerRecord) -> Option<&Observed> {
+        let ours = |o: &&Observed| {
+            o.task_arn.as_deref() == Some(arn) && c.docker_id.as_deref().is_none_or(|id| id == o.id)
+        };
+        self.observed.get(&c.docker_name).filter(ours).or_else(|| {
+            let id = c.docker_id.as_deref()?;
+            self.observed.values().filter(ours).find(|o| o.id == id)
+        })
+    }
+}
+
 /// Settings and facts that are not part of the record.
 #[derive(Clone, Debug)]
 pub struct Ctx {
@@ -160,17 +174,16 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
     for c in &mut r.containers {
         let key = ActionKey::Container(arn.clone(), c.name.clone());
         let busy = world.in_flight.contains(&key);
-        let obs = world
-            .observed
-            .get(&c.docker_name)
-            .filter(|o| o.task_arn.as_deref() == Some(arn.as_str()))
-            .filter(|o| c.docker_id.as_deref().is_none_or(|id| id == o.id));
+        let obs = world.find(&arn, c);
         match obs {
             Some(o) => {
                 if c.known == ContainerStatus::Stopped {
                     // A container of ours running against its record (never restarted by us):
-                    // make sure it is stopped.
-                    if o.state == Some(State::Running) && !busy {
+                    // make sure it is stopped. Only a listing that began after our last action
+                    // on it counts: an older one still shows it running from before our own
+                    // stop, and acting on it re-stopped a stopped container in a loop.
+                    if o.state == Some(State::Running) && !busy && world.listed_epoch >= c.id_epoch
+                    {
                         actions.push(stop_action(&arn, c, o.id.clone(), rec, ctx));
                     }
                     continue;
@@ -254,12 +267,15 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             if world.in_flight.contains(&key) || waiting.contains(&c.name) {
                 continue;
             }
-            let obs = world.observed.get(&c.docker_name).filter(|o| {
-                o.task_arn.as_deref() == Some(arn.as_str())
-                    && c.docker_id.as_deref().is_none_or(|id| id == o.id)
-            });
+            let obs = world.find(&arn, c);
             match (&c.docker_id, obs) {
                 (Some(id), Some(o)) if o.state == Some(State::Running) => {
+                    actions.push(stop_action(&arn, c, id.clone(), rec, ctx));
+                }
+                // Our own start said it runs, and no listing has shown it since (the engine
+                // does not wake on its own starts): stop it now rather than at the next resync.
+                // Stopping a stopped container is harmless (Docker answers 304).
+                (Some(id), None) if c.known == ContainerStatus::Running => {
                     actions.push(stop_action(&arn, c, id.clone(), rec, ctx));
                 }
                 (Some(_), Some(o)) if o.state == Some(State::Created) => {
@@ -341,7 +357,10 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
 
     // 5. The task's known status follows its containers, forward only.
     let before = r.known;
-    r.known = task_known(r.known, &r.containers);
+    let essential_stopped = r.containers.iter().any(|c| {
+        c.known == ContainerStatus::Stopped && rec.spec_of(&c.name).is_some_and(|s| s.essential)
+    });
+    r.known = task_known(r.known, &r.containers, essential_stopped);
     if r.pull_started_at.is_some()
         && r.pull_stopped_at.is_none()
         && r.containers
@@ -606,13 +625,35 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             // it mid-stop: only a later one may judge it vanished.
             c.id_epoch = c.id_epoch.max(epoch);
             match result {
+                Ok(Some(o)) if o.state == Some(State::Running) => {
+                    // Docker said stopped but it runs (restarted in between?): try again
+                    // after the retry delay, not at once.
+                    fail(
+                        c,
+                        Step::Stop,
+                        "CannotStopContainerError: the container still runs after the stop".into(),
+                        true,
+                        now,
+                    );
+                }
                 Ok(Some(o)) => {
                     observe(c, o);
                     if c.failure.as_ref().is_some_and(|f| f.step == Step::Stop) {
                         c.failure = None;
                     }
                 }
-                Ok(None) => {}
+                Ok(None) | Err(RuntimeError::NotFound(_)) => {
+                    // Gone while we stopped it: nothing runs.
+                    if c.known < ContainerStatus::Stopped {
+                        c.known = ContainerStatus::Stopped;
+                        c.reason.get_or_insert_with(|| {
+                            format!(
+                                "ContainerVanishedError: container {} no longer exists in Docker",
+                                c.docker_id.as_deref().unwrap_or_default()
+                            )
+                        });
+                    }
+                }
                 Err(e) => fail(
                     c,
                     Step::Stop,

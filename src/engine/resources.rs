@@ -4,7 +4,10 @@
 //! Reserved ports (`ECS_RESERVED_PORTS[_UDP]`) count as taken.
 //!
 //! Also picks dynamic host ports from `ECS_DYNAMIC_HOST_PORT_RANGE` when one is configured.
-//! Pure except [`port_is_free`], which probes the host with a bind. Never refuses a task.
+//! Pure except [`port_is_free`], which probes the host with a bind. A task that can never fit
+//! (more CPU or memory than the instance registered, a reserved host port, one host port asked
+//! twice) is told apart ([`Wait::never_fits`]): the engine stops it with that reason rather than
+//! leaving it PENDING for ever.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -40,8 +43,17 @@ pub enum Wait {
         /// Free, MiB.
         free: u64,
     },
-    /// A host port is reserved or taken by another task.
+    /// A host port is taken by another task.
     Port(u16, String),
+    /// It can never fit here, and why.
+    Never(String),
+}
+
+impl Wait {
+    /// Whether no amount of waiting admits the task.
+    pub fn never_fits(&self) -> bool {
+        matches!(self, Wait::Never(_))
+    }
 }
 
 impl std::fmt::Display for Wait {
@@ -49,7 +61,8 @@ impl std::fmt::Display for Wait {
         match self {
             Wait::Cpu { need, free } => write!(f, "needs {need} CPU units, {free} free"),
             Wait::Memory { need, free } => write!(f, "needs {need} MiB of memory, {free} free"),
-            Wait::Port(p, proto) => write!(f, "host port {p}/{proto} is reserved or in use"),
+            Wait::Port(p, proto) => write!(f, "host port {p}/{proto} is in use"),
+            Wait::Never(why) => f.write_str(why),
         }
     }
 }
@@ -86,7 +99,30 @@ pub fn admit<'a>(
         let need_cpu = t.spec.cpu_units();
         let need_mem = t.spec.memory_mib();
         let want_ports = t.spec.static_host_ports();
-        let wait = if cpu + need_cpu > cap.cpu_units {
+        let mut seen = HashSet::new();
+        let never = if need_cpu > cap.cpu_units {
+            Some(format!(
+                "the task needs {need_cpu} CPU units and the instance has {}",
+                cap.cpu_units
+            ))
+        } else if need_mem > cap.memory_mib {
+            Some(format!(
+                "the task needs {need_mem} MiB of memory and the instance offers {}",
+                cap.memory_mib
+            ))
+        } else if let Some((p, proto)) = want_ports.iter().find(|p| ports.contains(*p)) {
+            Some(format!(
+                "host port {p}/{proto} is reserved on this instance (ECS_RESERVED_PORTS)"
+            ))
+        } else {
+            want_ports
+                .iter()
+                .find(|p| !seen.insert((*p).clone()))
+                .map(|(p, proto)| format!("the task asks for host port {p}/{proto} twice"))
+        };
+        let wait = if let Some(why) = never {
+            Some(Wait::Never(why))
+        } else if cpu + need_cpu > cap.cpu_units {
             Some(Wait::Cpu {
                 need: need_cpu,
                 free: cap.cpu_units.saturating_sub(cpu),
@@ -97,12 +133,9 @@ pub fn admit<'a>(
                 free: cap.memory_mib.saturating_sub(mem),
             })
         } else {
-            let mut seen = HashSet::new();
             want_ports
                 .iter()
-                .find(|p| {
-                    ports.contains(*p) || held_ports.contains(*p) || !seen.insert((*p).clone())
-                })
+                .find(|p| held_ports.contains(*p))
                 .map(|(p, proto)| Wait::Port(*p, proto.clone()))
         };
         match wait {
@@ -213,11 +246,24 @@ mod tests {
     }
 
     #[test]
-    fn reserved_and_taken_ports_make_tasks_wait() {
+    fn tasks_that_can_never_fit_are_told_apart() {
         let r = task("r", 1, 10.0, Some(22));
-        let (adm, waits) = admit([&r], &cap());
+        let big = task("big", 2, 5000.0, None);
+        let (adm, waits) = admit([&r, &big], &cap());
         assert!(adm.is_empty());
-        assert_eq!(waits["r"], Wait::Port(22, "tcp".into()));
+        assert!(waits["r"].never_fits(), "{}", waits["r"]);
+        assert!(waits["r"].to_string().contains("22/tcp is reserved"));
+        assert!(waits["big"].never_fits(), "{}", waits["big"]);
+        assert!(waits["big"].to_string().contains("5000 MiB"));
+        // A task that fits once others stop only waits.
+        let a = task("a", 3, 600.0, None);
+        let b = task("b", 4, 600.0, None);
+        let (_, waits) = admit([&a, &b], &cap());
+        assert!(!waits["b"].never_fits());
+    }
+
+    #[test]
+    fn taken_ports_make_tasks_wait() {
         let x = task("x", 2, 10.0, Some(8080));
         let y = task("y", 3, 10.0, Some(8080));
         let (adm, waits) = admit([&x, &y], &cap());

@@ -67,7 +67,7 @@ fn build(
 async fn deliver(e: &Engine, t: serde_json::Value) -> Result<(), String> {
     let (r, s) = tokio::join!(e.deliver(t), e.settle(1));
     s.unwrap();
-    r
+    r.map_err(|e| e.to_string())
 }
 
 /// Stops through `TaskControl` while one engine pass runs to accept it.
@@ -88,7 +88,7 @@ fn task(arn: &str, containers: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "arn": arn, "family": "fam", "version": "1", "desiredStatus": "RUNNING",
         "containers": containers,
-        "roleCredentials": {"credentialsId": "c", "secretAccessKey": "s3cr3t"}
+        "executionRoleCredentials": {"credentialsId": "c", "secretAccessKey": "s3cr3t"}
     })
 }
 
@@ -193,10 +193,9 @@ async fn a_dependency_that_misses_its_start_timeout_stops_its_dependents() {
     r.engine.settle(10).await.unwrap();
     let changes = r.sink.changes();
     assert_eq!(r.fake.creates().len(), 1, "web was never created");
-    assert_eq!(
-        statuses(&changes, "t"),
-        vec![ReportStatus::Running, ReportStatus::Stopped]
-    );
+    // Never RUNNING: the essential web stopped before db's running made every container
+    // "at least running" (spec §7.2, issue 24 item 4).
+    assert_eq!(statuses(&changes, "t"), vec![ReportStatus::Stopped]);
     let web = changes
         .iter()
         .flat_map(|c| c.containers.iter())
@@ -1026,11 +1025,15 @@ async fn a_listing_skips_busy_containers_until_they_are_not() {
     };
     let busy_id = fake.create("busy", body("arn:a")).await.unwrap();
     let idle_id = fake.create("idle", body("arn:b")).await.unwrap();
+    // Another agent's container with the ECS labels: never inspected, never observed.
+    fake.create("foreign", body("arn:other")).await.unwrap();
     let rt: Arc<dyn ContainerRuntime> = fake.clone();
+    let ours = || HashSet::from(["busy".to_owned(), "idle".to_owned()]);
 
     let first = list_docker(
         rt.clone(),
         InspectCache::new(),
+        ours(),
         HashSet::from(["busy".to_owned()]),
         1,
         false,
@@ -1038,11 +1041,13 @@ async fn a_listing_skips_busy_containers_until_they_are_not() {
     .await;
     let seen = first.result.as_ref().unwrap();
     assert!(seen.contains_key("idle") && !seen.contains_key("busy"));
+    assert!(!seen.contains_key("foreign"));
     assert_eq!(fake.inspections(), vec![idle_id.clone()]);
 
-    let second = list_docker(rt, first.cache, HashSet::new(), 2, false).await;
+    let second = list_docker(rt, first.cache, ours(), HashSet::new(), 2, false).await;
     let seen = second.result.as_ref().unwrap();
     assert!(seen.contains_key("idle") && seen.contains_key("busy"));
+    assert!(!seen.contains_key("foreign"));
     assert_eq!(
         fake.inspections(),
         vec![idle_id, busy_id],

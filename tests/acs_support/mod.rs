@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use ecs_hostd::ecs::sdk::SdkEcs;
 use ecs_hostd::ecs::{EcsApi, RegisterRequest, Resources};
 use ecs_hostd::imds::{ImdsClient, InstanceMetadata};
-use ecs_hostd::tasks::TaskControl;
+use ecs_hostd::tasks::{DeliverError, TaskControl};
 
 pub const REGION: &str = "us-east-1";
 
@@ -340,11 +340,11 @@ impl RecordingEngine {
 
 #[async_trait]
 impl TaskControl for RecordingEngine {
-    async fn deliver(&self, task: Value) -> Result<(), String> {
+    async fn deliver(&self, task: Value) -> Result<(), DeliverError> {
         let arn = task["arn"].as_str().unwrap_or("").to_owned();
         self.delivered.lock().unwrap().push(task);
         if self.refuse.lock().unwrap().contains(&arn) {
-            return Err("CannotStartTask: refused by the test".into());
+            return Err(DeliverError::Refused("refused by the test".into()));
         }
         Ok(())
     }

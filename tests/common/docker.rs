@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ecs_hostd::config::Config;
+use ecs_hostd::engine::counting::{Counting, DockerCalls};
 use ecs_hostd::engine::docker::{DockerRuntime, Timeouts};
 use ecs_hostd::engine::{Engine, Hooks, Parts, Settings};
 use ecs_hostd::store::{self, Store, Transaction};
@@ -193,6 +194,8 @@ pub struct Running {
     pub store: Store,
     /// Docker client.
     pub docker: bollard::Docker,
+    /// What the engine asked of Docker so far.
+    pub calls: Arc<DockerCalls>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -220,7 +223,12 @@ pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
         report: Mutex::new(true),
         ..GatedSink::default()
     });
-    let runtime = Arc::new(DockerRuntime::new(docker.clone(), Timeouts::default()));
+    let runtime = Counting::new(Arc::new(DockerRuntime::new(
+        docker.clone(),
+        Timeouts::default(),
+    )));
+    let calls = runtime.calls();
+    let runtime = Arc::new(runtime);
     let engine = Engine::new(Parts {
         settings,
         store: store.clone(),
@@ -242,6 +250,7 @@ pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
         sink,
         store,
         docker,
+        calls,
         cancel,
         task: Some(task),
         _dir: dir,

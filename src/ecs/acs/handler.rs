@@ -24,8 +24,8 @@ use super::messages::{
 use crate::ecs::report::Milestones;
 use crate::store::{self, Store, Table};
 use crate::tasks::{
-    CredentialsStore, ReportStatus, RoleCredentials, RoleType, StateChangeSink, TaskChange,
-    TaskControl,
+    CredentialsStore, DeliverError, ReportStatus, RoleCredentials, RoleType, StateChangeSink,
+    TaskChange, TaskControl,
 };
 
 /// The ACS session's durable state.
@@ -36,6 +36,8 @@ pub const SEQ_NUM_KEY: &str = "latest_seq_num";
 pub const INITIAL_SEQ_NUM: i64 = -1;
 /// Tasks whose delivered desired status is remembered (oldest forgotten first).
 const DELIVERED_KEPT: usize = 10_000;
+/// Prefix of the reason reported for a task the engine cannot load.
+pub const UNRECOGNIZED_TASK: &str = "UnrecognizedACSTask: Error loading task: ";
 /// Why self-update messages are refused.
 pub const UPDATE_REFUSED: &str =
     "ecs-hostd does not update itself over ACS; upgrade the ecs-hostd package instead";
@@ -472,7 +474,14 @@ impl Handler {
                 }
                 Ok(true)
             }
-            Err(reason) => {
+            Err(DeliverError::Unavailable(why)) => {
+                warn!(task.arn = %arn, desired, reason = %why,
+                    "The engine cannot take the task now; the payload stays unacknowledged.");
+                Ok(false)
+            }
+            Err(DeliverError::Refused(why)) => {
+                // The official agent's text for a task it cannot load (UnrecognizedTaskError).
+                let reason = format!("{UNRECOGNIZED_TASK}{why}");
                 warn!(task.arn = %arn, desired, reason = %reason, "The engine refused the task; reporting it STOPPED.");
                 let change = TaskChange {
                     cluster: nonempty(&task.task_cluster_arn)

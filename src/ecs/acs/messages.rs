@@ -231,6 +231,17 @@ impl PayloadTask {
         if let Some(v) = &self.task_cluster_arn {
             out.insert("taskClusterArn".into(), Value::String(v.clone()));
         }
+        // Which roles the task has, without any credential (not even the credentials id): the
+        // engine decides from it whether it can run the task.
+        for (key, creds) in [
+            ("roleCredentials", &self.role_credentials),
+            ("executionRoleCredentials", &self.execution_role_credentials),
+        ] {
+            if let Some(c) = creds {
+                let arn = c.role_arn.clone().unwrap_or_default();
+                out.insert(key.into(), serde_json::json!({ "roleArn": arn }));
+            }
+        }
         Value::Object(out)
     }
 }
@@ -780,8 +791,13 @@ mod tests {
         assert_eq!(engine["arn"], "a");
         assert_eq!(engine["family"], "f");
         assert_eq!(engine["containers"][0]["name"], "c");
-        assert!(engine.get("roleCredentials").is_none());
+        // Only that the task has a role reaches the engine: no key, no credentials id.
+        assert_eq!(
+            engine["roleCredentials"],
+            serde_json::json!({"roleArn": ""})
+        );
         assert!(!engine.to_string().contains("s3cr3t"));
+        assert!(!engine.to_string().contains("\"id\""));
     }
 
     #[test]

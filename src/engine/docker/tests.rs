@@ -3,7 +3,8 @@ use crate::engine::model::{TaskRecord, TaskSpec};
 
 fn full_task() -> TaskRecord {
     let raw_config = serde_json::json!({
-        "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64, "Retries": 2},
+        // ECS's spelling (see the fixtures), not Docker's `Healthcheck`: matched regardless of case.
+        "HealthCheck": {"Test": ["CMD-SHELL", "true"], "Interval": 1_000_000_000u64, "Retries": 2},
         "User": "nobody",
         "WorkingDir": "/tmp",
         "Labels": {"team": "web", "com.amazonaws.ecs.task-arn": "spoofed"},
@@ -12,7 +13,7 @@ fn full_task() -> TaskRecord {
     let raw_host = serde_json::json!({
         "MemoryReservation": 64 * 1024 * 1024,
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m", "mode": "non-blocking"}},
-        "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 2048}],
+        "ulimits": [{"name": "nofile", "soft": 1024, "hard": 2048}],
         "ReadonlyRootfs": true,
         "RestartPolicy": {"Name": "always"},
         "CapAdd": ["NET_ADMIN"]
@@ -33,6 +34,7 @@ fn full_task() -> TaskRecord {
                 "environment": {"K": "V"},
                 "portMappings": [
                     {"containerPort": 80, "hostPort": 8080},
+                    {"containerPort": 80, "hostPort": 8443},
                     {"containerPort": 53, "hostPort": 0, "protocol": "udp"},
                     {"containerPortRange": "9000-9001"}
                 ],
@@ -103,6 +105,7 @@ fn maps_every_field_of_spec_6_4() {
     assert_eq!(h["MemoryReservation"], 64 * 1024 * 1024);
     assert_eq!(h["ReadonlyRootfs"], true);
     assert_eq!(h["Ulimits"][0]["Name"], "nofile");
+    assert_eq!(h["Ulimits"][0]["Soft"], 1024);
     assert_eq!(h["CapAdd"], serde_json::json!(["NET_ADMIN"]));
     assert_eq!(h["LogConfig"]["Type"], "json-file");
     assert_eq!(h["LogConfig"]["Config"]["max-size"], "1m");
@@ -129,6 +132,9 @@ fn maps_every_field_of_spec_6_4() {
     let pb = &h["PortBindings"];
     assert_eq!(pb["80/tcp"][0]["HostPort"], "8080");
     assert_eq!(pb["80/tcp"][0]["HostIp"], "127.0.0.1");
+    // Two host ports for one container port: two bindings of one key.
+    assert_eq!(pb["80/tcp"][1]["HostPort"], "8443");
+    assert_eq!(pb["80/tcp"].as_array().unwrap().len(), 2);
     assert_eq!(pb["53/udp"][0]["HostPort"], "40053");
     assert_eq!(pb["9000/tcp"][0]["HostPort"], "");
 
@@ -145,6 +151,17 @@ fn maps_every_field_of_spec_6_4() {
     assert_eq!(vols.len(), 1);
     assert!(vols[0].name.starts_with("ecs-fam-3-scratch-"));
     assert_eq!(task_scoped_volumes(&rec), vec![vols[0].name.clone()]);
+}
+
+#[test]
+fn a_containers_own_name_is_told_from_link_aliases() {
+    // Docker lists a linked-to container under the linkers' aliases too, sorted before its own.
+    let names = [
+        "/ecs-f-1-gateway-aa/redis".to_owned(),
+        "/ecs-f-1-redis-bb".to_owned(),
+    ];
+    assert_eq!(canonical_name(&names).as_deref(), Some("ecs-f-1-redis-bb"));
+    assert_eq!(canonical_name(&["/x/y".to_owned()]), None);
 }
 
 #[test]

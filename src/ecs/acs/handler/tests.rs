@@ -8,13 +8,14 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::tasks::RecordingSink;
+use crate::tasks::{DeliverError, RecordingSink};
 
 #[derive(Default)]
 struct FakeEngine {
     delivered: Mutex<Vec<Value>>,
     stopped: Mutex<Vec<String>>,
     refuse: Mutex<HashSet<String>>,
+    unavailable: Mutex<HashSet<String>>,
     running: Mutex<Vec<String>>,
 }
 
@@ -36,11 +37,14 @@ impl FakeEngine {
 
 #[async_trait]
 impl TaskControl for FakeEngine {
-    async fn deliver(&self, task: Value) -> Result<(), String> {
+    async fn deliver(&self, task: Value) -> Result<(), DeliverError> {
         let arn = task["arn"].as_str().unwrap_or("").to_owned();
         self.delivered.lock().unwrap().push(task);
         if self.refuse.lock().unwrap().contains(&arn) {
-            return Err("CannotParseTask: bad container".into());
+            return Err(DeliverError::Refused("bad container".into()));
+        }
+        if self.unavailable.lock().unwrap().contains(&arn) {
+            return Err(DeliverError::Unavailable("engine restarting".into()));
         }
         Ok(())
     }
@@ -203,10 +207,14 @@ async fn payload_credentials_are_stored_stripped_and_acked() {
         "secretAccessKey",
         "accessKeyId",
         "\"token\"",
-        "roleCredentials",
+        "credentialsId",
+        "expiration",
     ] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
+    // What reaches the engine: that the task has a role, by ARN only.
+    let role = delivered[0]["roleCredentials"].as_object().unwrap();
+    assert_eq!(role.keys().collect::<Vec<_>>(), ["roleArn"]);
     assert_eq!(delivered[0]["containers"][0]["name"], "name");
     assert_eq!(
         delivered[0]["elasticNetworkInterfaces"][0]["ec2Id"],
@@ -324,7 +332,7 @@ async fn refused_task_is_reported_stopped_and_the_payload_not_acked() {
     assert_eq!(changes[0].status, ReportStatus::Stopped);
     assert_eq!(
         changes[0].reason.as_deref(),
-        Some("CannotParseTask: bad container")
+        Some("UnrecognizedACSTask: Error loading task: bad container")
     );
     // Redelivery: the good task is not applied again; the bad one is retried.
     w.engine.refuse.lock().unwrap().clear();

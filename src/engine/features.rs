@@ -1,0 +1,259 @@
+//! What the engine implements of a task definition, and the refusal of the rest.
+//!
+//! ECS places a task only on an instance that advertises what it needs, so a task asking for a
+//! feature ecs-hostd does not implement should never arrive. One still may (an old placement, a
+//! changed setting, a bug upstream); it must then stop with a reason that names the feature,
+//! never run without it (issue 24). [`unsupported`] reads the task as ACS sent it (credentials
+//! already reduced to their role ARNs by `model::strip_credentials`) and names the first such
+//! feature. A feature leaves this list in the change that implements, tests and advertises it.
+//!
+//! Owns that list; never changes a task, never talks to Docker.
+
+use serde_json::Value;
+
+/// Why a task cannot run here: the feature, and the task-definition field that asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    /// The feature, as an ECS user names it.
+    pub feature: &'static str,
+    /// Where in the task it was asked for (`taskRoleArn`, `containers[web].secrets`, ...).
+    pub field: String,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UnsupportedFeature: this ecs-hostd instance does not implement {} ({}); the task was not started",
+            self.feature, self.field
+        )
+    }
+}
+
+/// The first feature `task` asks for that the engine does not implement, if any.
+pub fn unsupported(task: &Value) -> Option<Unsupported> {
+    let at = |feature, field: String| Some(Unsupported { feature, field });
+    let present = |v: Option<&Value>| {
+        v.is_some_and(|v| match v {
+            Value::Null => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        })
+    };
+    if present(task.get("roleCredentials")) {
+        return at("task IAM roles", "taskRoleArn".into());
+    }
+    let network_mode = task.get("networkMode").and_then(Value::as_str);
+    if network_mode == Some("awsvpc") || present(task.get("elasticNetworkInterfaces")) {
+        return at("the awsvpc network mode", "networkMode".into());
+    }
+    if present(task.get("proxyConfiguration")) {
+        return at("App Mesh proxy configuration", "proxyConfiguration".into());
+    }
+    for mode in ["pidMode", "ipcMode"] {
+        if task.get(mode).and_then(Value::as_str) == Some("task") {
+            return at(
+                "task-scoped PID and IPC namespaces",
+                format!("{mode}: task"),
+            );
+        }
+    }
+    for v in array(task.get("volumes")) {
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+        match v.get("type").and_then(Value::as_str) {
+            None | Some("" | "host" | "docker") => {}
+            Some(kind) => return at("this volume type", format!("volumes[{name}].type: {kind}")),
+        }
+    }
+    for c in array(task.get("containers")) {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        let field = |f: &str| format!("containers[{name}].{f}");
+        if present(c.get("secrets")) {
+            return at("secrets from SSM or Secrets Manager", field("secrets"));
+        }
+        if present(c.get("environmentFiles")) {
+            return at("environment files from S3", field("environmentFiles"));
+        }
+        if present(c.get("firelensConfiguration")) {
+            return at("FireLens log routing", field("firelensConfiguration"));
+        }
+        if present(c.get("credentialSpecs")) {
+            return at("credential specs (gMSA)", field("credentialSpecs"));
+        }
+        if c.pointer("/restartPolicy/enabled") == Some(&Value::Bool(true)) {
+            return at("container restart policies", field("restartPolicy"));
+        }
+        if array(c.get("managedAgents"))
+            .iter()
+            .any(|a| a.get("name").and_then(Value::as_str) == Some("ExecuteCommandAgent"))
+        {
+            return at("ECS Exec", field("managedAgents"));
+        }
+        if present(c.get("healthCheckType")) {
+            return at("container health checks", field("healthCheck"));
+        }
+        let docker_config = c.get("dockerConfig");
+        for (key, what) in [
+            ("config", "dockerConfig.config"),
+            ("hostConfig", "dockerConfig.hostConfig"),
+        ] {
+            let Some(text) = docker_config
+                .and_then(|d| d.get(key))
+                .and_then(Value::as_str)
+                .filter(|t| !t.trim().is_empty())
+            else {
+                continue;
+            };
+            let parsed = serde_json::from_str::<Value>(text)
+                .ok()
+                .filter(Value::is_object);
+            let Some(parsed) = parsed else {
+                return at(
+                    "a Docker configuration that is not a JSON object",
+                    field(what),
+                );
+            };
+            let has = |k: &str| {
+                parsed
+                    .as_object()
+                    .is_some_and(|o| o.keys().any(|x| x.eq_ignore_ascii_case(k)))
+            };
+            if key == "config" && has("Healthcheck") {
+                return at("container health checks", field("healthCheck"));
+            }
+            if key == "hostConfig" {
+                let driver = parsed
+                    .as_object()
+                    .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("LogConfig")))
+                    .and_then(|(_, l)| l.as_object())
+                    .and_then(|l| l.iter().find(|(k, _)| k.eq_ignore_ascii_case("Type")))
+                    .and_then(|(_, t)| t.as_str());
+                if driver == Some("awsfirelens") {
+                    return at("FireLens log routing", field("logConfiguration.logDriver"));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn array(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn task(extra: Value, container: Value) -> Value {
+        let mut c = json!({"name": "app", "image": "busybox", "essential": true});
+        crate::engine::docker::merge(&mut c, &container);
+        let mut t = json!({"arn": "arn:t", "family": "f", "version": "1", "containers": [c]});
+        crate::engine::docker::merge(&mut t, &extra);
+        t
+    }
+
+    #[test]
+    fn a_plain_task_is_supported() {
+        let t = task(
+            json!({"networkMode": "bridge", "volumes": [{"name": "v", "type": "docker"}]}),
+            json!({"dockerConfig": {"config": "{\"User\":\"1\"}", "hostConfig": "{\"CapAdd\":[],\"CapDrop\":[]}"},
+                   "secrets": [], "environmentFiles": null, "healthCheckType": null}),
+        );
+        assert_eq!(unsupported(&t), None);
+    }
+
+    #[test]
+    fn each_missing_feature_is_named_with_its_field() {
+        let cases = [
+            (
+                task(
+                    json!({"roleCredentials": {"roleArn": "arn:aws:iam::1:role/app"}}),
+                    json!({}),
+                ),
+                "task IAM roles",
+                "taskRoleArn",
+            ),
+            (
+                task(json!({"networkMode": "awsvpc"}), json!({})),
+                "the awsvpc network mode",
+                "networkMode",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"secrets": [{"name": "DB", "valueFrom": "arn:ssm"}]}),
+                ),
+                "secrets from SSM or Secrets Manager",
+                "containers[app].secrets",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"environmentFiles": [{"type": "s3", "value": "arn:s3"}]}),
+                ),
+                "environment files from S3",
+                "containers[app].environmentFiles",
+            ),
+            (
+                task(json!({}), json!({"healthCheckType": "DOCKER"})),
+                "container health checks",
+                "containers[app].healthCheck",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"dockerConfig": {"config": "{\"HealthCheck\":{\"Test\":[\"CMD\",\"true\"]}}"}}),
+                ),
+                "container health checks",
+                "containers[app].healthCheck",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"dockerConfig": {"hostConfig": "{\"LogConfig\":{\"Type\":\"awsfirelens\"}}"}}),
+                ),
+                "FireLens log routing",
+                "containers[app].logConfiguration.logDriver",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"firelensConfiguration": {"type": "fluentbit"}}),
+                ),
+                "FireLens log routing",
+                "containers[app].firelensConfiguration",
+            ),
+            (
+                task(json!({"pidMode": "task"}), json!({})),
+                "task-scoped PID and IPC namespaces",
+                "pidMode: task",
+            ),
+            (
+                task(
+                    json!({"volumes": [{"name": "data", "type": "efs"}]}),
+                    json!({}),
+                ),
+                "this volume type",
+                "volumes[data].type: efs",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"dockerConfig": {"hostConfig": "{not json"}}),
+                ),
+                "a Docker configuration that is not a JSON object",
+                "containers[app].dockerConfig.hostConfig",
+            ),
+        ];
+        for (t, feature, field) in cases {
+            let u = unsupported(&t).unwrap_or_else(|| panic!("{feature} not refused"));
+            assert_eq!((u.feature, u.field.as_str()), (feature, field));
+            let text = u.to_string();
+            assert!(text.contains(feature) && text.contains(field), "{text}");
+        }
+    }
+}
