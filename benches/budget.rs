@@ -364,6 +364,32 @@ async fn main_agent(sim: &Ec2Sim, plan: &Plan) -> Vec<Row> {
     let base = support::baseline(&docker, &run, &bodies, &arrivals, plan.burst).await;
     let ratio = burst.total_engine.as_secs_f64() / base.total.as_secs_f64().max(1e-9);
 
+    // 6b. A burst of stops: 50 tasks placed, then 50 StopTask calls (50 STOPPED payloads).
+    let to_stop = support::run_tasks(sim, &agent, &cluster, &td, plan.burst, 1, plan.burst).await;
+    let stops = support::stop_burst(sim, &agent, &cluster, &to_stop.arns).await;
+    let calls: u64 = stops.docker_calls.iter().map(|(_, n)| n).sum();
+    rows.push(Row {
+        figure: format!("{}-task stop burst: STOPPED payloads → last STOPPED report", plan.burst),
+        value: format!(
+            "{} with {:.2} s of agent CPU; {calls} Docker calls ({:.1} per task: {})",
+            ms(stops.total),
+            stops.agent_cpu,
+            calls as f64 / plan.burst as f64,
+            stops
+                .docker_calls
+                .iter()
+                .map(|(op, n)| format!("{op} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        budget: "Docker calls ≤ 4 per task".into(),
+        verdict: Verdict::at_most(calls as f64 / plan.burst as f64, 4.0),
+        method: format!(
+            "{} single-container tasks RUNNING, then one StopTask each as fast as the SDK sends them; time from the first StopTask to the last SubmitTaskStateChange STOPPED in ec2sim's journal; utime+stime of the agent over that window; the agent's own count of its Docker calls (`ecs_hostd_docker_requests_total` on /metrics) from the first StopTask to 2 s after the last report (one stop and its inspection per container, plus listings on Docker's die events). Stop timeout 1 s; busybox sleep ignores SIGTERM, so each stop waits for it",
+            plan.burst
+        ),
+    });
+
     // 7. Many running tasks (BENCH_ONLY=burst: left out, and so is the RSS row).
     let only_burst = std::env::var("BENCH_ONLY").as_deref() == Ok("burst");
     if !only_burst {
@@ -457,6 +483,7 @@ fn issue_order(rows: &mut [Row]) {
         "-task burst: time",
         "-task burst: agent",
         "container exit",
+        "-task stop burst",
         "PutMetricData",
     ];
     rows.sort_by_key(|r| order.iter().position(|o| r.figure.contains(o)));

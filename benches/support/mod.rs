@@ -355,6 +355,90 @@ pub async fn stop_tasks(sim: &Ec2Sim, agent: &Agent, cluster: &str, arns: &[Stri
     .await;
 }
 
+/// What a burst of stops cost the agent.
+pub struct StopBurst {
+    /// First StopTask call → the last STOPPED report in ec2sim's journal.
+    pub total: Duration,
+    /// Agent CPU over that window, seconds.
+    pub agent_cpu: f64,
+    /// The agent's Docker calls over that window and 2 s after, by operation
+    /// (`ecs_hostd_docker_requests_total` on its `/metrics`), non-zero ones only.
+    pub docker_calls: Vec<(String, u64)>,
+}
+
+/// The agent's Docker calls so far, by operation, from its `/metrics`.
+pub fn docker_calls(agent: &Agent) -> Vec<(String, u64)> {
+    let out = std::process::Command::new("wget")
+        .args(["-qO-", "-T", "3", &format!("http://{}/metrics", agent.api)])
+        .output()
+        .expect("wget");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("ecs_hostd_docker_requests_total{op=\"")?;
+            let (op, n) = rest.split_once("\"} ")?;
+            Some((op.to_owned(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// StopTask for every task at once (ECS sends one STOPPED payload per call); measures until
+/// the last STOPPED report reaches ec2sim.
+pub async fn stop_burst(sim: &Ec2Sim, agent: &Agent, cluster: &str, arns: &[String]) -> StopBurst {
+    let ecs = sim.ecs().await;
+    let pid = agent.child.id();
+    let calls0 = docker_calls(agent);
+    let cpu0 = cpu_ticks(pid);
+    let started = unix_now();
+    for a in arns {
+        ecs.stop_task()
+            .cluster(cluster)
+            .task(a)
+            .send()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let last = loop {
+        let changes = sim.get("/ec2sim/state-changes?operation=SubmitTaskStateChange");
+        let stopped: Vec<f64> = changes["state_changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["body"]["status"] == "STOPPED")
+            .filter(|c| arns.iter().any(|a| c["body"]["task"] == a.as_str()))
+            .filter_map(|c| c["time"].as_f64())
+            .collect();
+        if stopped.len() >= arns.len() {
+            break stopped.into_iter().fold(0.0, f64::max);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} tasks reported STOPPED after 300 s:\n{}",
+            stopped.len(),
+            arns.len(),
+            tail(&agent.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let agent_cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls1 = docker_calls(agent);
+    let docker_calls = calls1
+        .into_iter()
+        .map(|(op, n)| {
+            let before = calls0.iter().find(|(o, _)| *o == op).map_or(0, |(_, b)| *b);
+            (op, n - before)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    StopBurst {
+        total: Duration::from_secs_f64((last - started).max(0.0)),
+        agent_cpu,
+        docker_calls,
+    }
+}
+
 /// Containers of the run (all states), optionally only those of one task.
 pub async fn containers(
     docker: &bollard::Docker,

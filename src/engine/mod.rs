@@ -648,7 +648,7 @@ impl LoopState {
                             t.desired = TaskStatus::Stopped;
                             self.dirty.insert(arn.clone());
                             self.persist_dirty()?;
-                            self.request_listing();
+                            self.list_if_unsure(&arn);
                         }
                         Ok(())
                     }
@@ -684,12 +684,9 @@ impl LoopState {
             if desired > t.desired {
                 info!(task.arn = %arn, "Task desired STOPPED.");
                 t.desired = desired;
-                self.dirty.insert(arn);
+                self.dirty.insert(arn.clone());
                 self.persist_dirty()?;
-                // What runs is stopped at once from the record (the reconciler stops what our
-                // own start said runs); a fresh listing settles the containers no listing has
-                // shown since they were created, rather than the next resync (issue 24 item 3).
-                self.request_listing();
+                self.list_if_unsure(&arn);
             }
             return Ok(Ok(()));
         }
@@ -723,6 +720,23 @@ impl LoopState {
         self.tasks.insert(arn, rec);
         self.published = false;
         Ok(Ok(()))
+    }
+
+    /// After a desired STOPPED: what our own start said runs is stopped at once from the
+    /// record (the reconciler); a container created but not known to run is settled by a fresh
+    /// listing, asked for now rather than at the next resync (issue 24 item 3). A task whose
+    /// containers all run needs no listing (a 50-task stop burst made 50 more).
+    fn list_if_unsure(&mut self, arn: &str) {
+        let unsure = self.tasks.get(arn).is_some_and(|t| {
+            t.containers.iter().any(|c| {
+                c.docker_id.is_some()
+                    && c.known < ContainerStatus::Running
+                    && !self.observed.contains_key(&c.docker_name)
+            })
+        });
+        if unsure {
+            self.request_listing();
+        }
     }
 
     /// Persists dirty records (without emitting); used for desired-status changes.
