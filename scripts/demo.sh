@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The agent's main job on this machine, against the local test world: set up Docker, ec2sim and
-# the test image; build ecs-hostd; start it as the daemon would run; show the container instance
+# the test image (only what the demo needs: the images the tests build are left to
+# scripts/test.sh); build ecs-hostd; start it as the daemon would run; show the container instance
 # registered in (emulated) ECS exactly as a user sees it with boto3; stop everything.
 #
 #   bash scripts/demo.sh            # debug build (fast to build)
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/world.sh
-world_setup
+world_setup_demo
 
 PROFILE="${DEMO_PROFILE:-debug}"
 log "building ecs-hostd ($PROFILE)"
@@ -57,12 +58,17 @@ ECS_DATADIR="$WORK/data" ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" ECS_HOSTD_DOCK
   ECS_CONTAINER_STOP_TIMEOUT=2s ECS_HOSTD_STARTUP_JITTER=0 \
   "$BIN" run --ecs-config "$WORK/ecs.config" --config "$WORK/config.toml" >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
+REGISTERED=""
 for _ in $(seq 600); do
-  if ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" "$BIN" status --ecs-config /dev/null --config "$WORK/config.toml" 2>/dev/null | grep -q 'instance:  arn:'; then break; fi
+  # Capture, then match: `status | grep -q` under pipefail failed whenever grep quit before status
+  # wrote its last line, so most polls missed a registered agent (issue 23: 20 s "to register").
+  OUT=$(ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" "$BIN" status --ecs-config /dev/null --config "$WORK/config.toml" 2>/dev/null || true)
+  case "$OUT" in *'instance:  arn:'*) REGISTERED=yes; break ;; esac
   kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent.log"; log "the agent exited"; exit 1; }
   sleep 0.05
 done
 END=$(date +%s.%N)
+[ -n "$REGISTERED" ] || { cat "$WORK/agent.log"; log "the agent did not register within the wait"; exit 1; }
 printf '\nregistered %.2f s after start\n\n' "$(echo "$END - $START" | bc -l 2>/dev/null || python3 -c "print($END-$START)")"
 
 log "ecs-hostd status"

@@ -16,7 +16,7 @@ log() { printf '\033[1m[world]\033[0m %s\n' "$*" >&2; }
 world_packages() {
   local missing=()
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
+  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -x httpd >/dev/null || missing+=(busybox-static)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   # Local registry and htpasswd for the engine's pull/auth tests.
@@ -214,6 +214,25 @@ world_setup() {
   world_debian_image
   world_awscli_image
   world_otel_image
+}
+
+# What scripts/demo.sh needs and nothing more: Docker, the busybox test image and ec2sim's venv.
+# The systemd and Debian images (debootstrap, minutes each on a fresh machine), the registry and the
+# package tools are for the tests only; world_setup builds them.
+world_setup_demo() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  # grep reads the whole list: with `grep -q` under pipefail, busybox could die of SIGPIPE after
+  # the match and the package would count as missing.
+  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -x httpd >/dev/null || missing+=(busybox-static)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  world_venv
+  world_docker
+  world_images
 }
 
 # Starts ec2sim in the background; sets EC2SIM_PORT and EC2SIM_PID.

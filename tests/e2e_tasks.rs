@@ -131,6 +131,9 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
     // The engine's counts reach the local API's /metrics (and, with ECS_HOSTD_HEALTH_METRICS,
     // CloudWatch through the same hook).
     assert_eq!(gauges(&w.agent), (1, 2), "{}", w.agent.log());
+    // Every Docker call is counted by the agent itself: one create and one start per container.
+    assert_eq!(docker_calls(&w.agent, "create"), 2);
+    assert_eq!(docker_calls(&w.agent, "start"), 2);
 
     stop_task(&w.sim, &w.cluster, &task).await;
     let t = wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
@@ -139,6 +142,20 @@ async fn run_task_reaches_running_with_bindings_and_stop_task_stops_it() {
         assert!(c.exit_code().is_some(), "{c:?}");
     }
     assert_eq!(gauges(&w.agent), (0, 0));
+    assert_eq!(docker_calls(&w.agent, "stop"), 2, "one stop per container");
+}
+
+/// `ecs_hostd_docker_requests_total{op}` from the agent's `/metrics`.
+fn docker_calls(agent: &Agent, op: &str) -> u64 {
+    let out = std::process::Command::new("wget")
+        .args(["-qO-", "-T", "3", &format!("http://{}/metrics", agent.api)])
+        .output()
+        .expect("wget");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("ecs_hostd_docker_requests_total{{op=\"{op}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or_else(|| panic!("{prefix} missing from /metrics:\n{text}"))
 }
 
 /// `ecs_hostd_running_tasks` and `ecs_hostd_running_containers` from the agent's `/metrics`.

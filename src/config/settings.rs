@@ -930,7 +930,7 @@ pub static SETTINGS: &[Setting] = &[
             let names = string_list(v)?;
             if let Some(bad) = names
                 .iter()
-                .find(|n| *n != "all" && !crate::metrics::catalogue::is_known(n))
+                .find(|n| *n != "all" && !super::metrics::is_known(n))
             {
                 return Err(format!("expected metric names or \"all\", got {bad:?}"));
             }
@@ -945,10 +945,7 @@ pub static SETTINGS: &[Setting] = &[
         "Metric names to publish instead of the profile's default set; each extra metric is one more series per host ($0.30/month).",
         |c, v, _| {
             let names = string_list(v)?;
-            if let Some(bad) = names
-                .iter()
-                .find(|n| !crate::metrics::catalogue::is_known(n))
-            {
+            if let Some(bad) = names.iter().find(|n| !super::metrics::is_known(n)) {
                 return Err(format!(
                     "expected metric names of the catalogue, got {bad:?}"
                 ));

@@ -98,6 +98,11 @@ impl Counting {
         }
     }
 
+    /// Wraps `inner`, counting into `calls` (shared with whoever reads them).
+    pub fn with_calls(inner: Arc<dyn ContainerRuntime>, calls: Arc<DockerCalls>) -> Counting {
+        Counting { inner, calls }
+    }
+
     /// The counts (shared; they keep counting).
     pub fn calls(&self) -> Arc<DockerCalls> {
         self.calls.clone()

@@ -9,7 +9,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::collect::{MemInfo, StatFs};
-use crate::config::{LegacyUnit, MemUsedFormula};
+use crate::config::metrics::{LegacyUnit, MemUsedFormula};
+// The names are defined with the settings that may name them (`config::metrics`, which checks
+// them); the catalogue gives them formulas.
+pub use crate::config::metrics::{
+    AGENT_RESTARTS, CWAGENT_DISK, CWAGENT_MEMORY, CWAGENT_SWAP, DOCKER_REACHABLE, HEALTH, LEGACY,
+    RUNNING_CONTAINERS, RUNNING_TASKS,
+};
 
 /// A CloudWatch unit (the subset the catalogue uses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,43 +77,6 @@ fn sample(name: &'static str, unit: Unit, value: f64) -> Sample {
     Sample { name, unit, value }
 }
 
-/// Every `cwagent` memory metric.
-pub const CWAGENT_MEMORY: &[&str] = &[
-    "mem_used_percent",
-    "mem_available_percent",
-    "mem_used",
-    "mem_available",
-    "mem_total",
-    "mem_free",
-    "mem_cached",
-    "mem_buffered",
-    "mem_active",
-    "mem_inactive",
-    "mem_shared",
-];
-/// Every `cwagent` swap metric.
-pub const CWAGENT_SWAP: &[&str] = &["swap_used_percent", "swap_used", "swap_free"];
-/// Every `cwagent` disk metric.
-pub const CWAGENT_DISK: &[&str] = &[
-    "disk_used_percent",
-    "disk_used",
-    "disk_free",
-    "disk_total",
-    "disk_inodes_free",
-    "disk_inodes_used",
-    "disk_inodes_total",
-];
-/// Every `legacy` metric.
-pub const LEGACY: &[&str] = &[
-    "MemoryUtilization",
-    "MemoryUsed",
-    "MemoryAvailable",
-    "SwapUtilization",
-    "SwapUsed",
-    "DiskSpaceUtilization",
-    "DiskSpaceUsed",
-    "DiskSpaceAvailable",
-];
 /// The `cwagent` default set (metrics.md §3.3); swap only when the host has swap (or
 /// `swap_when_absent`).
 pub const CWAGENT_DEFAULT: &[&str] = &[
@@ -119,29 +88,6 @@ pub const CWAGENT_DEFAULT: &[&str] = &[
 ];
 /// The `legacy` default set (§3.4): the usual cron line of the scripts.
 pub const LEGACY_DEFAULT: &[&str] = &["MemoryUtilization", "DiskSpaceUtilization"];
-
-/// Health metric: 1 when Docker answers, else 0.
-pub const DOCKER_REACHABLE: &str = "ecs_hostd_docker_reachable";
-/// Health metric: tasks running on the instance.
-pub const RUNNING_TASKS: &str = "ecs_hostd_running_tasks";
-/// Health metric: containers running on the instance.
-pub const RUNNING_CONTAINERS: &str = "ecs_hostd_running_containers";
-/// Health metric: agent restarts since the data directory was created (starts − 1).
-pub const AGENT_RESTARTS: &str = "ecs_hostd_agent_restarts";
-/// Every health metric.
-pub const HEALTH: &[&str] = &[
-    DOCKER_REACHABLE,
-    RUNNING_TASKS,
-    RUNNING_CONTAINERS,
-    AGENT_RESTARTS,
-];
-
-/// Whether `name` is a metric of either catalogue.
-pub fn is_known(name: &str) -> bool {
-    [CWAGENT_MEMORY, CWAGENT_SWAP, CWAGENT_DISK, LEGACY, HEALTH]
-        .iter()
-        .any(|list| list.contains(&name))
-}
 
 /// Which metrics are published: the profile defaults, or an explicit list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -580,6 +526,5 @@ mod tests {
         let e = Enabled::from_list(&["mem_cached".into()]);
         assert!(e.contains("mem_cached") && !e.contains("mem_used_percent"));
         assert!(e.contains("MemoryUtilization"), "legacy keeps its defaults");
-        assert!(is_known("disk_inodes_total") && is_known(AGENT_RESTARTS) && !is_known("cpu"));
     }
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use super::catalogue::Family;
 use super::mounts::Filesystem;
 use crate::aws::{self, ApiError};
-use crate::config::{DimensionMode, LegacySeries};
+use crate::config::metrics::{DimensionMode, LegacySeries};
 use crate::imds::InstanceMetadata;
 
 /// A list of dimensions sorted by name.

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{DimensionMode, LegacySeries, MetricsConfig, MetricsProfile};
+use crate::config::metrics::{DimensionMode, LegacySeries, MetricsConfig, MetricsProfile};
 use crate::health;
 use crate::imds::InstanceMetadata;
 use crate::store::Store;

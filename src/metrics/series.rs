@@ -10,7 +10,7 @@ use super::catalogue::{self, Enabled, Family, Sample};
 use super::collect::Pass;
 use super::datum::Datum;
 use super::dimensions::{Identity, Rules};
-use crate::config::{LegacyUnit, MemUsedFormula, MetricsProfile};
+use crate::config::metrics::{LegacyUnit, MemUsedFormula, MetricsProfile};
 
 /// What [`build`] needs to know about the catalogue and dimensions.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,7 +148,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{LegacySeries, MetricsProfile};
+    use crate::config::metrics::{LegacySeries, MetricsProfile};
     use crate::metrics::catalogue::Unit;
     use crate::metrics::collect::{FsStat, ReadPlan, Reader, StatFs};
     use crate::metrics::mounts::Selection;
