@@ -444,6 +444,24 @@ async fn start_and_serve(
         }
     });
 
+    // Task endpoint (issue 18): credentials and task metadata for containers on 51679.
+    let endpoint_addr = config.task_endpoint.addr;
+    let endpoint_state = crate::task_endpoint::EndpointState::for_agent(
+        &config,
+        &registration,
+        credentials.clone(),
+        Arc::new(engine.view()),
+        Arc::new(docker.clone()),
+    );
+    supervisor.spawn("task-endpoint", move |token| {
+        let state = endpoint_state.clone();
+        async move {
+            crate::task_endpoint::serve(endpoint_addr, state, token)
+                .await
+                .map_err(|e| Failure::transient(format!("task endpoint on {endpoint_addr}: {e}")))
+        }
+    });
+
     let lifecycle = Arc::new(Lifecycle {
         config: config.lifecycle.clone(),
         cluster: registration.cluster.clone(),
