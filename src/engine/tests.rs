@@ -1157,6 +1157,16 @@ async fn credentials_ids_pending_after_restart_removed_at_stop_and_cleanup() {
     assert_eq!(task.arn, "t");
     assert_eq!(container.name, "a");
     assert!(container.docker_id.is_some());
+    // The ids the record keeps are never shown: not in /v1/tasks, not in the metadata facts.
+    let shown = format!(
+        "{} {:?}",
+        serde_json::to_string(&engine.view().tasks()).unwrap(),
+        index
+    );
+    assert!(
+        !shown.contains("app-id") && !shown.contains("exec-id"),
+        "{shown}"
+    );
     // ACS delivers the credentials.
     for (role, id) in [
         (RoleType::TaskApplication, "app-id"),

@@ -167,15 +167,17 @@ impl MetadataView for Arc<MetadataIndex> {
     }
 }
 
-/// Epoch seconds as RFC 3339 UTC: with nanoseconds (`2026-07-01T12:00:01.123456789Z`) or whole
+/// Epoch seconds as RFC 3339 UTC: with the fraction as Go's `RFC3339Nano` writes it (trailing
+/// zeros dropped: `2026-07-01T12:00:01.5Z`; the engine's clock readings are `f64` seconds, so
+/// the fraction is rounded to microseconds, below which a reading holds only noise) or in whole
 /// seconds (`2026-07-01T12:00:01Z`).
-pub fn rfc3339(epoch_secs: f64, nanos: bool) -> String {
+pub fn rfc3339(epoch_secs: f64, fraction: bool) -> String {
     let whole = epoch_secs.floor();
     let mut secs = whole as i64;
-    let mut frac = ((epoch_secs - whole) * 1e9).round() as i64;
-    if frac >= 1_000_000_000 {
+    let mut micros = ((epoch_secs - whole) * 1e6).round() as i64;
+    if micros >= 1_000_000 {
         secs += 1;
-        frac -= 1_000_000_000;
+        micros -= 1_000_000;
     }
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -190,11 +192,14 @@ pub fn rfc3339(epoch_secs: f64, nanos: bool) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if nanos {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:09}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    if fraction && micros > 0 {
+        let digits = format!("{micros:06}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
     }
+    out.push('Z');
+    out
 }
 
 /// A number written as an integer when it is whole (Go writes `256`, not `256.0`).
@@ -575,15 +580,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3339_with_and_without_nanoseconds() {
+    fn rfc3339_with_and_without_the_fraction() {
         assert_eq!(rfc3339(0.0, false), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400.0, false), "2000-02-29T00:00:00Z");
-        // 2026-07-01T12:00:01.5Z
+        assert_eq!(rfc3339(1_782_907_201.5, true), "2026-07-01T12:00:01.5Z");
+        assert_eq!(rfc3339(1_782_907_201.5, false), "2026-07-01T12:00:01Z");
+        assert_eq!(rfc3339(1_782_907_201.0, true), "2026-07-01T12:00:01Z");
         assert_eq!(
-            rfc3339(1_782_907_201.5, true),
-            "2026-07-01T12:00:01.500000000Z"
+            rfc3339(1_782_907_201.123_456, true),
+            "2026-07-01T12:00:01.123456Z"
         );
-        assert_eq!(rfc3339(1_782_907_201.0, false), "2026-07-01T12:00:01Z");
+        assert_eq!(
+            rfc3339(1_782_907_201.999_999_9, true),
+            "2026-07-01T12:00:02Z"
+        );
     }
 
     #[test]
