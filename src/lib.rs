@@ -14,15 +14,18 @@
 //! docker watchdog (ping, systemd over D-Bus) ─► health ─► restart docker.service, /healthz
 //! lifecycle (spot notice, ASG lifecycle state) ─► drain ─► CompleteLifecycleAction
 //! local API (axum) ◄── reads registration, health, tasks, metrics
+//! ACS credentials ─► credentials (memory) ─► task endpoint :51679 ◄── engine snapshot (metadata by endpoint id)
 //! ```
 //!
 //! Modules, in the order data flows: [`config`] (all settings, validated), [`imds`] (instance
 //! identity), [`host`] (CPU, memory, OS), [`store`] (the one durable database), [`ecs`]
 //! (registration, the ACS session and the state reporter), [`tasks`] (the contract between the
-//! control plane and the engine), [`engine`] (tasks as Docker containers), [`docker`] (the
+//! control plane and the engine), [`credentials`] (task role credentials, memory only),
+//! [`engine`] (tasks as Docker containers), [`docker`] (the
 //! engine connection), [`metrics`] (host metrics to CloudWatch), [`watchdog`] (Docker health
 //! through systemd), [`lifecycle`] (Spot, Auto Scaling and warm-pool life of the instance),
-//! [`health`] (the health board), [`api`] (local HTTP), [`supervisor`] (long-running
+//! [`health`] (the health board), [`api`] (local HTTP), [`task_endpoint`] (credentials and task
+//! metadata for containers, 51679), [`supervisor`] (long-running
 //! subsystems), [`app`] (the wiring of `run`), [`check`] and [`status`] (the other sub-commands).
 
 #![forbid(unsafe_code)]
@@ -34,6 +37,7 @@ pub mod backoff;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod docker;
 pub mod ecs;
 pub mod engine;
@@ -46,6 +50,7 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod task_endpoint;
 pub mod tasks;
 pub mod telemetry;
 pub mod watchdog;

@@ -1,21 +1,24 @@
 //! The boundary between the control plane (ACS session, state reporter) and the task engine.
 //!
 //! - ACS hands tasks to the engine through [`TaskControl`], as the JSON ACS delivered (credentials
-//!   already removed into the [`CredentialsStore`]).
+//!   already moved into the [`CredentialsStore`]; only role ARNs and credentials ids remain).
 //! - The engine reports state changes through [`StateChangeSink`]: it enqueues each change in the
 //!   *same store transaction* that records its new known status, so a crash can neither lose a
 //!   change nor report one twice; the reporter sends the queue in order.
-//! - Credentials live only here, in memory: never in the store, logs or the local API.
+//! - Credentials live only in [`crate::credentials`], in memory: never in the store, logs or the
+//!   local API.
 //!
 //! This module holds types and small in-memory helpers only; it performs no I/O.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{self, Transaction};
+
+// The credentials store moved to `crate::credentials`; its names stay reachable here.
+pub use crate::credentials::{CredentialsStore, RoleCredentials, RoleType};
 
 /// A status as the ECS API accepts it in state reports (protocol spec §7.1, §8.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -131,7 +134,7 @@ pub trait StateChangeSink: Send + Sync {
 #[async_trait]
 pub trait TaskControl: Send + Sync {
     /// A task from a PayloadMessage: the task object as ACS sent it, with `roleCredentials` and
-    /// `executionRoleCredentials` reduced to their `roleArn`. Its `desiredStatus` says what to
+    /// `executionRoleCredentials` reduced to their `roleArn` and `credentialsId` (no secret). Its `desiredStatus` says what to
     /// do; desired status only moves forward.
     async fn deliver(&self, task: serde_json::Value) -> Result<(), DeliverError>;
 
@@ -153,85 +156,6 @@ pub enum DeliverError {
     /// delivers the payload again; report nothing.
     #[error("{0}")]
     Unavailable(String),
-}
-
-/// Which role a credential set belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RoleType {
-    /// The task's own role (`roleCredentials`, `TaskApplication`).
-    TaskApplication,
-    /// The execution role, used by the agent for ECR pulls and logs (`TaskExecution`).
-    TaskExecution,
-}
-
-/// One credential set delivered by ACS. `Debug` never shows the secrets.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RoleCredentials {
-    /// `credentialsId`.
-    pub credentials_id: String,
-    /// `roleArn`.
-    pub role_arn: String,
-    /// `accessKeyId`.
-    pub access_key_id: String,
-    /// `secretAccessKey`.
-    pub secret_access_key: String,
-    /// `sessionToken`.
-    pub session_token: String,
-    /// `expiration`, echoed exactly as received.
-    pub expiration: String,
-}
-
-impl std::fmt::Debug for RoleCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoleCredentials")
-            .field("credentials_id", &self.credentials_id)
-            .field("role_arn", &self.role_arn)
-            .field("expiration", &self.expiration)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Credentials by task and role, in memory only.
-#[derive(Debug, Default)]
-pub struct CredentialsStore {
-    inner: Mutex<HashMap<(String, RoleType), RoleCredentials>>,
-}
-
-impl CredentialsStore {
-    /// Stores (replaces) a task's credentials for one role.
-    pub fn set(&self, task_arn: &str, role: RoleType, creds: RoleCredentials) {
-        self.inner
-            .lock()
-            .expect("credentials lock")
-            .insert((task_arn.to_owned(), role), creds);
-    }
-
-    /// A task's credentials for one role.
-    pub fn get(&self, task_arn: &str, role: RoleType) -> Option<RoleCredentials> {
-        self.inner
-            .lock()
-            .expect("credentials lock")
-            .get(&(task_arn.to_owned(), role))
-            .cloned()
-    }
-
-    /// Drops one role's credentials of a task.
-    pub fn remove(&self, task_arn: &str, role: RoleType) {
-        self.inner
-            .lock()
-            .expect("credentials lock")
-            .remove(&(task_arn.to_owned(), role));
-    }
-
-    /// Number of credential sets held.
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("credentials lock").len()
-    }
-
-    /// Whether none are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// An in-memory [`StateChangeSink`] for tests: records every change; `stopped_reported` is true
@@ -276,29 +200,6 @@ impl StateChangeSink for RecordingSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_debug_hides_secrets() {
-        let c = RoleCredentials {
-            credentials_id: "cid".into(),
-            role_arn: "arn:role".into(),
-            access_key_id: "AKIASECRET".into(),
-            secret_access_key: "very-secret".into(),
-            session_token: "token-secret".into(),
-            expiration: "2030".into(),
-        };
-        let shown = format!("{c:?}");
-        assert!(shown.contains("cid"));
-        for secret in ["AKIASECRET", "very-secret", "token-secret"] {
-            assert!(!shown.contains(secret), "{shown}");
-        }
-        let store = CredentialsStore::default();
-        store.set("t", RoleType::TaskExecution, c.clone());
-        assert_eq!(store.get("t", RoleType::TaskExecution), Some(c));
-        assert_eq!(store.get("t", RoleType::TaskApplication), None);
-        store.remove("t", RoleType::TaskExecution);
-        assert!(store.is_empty());
-    }
 
     #[test]
     fn status_order_and_spelling() {

@@ -1,6 +1,7 @@
 //! Task credentials never leave memory: not in the log (captured at TRACE, with the `log` crate
 //! bridged, so dependencies' records count too), not in the store file, not in what the engine
-//! gets (which is all the local API can ever show).
+//! gets (which is all the local API can ever show). Their ids (which the engine persists) are
+//! never logged either.
 //!
 //! One test per binary: it installs the process-wide subscriber.
 
@@ -54,6 +55,30 @@ fn secrets_in(frames: &[Value]) -> Vec<String> {
             if let Some(s) = c[k].as_str() {
                 out.push(s.to_owned());
             }
+        }
+    };
+    for f in frames {
+        match f["type"].as_str() {
+            Some("PayloadMessage") => {
+                for t in f["message"]["tasks"].as_array().into_iter().flatten() {
+                    take(&t["roleCredentials"]);
+                    take(&t["executionRoleCredentials"]);
+                }
+            }
+            Some("IAMRoleCredentialsMessage") => take(&f["message"]["roleCredentials"]),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every credentials id in frames ec2sim sent (ids are bearer tokens for 169.254.170.2: never
+/// logged; the store keeps them, as upstream does).
+fn ids_in(frames: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut take = |c: &Value| {
+        if let Some(s) = c["credentialsId"].as_str() {
+            out.push(s.to_owned());
         }
     };
     for f in frames {
@@ -210,6 +235,14 @@ async fn credentials_never_reach_logs_store_or_engine() {
         contains(&refused_fixture),
         "the search finds what the store holds (the queued STOPPED report)"
     );
+    let ids = ids_in(&sim.sent().await);
+    assert!(ids.len() >= 4, "{} credentials ids", ids.len());
+    for id in &ids {
+        assert!(
+            !text.contains(id.as_str()),
+            "a credentials id is in the log"
+        );
+    }
     for s in &secrets {
         assert!(!text.contains(s.as_str()), "a secret is in the log");
         assert!(!contains(s), "a secret is in the store file");

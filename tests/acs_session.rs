@@ -75,12 +75,13 @@ async fn session_delivers_tasks_acks_and_survives_garbage() {
     assert_eq!(payloads.len(), 1);
     let sent_task = &payloads[0]["message"]["tasks"][0];
     let delivered = agent.engine.delivered.lock().unwrap()[0].clone();
-    // Of each credential set only the role's ARN reaches the engine (it decides from it whether
-    // it can run the task), never a key, token, expiration or credentials id.
+    // Of each credential set only the role's ARN and the credentials id reach the engine (it
+    // decides from the role whether it can run the task, and persists the id for the endpoint's
+    // 503-after-restart rule), never a key, token or expiration.
     for role in ["roleCredentials", "executionRoleCredentials"] {
         assert_eq!(
             delivered[role],
-            json!({"roleArn": sent_task[role]["roleArn"]}),
+            json!({"roleArn": sent_task[role]["roleArn"], "credentialsId": sent_task[role]["credentialsId"]}),
             "{role}"
         );
     }

@@ -410,3 +410,110 @@ fn docker_has_task(task: &str) -> bool {
         .expect("docker ps");
     !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
+
+/// Issue 18's wiring: the agent itself serves the task endpoint on its configured address. A
+/// task with an execution role placed with RunTask: its container's environment names its
+/// endpoint id, the endpoint answers the container and task metadata, and the execution role's
+/// credentials ACS sent (by the id ACS chose).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_serves_its_tasks_on_the_task_endpoint() {
+    let port = free_port();
+    let sim = Ec2Sim::start();
+    let cluster = unique("tep");
+    create_cluster(&sim, &cluster).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
+        .env("ECS_HOSTD_METRICS", "false")
+        .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", &format!("127.0.0.1:{port}"))
+        .start();
+    agent.wait_registered(Duration::from_secs(60));
+    let w = World {
+        sim,
+        cluster,
+        agent,
+        _data: data,
+    };
+    let td = register_task_definition(
+        &w.sim,
+        &unique("tep"),
+        vec![container("app", true, &["sleep", "3600"]).build()],
+        Some("arn:aws:iam::123456789012:role/ecsTaskExecutionRole"),
+    )
+    .await;
+    let task = run(&w, &td).await;
+    let t = wait_status(&w, &task, "RUNNING", Duration::from_secs(60)).await;
+    let docker_id = t.containers()[0].runtime_id().unwrap().to_owned();
+    let container_arn = t.containers()[0].container_arn().unwrap().to_owned();
+
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{json .Config.Env}}", &docker_id])
+        .output()
+        .expect("docker inspect");
+    let env: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let endpoint = env
+        .iter()
+        .find_map(|e| e.strip_prefix("ECS_CONTAINER_METADATA_URI_V4=http://169.254.170.2/v4/"))
+        .unwrap_or_else(|| panic!("no metadata URI in {env:?}"))
+        .to_owned();
+    let get = |path: String| async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, body) = get(format!("/v4/{endpoint}")).await;
+    assert_eq!(status, 200, "{body}\n{}", w.agent.log());
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(c["DockerId"], docker_id.as_str());
+    assert_eq!(c["ContainerARN"], container_arn.as_str());
+    let (status, body) = get(format!("/v4/{endpoint}/task")).await;
+    assert_eq!(status, 200, "{body}");
+    let task_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(task_json["TaskARN"], task.as_str());
+    assert_eq!(task_json["Cluster"], w.cluster.as_str());
+    assert_eq!(task_json["LaunchType"], "EC2");
+
+    // The execution role's credentials, by the id ACS sent.
+    let sessions = w.sim.get("/ec2sim/acs/sessions");
+    let sent = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["sent"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["type"] == "PayloadMessage")
+        .flat_map(|f| {
+            f["message"]["tasks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find(|t| t["arn"] == task.as_str() && t.get("executionRoleCredentials").is_some())
+        .map(|t| t["executionRoleCredentials"].clone())
+        .expect("executionRoleCredentials sent");
+    let id = sent["credentialsId"].as_str().unwrap();
+    let (status, body) = get(format!("/v2/credentials/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let creds: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(creds["AccessKeyId"], sent["accessKeyId"]);
+    assert_eq!(creds["Token"], sent["sessionToken"]);
+    let log = w.agent.log();
+    assert!(
+        !log.contains(id),
+        "the credentials id is in the agent's log"
+    );
+    // The audit record goes to the log (target ecs_hostd::audit; no ECS_AUDIT_LOGFILE), with
+    // the literal path only.
+    assert!(
+        log.lines().any(|l| l.contains(" 200 127.0.0.1:")
+            && l.contains("\"/v2/credentials\"")
+            && l.contains(&format!(
+                "{task} GetCredentialsExecutionRole 2 {}",
+                w.cluster
+            ))),
+        "no audit line in {log}"
+    );
+
+    stop_task(&w.sim, &w.cluster, &task).await;
+    wait_status(&w, &task, "STOPPED", Duration::from_secs(60)).await;
+}

@@ -41,8 +41,36 @@ pub(super) fn start(
     spawn_reporter(start, &plane);
     spawn_acs(start, local, docker, registered, &plane, &engine)?;
     spawn_api(start, registered, &engine, &plane, metrics.as_ref());
+    spawn_task_endpoint(start, docker, registered, &engine, &plane);
     spawn_lifecycle(start, local, instance, registered, &engine, &plane);
     Ok(())
+}
+
+/// The task endpoint (issue 18): credentials and task metadata for containers, on 51679
+/// (reached as 169.254.170.2:80 through `engine::net::host_nat`).
+fn spawn_task_endpoint(
+    start: &Start<'_>,
+    docker: &DockerReady,
+    registered: &Registered,
+    engine: &Engine,
+    plane: &TaskPlane,
+) {
+    let addr = start.config.task_endpoint.addr;
+    let state = crate::task_endpoint::EndpointState::for_agent(
+        start.config,
+        &registered.registration,
+        plane.credentials.clone(),
+        Arc::new(engine.view()),
+        Arc::new(docker.docker.clone()),
+    );
+    start.supervisor.spawn("task-endpoint", move |token| {
+        let state = state.clone();
+        async move {
+            crate::task_endpoint::serve(addr, state, token)
+                .await
+                .map_err(|e| Failure::transient(format!("task endpoint on {addr}: {e}")))
+        }
+    });
 }
 
 /// The control plane and the task engine (issues 3 and 4): ACS delivers tasks to the engine

@@ -141,6 +141,24 @@ pub struct WatchdogConfig {
     pub restart_backoff: Duration,
 }
 
+/// The task endpoint server: credentials and task metadata for containers
+/// (`[task_endpoint]` in config.toml for our own key; the others are official keys).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskEndpointConfig {
+    /// `ECS_HOSTD_TASK_ENDPOINT_ADDR`: listen address (containers reach it as 169.254.170.2:80
+    /// through NAT rules).
+    pub addr: SocketAddr,
+    /// `ECS_TASK_METADATA_RPS_LIMIT`: steady requests per second per (caller IP, path).
+    pub rps: u32,
+    /// `ECS_TASK_METADATA_RPS_LIMIT`: burst per (caller IP, path).
+    pub burst: u32,
+    /// `ECS_AUDIT_LOGFILE`: the credentials audit log file; `None` = the journal (log target
+    /// `ecs_hostd::audit`).
+    pub audit_logfile: Option<PathBuf>,
+    /// `ECS_AUDIT_LOGFILE_DISABLED`: no audit records at all.
+    pub audit_disabled: bool,
+}
+
 /// Fleet lifecycle settings (`[lifecycle]` in config.toml).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LifecycleConfig {
@@ -214,6 +232,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     /// Spot, Auto Scaling and warm-pool settings.
     pub lifecycle: LifecycleConfig,
+    /// The task endpoint server (credentials, task metadata).
+    pub task_endpoint: TaskEndpointConfig,
 }
 
 impl Default for Config {
@@ -284,6 +304,13 @@ impl Default for Config {
                 drain_poll_interval: Duration::from_secs(10),
                 warm_pool_poll_interval: Duration::from_secs(60),
                 startup_jitter: Duration::from_secs(5),
+            },
+            task_endpoint: TaskEndpointConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 51679)),
+                rps: 40,
+                burst: 60,
+                audit_logfile: None,
+                audit_disabled: false,
             },
         }
     }

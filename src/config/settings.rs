@@ -69,12 +69,12 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
     (
         "ECS_ENABLE_TASK_IAM_ROLE",
         &["false", "0"],
-        "the task credentials endpoint (169.254.170.2) is not implemented, so task-iam-role is not advertised",
+        "the task endpoint serves credentials on 51679, but the 169.254.170.2 NAT rules are not installed yet: tasks with a task role are refused and task-iam-role is not advertised",
     ),
     (
         "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST",
         &["false", "0"],
-        "the task credentials endpoint is not implemented",
+        "the 169.254.170.2 NAT rules for the task endpoint are not installed yet",
     ),
     (
         "ECS_ENABLE_TASK_ENI",
@@ -90,11 +90,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "ECS_ENABLE_CONTAINER_METADATA",
         &["false", "0"],
         "container metadata files are not implemented",
-    ),
-    (
-        "ECS_TASK_METADATA_RPS_LIMIT",
-        &[],
-        "the task metadata endpoint is not implemented",
     ),
     (
         "ECS_DISABLE_METRICS",
@@ -152,6 +147,14 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "the local API binds to ECS_HOSTD_API_ADDR",
     ),
 ];
+
+/// `ECS_TASK_METADATA_RPS_LIMIT`: `"R,B"`, both positive integers, spaces trimmed.
+pub fn parse_rps_limit(s: &str) -> Option<(u32, u32)> {
+    let (r, b) = s.split_once(',')?;
+    let r: u32 = r.trim().parse().ok().filter(|r| *r > 0)?;
+    let b: u32 = b.trim().parse().ok().filter(|b| *b > 0)?;
+    Some((r, b))
+}
 
 fn text(v: &Raw) -> Result<String, String> {
     match v {
@@ -809,6 +812,41 @@ pub static SETTINGS: &[Setting] = &[
             Ok(())
         }
     ),
+    s!(
+        "ECS_TASK_METADATA_RPS_LIMIT",
+        None,
+        "40,60",
+        "Task endpoint (credentials, metadata) rate limit per caller IP and path: steady requests per second, burst.",
+        |c, v, _| {
+            let t = text(v)?;
+            let (rps, burst) = parse_rps_limit(&t).ok_or_else(|| {
+                format!("expected two positive integers such as 40,60, got {t:?}")
+            })?;
+            c.task_endpoint.rps = rps;
+            c.task_endpoint.burst = burst;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_AUDIT_LOGFILE",
+        None,
+        "journal",
+        "File for the credentials audit log (appended; directories created); unset = the journal (target ecs_hostd::audit).",
+        |c, v, _| {
+            c.task_endpoint.audit_logfile = Some(std::path::PathBuf::from(nonempty(v)?));
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_AUDIT_LOGFILE_DISABLED",
+        None,
+        "false",
+        "Write no credentials audit log at all.",
+        |c, v, _| {
+            c.task_endpoint.audit_disabled = boolean(v)?;
+            Ok(())
+        }
+    ),
     // ---- ecs-hostd's own settings: environment ECS_HOSTD_*, or config.toml ----
     s!(
         "ECS_HOSTD_API_ADDR",
@@ -820,6 +858,19 @@ pub static SETTINGS: &[Setting] = &[
             c.api_addr = s
                 .parse::<SocketAddr>()
                 .map_err(|_| format!("expected an address such as 127.0.0.1:51678, got {s:?}"))?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_TASK_ENDPOINT_ADDR",
+        Some("task_endpoint.addr"),
+        "127.0.0.1:51679",
+        "Task endpoint (credentials, task metadata v3/v4) listen address; containers reach it as 169.254.170.2:80 through NAT.",
+        |c, v, _| {
+            let s = nonempty(v)?;
+            c.task_endpoint.addr = s
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("expected an address such as 127.0.0.1:51679, got {s:?}"))?;
             Ok(())
         }
     ),

@@ -163,6 +163,9 @@ fn malformed_ecs_config_values_name_file_line_and_key() {
         ("ECS_CGROUP_CPU_PERIOD", "1s"),
         ("ECS_ENGINE_AUTH_TYPE", "basic"),
         ("ECS_HOSTD_API_ADDR", "localhost"),
+        ("ECS_TASK_METADATA_RPS_LIMIT", "40"),
+        ("ECS_AUDIT_LOGFILE_DISABLED", "maybe"),
+        ("ECS_HOSTD_TASK_ENDPOINT_ADDR", "localhost"),
     ];
     for (key, bad) in cases {
         let f = Files::new();
@@ -400,4 +403,34 @@ fn proxy_settings_from_ecs_config_become_the_environment_with_imds_direct() {
         ..ProxyConfig::default()
     };
     assert!(only_no.environment().is_empty());
+}
+
+#[test]
+fn task_endpoint_settings() {
+    let f = Files::new();
+    let mut o = opts(&f, None, None);
+    o.env = vec![
+        kv("ECS_TASK_METADATA_RPS_LIMIT", " 10 , 20 "),
+        kv("ECS_AUDIT_LOGFILE", "/var/log/ecs/audit.log"),
+        kv("ECS_AUDIT_LOGFILE_DISABLED", "true"),
+        kv("ECS_HOSTD_TASK_ENDPOINT_ADDR", "127.0.0.1:0"),
+    ];
+    let c = Config::load(&o).unwrap().config.task_endpoint;
+    assert_eq!((c.rps, c.burst), (10, 20));
+    assert_eq!(
+        c.audit_logfile.as_deref(),
+        Some(std::path::Path::new("/var/log/ecs/audit.log"))
+    );
+    assert!(c.audit_disabled);
+    assert_eq!(c.addr.port(), 0);
+    // Defaults, and any parse error keeps them (as upstream).
+    let d = Config::default().task_endpoint;
+    assert_eq!((d.rps, d.burst), (40, 60));
+    assert_eq!(d.addr.to_string(), "127.0.0.1:51679");
+    assert_eq!(d.audit_logfile, None);
+    for bad in ["40", "a,b", "40,60,1", "0,60", "-1,5", ""] {
+        o.env = vec![kv("ECS_TASK_METADATA_RPS_LIMIT", bad)];
+        let c = Config::load(&o).unwrap().config.task_endpoint;
+        assert_eq!((c.rps, c.burst), (40, 60), "{bad:?}");
+    }
 }

@@ -25,7 +25,7 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value, json};
 
 use crate::engine::cleanup::DockerImage;
-use crate::engine::model::{ContainerSpec, Health, TaskRecord, VolumeSource};
+use crate::engine::model::{ContainerNetwork, ContainerSpec, Health, TaskRecord, VolumeSource};
 use crate::engine::runtime::{
     ContainerRuntime, ImageInfo, LABEL_CLUSTER, LABEL_CONTAINER_NAME, LABEL_FAMILY, LABEL_TASK_ARN,
     LABEL_VERSION, Observed, PullLimits, RuntimeError, State, Summary, VolumeRequest,
@@ -147,6 +147,7 @@ pub fn create_body(
         config["ExposedPorts"] = Value::Object(exposed);
     }
     merge(&mut config, &c.raw_config());
+    inject_endpoint_env(&mut config, rec, c);
 
     // HostConfig.
     let mut binds = Vec::new();
@@ -213,14 +214,33 @@ pub fn create_body(
     }
     if let Some(lc) = host.get_mut("LogConfig").and_then(|l| l.get_mut("Config"))
         && let Some(opts) = lc.as_object_mut()
-        && opts.get("mode").and_then(Value::as_str) == Some("non-blocking")
+    {
+        complete_log_options(opts);
+    }
+
+    // Labels last: ours win over anything from the backend.
+    let labels = labels(rec, c, &ctx.cluster);
+    config["Labels"] = Value::Object(labels);
+    config["HostConfig"] = host;
+    serde_json::from_value(config).map_err(|e| MapError::Invalid(e.to_string()))
+}
+
+/// What the agent adds to a container's log options (spec §9.7): `mode=non-blocking` without
+/// `max-buffer-size` gets `10m`.
+fn complete_log_options(opts: &mut Map<String, Value>) {
+    if opts.get("mode").and_then(Value::as_str) == Some("non-blocking")
         && !opts.contains_key("max-buffer-size")
     {
         opts.insert("max-buffer-size".into(), json!("10m"));
     }
+}
 
-    // Labels last: ours win over anything from the backend.
-    let mut labels = config
+/// The labels container `c` is created with: the task definition's `dockerLabels` (from
+/// `dockerConfig.config`) and the official `com.amazonaws.ecs.*` labels, which win.
+pub fn labels(rec: &TaskRecord, c: &ContainerSpec, cluster: &str) -> Map<String, Value> {
+    let spec = &rec.spec;
+    let mut labels = c
+        .raw_config()
         .get("Labels")
         .and_then(Value::as_object)
         .cloned()
@@ -230,13 +250,73 @@ pub fn create_body(
         (LABEL_CONTAINER_NAME, c.name.as_str()),
         (LABEL_FAMILY, spec.family.as_str()),
         (LABEL_VERSION, spec.version.as_str()),
-        (LABEL_CLUSTER, ctx.cluster.as_str()),
+        (LABEL_CLUSTER, cluster),
     ] {
         labels.insert(k.into(), json!(v));
     }
-    config["Labels"] = Value::Object(labels);
-    config["HostConfig"] = host;
-    serde_json::from_value(config).map_err(|e| MapError::Invalid(e.to_string()))
+    labels
+}
+
+/// The log driver and options container `c` is created with (`dockerConfig.hostConfig`'s
+/// `LogConfig`, plus what the agent adds), if it names a driver.
+pub fn log_config(c: &ContainerSpec) -> Option<(String, Map<String, Value>)> {
+    let host = c.raw_host_config();
+    let lc = host.get("LogConfig")?;
+    let driver = lc
+        .get("Type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())?;
+    let mut opts = lc
+        .get("Config")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    complete_log_options(&mut opts);
+    Some((driver.to_owned(), opts))
+}
+
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`: where AWS SDKs find the task role's credentials.
+pub const ENV_CREDENTIALS_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
+/// `ECS_CONTAINER_METADATA_URI`: task metadata v3.
+pub const ENV_METADATA_URI: &str = "ECS_CONTAINER_METADATA_URI";
+/// `ECS_CONTAINER_METADATA_URI_V4`: task metadata v4.
+pub const ENV_METADATA_URI_V4: &str = "ECS_CONTAINER_METADATA_URI_V4";
+
+/// The variables the task endpoint needs in a container's environment (task-credentials.md §3,
+/// task-metadata.md §1), replacing any the task definition set: the task role's credentials
+/// path when the task has a task role (never the execution role's), and the metadata URIs with
+/// the container's endpoint id.
+fn inject_endpoint_env(config: &mut Value, rec: &TaskRecord, c: &ContainerSpec) {
+    let mut ours: Vec<(&str, String)> = Vec::new();
+    if let Some(id) = rec.spec.task_role_credentials_id() {
+        ours.push((
+            ENV_CREDENTIALS_URI,
+            format!("{}/{id}", crate::task_endpoint::CREDENTIALS_V2_PATH),
+        ));
+    }
+    if let Some(endpoint) = rec
+        .container(&c.name)
+        .map(|r| r.endpoint_id.as_str())
+        .filter(|id| !id.is_empty())
+    {
+        let base = crate::task_endpoint::CONTAINER_BASE_URL;
+        ours.push((ENV_METADATA_URI, format!("{base}/v3/{endpoint}")));
+        ours.push((ENV_METADATA_URI_V4, format!("{base}/v4/{endpoint}")));
+    }
+    if ours.is_empty() {
+        return;
+    }
+    let mut env: Vec<Value> = config
+        .get("Env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    env.retain(|e| {
+        let key = e.as_str().map(|s| s.split('=').next().unwrap_or(s));
+        !ours.iter().any(|(k, _)| Some(*k) == key)
+    });
+    env.extend(ours.into_iter().map(|(k, v)| json!(format!("{k}={v}"))));
+    config["Env"] = Value::Array(env);
 }
 
 /// A container's own name among the names Docker lists for it. A container that others link
@@ -393,6 +473,21 @@ pub fn observed_from_inspect(i: bollard::models::ContainerInspectResponse) -> Ob
         Some("unhealthy") => Health::Unhealthy,
         _ => Health::Unknown,
     };
+    let mut networks: Vec<ContainerNetwork> = i
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(|m| {
+            m.iter()
+                .map(|(name, e)| ContainerNetwork {
+                    name: name.clone(),
+                    ipv4: e.ip_address.clone().unwrap_or_default(),
+                    ipv6: e.global_ipv6_address.clone().unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    networks.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ports = Vec::new();
     if let Some(map) = i.network_settings.and_then(|n| n.ports) {
         for (key, binds) in map {
@@ -448,6 +543,7 @@ pub fn observed_from_inspect(i: bollard::models::ContainerInspectResponse) -> Ob
         },
         ports,
         image_id: i.image,
+        networks,
     }
 }
 

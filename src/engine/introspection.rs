@@ -1,9 +1,11 @@
 //! The engine's tasks in the official introspection JSON shape (spec §12.1), published as a
-//! snapshot the local API reads through [`crate::api::TaskView`].
+//! snapshot the local API reads through [`crate::api::TaskView`], and as the facts the task
+//! metadata endpoint renders (per endpoint id, [`crate::task_endpoint::MetadataView`]).
 //!
 //! Pure conversion plus a `watch` channel holder; never changes engine state and never sees
-//! credentials (records hold none).
+//! credentials (records hold none; the credentials ids they keep are never copied out).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +14,9 @@ use tokio::sync::watch;
 use crate::api::{
     IntrospectionContainer, IntrospectionPort, IntrospectionTask, IntrospectionVolume, TaskView,
 };
-use crate::engine::model::{TaskRecord, TaskStatus, VolumeSource};
+use crate::engine::docker;
+use crate::engine::model::{ContainerSpec, ContainerStatus, TaskRecord, TaskStatus, VolumeSource};
+use crate::task_endpoint::{ContainerFacts, MetadataIndex, MetadataView, TaskFacts};
 
 /// Converts one record.
 pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTask {
@@ -33,32 +37,7 @@ pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTas
         .map(|c| {
             let spec = rec.spec_of(&c.name);
             let volumes = spec
-                .map(|s| {
-                    s.mount_points
-                        .iter()
-                        .filter_map(|m| {
-                            let v = rec.volumes.get(&m.source_volume)?;
-                            Some(match v {
-                                VolumeSource::HostPath(p) => IntrospectionVolume {
-                                    docker_name: None,
-                                    source: p.clone(),
-                                    destination: m.container_path.clone(),
-                                },
-                                VolumeSource::Docker { name, .. } => IntrospectionVolume {
-                                    docker_name: Some(name.clone()),
-                                    source: data_root.map_or_else(String::new, |r| {
-                                        r.join("volumes")
-                                            .join(name)
-                                            .join("_data")
-                                            .display()
-                                            .to_string()
-                                    }),
-                                    destination: m.container_path.clone(),
-                                },
-                            })
-                        })
-                        .collect()
-                })
+                .map(|s| volumes_of(rec, s, data_root))
                 .unwrap_or_default();
             IntrospectionContainer {
                 docker_id: c.docker_id.clone().unwrap_or_default(),
@@ -93,6 +72,166 @@ pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTas
     }
 }
 
+/// The volumes a container mounts, as introspection and task metadata show them.
+fn volumes_of(
+    rec: &TaskRecord,
+    s: &ContainerSpec,
+    data_root: Option<&Path>,
+) -> Vec<IntrospectionVolume> {
+    s.mount_points
+        .iter()
+        .filter_map(|m| {
+            let v = rec.volumes.get(&m.source_volume)?;
+            Some(match v {
+                VolumeSource::HostPath(p) => IntrospectionVolume {
+                    docker_name: None,
+                    source: p.clone(),
+                    destination: m.container_path.clone(),
+                },
+                VolumeSource::Docker { name, .. } => IntrospectionVolume {
+                    docker_name: Some(name.clone()),
+                    source: data_root.map_or_else(String::new, |r| {
+                        r.join("volumes")
+                            .join(name)
+                            .join("_data")
+                            .display()
+                            .to_string()
+                    }),
+                    destination: m.container_path.clone(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// What of a container never changes after delivery (its spec), computed once per task.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StaticFacts {
+    labels: BTreeMap<String, String>,
+    log: Option<(String, BTreeMap<String, String>)>,
+}
+
+fn text_of(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The labels and log configuration each container of `rec` is created with (`cluster`: the
+/// configured cluster, used when the task names none).
+pub fn static_facts(rec: &TaskRecord, cluster: &str) -> Vec<StaticFacts> {
+    let cluster = rec
+        .spec
+        .task_cluster_arn
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .unwrap_or(cluster);
+    rec.containers
+        .iter()
+        .map(|c| {
+            let Some(spec) = rec.spec_of(&c.name) else {
+                return StaticFacts::default();
+            };
+            StaticFacts {
+                labels: docker::labels(rec, spec, cluster)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), text_of(v)))
+                    .collect(),
+                log: docker::log_config(spec).map(|(driver, opts)| {
+                    (
+                        driver,
+                        opts.iter().map(|(k, v)| (k.clone(), text_of(v))).collect(),
+                    )
+                }),
+            }
+        })
+        .collect()
+}
+
+/// One task as the task metadata endpoint sees it (`fixed`: from [`static_facts`]).
+pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Path>) -> TaskFacts {
+    let task_desired = match rec.desired {
+        TaskStatus::Stopped => "STOPPED",
+        _ => "RUNNING",
+    };
+    let containers = rec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let spec = rec.spec_of(&c.name);
+            let fixed = fixed.get(i).cloned().unwrap_or_default();
+            let (log_driver, log_options) = match fixed.log {
+                Some((d, o)) => (Some(d), o),
+                None => (None, BTreeMap::new()),
+            };
+            ContainerFacts {
+                endpoint_id: c.endpoint_id.clone(),
+                docker_id: c.docker_id.clone(),
+                name: c.name.clone(),
+                docker_name: c.docker_name.clone(),
+                image: spec.map(|s| s.image.clone()).unwrap_or_default(),
+                image_id: c.image_id.clone(),
+                ports: c.ports.clone(),
+                labels: fixed.labels,
+                desired_status: if c.known == ContainerStatus::Stopped {
+                    "STOPPED"
+                } else {
+                    task_desired
+                }
+                .to_owned(),
+                known_status: c.known.as_str().to_owned(),
+                exit_code: c.exit_code,
+                cpu_units: spec.map_or(2, |s| {
+                    (s.cpu.unwrap_or(0.0).max(0.0) as u64).clamp(2, 262_144)
+                }),
+                memory_mib: spec
+                    .and_then(|s| s.memory)
+                    .filter(|m| *m > 0.0)
+                    .map_or(0, |m| m as u64),
+                created_at: c.created_at.clone(),
+                started_at: c.started_at.clone(),
+                finished_at: c.finished_at.clone(),
+                networks: c.networks.clone(),
+                volumes: spec
+                    .map(|s| volumes_of(rec, s, data_root))
+                    .unwrap_or_default(),
+                log_driver,
+                log_options,
+                container_arn: spec.and_then(|s| s.container_arn.clone()),
+                running: c.known == ContainerStatus::Running,
+                listed: c.docker_id.is_some()
+                    || matches!(
+                        c.known,
+                        ContainerStatus::ManifestPulled | ContainerStatus::Pulled
+                    ),
+            }
+        })
+        .collect();
+    let spec = &rec.spec;
+    TaskFacts {
+        arn: spec.arn.clone(),
+        family: spec.family.clone(),
+        revision: spec.version.clone(),
+        desired_status: task_desired.to_owned(),
+        known_status: rec.known.as_str().to_owned(),
+        containers,
+        // Task CPU arrives in vCPUs; some producers send units (see `TaskSpec::cpu_units`).
+        cpu_vcpu: spec
+            .cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| if c < 64.0 { c } else { c / 1024.0 }),
+        memory_mib: spec.memory.filter(|m| *m > 0.0).map(|m| m as u64),
+        pull_started_at: rec.pull_started_at,
+        pull_stopped_at: rec.pull_stopped_at,
+        execution_stopped_at: rec.execution_stopped_at,
+        launch_type: spec.launch_type.clone(),
+        service_name: spec.service_name.clone(),
+        fault_injection: spec.enable_fault_injection,
+    }
+}
+
 /// What the engine publishes after each change.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -106,6 +245,8 @@ pub struct Snapshot {
     pub running_tasks: u64,
     /// Containers whose known status is RUNNING (of any task).
     pub running_containers: u64,
+    /// Every task as the task metadata endpoint shows it, by endpoint id.
+    pub metadata: Arc<MetadataIndex>,
 }
 
 /// A task reduced to what draining counts: its service (as `startedBy`), known and desired
@@ -169,6 +310,12 @@ impl crate::api::MetricsSection for EngineView {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+    }
+}
+
+impl MetadataView for EngineView {
+    fn metadata(&self) -> Arc<MetadataIndex> {
+        self.snapshot().metadata.clone()
     }
 }
 

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, EngineConfig, PullBehavior};
+use crate::credentials::{CredentialsStore, RoleType};
 use crate::engine::cleanup::{ImagePolicy, ImageRecord};
 use crate::engine::docker::MapCtx;
 use crate::engine::introspection::{EngineView, Snapshot};
@@ -54,7 +55,8 @@ use crate::engine::runtime::{
     ContainerRuntime, Observed, PullLimits, RuntimeError, State, Summary,
 };
 use crate::store::Store;
-use crate::tasks::{CredentialsStore, DeliverError, RoleType, StateChangeSink, TaskControl};
+use crate::task_endpoint::MetadataIndex;
+use crate::tasks::{DeliverError, StateChangeSink, TaskControl};
 
 /// Periodic full resync with Docker, even without events.
 pub const RESYNC: Duration = Duration::from_secs(20);
@@ -525,18 +527,29 @@ struct LoopState {
     cleanup_not_before: HashMap<String, f64>,
     waits: HashMap<String, String>,
     published: bool,
+    /// Per task, what the metadata endpoint shows that never changes (see `metadata_index`).
+    static_facts: HashMap<String, Vec<introspection::StaticFacts>>,
 }
 
 impl LoopState {
     fn load(shared: Arc<Shared>) -> Result<LoopState, Error> {
         let loaded = store::load(&shared.parts.store)?;
         let now = tokio::time::Instant::now();
+        let mut dirty = BTreeSet::new();
+        let mut tasks: BTreeMap<String, TaskRecord> = BTreeMap::new();
+        for mut t in loaded.tasks {
+            // Records written before endpoint ids existed get one now (kept from here on).
+            for c in &mut t.containers {
+                if c.endpoint_id.is_empty() {
+                    c.endpoint_id = uuid::Uuid::new_v4().to_string();
+                    dirty.insert(t.spec.arn.clone());
+                }
+            }
+            register_pending_credentials(&shared.parts.credentials, &t);
+            tasks.insert(t.spec.arn.clone(), t);
+        }
         Ok(LoopState {
-            tasks: loaded
-                .tasks
-                .into_iter()
-                .map(|t| (t.spec.arn.clone(), t))
-                .collect(),
+            tasks,
             tombstones: loaded.tombstones.into_iter().collect(),
             images: loaded
                 .images
@@ -546,7 +559,7 @@ impl LoopState {
             images_dirty: BTreeSet::new(),
             images_removed: Vec::new(),
             next_seq: loaded.next_seq,
-            dirty: BTreeSet::new(),
+            dirty,
             observed: HashMap::new(),
             inspect_cache: HashMap::new(),
             listed: false,
@@ -569,6 +582,7 @@ impl LoopState {
             cleanup_not_before: HashMap::new(),
             waits: HashMap::new(),
             published: false,
+            static_facts: HashMap::new(),
             shared,
         })
     }
@@ -1013,6 +1027,14 @@ impl LoopState {
                 plan.record.known >= rec.known,
                 "task status moved backwards"
             );
+            if plan.record.known == TaskStatus::Stopped && rec.known < TaskStatus::Stopped {
+                // The task role's credentials go when the task stops; the execution role's stay
+                // until cleanup, for dockerd's awslogs driver (task-credentials.md §2.5).
+                self.shared
+                    .parts
+                    .credentials
+                    .remove(&arn, RoleType::TaskApplication);
+            }
             if plan.record != *rec {
                 log_transitions(rec, &plan.record);
                 self.dirty.insert(arn.clone());
@@ -1097,6 +1119,8 @@ impl LoopState {
         if self.published {
             return;
         }
+        let mut fixed = std::mem::take(&mut self.static_facts);
+        fixed.retain(|arn, _| self.tasks.contains_key(arn));
         let mut recs: Vec<&TaskRecord> = self.tasks.values().collect();
         recs.sort_by_key(|t| t.seq);
         let snap = Snapshot {
@@ -1122,7 +1146,14 @@ impl LoopState {
                 .flat_map(|t| &t.containers)
                 .filter(|c| c.known == ContainerStatus::Running)
                 .count() as u64,
+            metadata: Arc::new(metadata_index(
+                &recs,
+                &mut fixed,
+                &self.shared.parts.settings.cluster,
+                self.data_root.as_deref(),
+            )),
         };
+        self.static_facts = fixed;
         self.shared.snapshot.send_replace(Arc::new(snap));
         self.published = true;
     }
@@ -1446,6 +1477,40 @@ impl LoopState {
             }
             Done::Images(removed)
         });
+    }
+}
+
+/// The task metadata endpoint's view of `recs`. What never changes after delivery (labels, log
+/// configuration) is computed once per task and kept in `fixed`.
+fn metadata_index(
+    recs: &[&TaskRecord],
+    fixed: &mut HashMap<String, Vec<introspection::StaticFacts>>,
+    cluster: &str,
+    data_root: Option<&std::path::Path>,
+) -> MetadataIndex {
+    let tasks = recs
+        .iter()
+        .map(|t| {
+            let f = fixed
+                .entry(t.spec.arn.clone())
+                .or_insert_with(|| introspection::static_facts(t, cluster));
+            introspection::task_facts(t, f, data_root)
+        })
+        .collect();
+    MetadataIndex::new(tasks)
+}
+
+/// Registers a loaded task's credentials ids as known but not yet delivered (task-credentials.md
+/// §2.4): the endpoint answers them 503 until ACS sends the credentials. A stopped task's
+/// task-role id was removed when it stopped and stays unknown.
+fn register_pending_credentials(store: &CredentialsStore, t: &TaskRecord) {
+    if t.known < TaskStatus::Stopped
+        && let Some(id) = t.spec.task_role_credentials_id()
+    {
+        store.register_pending(&t.spec.arn, RoleType::TaskApplication, id);
+    }
+    if let Some(id) = t.spec.execution_credentials_id() {
+        store.register_pending(&t.spec.arn, RoleType::TaskExecution, id);
     }
 }
 

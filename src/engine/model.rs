@@ -386,6 +386,9 @@ pub struct ContainerSpec {
     /// Registry auth.
     #[serde(default)]
     pub registry_authentication: Option<RegistryAuthentication>,
+    /// The container's ARN (task metadata `ContainerARN`), when ECS sent one.
+    #[serde(default)]
+    pub container_arn: Option<String>,
 }
 
 impl ContainerSpec {
@@ -573,6 +576,59 @@ pub struct TaskSpec {
     /// service tasks only.
     #[serde(default)]
     pub service_name: Option<String>,
+    /// `EC2` (task metadata `LaunchType`).
+    #[serde(default)]
+    pub launch_type: Option<String>,
+    /// Fault injection enabled for the task (task metadata `FaultInjectionEnabled`).
+    #[serde(default, deserialize_with = "null_default")]
+    pub enable_fault_injection: bool,
+    /// The task role: its ARN and credentials id (the credentials themselves live only in the
+    /// in-memory store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_credentials: Option<CredentialsRef>,
+    /// The execution role: its ARN and credentials id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_role_credentials: Option<CredentialsRef>,
+}
+
+/// What a task record keeps of a credential set: the role and the `credentialsId`, never a
+/// key or token. The id is persisted (a restarted agent answers it 503 until ACS delivers the
+/// credentials again, task-credentials.md §2.4) but never logged nor shown: `Debug` hides it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    /// The role's ARN.
+    #[serde(default, deserialize_with = "null_default")]
+    pub role_arn: String,
+    /// `credentialsId` (empty when ACS sent none).
+    #[serde(default, deserialize_with = "null_default")]
+    pub credentials_id: String,
+}
+
+impl std::fmt::Debug for CredentialsRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsRef")
+            .field("role_arn", &self.role_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskSpec {
+    /// The task role's credentials id, when the task has a task role.
+    pub fn task_role_credentials_id(&self) -> Option<&str> {
+        self.role_credentials
+            .as_ref()
+            .map(|c| c.credentials_id.as_str())
+            .filter(|id| !id.is_empty())
+    }
+
+    /// The execution role's credentials id, when the task has an execution role.
+    pub fn execution_credentials_id(&self) -> Option<&str> {
+        self.execution_role_credentials
+            .as_ref()
+            .map(|c| c.credentials_id.as_str())
+            .filter(|id| !id.is_empty())
+    }
 }
 
 impl TaskSpec {
@@ -799,6 +855,19 @@ pub struct Failure {
     pub retry_at: f64,
 }
 
+/// One Docker network a container is attached to (Docker inspect `NetworkSettings.Networks`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerNetwork {
+    /// Network name (`bridge`, `host`, `none`, a user network).
+    pub name: String,
+    /// IPv4 address (empty with host networking).
+    #[serde(default)]
+    pub ipv4: String,
+    /// Global IPv6 address, if any.
+    #[serde(default)]
+    pub ipv6: String,
+}
+
 /// The engine's persisted view of one container.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -835,6 +904,14 @@ pub struct ContainerRecord {
     pub running_since: Option<f64>,
     /// Last failed step.
     pub failure: Option<Failure>,
+    /// Random UUID v4 drawn when the task was accepted: the task metadata endpoint's id for this
+    /// container (`ECS_CONTAINER_METADATA_URI_V4`, task-metadata.md §1). Empty only in records
+    /// written before it existed (the engine draws one when it loads them).
+    #[serde(default)]
+    pub endpoint_id: String,
+    /// Docker networks the container is attached to, from the inspection that saw it running.
+    #[serde(default)]
+    pub networks: Vec<ContainerNetwork>,
     /// Engine epoch at which `docker_id` was recorded; only a Docker listing taken later may
     /// declare the container vanished. Not persisted: after a restart every listing is later.
     #[serde(skip)]
@@ -887,6 +964,7 @@ impl TaskRecord {
             .map(|c| ContainerRecord {
                 name: c.name.clone(),
                 docker_name: docker_name(&spec.family, &spec.version, &c.name, &random_hex20()),
+                endpoint_id: uuid::Uuid::new_v4().to_string(),
                 ..ContainerRecord::default()
             })
             .collect();
@@ -1187,14 +1265,21 @@ pub fn truncate_reason(s: &str) -> String {
 }
 
 /// Strips credentials from a task object (design.md resolution 7) before it is stored or
-/// parsed: of each credential set only the role's ARN is kept (it says the task has that role,
-/// and is no secret); keys, token, expiration and the credentials id go.
+/// parsed: of each credential set only the role's ARN (it says the task has that role) and the
+/// `credentialsId` are kept (what upstream persists: the endpoint answers a known id 503 after
+/// a restart, and the task role's id goes into the containers' environment); keys, token and
+/// expiration go. The id is never logged nor shown in `/v1/tasks`.
 pub fn strip_credentials(task: &mut serde_json::Value) {
     if let Some(o) = task.as_object_mut() {
         for key in ["roleCredentials", "executionRoleCredentials"] {
             if let Some(c) = o.get_mut(key) {
                 let arn = c.get("roleArn").cloned().unwrap_or_else(|| "".into());
-                *c = serde_json::json!({ "roleArn": arn });
+                let id = c
+                    .get("credentialsId")
+                    .filter(|v| v.is_string())
+                    .cloned()
+                    .unwrap_or_else(|| "".into());
+                *c = serde_json::json!({ "roleArn": arn, "credentialsId": id });
             }
         }
     }

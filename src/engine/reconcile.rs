@@ -444,6 +444,7 @@ pub fn observe(c: &mut ContainerRecord, o: &Observed) {
                 c.known = ContainerStatus::Running;
                 c.started_at = o.started_at.clone();
                 c.ports = o.ports.clone();
+                c.networks = o.networks.clone();
                 c.ran = true;
                 c.failure = None;
             }

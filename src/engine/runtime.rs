@@ -14,7 +14,7 @@ use bollard::auth::DockerCredentials;
 use bollard::models::ContainerCreateBody;
 use futures_util::stream::BoxStream;
 
-use crate::engine::model::Health;
+use crate::engine::model::{ContainerNetwork, Health};
 use crate::tasks::NetworkBinding;
 
 /// The label every engine container carries (and the one we filter on).
@@ -129,6 +129,8 @@ pub struct Observed {
     pub ports: Vec<NetworkBinding>,
     /// Image id.
     pub image_id: Option<String>,
+    /// Docker networks and the container's addresses on them.
+    pub networks: Vec<ContainerNetwork>,
 }
 
 impl Observed {

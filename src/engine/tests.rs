@@ -1103,3 +1103,146 @@ async fn a_started_container_is_inspected_once() {
     cancel.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// Task-credentials.md §2.4–§2.5: the ids a record keeps are pending after a restart until ACS
+/// delivers them; the task role's entry goes when the task stops, the execution role's at
+/// cleanup. The endpoint ids are published once the containers exist, and kept by the record.
+#[tokio::test]
+async fn credentials_ids_pending_after_restart_removed_at_stop_and_cleanup() {
+    use crate::credentials::{Lookup, RoleCredentials};
+    use crate::task_endpoint::MetadataView;
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let dir = tmpdir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    // A record as an earlier run of the agent left it: both roles (the engine refuses task
+    // roles at delivery today, so the record is written directly).
+    let mut t = serde_json::json!({
+        "arn": "t", "family": "fam", "version": "1", "desiredStatus": "RUNNING",
+        "containers": [c("a", true)],
+        "roleCredentials": {"credentialsId": "app-id", "roleArn": "arn:aws:iam::1:role/app"},
+        "executionRoleCredentials": {"credentialsId": "exec-id", "roleArn": "arn:aws:iam::1:role/exec"}
+    });
+    model::strip_credentials(&mut t);
+    let rec = TaskRecord::new(TaskSpec::from_json(&t).unwrap(), 0, 0.0).unwrap();
+    let endpoint = rec.containers[0].endpoint_id.clone();
+    store
+        .transaction(|tx| {
+            store::put_task(tx, &rec)?;
+            store::put_seq(tx, 1)
+        })
+        .unwrap();
+    let creds = Arc::new(CredentialsStore::default());
+    let sink = Arc::new(RecordingSink::default());
+    let engine = Engine::new(Parts {
+        settings: settings(Duration::from_secs(600)),
+        store: store.clone(),
+        sink: sink.clone(),
+        credentials: creds.clone(),
+        runtime: fake.clone(),
+        ecr: Arc::new(pull::SdkEcr),
+        hooks: Hooks::default(),
+    })
+    .unwrap();
+    engine.settle(10).await.unwrap();
+    let pending = |role| Lookup::Pending {
+        task_arn: "t".into(),
+        role,
+    };
+    assert_eq!(creds.lookup("app-id"), pending(RoleType::TaskApplication));
+    assert_eq!(creds.lookup("exec-id"), pending(RoleType::TaskExecution));
+    assert_eq!(creds.lookup("other"), Lookup::Unknown);
+    // The container runs; its endpoint id (the record's) now names it.
+    let index = engine.view().metadata();
+    let (task, container) = index.find(&endpoint).expect("endpoint id published");
+    assert_eq!(task.arn, "t");
+    assert_eq!(container.name, "a");
+    assert!(container.docker_id.is_some());
+    // The ids the record keeps are never shown: not in /v1/tasks, not in the metadata facts.
+    let shown = format!(
+        "{} {:?}",
+        serde_json::to_string(&engine.view().tasks()).unwrap(),
+        index
+    );
+    assert!(
+        !shown.contains("app-id") && !shown.contains("exec-id"),
+        "{shown}"
+    );
+    // ACS delivers the credentials.
+    for (role, id) in [
+        (RoleType::TaskApplication, "app-id"),
+        (RoleType::TaskExecution, "exec-id"),
+    ] {
+        creds.set(
+            "t",
+            role,
+            RoleCredentials {
+                credentials_id: id.into(),
+                role_arn: "r".into(),
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                session_token: "t".into(),
+                expiration: "e".into(),
+            },
+        );
+    }
+    assert!(matches!(creds.lookup("app-id"), Lookup::Found(_)));
+    // The task stops: the task role's entry goes, the execution role's stays.
+    stop(&engine, "t").await.unwrap();
+    engine.settle(10).await.unwrap();
+    assert!(statuses(&sink.changes(), "t").contains(&ReportStatus::Stopped));
+    assert_eq!(creds.lookup("app-id"), Lookup::Unknown);
+    assert!(matches!(creds.lookup("exec-id"), Lookup::Found(_)));
+    // A restart now: the stopped task's task-role id stays unknown.
+    let creds2 = Arc::new(CredentialsStore::default());
+    let engine2 = Engine::new(Parts {
+        settings: settings(Duration::from_secs(600)),
+        store: store.clone(),
+        sink: sink.clone(),
+        credentials: creds2.clone(),
+        runtime: fake.clone(),
+        ecr: Arc::new(pull::SdkEcr),
+        hooks: Hooks::default(),
+    })
+    .unwrap();
+    engine2.settle(2).await.unwrap();
+    assert_eq!(creds2.lookup("app-id"), Lookup::Unknown);
+    assert_eq!(creds2.lookup("exec-id"), pending(RoleType::TaskExecution));
+    // Cleanup: the execution role's entry goes too; the endpoint id names nothing.
+    engine.advance_clock(601.0);
+    engine.settle(10).await.unwrap();
+    assert!(fake.containers().is_empty());
+    assert_eq!(creds.lookup("exec-id"), Lookup::Unknown);
+    assert!(creds.is_empty());
+    assert!(engine.view().metadata().find(&endpoint).is_none());
+}
+
+#[tokio::test]
+async fn records_without_endpoint_ids_get_one_at_load_and_keep_it() {
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let r = rig_with(fake.clone(), settings(Duration::from_secs(3600)));
+    let mut rec = TaskRecord::new(
+        TaskSpec::from_json(&task("t", serde_json::json!([c("a", true)]))).unwrap(),
+        0,
+        0.0,
+    )
+    .unwrap();
+    rec.containers[0].endpoint_id.clear();
+    r.store
+        .transaction(|tx| {
+            store::put_task(tx, &rec)?;
+            store::put_seq(tx, 1)
+        })
+        .unwrap();
+    r.engine.settle(10).await.unwrap();
+    let first = store::load(&r.store).unwrap().tasks[0].containers[0]
+        .endpoint_id
+        .clone();
+    assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first:?}");
+    let sink2 = Arc::new(RecordingSink::default());
+    let engine2 = build(&fake, &sink2, &r.store, settings(Duration::from_secs(3600)));
+    engine2.settle(10).await.unwrap();
+    let again = store::load(&r.store).unwrap().tasks[0].containers[0]
+        .endpoint_id
+        .clone();
+    assert_eq!(first, again);
+}

@@ -196,6 +196,8 @@ pub struct Running {
     pub docker: bollard::Docker,
     /// What the engine asked of Docker so far.
     pub calls: Arc<DockerCalls>,
+    /// The engine's in-memory credentials store.
+    pub credentials: Arc<CredentialsStore>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -229,11 +231,12 @@ pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
     )));
     let calls = runtime.calls();
     let runtime = Arc::new(runtime);
+    let credentials = Arc::new(CredentialsStore::default());
     let engine = Engine::new(Parts {
         settings,
         store: store.clone(),
         sink: sink.clone(),
-        credentials: Arc::new(CredentialsStore::default()),
+        credentials: credentials.clone(),
         runtime,
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
         hooks: Hooks::default(),
@@ -251,6 +254,7 @@ pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
         store,
         docker,
         calls,
+        credentials,
         cancel,
         task: Some(task),
         _dir: dir,

@@ -299,6 +299,8 @@ impl AgentSpec {
             .env("ECS_CLUSTER", &self.cluster)
             .env("ECS_DATADIR", &self.data_dir)
             .env("ECS_HOSTD_API_ADDR", format!("127.0.0.1:{}", self.api_port))
+            // Agents run side by side: each its own task endpoint port (a test may set one).
+            .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -524,7 +524,8 @@ impl Handler {
         };
         match self.store_credentials(id, arn, role, creds) {
             Some(ack) => {
-                info!(task.arn = %arn, ?role, credentials.id = %ack.credentials_id, "Task credentials refreshed.");
+                // Never the credentials id: it is a bearer token for 169.254.170.2.
+                info!(task.arn = %arn, role = role.as_str(), "Task credentials refreshed.");
                 Handled::replies(vec![Outbound::IamRoleCredentialsAckRequest(ack)])
             }
             None => Handled::default(),

@@ -144,7 +144,7 @@ pub struct HeartbeatMessage {
     pub healthy: Option<bool>,
 }
 
-/// `IAMRoleCredentials`. `Debug` shows only the id, role and expiration.
+/// `IAMRoleCredentials`. `Debug` shows only the role and expiration.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IamRoleCredentials {
@@ -173,8 +173,8 @@ pub struct IamRoleCredentials {
 
 impl std::fmt::Debug for IamRoleCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the credentials id either: it is a bearer token for 169.254.170.2.
         f.debug_struct("IamRoleCredentials")
-            .field("credentials_id", &self.credentials_id)
             .field("role_arn", &self.role_arn)
             .field("expiration", &self.expiration)
             .finish_non_exhaustive()
@@ -217,7 +217,8 @@ impl std::fmt::Debug for PayloadTask {
 }
 
 impl PayloadTask {
-    /// The task object for the engine: every member ACS sent except the two credential sets.
+    /// The task object for the engine: every member ACS sent, the two credential sets reduced to
+    /// their role ARN and credentials id.
     pub fn without_credentials(&self) -> Value {
         let mut out = self.rest.clone();
         // Members named like the typed ones cannot be in `rest` (serde consumed them), so these
@@ -231,15 +232,21 @@ impl PayloadTask {
         if let Some(v) = &self.task_cluster_arn {
             out.insert("taskClusterArn".into(), Value::String(v.clone()));
         }
-        // Which roles the task has, without any credential (not even the credentials id): the
-        // engine decides from it whether it can run the task.
+        // Which roles the task has and their credentials ids, without any secret: the engine
+        // decides from it whether it can run the task, persists the ids (a restarted agent
+        // answers them 503 until ACS delivers them again) and puts the task role's into the
+        // containers' environment.
         for (key, creds) in [
             ("roleCredentials", &self.role_credentials),
             ("executionRoleCredentials", &self.execution_role_credentials),
         ] {
             if let Some(c) = creds {
                 let arn = c.role_arn.clone().unwrap_or_default();
-                out.insert(key.into(), serde_json::json!({ "roleArn": arn }));
+                let id = c.credentials_id.clone().unwrap_or_default();
+                out.insert(
+                    key.into(),
+                    serde_json::json!({ "roleArn": arn, "credentialsId": id }),
+                );
             }
         }
         Value::Object(out)
@@ -791,13 +798,13 @@ mod tests {
         assert_eq!(engine["arn"], "a");
         assert_eq!(engine["family"], "f");
         assert_eq!(engine["containers"][0]["name"], "c");
-        // Only that the task has a role reaches the engine: no key, no credentials id.
+        // Only the role and its credentials id reach the engine: no key, no token.
         assert_eq!(
             engine["roleCredentials"],
-            serde_json::json!({"roleArn": ""})
+            serde_json::json!({"roleArn": "", "credentialsId": "id"})
         );
         assert!(!engine.to_string().contains("s3cr3t"));
-        assert!(!engine.to_string().contains("\"id\""));
+        assert!(!engine.to_string().contains("secretAccessKey"));
     }
 
     #[test]

@@ -73,8 +73,14 @@ fn maps_every_field_of_spec_6_4() {
         "overrides replace the command"
     );
     assert_eq!(v["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
-    // Env: null in the raw config replaces the computed list, as Go's json.Unmarshal does.
-    assert!(v.get("Env").is_none() || v["Env"].is_null(), "{}", v["Env"]);
+    // Env: null in the raw config replaces the computed list, as Go's json.Unmarshal does;
+    // only the task endpoint's variables are added back.
+    let env: Vec<String> = serde_json::from_value(v["Env"].clone()).unwrap();
+    assert_eq!(env.len(), 2, "{env:?}");
+    assert!(
+        env.iter()
+            .all(|e| e.starts_with("ECS_CONTAINER_METADATA_URI"))
+    );
     assert_eq!(v["User"], "nobody");
     assert_eq!(v["WorkingDir"], "/tmp");
     assert_eq!(
@@ -217,4 +223,124 @@ fn docker_errors_are_classified() {
         })
         .is_retryable()
     );
+}
+
+fn env_of(body: &ContainerCreateBody) -> Vec<String> {
+    body.env.clone().unwrap_or_default()
+}
+
+fn role_task(roles: serde_json::Value) -> TaskRecord {
+    let mut t = serde_json::json!({
+        "arn": "arn:aws:ecs:r:1:task/c/t2", "family": "fam", "version": "1",
+        "containers": [
+            {"name": "app", "image": "img", "environment": {
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/user/value",
+                "ECS_CONTAINER_METADATA_URI_V4": "http://user/value",
+                "KEEP": "me"
+            }},
+            {"name": "side", "image": "img"}
+        ]
+    });
+    for (k, v) in roles.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    crate::engine::model::strip_credentials(&mut t);
+    TaskRecord::new(TaskSpec::from_json(&t).unwrap(), 1, 0.0).unwrap()
+}
+
+#[test]
+fn containers_get_the_task_endpoint_environment() {
+    let ctx = MapCtx::default();
+    let rec = role_task(serde_json::json!({
+        "roleCredentials": {"credentialsId": "app-cid", "roleArn": "arn:aws:iam::1:role/app",
+            "secretAccessKey": "s"},
+        "executionRoleCredentials": {"credentialsId": "exec-cid", "roleArn": "arn:aws:iam::1:role/exec"}
+    }));
+    for name in ["app", "side"] {
+        let spec = rec.spec_of(name).unwrap().clone();
+        let endpoint = &rec.container(name).unwrap().endpoint_id;
+        assert!(!endpoint.is_empty());
+        let env = env_of(&create_body(&rec, &spec, &ctx).unwrap());
+        let with = |k: &str| {
+            env.iter()
+                .filter(|e| e.starts_with(&format!("{k}=")))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // The task role's path, overriding the user's value, exactly once.
+        assert_eq!(
+            with("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+            ["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/credentials/app-cid"],
+            "{name}: {env:?}"
+        );
+        assert_eq!(
+            with("ECS_CONTAINER_METADATA_URI"),
+            [format!(
+                "ECS_CONTAINER_METADATA_URI=http://169.254.170.2/v3/{endpoint}"
+            )]
+        );
+        assert_eq!(
+            with("ECS_CONTAINER_METADATA_URI_V4"),
+            [format!(
+                "ECS_CONTAINER_METADATA_URI_V4=http://169.254.170.2/v4/{endpoint}"
+            )]
+        );
+        // Never the execution role's id.
+        assert!(!env.iter().any(|e| e.contains("exec-cid")), "{env:?}");
+    }
+    let app = rec.spec_of("app").unwrap().clone();
+    assert!(env_of(&create_body(&rec, &app, &ctx).unwrap()).contains(&"KEEP=me".to_string()));
+    // Each container its own endpoint id.
+    assert_ne!(
+        rec.container("app").unwrap().endpoint_id,
+        rec.container("side").unwrap().endpoint_id
+    );
+}
+
+#[test]
+fn without_a_task_role_no_credentials_path_not_even_the_execution_roles() {
+    let ctx = MapCtx::default();
+    let rec = role_task(serde_json::json!({
+        "executionRoleCredentials": {"credentialsId": "exec-cid", "roleArn": "arn:aws:iam::1:role/exec"}
+    }));
+    let side = rec.spec_of("side").unwrap().clone();
+    let env = env_of(&create_body(&rec, &side, &ctx).unwrap());
+    assert!(
+        !env.iter()
+            .any(|e| e.starts_with("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=")),
+        "{env:?}"
+    );
+    assert!(!env.iter().any(|e| e.contains("exec-cid")), "{env:?}");
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("ECS_CONTAINER_METADATA_URI_V4=http://169.254.170.2/v4/"))
+    );
+    // A user's own value is left alone when the agent has nothing to put there.
+    let app = rec.spec_of("app").unwrap().clone();
+    let env = env_of(&create_body(&rec, &app, &ctx).unwrap());
+    assert!(
+        env.contains(&"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/user/value".to_string()),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn labels_and_log_config_match_the_create_request() {
+    let rec = full_task();
+    let web = rec.spec_of("web").unwrap().clone();
+    let ctx = MapCtx {
+        cluster: "c".into(),
+        ..MapCtx::default()
+    };
+    let body = create_body(&rec, &web, &ctx).unwrap();
+    let v = serde_json::to_value(&body).unwrap();
+    let labels = labels(&rec, &web, "c");
+    assert_eq!(serde_json::Value::Object(labels), v["Labels"]);
+    let (driver, opts) = log_config(&web).unwrap();
+    assert_eq!(driver, "json-file");
+    assert_eq!(
+        serde_json::Value::Object(opts),
+        v["HostConfig"]["LogConfig"]["Config"]
+    );
+    assert!(log_config(rec.spec_of("db").unwrap()).is_none());
 }

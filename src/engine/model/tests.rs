@@ -33,14 +33,18 @@ fn every_payload_fixture_parses() {
         for mut t in tasks_of(&fixture(name)) {
             let had_role = t.get("roleCredentials").is_some();
             strip_credentials(&mut t);
-            // Only the role's ARN stays, never a key, token or credentials id.
+            // Only the role's ARN and the credentials id stay, never a key or token.
             if let Some(c) = t.get("roleCredentials") {
                 assert!(had_role);
-                let keys: Vec<&String> = c.as_object().unwrap().keys().collect();
-                assert_eq!(keys, ["roleArn"]);
+                let mut keys: Vec<&String> = c.as_object().unwrap().keys().collect();
+                keys.sort();
+                assert_eq!(keys, ["credentialsId", "roleArn"]);
             }
             let spec = TaskSpec::from_json(&t).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!spec.arn.is_empty());
+            if had_role {
+                assert!(spec.task_role_credentials_id().is_some(), "{name}");
+            }
         }
     }
 }
@@ -314,4 +318,51 @@ fn records_round_trip_without_credentials() {
     assert!(!text.contains("secretAccessKey") && !text.contains("sessionToken"));
     let back: TaskRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(back, rec);
+}
+
+#[test]
+fn records_keep_credentials_ids_and_endpoint_ids_but_debug_hides_the_ids() {
+    let mut t = serde_json::json!({
+        "arn": "arn:aws:ecs:us-east-1:123456789012:task/c/1", "family": "f", "version": "1",
+        "launchType": "EC2", "enableFaultInjection": true,
+        "roleCredentials": {"credentialsId": "app-cid-77", "roleArn": "arn:aws:iam::1:role/app",
+            "accessKeyId": "AKIA77", "secretAccessKey": "secret-77", "sessionToken": "tok-77",
+            "expiration": "2030"},
+        "executionRoleCredentials": {"credentialsId": "exec-cid-77", "roleArn": "arn:aws:iam::1:role/exec",
+            "secretAccessKey": "secret-78"},
+        "containers": [{"name": "a", "image": "i", "containerArn": "arn:aws:ecs:us-east-1:123456789012:container/c/1/a"},
+                       {"name": "b", "image": "i"}]
+    });
+    strip_credentials(&mut t);
+    let spec = TaskSpec::from_json(&t).unwrap();
+    assert_eq!(spec.task_role_credentials_id(), Some("app-cid-77"));
+    assert_eq!(spec.execution_credentials_id(), Some("exec-cid-77"));
+    assert_eq!(spec.launch_type.as_deref(), Some("EC2"));
+    assert!(spec.enable_fault_injection);
+    assert_eq!(
+        spec.containers[0].container_arn.as_deref(),
+        Some("arn:aws:ecs:us-east-1:123456789012:container/c/1/a")
+    );
+    let rec = TaskRecord::new(spec, 1, 0.0).unwrap();
+    // Every container has its own UUID v4 endpoint id.
+    let ids: Vec<&str> = rec
+        .containers
+        .iter()
+        .map(|c| c.endpoint_id.as_str())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    for id in &ids {
+        let u = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+    }
+    let text = serde_json::to_string(&rec).unwrap();
+    for secret in ["AKIA77", "secret-77", "tok-77", "secret-78"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(text.contains("app-cid-77") && text.contains("exec-cid-77"));
+    let back: TaskRecord = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, rec);
+    let debug = format!("{rec:?}");
+    assert!(!debug.contains("cid-77"), "{debug}");
+    assert!(debug.contains("role/app"));
 }
