@@ -54,8 +54,10 @@ unset ECS_HOSTD_PYTHON ECS_HOSTD_TEST_IMAGE
 
 log "starting: ecs-hostd run"
 START=$(date +%s.%N)
+# This machine is no instance of ours: the agent leaves its iptables and sysctls alone
+# (ECS_HOSTD_HOST_NAT=false; on an instance it installs the 169.254.170.2 NAT).
 ECS_DATADIR="$WORK/data" ECS_HOSTD_API_ADDR="127.0.0.1:$API_PORT" ECS_HOSTD_DOCKER_WATCHDOG=false \
-  ECS_CONTAINER_STOP_TIMEOUT=2s ECS_HOSTD_STARTUP_JITTER=0 \
+  ECS_HOSTD_HOST_NAT=false ECS_CONTAINER_STOP_TIMEOUT=2s ECS_HOSTD_STARTUP_JITTER=0 \
   "$BIN" run --ecs-config "$WORK/ecs.config" --config "$WORK/config.toml" >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 REGISTERED=""

@@ -30,6 +30,7 @@ use crate::docker::EngineInfo;
 use crate::ecs::attributes;
 use crate::ecs::register::{self, REGISTER_GIVE_UP, REGISTER_RETRY, Registrar, Registration};
 use crate::ecs::sdk::SdkEcs;
+use crate::engine::net::host_nat::{Host, HostNat, NatSettings};
 use crate::health;
 use crate::host::HostFacts;
 use crate::imds::{Identity, ImdsClient};
@@ -82,11 +83,19 @@ pub async fn run(config: Config) -> Outcome {
 async fn run_until_cancelled(config: Config, cancel: CancellationToken) -> Outcome {
     let board = health::Board::new();
     let (supervisor, terminal_rx) = Supervisor::new(cancel.clone());
-    let outcome = start_and_serve(config, &supervisor, &board, terminal_rx).await;
+    let mut nat = None;
+    let outcome = start_and_serve(config, &supervisor, &board, terminal_rx, &mut nat).await;
     systemd::stopping();
     info!("Stopping.");
     if !supervisor.shutdown(STOP_DEADLINE).await {
         warn!(deadline = ?STOP_DEADLINE, "Some subsystems did not stop in time.");
+    }
+    // Like ecs-init's post-stop: the rules go with the agent (a crash leaves them; the next
+    // start finds them in place and adds nothing).
+    if let Some(nat) = nat
+        && let Err(e) = nat.remove()
+    {
+        warn!(error = %e, "The task endpoint's host NAT was not fully removed.");
     }
     if let Outcome::Terminal(msg) = &outcome {
         error!(reason = %msg, "Stopped on a terminal failure; systemd will not restart ecs-hostd until an operator acts.");
@@ -101,11 +110,13 @@ async fn start_and_serve(
     supervisor: &Supervisor,
     board: &health::Board,
     terminal_rx: mpsc::UnboundedReceiver<String>,
+    nat: &mut Option<HostNat>,
 ) -> Outcome {
     let start = Start::new(&config, supervisor, board);
     let registered = async {
         let local = start.open_local_state()?;
         let docker = start.wait_for_docker().await?;
+        *nat = start.plumb_host_network(&docker).await;
         let instance = start.read_identity(&local).await?;
         start.wait_for_warm_pool(&instance).await?;
         let registered = start.register(&local, &docker, &instance).await?;
@@ -117,6 +128,31 @@ async fn start_and_serve(
         Ok(registered) => serve(supervisor.token(), terminal_rx, registered).await,
         Err(end) => end,
     }
+}
+
+/// The default bridge's interface name (`docker0`), from Docker's `bridge` network.
+async fn default_bridge(docker: &bollard::Docker) -> Option<String> {
+    let n = docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .ok()?;
+    let options = n.options.unwrap_or_default();
+    if options
+        .get("com.docker.network.bridge.default_bridge")
+        .map(String::as_str)
+        != Some("true")
+    {
+        return None;
+    }
+    options.get("com.docker.network.bridge.name").cloned()
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Waits for the end of the run: cancellation (a signal) is clean, a terminal failure reported by
@@ -227,6 +263,39 @@ impl<'a> Start<'a> {
             format!("Docker {} (API {})", info.version, info.api_version),
         );
         Ok(DockerReady { docker, info })
+    }
+
+    /// Phase 2b, host network (ecs-init's pre-start, task-credentials.md §6): `route_localnet`
+    /// and the iptables rules that make 169.254.170.2:80 reach the task endpoint from bridge and
+    /// host-network containers and from dockerd, checked before added. A host where they cannot
+    /// be installed (no iptables, no CAP_NET_ADMIN) runs on without them, and says so.
+    async fn plumb_host_network(&self, docker: &DockerReady) -> Option<HostNat> {
+        let c = &self.config.host_nat;
+        if !c.enabled {
+            info!("ECS_HOSTD_HOST_NAT=false: the host provides the task endpoint's NAT, if any.");
+            return None;
+        }
+        let settings = NatSettings {
+            endpoint_port: self.config.task_endpoint.addr.port(),
+            api_port: self.config.api_addr.port(),
+            skip_localhost_filter: c.skip_localhost_filter,
+            allow_offhost_introspection: c.allow_offhost_introspection,
+            docker_bridge: default_bridge(&docker.docker).await,
+            ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists() && which("ip6tables"),
+            block_imds: c.block_imds,
+        };
+        let nat = HostNat::new(&settings, Box::new(Host::default()));
+        match tokio::task::spawn_blocking(move || nat.install().map(|_| nat)).await {
+            Ok(Ok(nat)) => Some(nat),
+            Ok(Err(e)) => {
+                warn!(error = %e, "Containers cannot reach the task endpoint on 169.254.170.2: its host NAT could not be installed.");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "Host NAT set-up panicked.");
+                None
+            }
+        }
     }
 
     /// Phase 3, identity (spec §2 step 4): reads the instance identity document from IMDS, with

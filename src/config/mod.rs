@@ -218,6 +218,8 @@ pub struct Config {
     pub available_logging_drivers: Vec<String>,
     /// `ECS_DISABLE_PRIVILEGED`.
     pub disable_privileged: bool,
+    /// The task endpoint's host NAT (`engine::net::host_nat`).
+    pub host_nat: HostNatConfig,
     /// `ECS_SELINUX_CAPABLE`.
     pub selinux_capable: bool,
     /// `ECS_APPARMOR_CAPABLE`.
@@ -254,6 +256,7 @@ impl Default for Config {
             container_instance_tags: BTreeMap::new(),
             available_logging_drivers: vec!["json-file".into(), "none".into()],
             disable_privileged: false,
+            host_nat: HostNatConfig::default(),
             selinux_capable: false,
             apparmor_capable: false,
             api_addr: SocketAddr::from(([127, 0, 0, 1], 51678)),
@@ -671,6 +674,30 @@ fn read_optional(path: &Path, explicit: bool) -> Result<Option<String>, ConfigEr
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+/// The task endpoint's host NAT settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostNatConfig {
+    /// `ECS_HOSTD_HOST_NAT`: install (and remove) the rules at all.
+    pub enabled: bool,
+    /// `ECS_SKIP_LOCALHOST_TRAFFIC_FILTER`.
+    pub skip_localhost_filter: bool,
+    /// `ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS`.
+    pub allow_offhost_introspection: bool,
+    /// `ECS_HOSTD_BLOCK_IMDS`.
+    pub block_imds: bool,
+}
+
+impl Default for HostNatConfig {
+    fn default() -> Self {
+        HostNatConfig {
+            enabled: true,
+            skip_localhost_filter: false,
+            allow_offhost_introspection: false,
+            block_imds: false,
+        }
     }
 }
 

@@ -132,16 +132,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "shared Docker volume matching uses the volume name only",
     ),
     (
-        "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER",
-        &[],
-        "ecs-hostd installs no iptables rules",
-    ),
-    (
-        "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS",
-        &["false", "0"],
-        "the local API binds to ECS_HOSTD_API_ADDR (127.0.0.1 by default) instead of using a firewall rule",
-    ),
-    (
         "ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME",
         &[],
         "the local API binds to ECS_HOSTD_API_ADDR",
@@ -489,6 +479,26 @@ pub static SETTINGS: &[Setting] = &[
         "Refuse privileged containers and do not advertise them.",
         |c, v, _| {
             c.disable_privileged = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_SKIP_LOCALHOST_TRAFFIC_FILTER",
+        None,
+        "false",
+        "Leave out the filter that drops non-loopback traffic to 127.0.0.0/8 (the task endpoint's NAT installs it).",
+        |c, v, _| {
+            c.host_nat.skip_localhost_filter = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ALLOW_OFFHOST_INTROSPECTION_ACCESS",
+        None,
+        "false",
+        "Leave out the rules that keep port 51678 to loopback and the Docker bridge.",
+        |c, v, _| {
+            c.host_nat.allow_offhost_introspection = boolean(v)?;
             Ok(())
         }
     ),
@@ -1276,6 +1286,26 @@ pub static SETTINGS: &[Setting] = &[
         "off, on or only: AutoScalingGroupName series (1 more series per metric).",
         |c, v, _| {
             c.metrics.legacy.auto_scaling = legacy_series(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_HOST_NAT",
+        Some("host_nat.enabled"),
+        "true",
+        "Install the 169.254.170.2 NAT and loopback filters of the task endpoint at start, remove them on a clean stop (as ecs-init does); false = the host provides them.",
+        |c, v, _| {
+            c.host_nat.enabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_BLOCK_IMDS",
+        Some("host_nat.block_imds"),
+        "false",
+        "Drop traffic from bridge-mode containers to IMDS (169.254.169.254): they then get only their task role, but also lose instance metadata (region, AZ) that some images read.",
+        |c, v, _| {
+            c.host_nat.block_imds = boolean(v)?;
             Ok(())
         }
     ),

@@ -25,6 +25,7 @@ pub mod events;
 pub mod features;
 pub mod introspection;
 pub mod model;
+pub mod net;
 pub mod pull;
 pub mod reconcile;
 pub mod resources;

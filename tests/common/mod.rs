@@ -301,6 +301,9 @@ impl AgentSpec {
             .env("ECS_HOSTD_API_ADDR", format!("127.0.0.1:{}", self.api_port))
             // Agents run side by side: each its own task endpoint port (a test may set one).
             .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", "127.0.0.1:0")
+            // Never on the shared host's tables: tests that need the NAT run it in a network
+            // namespace of their own (tests/net_host_nat.rs).
+            .env("ECS_HOSTD_HOST_NAT", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
