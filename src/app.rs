@@ -115,8 +115,13 @@ async fn start_and_serve(
     let start = Start::new(&config, supervisor, board);
     let registered = async {
         let local = start.open_local_state()?;
-        let docker = start.wait_for_docker().await?;
+        let mut docker = start.wait_for_docker().await?;
         *nat = start.plumb_host_network(&docker).await;
+        let roles = &start.config.host_nat;
+        docker.available = crate::engine::features::Available {
+            task_roles: nat.is_some() && roles.task_iam_role,
+            task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
+        };
         let instance = start.read_identity(&local).await?;
         start.wait_for_warm_pool(&instance).await?;
         let registered = start.register(&local, &docker, &instance).await?;
@@ -196,6 +201,8 @@ struct LocalState {
 struct DockerReady {
     docker: bollard::Docker,
     info: EngineInfo,
+    /// What the host makes available to tasks (task roles once phase 2b's NAT is in place).
+    available: crate::engine::features::Available,
 }
 
 /// Phase 3's result.
@@ -262,7 +269,11 @@ impl<'a> Start<'a> {
             true,
             format!("Docker {} (API {})", info.version, info.api_version),
         );
-        Ok(DockerReady { docker, info })
+        Ok(DockerReady {
+            docker,
+            info,
+            available: Default::default(),
+        })
     }
 
     /// Phase 2b, host network (ecs-init's pre-start, task-credentials.md §6): `route_localnet`
@@ -275,8 +286,15 @@ impl<'a> Start<'a> {
             info!("ECS_HOSTD_HOST_NAT=false: the host provides the task endpoint's NAT, if any.");
             return None;
         }
+        let endpoint_port = self.config.task_endpoint.addr.port();
+        if endpoint_port == 0 {
+            warn!(
+                "The task endpoint listens on a port the kernel picks (ECS_HOSTD_TASK_ENDPOINT_ADDR port 0): no NAT can point at it; containers cannot reach 169.254.170.2."
+            );
+            return None;
+        }
         let settings = NatSettings {
-            endpoint_port: self.config.task_endpoint.addr.port(),
+            endpoint_port,
             api_port: self.config.api_addr.port(),
             skip_localhost_filter: c.skip_localhost_filter,
             allow_offhost_introspection: c.allow_offhost_introspection,
@@ -392,7 +410,11 @@ impl<'a> Start<'a> {
             store: &local.store,
             host: &local.host,
             docker_api_version: Some(docker.info.api_version.clone()),
-            features: attributes::IMPLEMENTED,
+            features: attributes::Features {
+                task_iam_role: docker.available.task_roles,
+                task_iam_role_network_host: docker.available.task_roles_network_host,
+                ..attributes::IMPLEMENTED
+            },
             retry: REGISTER_RETRY,
             give_up_after: REGISTER_GIVE_UP,
         };

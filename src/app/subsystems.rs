@@ -230,13 +230,15 @@ fn spawn_engine(
     metrics: Option<&Metrics>,
 ) -> Result<Engine, Outcome> {
     let (config, supervisor) = (start.config, start.supervisor);
+    let mut settings = crate::engine::Settings::from_config(
+        config,
+        Some(registered.region.clone()),
+        local.host.cpus,
+        local.host.mem_total_bytes / (1024 * 1024),
+    );
+    settings.available = docker.available;
     let engine = Engine::new(crate::engine::Parts {
-        settings: crate::engine::Settings::from_config(
-            config,
-            Some(registered.region.clone()),
-            local.host.cpus,
-            local.host.mem_total_bytes / (1024 * 1024),
-        ),
+        settings,
         store: local.store.clone(),
         sink: plane.sink.clone(),
         credentials: plane.credentials.clone(),

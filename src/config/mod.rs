@@ -688,6 +688,10 @@ pub struct HostNatConfig {
     pub allow_offhost_introspection: bool,
     /// `ECS_HOSTD_BLOCK_IMDS`.
     pub block_imds: bool,
+    /// `ECS_ENABLE_TASK_IAM_ROLE`.
+    pub task_iam_role: bool,
+    /// `ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST`.
+    pub task_iam_role_network_host: bool,
 }
 
 impl Default for HostNatConfig {
@@ -697,6 +701,8 @@ impl Default for HostNatConfig {
             skip_localhost_filter: false,
             allow_offhost_introspection: false,
             block_imds: false,
+            task_iam_role: true,
+            task_iam_role_network_host: true,
         }
     }
 }

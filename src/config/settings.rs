@@ -67,16 +67,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "copying EC2 tags is not implemented; set ECS_CONTAINER_INSTANCE_TAGS",
     ),
     (
-        "ECS_ENABLE_TASK_IAM_ROLE",
-        &["false", "0"],
-        "the task endpoint serves credentials on 51679, but the 169.254.170.2 NAT rules are not installed yet: tasks with a task role are refused and task-iam-role is not advertised",
-    ),
-    (
-        "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST",
-        &["false", "0"],
-        "the 169.254.170.2 NAT rules for the task endpoint are not installed yet",
-    ),
-    (
         "ECS_ENABLE_TASK_ENI",
         &["false", "0"],
         "awsvpc networking is not implemented",
@@ -479,6 +469,26 @@ pub static SETTINGS: &[Setting] = &[
         "Refuse privileged containers and do not advertise them.",
         |c, v, _| {
             c.disable_privileged = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_TASK_IAM_ROLE",
+        None,
+        "true",
+        "Run tasks with a task role in bridge mode and advertise task-iam-role (when the 169.254.170.2 NAT is in place); true as on the ECS-optimized AMI.",
+        |c, v, _| {
+            c.host_nat.task_iam_role = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST",
+        None,
+        "true",
+        "The same for host-network tasks (task-iam-role-network-host).",
+        |c, v, _| {
+            c.host_nat.task_iam_role_network_host = boolean(v)?;
             Ok(())
         }
     ),

@@ -289,6 +289,8 @@ fn unknown_and_unsupported_keys_warn() {
         ]
     );
     assert!(loaded.warnings[1].message.contains("not supported"));
+    assert!(!loaded.config.host_nat.task_iam_role);
+    assert!(loaded.config.host_nat.task_iam_role_network_host);
 }
 
 #[test]

@@ -39,6 +39,12 @@ pub struct Features {
     pub ecr_pull: bool,
     /// TaskManifest handling (`ecs.capability.full-sync`).
     pub full_sync: bool,
+    /// Task IAM roles for bridge containers (`task-iam-role`): decided at start, true only when
+    /// the 169.254.170.2 NAT is in place (`engine::net::host_nat`) and `ECS_ENABLE_TASK_IAM_ROLE`.
+    pub task_iam_role: bool,
+    /// The same for host-network containers (`task-iam-role-network-host`), with
+    /// `ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST`.
+    pub task_iam_role_network_host: bool,
 }
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
@@ -52,6 +58,9 @@ pub const IMPLEMENTED: Features = Features {
     // tests/e2e_ecr.rs (ec2sim's GetAuthorizationToken for a local registry with htpasswd).
     ecr_pull: true,
     full_sync: false,
+    // Host-dependent: set at start by app (the NAT installed), tested in tests/e2e_task_roles.rs.
+    task_iam_role: false,
+    task_iam_role_network_host: false,
 };
 
 /// Parses a Docker API version such as `1.41`.
@@ -101,6 +110,17 @@ pub fn attributes(
     if features.ecr_pull && daemon.is_some_and(|d| d >= ECR_MIN_DOCKER_API) {
         out.push(Attribute::flag(format!("{LEGACY}ecr-auth")));
         out.push(Attribute::flag(format!("{CURRENT}execution-role-ecr-pull")));
+    }
+    // Task roles need Docker API 1.19 as well (the official agent's condition).
+    if daemon.is_some_and(|d| d >= ECR_MIN_DOCKER_API) {
+        if features.task_iam_role {
+            out.push(Attribute::flag(format!("{LEGACY}task-iam-role")));
+        }
+        if features.task_iam_role_network_host {
+            out.push(Attribute::flag(format!(
+                "{LEGACY}task-iam-role-network-host"
+            )));
+        }
     }
     if features.full_sync {
         out.push(Attribute::flag(format!("{CURRENT}full-sync")));

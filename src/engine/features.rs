@@ -30,8 +30,19 @@ impl std::fmt::Display for Unsupported {
     }
 }
 
-/// The first feature `task` asks for that the engine does not implement, if any.
-pub fn unsupported(task: &Value) -> Option<Unsupported> {
+/// What this host makes available beyond the build (decided at start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Available {
+    /// Task roles for bridge (and `none`) network mode: the 169.254.170.2 NAT is in place and
+    /// `ECS_ENABLE_TASK_IAM_ROLE`.
+    pub task_roles: bool,
+    /// Task roles for host network mode (`ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST`).
+    pub task_roles_network_host: bool,
+}
+
+/// The first feature `task` asks for that the engine does not implement (or this host does not
+/// make available), if any.
+pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
     let at = |feature, field: String| Some(Unsupported { feature, field });
     let present = |v: Option<&Value>| {
         v.is_some_and(|v| match v {
@@ -42,10 +53,15 @@ pub fn unsupported(task: &Value) -> Option<Unsupported> {
             _ => true,
         })
     };
-    if present(task.get("roleCredentials")) {
+    let network_mode = task.get("networkMode").and_then(Value::as_str);
+    let roles_here = if network_mode == Some("host") {
+        available.task_roles_network_host
+    } else {
+        available.task_roles
+    };
+    if present(task.get("roleCredentials")) && !roles_here {
         return at("task IAM roles", "taskRoleArn".into());
     }
-    let network_mode = task.get("networkMode").and_then(Value::as_str);
     if network_mode == Some("awsvpc") || present(task.get("elasticNetworkInterfaces")) {
         return at("the awsvpc network mode", "networkMode".into());
     }
@@ -163,7 +179,30 @@ mod tests {
             json!({"dockerConfig": {"config": "{\"User\":\"1\"}", "hostConfig": "{\"CapAdd\":[],\"CapDrop\":[]}"},
                    "secrets": [], "environmentFiles": null, "healthCheckType": null}),
         );
-        assert_eq!(unsupported(&t), None);
+        assert_eq!(unsupported(&t, &Available::default()), None);
+    }
+
+    #[test]
+    fn task_roles_run_where_the_host_makes_them_available() {
+        let role = json!({"roleCredentials": {"roleArn": "arn:aws:iam::1:role/app"}});
+        let bridge = task(role.clone(), json!({}));
+        let mut host = task(role, json!({}));
+        host["networkMode"] = json!("host");
+        let both = Available {
+            task_roles: true,
+            task_roles_network_host: true,
+        };
+        assert_eq!(unsupported(&bridge, &both), None);
+        assert_eq!(unsupported(&host, &both), None);
+        let bridge_only = Available {
+            task_roles: true,
+            task_roles_network_host: false,
+        };
+        assert_eq!(unsupported(&bridge, &bridge_only), None);
+        assert_eq!(
+            unsupported(&host, &bridge_only).unwrap().feature,
+            "task IAM roles"
+        );
     }
 
     #[test]
@@ -250,7 +289,8 @@ mod tests {
             ),
         ];
         for (t, feature, field) in cases {
-            let u = unsupported(&t).unwrap_or_else(|| panic!("{feature} not refused"));
+            let u = unsupported(&t, &Available::default())
+                .unwrap_or_else(|| panic!("{feature} not refused"));
             assert_eq!((u.feature, u.field.as_str()), (feature, field));
             let text = u.to_string();
             assert!(text.contains(feature) && text.contains(field), "{text}");

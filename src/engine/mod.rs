@@ -110,6 +110,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Pull retry policy (tests shorten it).
     pub pull_retry: crate::backoff::Policy,
+    /// What this host makes available (task roles once the NAT is in place).
+    pub available: features::Available,
 }
 
 impl Settings {
@@ -134,6 +136,7 @@ impl Settings {
             bind_ip: None,
             resync: RESYNC,
             pull_retry: pull::PULL_RETRY,
+            available: features::Available::default(),
         }
     }
 }
@@ -387,7 +390,7 @@ impl TaskControl for Engine {
     async fn deliver(&self, mut task: serde_json::Value) -> Result<(), DeliverError> {
         model::strip_credentials(&mut task);
         let spec = TaskSpec::from_json(&task).map_err(|e| DeliverError::Refused(e.to_string()))?;
-        let unsupported = features::unsupported(&task);
+        let unsupported = features::unsupported(&task, &self.shared.parts.settings.available);
         let (tx, rx) = oneshot::channel();
         self.shared
             .tx

@@ -76,6 +76,17 @@ pub struct PrivateDocker {
 impl PrivateDocker {
     /// Prepares the namespaces and starts dockerd. Fails (not skips) when dockerd is missing.
     pub fn start(live_restore: bool) -> PrivateDocker {
+        Self::start_with(live_restore, true)
+    }
+
+    /// Starts dockerd in a mount namespace of its own but in the caller's network namespace:
+    /// for a test that already runs in a private network namespace (its own `unshare --net`) and
+    /// needs the agent, dockerd and the containers' bridge in one network stack.
+    pub fn start_in_this_netns() -> PrivateDocker {
+        Self::start_with(false, false)
+    }
+
+    fn start_with(live_restore: bool, own_netns: bool) -> PrivateDocker {
         assert!(
             Path::new("/usr/sbin/dockerd").exists() || which("dockerd"),
             "dockerd is missing: apt-get install -y docker.io (scripts/world.sh installs it)"
@@ -96,14 +107,8 @@ impl PrivateDocker {
             .replace('.', "");
         std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
         let holder = Command::new("unshare")
-            .args([
-                "--net",
-                "--mount",
-                "--propagation",
-                "private",
-                "sleep",
-                "infinity",
-            ])
+            .args(if own_netns { &["--net"][..] } else { &[][..] })
+            .args(["--mount", "--propagation", "private", "sleep", "infinity"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -122,8 +127,9 @@ impl PrivateDocker {
         let start = Instant::now();
         loop {
             let pid = pd.holder.id();
-            let own = ns_link(pid, "net")
-                .is_some_and(|n| Some(n) != ns_link(std::process::id(), "net"))
+            let own = (!own_netns
+                || ns_link(pid, "net")
+                    .is_some_and(|n| Some(n) != ns_link(std::process::id(), "net")))
                 && ns_link(pid, "mnt")
                     .is_some_and(|m| Some(m) != ns_link(std::process::id(), "mnt"))
                 && std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -1,0 +1,412 @@
+//! Task IAM roles end to end, through the real NAT, with clients nobody here wrote (issue 18).
+//!
+//! The test re-runs itself under `unshare --net --mount` (never touching the shared host's
+//! tables): inside that network namespace it starts ec2sim, a dockerd of its own (same network
+//! namespace, own mount namespace and data root) and the real agent binary with its host NAT on.
+//! Tasks placed with RunTask then run the AWS CLI (Debian's, `ecs-hostd-test/awscli`) in bridge
+//! and in host network mode: its standard container credential provider finds the task role's
+//! credentials at 169.254.170.2 and calls ec2sim's STS as that role. OpenTelemetry's ECS resource
+//! detector reads metadata v4 from a bridge container the same way.
+
+mod common;
+#[path = "common/private_docker.rs"]
+mod private_docker;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
+use common::*;
+use private_docker::PrivateDocker;
+use serde_json::Value;
+
+const CHILD: &str = "ECS_HOSTD_NETNS_CHILD";
+const TEST: &str = "task_roles_reach_the_aws_cli_in_bridge_and_host_mode_through_the_nat";
+
+#[test]
+fn task_roles_reach_the_aws_cli_in_bridge_and_host_mode_through_the_nat() {
+    if std::env::var_os(CHILD).is_some() {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(inside());
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("unshare (util-linux) must be installed; the suite runs as root");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "the namespaced run failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the namespaced run did not run:\n{text}"
+    );
+}
+
+/// The newest local tag of a test image `scripts/world.sh` builds (or the variable's value).
+fn world_image(var: &str, repo: &str) -> String {
+    if let Ok(i) = std::env::var(var) {
+        return i;
+    }
+    let out = Command::new("docker")
+        .args(["images", repo, "--format", "{{.Tag}}"])
+        .output()
+        .expect("docker images");
+    let tag = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        !tag.is_empty(),
+        "{repo} is missing: run `bash -c 'source scripts/world.sh; world_setup'`"
+    );
+    format!("{repo}:{tag}")
+}
+
+/// Forwards `from` to `to` (bridge containers reach ec2sim, which binds 127.0.0.1, through the
+/// bridge's gateway address).
+fn forward(from: &str, to: String) {
+    let l = TcpListener::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    std::thread::spawn(move || {
+        for inbound in l.incoming().flatten() {
+            let to = to.clone();
+            std::thread::spawn(move || {
+                let Ok(outbound) = TcpStream::connect(&to) else {
+                    return;
+                };
+                let (mut ri, mut wi) = (inbound.try_clone().unwrap(), inbound);
+                let (mut ro, mut wo) = (outbound.try_clone().unwrap(), outbound);
+                let a = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut ri, &mut wo);
+                    let _ = wo.shutdown(std::net::Shutdown::Write);
+                });
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = ro.read(&mut buf) {
+                    if n == 0 || wi.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = wi.shutdown(std::net::Shutdown::Write);
+                let _ = a.join();
+            });
+        }
+    });
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct World {
+    sim: Ec2Sim,
+    cluster: String,
+    agent: Agent,
+    docker: PrivateDocker,
+    awscli: String,
+    otel: String,
+    sim_port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl World {
+    async fn task_definition(
+        &self,
+        family: &str,
+        role: Option<&str>,
+        mode: NetworkMode,
+        image: &str,
+        script: &str,
+    ) -> String {
+        let c = ContainerDefinition::builder()
+            .name("app")
+            .image(image)
+            .essential(true)
+            .memory(128)
+            .command("sh")
+            .command("-c")
+            .command(script)
+            .docker_labels("ecs-hostd.test", "roles")
+            .build();
+        self.sim
+            .ecs()
+            .await
+            .register_task_definition()
+            .family(family)
+            .network_mode(mode)
+            .set_task_role_arn(role.map(str::to_owned))
+            .container_definitions(c)
+            .send()
+            .await
+            .unwrap()
+            .task_definition()
+            .unwrap()
+            .task_definition_arn()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Runs the task until its container printed `marker` (or stopped); returns its output.
+    async fn output_of(&self, td: &str, marker: &str) -> (String, String) {
+        let task = run_task(&self.sim, &self.cluster, td).await;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let ids = self.docker.run(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.amazonaws.ecs.task-arn={task}"),
+            ]);
+            if let Some(id) = ids.lines().next() {
+                let out = self.docker.cli().args(["logs", id]).output().unwrap();
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if text.contains(marker) {
+                    return (task, text);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{td}: no {marker:?} in the container's output:\n{}",
+                self.agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+async fn inside() {
+    sh("ip link set lo up");
+    let awscli = world_image("ECS_HOSTD_AWSCLI_IMAGE", "ecs-hostd-test/awscli");
+    let otel = world_image("ECS_HOSTD_OTEL_IMAGE", "ecs-hostd-test/otel");
+    let docker = PrivateDocker::start_in_this_netns();
+    for image in [&awscli, &otel] {
+        docker.load_image(image);
+    }
+    let sim = Ec2Sim::start();
+    let sim_port: u16 = sim.url().rsplit(':').next().unwrap().parse().unwrap();
+    // The private engine's default bridge gateway: what bridge containers reach this namespace by.
+    let gateway = sh("ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1")
+        .trim()
+        .to_owned();
+    assert!(!gateway.is_empty(), "the private engine has no docker0");
+    // Every instance has a default route; locally generated packets (host-network containers,
+    // dockerd) need one before OUTPUT's NAT sees them.
+    sh("ip route add default dev docker0");
+    forward(
+        &format!("{gateway}:{sim_port}"),
+        format!("127.0.0.1:{sim_port}"),
+    );
+
+    let cluster = unique("roles");
+    create_cluster(&sim, &cluster).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
+        .env("DOCKER_HOST", &docker.host)
+        .env("ECS_HOSTD_HOST_NAT", "true")
+        .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", "127.0.0.1:51679")
+        .env("ECS_HOSTD_METRICS", "false")
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
+        .start();
+    agent.wait_registered(Duration::from_secs(60));
+    let w = World {
+        sim,
+        cluster,
+        agent,
+        docker,
+        awscli,
+        otel,
+        sim_port,
+        _data: data,
+    };
+
+    // The instance advertises the task-role capabilities now that the path works.
+    let attrs = describe_instance(&w.sim, &w.cluster, &registered_arn(&w)).await;
+    for a in [
+        "com.amazonaws.ecs.capability.task-iam-role",
+        "com.amazonaws.ecs.capability.task-iam-role-network-host",
+    ] {
+        assert!(
+            attrs["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == a),
+            "{a} not advertised: {attrs}"
+        );
+    }
+
+    let sts = |endpoint: &str| {
+        format!(
+            "aws sts get-caller-identity --region us-east-1 --endpoint-url {endpoint} --output json; echo DONE; sleep 3600"
+        )
+    };
+    let bridge_endpoint = format!("http://{gateway}:{}", w.sim_port);
+    let host_endpoint = format!("http://127.0.0.1:{}", w.sim_port);
+    let cases = [
+        ("app", NetworkMode::Bridge, bridge_endpoint.clone()),
+        ("app", NetworkMode::Host, host_endpoint.clone()),
+        ("other", NetworkMode::Bridge, bridge_endpoint.clone()),
+    ];
+    for (role, mode, endpoint) in &cases {
+        let role_arn = format!("arn:aws:iam::123456789012:role/{role}");
+        let td = w
+            .task_definition(
+                &unique("role"),
+                Some(&role_arn),
+                mode.clone(),
+                &w.awscli,
+                &sts(endpoint),
+            )
+            .await;
+        let (task, out) = w.output_of(&td, "DONE").await;
+        let task_id = task.rsplit('/').next().unwrap();
+        assert!(
+            out.contains(&format!(
+                "arn:aws:sts::123456789012:assumed-role/{role}/{task_id}"
+            )),
+            "{mode:?}, role {role}: the AWS CLI did not call STS as the task role:\n{out}\n{}",
+            w.agent.log()
+        );
+    }
+    // A task without a role gets no credentials at all (no instance role through IMDS either:
+    // IMDS is not reachable from here).
+    let td = w
+        .task_definition(
+            &unique("norole"),
+            None,
+            NetworkMode::Bridge,
+            &w.awscli,
+            &sts(&bridge_endpoint),
+        )
+        .await;
+    let (_, out) = w.output_of(&td, "DONE").await;
+    assert!(out.contains("Unable to locate credentials"), "{out}");
+
+    // OpenTelemetry's ECS detector, in a bridge container, through 169.254.170.2.
+    let td = w
+        .task_definition(
+            &unique("otel"),
+            None,
+            NetworkMode::Bridge,
+            &w.otel,
+            "ecs-detect; echo DONE; sleep 3600",
+        )
+        .await;
+    let (task, out) = w.output_of(&td, "DONE").await;
+    assert!(
+        out.contains(&task),
+        "the detector did not find the task ARN:\n{out}"
+    );
+    assert!(out.contains("\"aws.ecs.launchtype\": \"ec2\""), "{out}");
+
+    // Refresh over ACS: the new keys are served at once (asked from this namespace: host path).
+    let creds_task = {
+        let role_arn = "arn:aws:iam::123456789012:role/app";
+        let td = w
+            .task_definition(
+                &unique("refresh"),
+                Some(role_arn),
+                NetworkMode::Host,
+                &w.awscli,
+                "echo DONE; sleep 3600",
+            )
+            .await;
+        w.output_of(&td, "DONE").await.0
+    };
+    let sets = w
+        .sim
+        .get(&format!("/ec2sim/credentials?task_arn={creds_task}"));
+    let app = sets["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role_type"] == "TaskApplication")
+        .unwrap()
+        .clone();
+    let id = app["credentials_id"].as_str().unwrap().to_owned();
+    let url = format!("http://169.254.170.2/v2/credentials/{id}");
+    let first = get_json(&url);
+    assert_eq!(first["AccessKeyId"], app["credentials"]["accessKeyId"]);
+    assert!(first["AccessKeyId"].is_string(), "{first}");
+    let pushed = w.sim.post(
+        "/ec2sim/acs/credentials",
+        serde_json::json!({"task_arn": creds_task, "role_type": "TaskApplication"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&url)["AccessKeyId"] != pushed["access_key_id"] {
+        assert!(
+            Instant::now() < deadline,
+            "the refreshed keys were not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_task(&w.sim, &w.cluster, &creds_task).await;
+    wait_task_status(
+        &w.sim,
+        &w.cluster,
+        &creds_task,
+        "STOPPED",
+        Duration::from_secs(30),
+        &w.agent,
+    )
+    .await;
+    let status = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "400");
+
+    // Nothing of a secret in the agent's log or its state file.
+    let log = w.agent.log();
+    let state: Vec<u8> = std::fs::read_dir(w._data.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
+        .flat_map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .collect();
+    let state = String::from_utf8_lossy(&state);
+    for set in w.sim.get("/ec2sim/credentials")["sets"].as_array().unwrap() {
+        for key in ["secretAccessKey", "sessionToken"] {
+            let v = set["credentials"][key].as_str().unwrap();
+            assert!(!log.contains(v), "{key} in the agent's log");
+            assert!(!state.contains(v), "{key} in the state file");
+        }
+    }
+}
+
+fn registered_arn(w: &World) -> String {
+    w.agent.metadata().unwrap()["ContainerInstanceArn"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn get_json(url: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3", url])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
