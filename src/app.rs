@@ -121,6 +121,7 @@ async fn start_and_serve(
         docker.available = crate::engine::features::Available {
             task_roles: nat.is_some() && roles.task_iam_role,
             task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
+            execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
         };
         let instance = start.read_identity(&local).await?;
         start.wait_for_warm_pool(&instance).await?;
@@ -413,6 +414,7 @@ impl<'a> Start<'a> {
             features: attributes::Features {
                 task_iam_role: docker.available.task_roles,
                 task_iam_role_network_host: docker.available.task_roles_network_host,
+                execution_role_awslogs: docker.available.execution_role_awslogs,
                 ..attributes::IMPLEMENTED
             },
             retry: REGISTER_RETRY,

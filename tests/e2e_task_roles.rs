@@ -246,6 +246,7 @@ async fn inside() {
     for a in [
         "com.amazonaws.ecs.capability.task-iam-role",
         "com.amazonaws.ecs.capability.task-iam-role-network-host",
+        "ecs.capability.execution-role-awslogs",
     ] {
         assert!(
             attrs["attributes"]
@@ -321,6 +322,28 @@ async fn inside() {
     );
     assert!(out.contains("\"aws.ecs.launchtype\": \"ec2\""), "{out}");
 
+    // Docker's own awslogs driver ships a container's output to ec2sim's CloudWatch Logs, signed
+    // with the execution role's credentials that dockerd fetched through 169.254.170.2.
+    let group = unique("lg");
+    let lines = w.awslogs_task(&group).await;
+    assert!(
+        lines.iter().any(|l| l == "hello from awslogs"),
+        "{lines:?}\n{}",
+        w.agent.log()
+    );
+    let puts = w.sim.requests("logs", "PutLogEvents");
+    assert!(!puts.is_empty(), "dockerd never called PutLogEvents");
+    for p in &puts {
+        let key = p["access_key_id"].as_str().unwrap_or_default();
+        let k = w
+            .sim
+            .get(&format!("/ec2sim/credentials/keys?access_key_id={key}"));
+        assert_eq!(
+            k["keys"][0]["role_type"], "TaskExecution",
+            "PutLogEvents signed with {key}: {k}"
+        );
+    }
+
     // Refresh over ACS: the new keys are served at once (asked from this namespace: host path).
     let creds_task = {
         let role_arn = "arn:aws:iam::123456789012:role/app";
@@ -392,6 +415,87 @@ async fn inside() {
             let v = set["credentials"][key].as_str().unwrap();
             assert!(!log.contains(v), "{key} in the agent's log");
             assert!(!state.contains(v), "{key} in the state file");
+        }
+    }
+}
+
+impl World {
+    /// Runs a task with an execution role whose container logs through `awslogs` to ec2sim
+    /// (dockerd shares this namespace, so 127.0.0.1 reaches it); returns the log lines read back
+    /// with boto3, as a user would.
+    async fn awslogs_task(&self, group: &str) -> Vec<String> {
+        let options = [
+            ("awslogs-group", group.to_owned()),
+            ("awslogs-region", "us-east-1".to_owned()),
+            ("awslogs-create-group", "true".to_owned()),
+            ("awslogs-stream-prefix", "web".to_owned()),
+            (
+                "awslogs-endpoint",
+                format!("http://127.0.0.1:{}", self.sim_port),
+            ),
+        ];
+        let mut log = aws_sdk_ecs::types::LogConfiguration::builder()
+            .log_driver(aws_sdk_ecs::types::LogDriver::Awslogs);
+        for (k, v) in options {
+            log = log.options(k, v);
+        }
+        let c = ContainerDefinition::builder()
+            .name("app")
+            .image(&self.awscli)
+            .essential(true)
+            .memory(64)
+            .command("sh")
+            .command("-c")
+            .command("echo hello from awslogs; sleep 3600")
+            .docker_labels("ecs-hostd.test", "roles")
+            .log_configuration(log.build().unwrap())
+            .build();
+        let td = self
+            .sim
+            .ecs()
+            .await
+            .register_task_definition()
+            .family(unique("awslogs"))
+            .execution_role_arn("arn:aws:iam::123456789012:role/exec")
+            .container_definitions(c)
+            .send()
+            .await
+            .unwrap()
+            .task_definition()
+            .unwrap()
+            .task_definition_arn()
+            .unwrap()
+            .to_owned();
+        let task = run_task(&self.sim, &self.cluster, &td).await;
+        wait_task_status(
+            &self.sim,
+            &self.cluster,
+            &task,
+            "RUNNING",
+            Duration::from_secs(60),
+            &self.agent,
+        )
+        .await;
+        let script = format!(
+            "import boto3, json\n\
+             c = boto3.client('logs', region_name='us-east-1', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='x', aws_secret_access_key='x')\n\
+             out = []\n\
+             for s in c.describe_log_streams(logGroupName='{group}').get('logStreams', []):\n\
+             \x20   out += [e['message'] for e in c.get_log_events(logGroupName='{group}', logStreamName=s['logStreamName'])['events']]\n\
+             print(json.dumps(out))\n",
+            self.sim_port
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(python())
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            let lines: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if !lines.is_empty() || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

@@ -19,8 +19,42 @@ fuzz_target!(|data: &[u8]| {
         Ok(messages::Inbound::Payload(p)) => {
             for t in &p.tasks {
                 let v = t.without_credentials();
-                assert!(v.get("roleCredentials").is_none());
-                assert!(v.get("executionRoleCredentials").is_none());
+                // Of each credential set only the role ARN and the credentials id reach the
+                // engine: never a key, a token or an expiration.
+                for role in ["roleCredentials", "executionRoleCredentials"] {
+                    if let Some(c) = v.get(role) {
+                        let keys: Vec<&String> = c.as_object().unwrap().keys().collect();
+                        assert!(
+                            keys.iter()
+                                .all(|k| *k == "roleArn" || *k == "credentialsId"),
+                            "{keys:?}"
+                        );
+                    }
+                }
+                for (role, creds) in [
+                    ("roleCredentials", &t.role_credentials),
+                    ("executionRoleCredentials", &t.execution_role_credentials),
+                ] {
+                    let Some(c) = creds else { continue };
+                    for secret in [&c.access_key_id, &c.secret_access_key, &c.session_token]
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| s.len() >= 8)
+                        // What is kept may contain it (a fuzzed key equal to the role ARN).
+                        .filter(|s| {
+                            ![&c.role_arn, &c.credentials_id]
+                                .into_iter()
+                                .flatten()
+                                .any(|kept| kept.contains(s.as_str()))
+                        })
+                    {
+                        let text = v.to_string();
+                        assert!(
+                            !text.contains(secret.as_str()),
+                            "{role} secret reached the engine"
+                        );
+                    }
+                }
             }
         }
         Ok(other) => {

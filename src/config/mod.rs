@@ -692,6 +692,8 @@ pub struct HostNatConfig {
     pub task_iam_role: bool,
     /// `ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST`.
     pub task_iam_role_network_host: bool,
+    /// `ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE`.
+    pub execution_role_awslogs: bool,
 }
 
 impl Default for HostNatConfig {
@@ -703,6 +705,7 @@ impl Default for HostNatConfig {
             block_imds: false,
             task_iam_role: true,
             task_iam_role_network_host: true,
+            execution_role_awslogs: true,
         }
     }
 }

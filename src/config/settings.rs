@@ -102,11 +102,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "ecs-hostd never updates itself over ACS; upgrade the package instead",
     ),
     (
-        "ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE",
-        &["false", "0"],
-        "awslogs through the execution role is not implemented",
-    ),
-    (
         "ECS_ENABLE_RUNTIME_STATS",
         &["false", "0"],
         "pprof-style runtime stats are not served",
@@ -489,6 +484,16 @@ pub static SETTINGS: &[Setting] = &[
         "The same for host-network tasks (task-iam-role-network-host).",
         |c, v, _| {
             c.host_nat.task_iam_role_network_host = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE",
+        None,
+        "true",
+        "Let dockerd's awslogs driver sign with the task's execution role (through the 169.254.170.2 NAT) and advertise execution-role-awslogs; true as on the ECS-optimized AMI.",
+        |c, v, _| {
+            c.host_nat.execution_role_awslogs = boolean(v)?;
             Ok(())
         }
     ),

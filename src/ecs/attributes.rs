@@ -45,6 +45,8 @@ pub struct Features {
     /// The same for host-network containers (`task-iam-role-network-host`), with
     /// `ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST`.
     pub task_iam_role_network_host: bool,
+    /// dockerd's awslogs with the execution role (`execution-role-awslogs`).
+    pub execution_role_awslogs: bool,
 }
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
@@ -61,6 +63,7 @@ pub const IMPLEMENTED: Features = Features {
     // Host-dependent: set at start by app (the NAT installed), tested in tests/e2e_task_roles.rs.
     task_iam_role: false,
     task_iam_role_network_host: false,
+    execution_role_awslogs: false,
 };
 
 /// Parses a Docker API version such as `1.41`.
@@ -120,6 +123,9 @@ pub fn attributes(
             out.push(Attribute::flag(format!(
                 "{LEGACY}task-iam-role-network-host"
             )));
+        }
+        if features.execution_role_awslogs {
+            out.push(Attribute::flag(format!("{CURRENT}execution-role-awslogs")));
         }
     }
     if features.full_sync {

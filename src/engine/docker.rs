@@ -212,10 +212,28 @@ pub fn create_body(
         h.remove("RestartPolicy");
         h.remove("AutoRemove");
     }
-    if let Some(lc) = host.get_mut("LogConfig").and_then(|l| l.get_mut("Config"))
-        && let Some(opts) = lc.as_object_mut()
-    {
+    if let Some(lc) = host.get_mut("LogConfig").and_then(Value::as_object_mut) {
+        let awslogs = lc.get("Type").and_then(Value::as_str) == Some("awslogs");
+        let opts = lc
+            .entry("Config")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| MapError::Invalid("LogConfig.Config is not an object".into()))?;
         complete_log_options(opts);
+        if awslogs && c.logs_auth_strategy.as_deref() == Some("ExecutionRole") {
+            // dockerd fetches the execution role's credentials from the task endpoint, through
+            // 169.254.170.2 (task-credentials.md §9.7).
+            let id = spec.execution_credentials_id().ok_or_else(|| {
+                MapError::Invalid(
+                    "awslogs with logsAuthStrategy ExecutionRole, but the task has no execution role credentials"
+                        .into(),
+                )
+            })?;
+            opts.insert(
+                AWSLOGS_CREDENTIALS_ENDPOINT.into(),
+                json!(format!("/v2/credentials/{id}")),
+            );
+        }
     }
 
     // Labels last: ours win over anything from the backend.
@@ -274,6 +292,9 @@ pub fn log_config(c: &ContainerSpec) -> Option<(String, Map<String, Value>)> {
     complete_log_options(&mut opts);
     Some((driver.to_owned(), opts))
 }
+
+/// The awslogs option naming where dockerd fetches credentials (a path on 169.254.170.2).
+pub const AWSLOGS_CREDENTIALS_ENDPOINT: &str = "awslogs-credentials-endpoint";
 
 /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`: where AWS SDKs find the task role's credentials.
 pub const ENV_CREDENTIALS_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";

@@ -38,6 +38,9 @@ pub struct Available {
     pub task_roles: bool,
     /// Task roles for host network mode (`ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST`).
     pub task_roles_network_host: bool,
+    /// dockerd's awslogs driver with the execution role's credentials (it reaches the endpoint
+    /// through the NAT; `ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE`).
+    pub execution_role_awslogs: bool,
 }
 
 /// The first feature `task` asks for that the engine does not implement (or this host does not
@@ -106,6 +109,14 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
             .any(|a| a.get("name").and_then(Value::as_str) == Some("ExecuteCommandAgent"))
         {
             return at("ECS Exec", field("managedAgents"));
+        }
+        if c.get("logsAuthStrategy").and_then(Value::as_str) == Some("ExecutionRole")
+            && !available.execution_role_awslogs
+        {
+            return at(
+                "awslogs with the task execution role",
+                field("logsAuthStrategy"),
+            );
         }
         if present(c.get("healthCheckType")) {
             return at("container health checks", field("healthCheck"));
@@ -191,12 +202,14 @@ mod tests {
         let both = Available {
             task_roles: true,
             task_roles_network_host: true,
+            execution_role_awslogs: false,
         };
         assert_eq!(unsupported(&bridge, &both), None);
         assert_eq!(unsupported(&host, &both), None);
         let bridge_only = Available {
             task_roles: true,
             task_roles_network_host: false,
+            execution_role_awslogs: false,
         };
         assert_eq!(unsupported(&bridge, &bridge_only), None);
         assert_eq!(

@@ -386,6 +386,9 @@ pub struct ContainerSpec {
     /// Registry auth.
     #[serde(default)]
     pub registry_authentication: Option<RegistryAuthentication>,
+    /// `ExecutionRole`: dockerd's awslogs driver signs with the execution role (spec §9.7).
+    #[serde(default)]
+    pub logs_auth_strategy: Option<String>,
     /// The container's ARN (task metadata `ContainerARN`), when ECS sent one.
     #[serde(default)]
     pub container_arn: Option<String>,
