@@ -344,6 +344,12 @@ async fn inside() {
         );
     }
 
+    // Issue 24 item 1's shape, with awslogs to ec2sim: ten containers, links and a two-deep
+    // dependsOn chain, three times; after every STOPPED, Docker runs none of them.
+    for round in 0..3 {
+        w.graph_round(round, &group).await;
+    }
+
     // Refresh over ACS: the new keys are served at once (asked from this namespace: host path).
     let creds_task = {
         let role_arn = "arn:aws:iam::123456789012:role/app";
@@ -496,6 +502,163 @@ impl World {
                 return lines;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl World {
+    async fn graph_round(&self, round: usize, group: &str) {
+        use aws_sdk_ecs::types::{
+            ContainerCondition, ContainerDependency, LogConfiguration, LogDriver,
+        };
+        let graph: [(&str, &[&str], &[&str]); 10] = [
+            ("redis", &[], &[]),
+            ("session", &["redis"], &["redis"]),
+            ("question", &["redis"], &["redis"]),
+            ("matchmaker", &["redis"], &["redis"]),
+            ("matching", &["redis"], &["redis"]),
+            ("user", &["session"], &["session"]),
+            (
+                "history",
+                &["user", "question", "redis"],
+                &["user", "question", "redis"],
+            ),
+            (
+                "collab",
+                &["redis", "question", "history"],
+                &["redis", "question", "history"],
+            ),
+            ("frontend", &[], &[]),
+            (
+                "gateway",
+                &[
+                    "session",
+                    "question",
+                    "matchmaker",
+                    "matching",
+                    "user",
+                    "history",
+                    "collab",
+                    "frontend",
+                ],
+                &[
+                    "session",
+                    "question",
+                    "matchmaker",
+                    "matching",
+                    "user",
+                    "history",
+                ],
+            ),
+        ];
+        let containers: Vec<ContainerDefinition> = graph
+            .iter()
+            .map(|(name, deps, links)| {
+                let log = LogConfiguration::builder()
+                    .log_driver(LogDriver::Awslogs)
+                    .options("awslogs-group", group)
+                    .options("awslogs-region", "us-east-1")
+                    .options("awslogs-create-group", "true")
+                    .options("awslogs-stream-prefix", "graph")
+                    .options(
+                        "awslogs-endpoint",
+                        format!("http://127.0.0.1:{}", self.sim_port),
+                    )
+                    .build()
+                    .unwrap();
+                let mut c = ContainerDefinition::builder()
+                    .name(*name)
+                    .image(&self.awscli)
+                    .essential(true)
+                    .memory(32)
+                    .command("sh")
+                    .command("-c")
+                    .command("trap 'exit 0' TERM; echo up; while true; do sleep 0.2; done")
+                    .docker_labels("ecs-hostd.test", "roles")
+                    .log_configuration(log);
+                for d in *deps {
+                    c = c.depends_on(
+                        ContainerDependency::builder()
+                            .container_name(*d)
+                            .condition(ContainerCondition::Start)
+                            .build()
+                            .unwrap(),
+                    );
+                }
+                for l in *links {
+                    c = c.links(*l);
+                }
+                c.build()
+            })
+            .collect();
+        let td = self
+            .sim
+            .ecs()
+            .await
+            .register_task_definition()
+            .family(unique("graph"))
+            .execution_role_arn("arn:aws:iam::123456789012:role/exec")
+            .set_container_definitions(Some(containers))
+            .send()
+            .await
+            .unwrap()
+            .task_definition()
+            .unwrap()
+            .task_definition_arn()
+            .unwrap()
+            .to_owned();
+        let task = run_task(&self.sim, &self.cluster, &td).await;
+        wait_task_status(
+            &self.sim,
+            &self.cluster,
+            &task,
+            "RUNNING",
+            Duration::from_secs(120),
+            &self.agent,
+        )
+        .await;
+        // Several listings later the task still runs with all ten.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let running = || {
+            self.docker
+                .run(&[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.amazonaws.ecs.task-arn={task}"),
+                    "--filter",
+                    "status=running",
+                ])
+                .lines()
+                .count()
+        };
+        assert_eq!(running(), 10, "round {round}:\n{}", self.agent.log());
+        stop_task(&self.sim, &self.cluster, &task).await;
+        let t = wait_task_status(
+            &self.sim,
+            &self.cluster,
+            &task,
+            "STOPPED",
+            Duration::from_secs(60),
+            &self.agent,
+        )
+        .await;
+        assert_eq!(running(), 0, "round {round}: containers run after STOPPED");
+        // Stopped by StopTask, not by an essential container judged gone.
+        assert!(
+            !t.stopped_reason()
+                .unwrap_or_default()
+                .contains("Essential container"),
+            "round {round}: {:?}",
+            t.stopped_reason()
+        );
+        for c in t.containers() {
+            assert!(
+                !c.reason()
+                    .unwrap_or_default()
+                    .contains("ContainerVanishedError"),
+                "round {round}: {c:?}"
+            );
         }
     }
 }
