@@ -136,6 +136,17 @@ async fn start_and_serve(
     }
 }
 
+/// The logging drivers Docker has (`docker info`'s log plugins), if it says.
+async fn log_drivers(docker: &bollard::Docker) -> Option<Vec<String>> {
+    match docker.info().await {
+        Ok(info) => info.plugins.and_then(|p| p.log),
+        Err(e) => {
+            warn!(error = %e, "Cannot read Docker's logging drivers; advertising the configured ones.");
+            None
+        }
+    }
+}
+
 /// The default bridge's interface name (`docker0`), from Docker's `bridge` network.
 async fn default_bridge(docker: &bollard::Docker) -> Option<String> {
     let n = docker
@@ -404,8 +415,19 @@ impl<'a> Start<'a> {
             false,
             format!("registering with cluster {}", config.cluster),
         );
+        // Logging drivers: the configured ones this Docker really has ("none" is built in).
+        let mut advertised = config.clone();
+        if let Some(have) = log_drivers(&docker.docker).await {
+            advertised.available_logging_drivers.retain(|d| {
+                let ok = d == "none" || have.contains(d);
+                if !ok {
+                    warn!(driver = %d, "ECS_AVAILABLE_LOGGING_DRIVERS lists a logging driver this Docker does not have; not advertised.");
+                }
+                ok
+            });
+        }
         let registrar = Registrar {
-            config,
+            config: &advertised,
             identity,
             ecs: &ecs,
             store: &local.store,

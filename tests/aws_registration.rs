@@ -34,7 +34,11 @@ async fn registers_with_this_hosts_resources_and_the_configured_attributes() {
         .env("ECS_CONTAINER_INSTANCE_TAGS", r#"{"team":"infra"}"#)
         .env("ECS_RESERVED_MEMORY", "64")
         .env("ECS_RESERVED_PORTS", "[22,8080]")
-        .env("ECS_RESERVED_PORTS_UDP", "[53]");
+        .env("ECS_RESERVED_PORTS_UDP", "[53]")
+        .env(
+            "ECS_AVAILABLE_LOGGING_DRIVERS",
+            r#"["json-file","awslogs","none","no-such-driver"]"#,
+        );
     let started = Instant::now();
     let mut agent = spec.start();
     let arn = agent.wait_registered(Duration::from_secs(60));
@@ -67,6 +71,16 @@ async fn registers_with_this_hosts_resources_and_the_configured_attributes() {
             .any(|a| a["name"] == "com.amazonaws.ecs.capability.docker-remote-api.1.32"),
         "Docker 20.10 supports API 1.41: {desc}"
     );
+    // Logging drivers: the configured ones this Docker has (docker info), and none.
+    let drivers: Vec<&str> = attrs
+        .iter()
+        .filter_map(|a| {
+            a["name"]
+                .as_str()?
+                .strip_prefix("com.amazonaws.ecs.capability.logging-driver.")
+        })
+        .collect();
+    assert_eq!(drivers, ["json-file", "awslogs", "none"], "{desc}");
 
     let reqs = sim.requests("ecs", "RegisterContainerInstance");
     assert_eq!(reqs.len(), 1);

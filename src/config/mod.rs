@@ -254,7 +254,10 @@ impl Default for Config {
             reserved_ports_udp: Vec::new(),
             instance_attributes: BTreeMap::new(),
             container_instance_tags: BTreeMap::new(),
-            available_logging_drivers: vec!["json-file".into(), "none".into()],
+            // The ECS-optimized AMI's ecs-init default.
+            available_logging_drivers: ["json-file", "syslog", "awslogs", "fluentd", "none"]
+                .map(String::from)
+                .to_vec(),
             disable_privileged: false,
             host_nat: HostNatConfig::default(),
             selinux_capable: false,

@@ -450,8 +450,8 @@ pub static SETTINGS: &[Setting] = &[
     s!(
         "ECS_AVAILABLE_LOGGING_DRIVERS",
         None,
-        "[\"json-file\",\"none\"]",
-        "Logging drivers advertised to ECS.",
+        "[\"json-file\",\"syslog\",\"awslogs\",\"fluentd\",\"none\"]",
+        "Logging drivers advertised to ECS (the ECS-optimized AMI's list), each only if this Docker has it (docker info's log plugins; none always).",
         |c, v, _| {
             c.available_logging_drivers = parse_string_list(&text(v)?)?;
             Ok(())

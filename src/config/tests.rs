@@ -46,7 +46,10 @@ fn defaults_equal_the_official_agent() {
     assert_eq!(c.reserved_ports, vec![22, 2375, 2376, 51678, 51679]);
     assert!(c.reserved_ports_udp.is_empty());
     assert_eq!(c.reserved_memory_mib, 0);
-    assert_eq!(c.available_logging_drivers, vec!["json-file", "none"]);
+    assert_eq!(
+        c.available_logging_drivers,
+        vec!["json-file", "syslog", "awslogs", "fluentd", "none"]
+    );
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/ecs-hostd"));
     assert_eq!(c.log_level, "info");
     assert!(!c.disable_privileged);
