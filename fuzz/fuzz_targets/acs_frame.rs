@@ -31,30 +31,6 @@ fuzz_target!(|data: &[u8]| {
                         );
                     }
                 }
-                for (role, creds) in [
-                    ("roleCredentials", &t.role_credentials),
-                    ("executionRoleCredentials", &t.execution_role_credentials),
-                ] {
-                    let Some(c) = creds else { continue };
-                    for secret in [&c.access_key_id, &c.secret_access_key, &c.session_token]
-                        .into_iter()
-                        .flatten()
-                        .filter(|s| s.len() >= 8)
-                        // What is kept may contain it (a fuzzed key equal to the role ARN).
-                        .filter(|s| {
-                            ![&c.role_arn, &c.credentials_id]
-                                .into_iter()
-                                .flatten()
-                                .any(|kept| kept.contains(s.as_str()))
-                        })
-                    {
-                        let text = v.to_string();
-                        assert!(
-                            !text.contains(secret.as_str()),
-                            "{role} secret reached the engine"
-                        );
-                    }
-                }
             }
         }
         Ok(other) => {
