@@ -11,6 +11,8 @@
 
 use serde_json::Value;
 
+use crate::engine::docker_json::{Kind, canonicalize};
+
 /// Why a task cannot run here: the feature, and the task-definition field that asks for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unsupported {
@@ -122,9 +124,9 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
             return at("container health checks", field("healthCheck"));
         }
         let docker_config = c.get("dockerConfig");
-        for (key, what) in [
-            ("config", "dockerConfig.config"),
-            ("hostConfig", "dockerConfig.hostConfig"),
+        for (key, what, kind) in [
+            ("config", "dockerConfig.config", Kind::Config),
+            ("hostConfig", "dockerConfig.hostConfig", Kind::HostConfig),
         ] {
             let Some(text) = docker_config
                 .and_then(|d| d.get(key))
@@ -136,30 +138,21 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
             let parsed = serde_json::from_str::<Value>(text)
                 .ok()
                 .filter(Value::is_object);
-            let Some(parsed) = parsed else {
+            let Some(mut parsed) = parsed else {
                 return at(
                     "a Docker configuration that is not a JSON object",
                     field(what),
                 );
             };
-            let has = |k: &str| {
-                parsed
-                    .as_object()
-                    .is_some_and(|o| o.keys().any(|x| x.eq_ignore_ascii_case(k)))
-            };
-            if key == "config" && has("Healthcheck") {
+            // Docker's spelling, as the create request will have it (ECS renders `HealthCheck`).
+            canonicalize(&mut parsed, kind);
+            if kind == Kind::Config && parsed.get("Healthcheck").is_some() {
                 return at("container health checks", field("healthCheck"));
             }
-            if key == "hostConfig" {
-                let driver = parsed
-                    .as_object()
-                    .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("LogConfig")))
-                    .and_then(|(_, l)| l.as_object())
-                    .and_then(|l| l.iter().find(|(k, _)| k.eq_ignore_ascii_case("Type")))
-                    .and_then(|(_, t)| t.as_str());
-                if driver == Some("awsfirelens") {
-                    return at("FireLens log routing", field("logConfiguration.logDriver"));
-                }
+            if kind == Kind::HostConfig
+                && parsed.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("awsfirelens")
+            {
+                return at("FireLens log routing", field("logConfiguration.logDriver"));
             }
         }
     }
