@@ -274,7 +274,25 @@ async fn each_container_is_stopped_once_and_docker_calls_stay_linear() {
     let run = run_id("storm");
     let _cleanup = Cleanup::new(&run);
     let eng = start(settings()).await;
+    let before = eng.calls.snapshot();
     let arns = sleepers(&eng, &run, TASKS).await;
+    // The start burst: one create and one start per container, and the start's own inspection
+    // (listings reuse it, they do not inspect the container again).
+    let started: Vec<(&str, u64)> = eng
+        .calls
+        .snapshot()
+        .iter()
+        .zip(&before)
+        .map(|((op, a), (_, b))| (*op, a - b))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    println!("{TASKS} starts; Docker calls: {started:?}");
+    assert_eq!(calls_of(&started, "create"), TASKS as u64, "{started:?}");
+    assert_eq!(calls_of(&started, "start"), TASKS as u64, "{started:?}");
+    assert!(
+        calls_of(&started, "inspect") <= TASKS as u64 + 2,
+        "inspections while {TASKS} tasks started: {started:?}"
+    );
     // Past the test resync (2 s): the engine's last listing shows every container running.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (took, delta) = stop_all(&eng, &arns, Duration::from_secs(20)).await;
@@ -609,5 +627,83 @@ async fn an_invalid_task_is_refused_at_delivery() {
         matches!(&err, ecs_hostd::tasks::DeliverError::Refused(r) if r.contains("twin")),
         "{err:?}"
     );
+    eng.shutdown().await;
+}
+
+/// The logging drivers advertised by default beyond json-file and awslogs (the AMI's list):
+/// Docker's own syslog and fluentd drivers receive a task container's output, as
+/// `logConfiguration` renders them into the host config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_and_fluentd_logging_drivers_ship_a_containers_output() {
+    use std::io::Read;
+    let image = test_image();
+    let run = run_id("logdrv");
+    let _cleanup = Cleanup::new(&run);
+    let eng = start(settings()).await;
+    let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let fluentd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let drivers = [
+        (
+            "syslog",
+            json!({"Type": "syslog", "Config": {"syslog-address": format!("udp://{}", syslog.local_addr().unwrap())}}),
+        ),
+        (
+            "fluentd",
+            json!({"Type": "fluentd", "Config": {"fluentd-address": fluentd.local_addr().unwrap().to_string()}}),
+        ),
+    ];
+    let arns: Vec<String> = (0..drivers.len()).map(|n| arn_of(&run, n)).collect();
+    let fluentd_got = std::thread::spawn(move || {
+        let (mut s, _) = fluentd.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("hello via fluentd") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    for ((name, log), arn) in drivers.iter().zip(&arns) {
+        let line = format!("echo hello via {name}; exec sleep 3600");
+        let c = container(
+            &run,
+            "app",
+            &image,
+            &["sh", "-c", &line],
+            true,
+            json!({"LogConfig": log}),
+        );
+        eng.engine
+            .deliver(task(arn, "logdrv", vec![c]))
+            .await
+            .unwrap();
+    }
+    eng.wait_changes("both RUNNING", Duration::from_secs(30), |c| {
+        arns.iter()
+            .all(|a| task_reached(c, a, ReportStatus::Running))
+    })
+    .await;
+    let mut buf = [0u8; 2048];
+    let n = syslog
+        .recv(&mut buf)
+        .expect("no syslog datagram within 30 s");
+    let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(datagram.contains("hello via syslog"), "{datagram}");
+    let forwarded = fluentd_got.join().unwrap();
+    assert!(forwarded.contains("hello via fluentd"), "{forwarded:?}");
+    for arn in &arns {
+        eng.engine.stop(arn).await.unwrap();
+    }
+    eng.wait_changes("both STOPPED", Duration::from_secs(30), |c| {
+        arns.iter()
+            .all(|a| task_reached(c, a, ReportStatus::Stopped))
+    })
+    .await;
     eng.shutdown().await;
 }
