@@ -9,12 +9,15 @@
 
 #[path = "common/docker.rs"]
 mod common;
+#[path = "common/shapes.rs"]
+mod shapes;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use ecs_hostd::tasks::{ReportStatus, TaskChange, TaskControl};
 use serde_json::{Value, json};
+use shapes::LINKED_GRAPH;
 
 /// A container that exits at once on SIGTERM.
 const GRACEFUL: &[&str] = &[
@@ -74,47 +77,7 @@ fn stopped_containers(changes: &[TaskChange], arn: &str) -> Vec<(String, Option<
 /// linking to what it depends on except gateway, which depends on the eight others and links
 /// to six of them.
 fn graph_task(run: &str, arn: &str, image: &str) -> Value {
-    let graph: [(&str, &[&str], &[&str]); 10] = [
-        ("redis", &[], &[]),
-        ("session", &["redis"], &["redis"]),
-        ("question", &["redis"], &["redis"]),
-        ("matchmaker", &["redis"], &["redis"]),
-        ("matching", &["redis"], &["redis"]),
-        ("user", &["session"], &["session"]),
-        (
-            "history",
-            &["user", "question", "redis"],
-            &["user", "question", "redis"],
-        ),
-        (
-            "collab",
-            &["redis", "question", "history"],
-            &["redis", "question", "history"],
-        ),
-        ("frontend", &[], &[]),
-        (
-            "gateway",
-            &[
-                "session",
-                "question",
-                "matchmaker",
-                "matching",
-                "user",
-                "history",
-                "collab",
-                "frontend",
-            ],
-            &[
-                "session",
-                "question",
-                "matchmaker",
-                "matching",
-                "user",
-                "history",
-            ],
-        ),
-    ];
-    let containers = graph
+    let containers = LINKED_GRAPH
         .iter()
         .map(|(name, deps, links)| {
             let mut c = container(run, name, image, GRACEFUL, true, json!({}));

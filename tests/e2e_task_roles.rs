@@ -9,8 +9,14 @@
 //! detector reads metadata v4 from a bridge container the same way.
 
 mod common;
+#[path = "common/images.rs"]
+mod images;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/private_docker.rs"]
 mod private_docker;
+#[path = "common/shapes.rs"]
+mod shapes;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,15 +25,17 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode};
 use common::*;
+use images::world_image;
+use netns::sh;
 use private_docker::PrivateDocker;
 use serde_json::Value;
+use shapes::LINKED_GRAPH;
 
-const CHILD: &str = "ECS_HOSTD_NETNS_CHILD";
 const TEST: &str = "task_roles_reach_the_aws_cli_in_bridge_and_host_mode_through_the_nat";
 
 #[test]
 fn task_roles_reach_the_aws_cli_in_bridge_and_host_mode_through_the_nat() {
-    if std::env::var_os(CHILD).is_some() {
+    if netns::inside() {
         return tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -35,45 +43,7 @@ fn task_roles_reach_the_aws_cli_in_bridge_and_host_mode_through_the_nat() {
             .unwrap()
             .block_on(inside());
     }
-    let out = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("unshare (util-linux) must be installed; the suite runs as root");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "the namespaced run failed:\n{text}");
-    assert!(
-        text.contains("1 passed"),
-        "the namespaced run did not run:\n{text}"
-    );
-}
-
-/// The newest local tag of a test image `scripts/world.sh` builds (or the variable's value).
-fn world_image(var: &str, repo: &str) -> String {
-    if let Ok(i) = std::env::var(var) {
-        return i;
-    }
-    let out = Command::new("docker")
-        .args(["images", repo, "--format", "{{.Tag}}"])
-        .output()
-        .expect("docker images");
-    let tag = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        !tag.is_empty(),
-        "{repo} is missing: run `bash -c 'source scripts/world.sh; world_setup'`"
-    );
-    format!("{repo}:{tag}")
+    netns::rerun_in_own_netns(TEST);
 }
 
 /// Forwards `from` to `to` (bridge containers reach ec2sim, which binds 127.0.0.1, through the
@@ -104,16 +74,6 @@ fn forward(from: &str, to: String) {
             });
         }
     });
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 struct World {
@@ -511,47 +471,7 @@ impl World {
         use aws_sdk_ecs::types::{
             ContainerCondition, ContainerDependency, LogConfiguration, LogDriver,
         };
-        let graph: [(&str, &[&str], &[&str]); 10] = [
-            ("redis", &[], &[]),
-            ("session", &["redis"], &["redis"]),
-            ("question", &["redis"], &["redis"]),
-            ("matchmaker", &["redis"], &["redis"]),
-            ("matching", &["redis"], &["redis"]),
-            ("user", &["session"], &["session"]),
-            (
-                "history",
-                &["user", "question", "redis"],
-                &["user", "question", "redis"],
-            ),
-            (
-                "collab",
-                &["redis", "question", "history"],
-                &["redis", "question", "history"],
-            ),
-            ("frontend", &[], &[]),
-            (
-                "gateway",
-                &[
-                    "session",
-                    "question",
-                    "matchmaker",
-                    "matching",
-                    "user",
-                    "history",
-                    "collab",
-                    "frontend",
-                ],
-                &[
-                    "session",
-                    "question",
-                    "matchmaker",
-                    "matching",
-                    "user",
-                    "history",
-                ],
-            ),
-        ];
-        let containers: Vec<ContainerDefinition> = graph
+        let containers: Vec<ContainerDefinition> = LINKED_GRAPH
             .iter()
             .map(|(name, deps, links)| {
                 let log = LogConfiguration::builder()

@@ -15,48 +15,20 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ecs_hostd::engine::net::host_nat::{Host, HostNat, NatSettings};
+use netns::sh;
 
-const CHILD: &str = "ECS_HOSTD_NETNS_CHILD";
+#[path = "common/netns.rs"]
+mod netns;
 
 /// Runs the real test inside a fresh network namespace (as root, like the rest of the suite).
 #[test]
 fn host_nat_makes_169_254_170_2_reach_the_endpoint_and_is_removed_cleanly() {
-    if std::env::var_os(CHILD).is_some() {
+    if netns::inside() {
         return inside();
     }
-    let out = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "host_nat_makes_169_254_170_2_reach_the_endpoint_and_is_removed_cleanly",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .expect("unshare (util-linux) must be installed; the suite runs as root");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    netns::rerun_in_own_netns(
+        "host_nat_makes_169_254_170_2_reach_the_endpoint_and_is_removed_cleanly",
     );
-    println!("{text}");
-    assert!(out.status.success(), "the namespaced run failed:\n{text}");
-    assert!(
-        text.contains("1 passed"),
-        "the namespaced run did not run the test:\n{text}"
-    );
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Serves `body` to every connection on `addr` (one thread, for the life of the test).

@@ -12,6 +12,8 @@
 
 #[path = "common/docker.rs"]
 mod common;
+#[path = "common/images.rs"]
+mod images;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use common::*;
 use ecs_hostd::credentials::{RoleCredentials, RoleType};
 use ecs_hostd::task_endpoint::{self, EndpointState, InstanceFacts, audit, limit};
 use ecs_hostd::tasks::{ReportStatus, TaskControl};
+use images::world_image;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -31,26 +34,6 @@ const GRACEFUL: &[&str] = &[
 const WAIT: Duration = Duration::from_secs(90);
 
 /// A test image built by `scripts/world.sh`: `$var`, else the newest tag of `repo`.
-fn world_image(var: &str, repo: &str) -> String {
-    if let Ok(i) = std::env::var(var) {
-        return i;
-    }
-    let out = docker_cli(None)
-        .args(["images", repo, "--format", "{{.Tag}}"])
-        .output()
-        .expect("docker images");
-    let tag = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        !tag.is_empty(),
-        "{repo} is missing: run `bash -c 'source scripts/world.sh; world_setup'`"
-    );
-    format!("{repo}:{tag}")
-}
-
 fn creds(id: &str, key: &str, secret: &str, token: &str) -> RoleCredentials {
     RoleCredentials {
         credentials_id: id.into(),
