@@ -43,6 +43,9 @@ impl TaskControl for NoopEngine {
     fn desired_running(&self) -> Vec<String> {
         Vec::new()
     }
+    fn knows(&self, _task_arn: &str) -> bool {
+        true
+    }
     async fn stop(&self, _task_arn: &str) -> Result<(), String> {
         Ok(())
     }

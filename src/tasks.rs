@@ -141,6 +141,10 @@ pub trait TaskControl: Send + Sync {
     /// ARNs of the tasks whose desired status is RUNNING (for TaskManifest handling).
     fn desired_running(&self) -> Vec<String>;
 
+    /// Whether the engine holds this task (delivered and not yet cleaned up): credentials for a
+    /// task it does not hold are kept but not acknowledged (task-credentials.md §2.3).
+    fn knows(&self, task_arn: &str) -> bool;
+
     /// Sets a task's desired status to STOPPED (TaskStopVerificationAck).
     async fn stop(&self, task_arn: &str) -> Result<(), String>;
 }

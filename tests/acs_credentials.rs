@@ -164,12 +164,22 @@ async fn credentials_never_reach_logs_store_or_engine() {
         json!({"container_instance_arn": arn, "message": fixture}),
     )
     .await;
-    // 4. A credentials refresh.
-    sim.post(
-        "/acs/credentials",
-        json!({"container_instance_arn": arn, "task_arn": good, "role_type": "TaskExecution"}),
-    )
-    .await;
+    // 4. A refresh for a task this instance does not hold (no ack, spec §2.3), then one for a
+    //    task it does.
+    let stray = sim
+        .post(
+            "/acs/credentials",
+            json!({"container_instance_arn": arn,
+                   "task_arn": format!("arn:aws:ecs:{REGION}:123456789012:task/{cluster}/not-here"),
+                   "role_type": "TaskApplication"}),
+        )
+        .await;
+    let refresh = sim
+        .post(
+            "/acs/credentials",
+            json!({"container_instance_arn": arn, "task_arn": good, "role_type": "TaskExecution"}),
+        )
+        .await;
     // 5. Malformed frames carrying credential-looking text.
     for raw in [
         r#"{"type":"PayloadMessage","message":{"messageId":"x","tasks":[{"arn":"a","roleCredentials":"raw-secret-in-wrong-place-0001"}]}}"#,
@@ -182,10 +192,21 @@ async fn credentials_never_reach_logs_store_or_engine() {
         )
         .await;
     }
-    until("the refresh acked", WAIT, || async {
-        of_type(&sim.received().await, "IAMRoleCredentialsAckRequest").len() >= 3
+    let sim_ref = &sim;
+    let acked = move |id: Value| async move {
+        of_type(&sim_ref.received().await, "IAMRoleCredentialsAckRequest")
+            .iter()
+            .any(|a| a["message"]["messageId"] == id)
+    };
+    until("the refresh acked", WAIT, || {
+        acked(refresh["message_id"].clone())
     })
     .await;
+    // Frames are handled in order: the stray refresh came first and was not acked.
+    assert!(
+        !acked(stray["message_id"].clone()).await,
+        "a refresh for a task the instance does not hold was acked"
+    );
     until(
         "the fixture task reported STOPPED (queued)",
         WAIT,

@@ -425,6 +425,10 @@ async fn the_agent_serves_its_tasks_on_the_task_endpoint() {
         .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
         .env("ECS_HOSTD_METRICS", "false")
         .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", &format!("127.0.0.1:{port}"))
+        .env(
+            "ECS_CONTAINER_INSTANCE_TAGS",
+            r#"{"team":"web","tier":"prod"}"#,
+        )
         .start();
     agent.wait_registered(Duration::from_secs(60));
     let w = World {
@@ -472,6 +476,87 @@ async fn the_agent_serves_its_tasks_on_the_task_endpoint() {
     assert_eq!(task_json["TaskARN"], task.as_str());
     assert_eq!(task_json["Cluster"], w.cluster.as_str());
     assert_eq!(task_json["LaunchType"], "EC2");
+    assert!(task_json.get("TaskTags").is_none(), "{body}");
+
+    // /taskWithTags asks ECS (ec2sim) for both tag sets, with the instance's credentials.
+    w.sim
+        .ecs()
+        .await
+        .tag_resource()
+        .resource_arn(&task)
+        .tags(
+            aws_sdk_ecs::types::Tag::builder()
+                .key("owner")
+                .value("payments")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let asked = w.sim.requests("ecs", "ListTagsForResource").len();
+    let (status, body) = get(format!("/v4/{endpoint}/taskWithTags")).await;
+    assert_eq!(status, 200, "{body}");
+    let tagged: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        tagged["TaskTags"],
+        serde_json::json!({"owner": "payments"}),
+        "{body}"
+    );
+    assert_eq!(
+        tagged["ContainerInstanceTags"],
+        serde_json::json!({"team": "web", "tier": "prod"}),
+        "{body}"
+    );
+    assert!(tagged.get("Errors").is_none(), "{body}");
+    let calls = w.sim.requests("ecs", "ListTagsForResource");
+    assert_eq!(calls.len(), asked + 2, "one call per tag set: {calls:?}");
+    for c in &calls[asked..] {
+        assert_eq!(
+            c["access_key_id"], "AKIDTEST",
+            "not the instance's credentials: {c}"
+        );
+    }
+    // Denied: still 200, the task object without tags and one Errors entry per set.
+    w.sim.fault(
+        serde_json::json!({"service": "ecs", "mode": "deny", "operations": ["ListTagsForResource"]}),
+    );
+    let (status, body) = get(format!("/v4/{endpoint}/taskWithTags")).await;
+    w.sim
+        .fault(serde_json::json!({"service": "ecs", "mode": null}));
+    assert_eq!(status, 200, "{body}");
+    let denied: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(denied.get("TaskTags").is_none(), "{body}");
+    assert_eq!(denied["TaskARN"], task.as_str());
+    let errors = denied["Errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(errors.len(), 2, "{body}");
+    for (e, field, arn) in [
+        (
+            &errors[0],
+            "ContainerInstanceTags",
+            w.agent.metadata().unwrap()["ContainerInstanceArn"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        (&errors[1], "TaskTags", task.clone()),
+    ] {
+        assert_eq!(e["ErrorField"], field, "{body}");
+        assert_eq!(e["ErrorCode"], "AccessDeniedException", "{body}");
+        assert_eq!(e["StatusCode"], 400, "{body}");
+        assert_eq!(e["ResourceARN"], arn.as_str(), "{body}");
+        assert!(
+            e["RequestId"].as_str().is_some_and(|r| !r.is_empty()),
+            "{body}"
+        );
+        assert!(
+            e["ErrorMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains("not authorized")),
+            "{body}"
+        );
+    }
 
     // The execution role's credentials, by the id ACS sent.
     let sessions = w.sim.get("/ec2sim/acs/sessions");

@@ -45,6 +45,22 @@ fn creds(id: &str, key: &str, secret: &str, token: &str) -> RoleCredentials {
     }
 }
 
+/// No ECS in this test: `/taskWithTags` is shown against ec2sim in e2e_tasks.rs.
+struct NoEcs;
+
+#[async_trait::async_trait]
+impl task_endpoint::tags::TagSource for NoEcs {
+    async fn tags(
+        &self,
+        _arn: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, task_endpoint::tags::TagFailure> {
+        Err(task_endpoint::tags::TagFailure {
+            message: "no ECS in this test".into(),
+            ..Default::default()
+        })
+    }
+}
+
 /// Serves the endpoint for `eng` on a free loopback port.
 async fn serve(eng: &Running) -> (u16, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -61,6 +77,7 @@ async fn serve(eng: &Running) -> (u16, CancellationToken) {
         stats: Arc::new(eng.docker.clone()),
         limiter: Arc::new(limit::RateLimiter::new(40, 60)),
         audit: Arc::new(audit::AuditLog::new(audit::Sink::Log)),
+        tags: Arc::new(NoEcs),
     };
     let cancel = CancellationToken::new();
     tokio::spawn(task_endpoint::serve_on(listener, state, cancel.clone()));

@@ -62,6 +62,9 @@ fn spawn_task_endpoint(
         plane.credentials.clone(),
         Arc::new(engine.view()),
         Arc::new(docker.docker.clone()),
+        Arc::new(crate::task_endpoint::tags::EcsTags(
+            registered.ecs.client().clone(),
+        )),
     );
     start.supervisor.spawn("task-endpoint", move |token| {
         let state = state.clone();

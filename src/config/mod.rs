@@ -157,6 +157,41 @@ pub struct TaskEndpointConfig {
     pub audit_logfile: Option<PathBuf>,
     /// `ECS_AUDIT_LOGFILE_DISABLED`: no audit records at all.
     pub audit_disabled: bool,
+    /// `ECS_LOG_ROLLOVER_TYPE`, `ECS_LOG_MAX_FILE_SIZE_MB`, `ECS_LOG_MAX_ROLL_COUNT`: how the
+    /// audit log file is rotated (the agent's own log is the journal's to rotate).
+    pub audit_rotation: Rotation,
+}
+
+/// How a log file of ours is rotated, as the official agent rotates its files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// Hourly (renamed to `<file>.<YYYY-MM-DD-HH>` when the hour changes) or by size (renamed to
+    /// `<file>.1`, the older ones shifted up).
+    pub by: RotateBy,
+    /// Size rotation: the largest a file may grow, in bytes.
+    pub max_bytes: u64,
+    /// How many rotated files are kept (the oldest are removed).
+    pub keep: u32,
+}
+
+/// When a file is rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotateBy {
+    /// When the hour (UTC) changes.
+    Hour,
+    /// When a line would take it past `max_bytes`.
+    Size,
+}
+
+impl Default for Rotation {
+    /// The official agent's defaults: hourly, 10 MB, 24 files.
+    fn default() -> Rotation {
+        Rotation {
+            by: RotateBy::Hour,
+            max_bytes: 10 * 1024 * 1024,
+            keep: 24,
+        }
+    }
 }
 
 /// Fleet lifecycle settings (`[lifecycle]` in config.toml).
@@ -317,6 +352,7 @@ impl Default for Config {
                 burst: 60,
                 audit_logfile: None,
                 audit_disabled: false,
+                audit_rotation: Rotation::default(),
             },
         }
     }

@@ -52,16 +52,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "ecs-hostd logs to the journal (or stderr), not to a file",
     ),
     (
-        "ECS_LOG_MAX_FILE_SIZE_MB",
-        &[],
-        "ecs-hostd logs to the journal, which rotates its own files",
-    ),
-    (
-        "ECS_LOG_MAX_ROLL_COUNT",
-        &[],
-        "ecs-hostd logs to the journal, which rotates its own files",
-    ),
-    (
         "ECS_CONTAINER_INSTANCE_PROPAGATE_TAGS_FROM",
         &["none"],
         "copying EC2 tags is not implemented; set ECS_CONTAINER_INSTANCE_TAGS",
@@ -869,6 +859,52 @@ pub static SETTINGS: &[Setting] = &[
         "Write no credentials audit log at all.",
         |c, v, _| {
             c.task_endpoint.audit_disabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_LOG_ROLLOVER_TYPE",
+        None,
+        "hourly",
+        "How the ECS_AUDIT_LOGFILE file is rotated: hourly (to FILE.YYYY-MM-DD-HH) or size (to FILE.1, FILE.2, …). The agent's own log is the journal's.",
+        |c, v, _| {
+            c.task_endpoint.audit_rotation.by = match text(v)?.trim().to_ascii_lowercase().as_str()
+            {
+                "hourly" => crate::config::RotateBy::Hour,
+                "size" => crate::config::RotateBy::Size,
+                other => return Err(format!("expected hourly or size, got {other:?}")),
+            };
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_LOG_MAX_FILE_SIZE_MB",
+        None,
+        "10",
+        "With ECS_LOG_ROLLOVER_TYPE=size: the ECS_AUDIT_LOGFILE file is rotated before it grows past this many MiB (fractions allowed).",
+        |c, v, _| {
+            let t = text(v)?;
+            let mb: f64 = t
+                .trim()
+                .parse()
+                .ok()
+                .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 1024.0 * 1024.0)
+                .ok_or_else(|| format!("expected a positive number of MiB, got {t:?}"))?;
+            c.task_endpoint.audit_rotation.max_bytes = (mb * 1024.0 * 1024.0) as u64;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_LOG_MAX_ROLL_COUNT",
+        None,
+        "24",
+        "How many rotated ECS_AUDIT_LOGFILE files are kept (the oldest are removed).",
+        |c, v, _| {
+            let n = number(v)?;
+            c.task_endpoint.audit_rotation.keep = u32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("expected at least 1, got {n}"))?;
             Ok(())
         }
     ),

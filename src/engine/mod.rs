@@ -410,6 +410,15 @@ impl TaskControl for Engine {
         self.shared.snapshot.borrow().desired_running.clone()
     }
 
+    fn knows(&self, task_arn: &str) -> bool {
+        self.shared
+            .snapshot
+            .borrow()
+            .census
+            .iter()
+            .any(|t| t.arn == task_arn)
+    }
+
     async fn stop(&self, task_arn: &str) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         self.shared

@@ -2,8 +2,8 @@
 //! keys in upstream's order, rendered from the facts the engine publishes ([`MetadataIndex`]).
 //!
 //! Choices where the spec leaves room:
-//! - `/taskWithTags` does not call ECS: v4 answers the task object with one `Errors` entry per
-//!   tag set (`ErrorCode` `TagsUnavailable`), v3 the plain task object (v3 only logs tag errors).
+//! - `/taskWithTags` asks ECS for both tag sets on every request ([`super::tags`]), the two calls
+//!   at once; a failed one becomes an `Errors` entry in v4 and a log line in v3.
 //! - `/stats` asks Docker once per request ([`super::stats`]); `network_rate_stats` is omitted
 //!   (the spec omits it until two samples exist, and there is never a previous sample here).
 //! - `VPCID`, `AvailabilityZoneID`, `Health`, `RestartCount` are omitted (no IMDS lookups here;
@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Serialize, Serializer};
 
+use super::tags::{TagFailure, TagSource};
 use super::{EndpointState, json_response};
 use crate::api::IntrospectionVolume;
 use crate::engine::model::ContainerNetwork;
@@ -297,10 +298,34 @@ struct TaskLimits {
 #[serde(rename_all = "PascalCase")]
 struct TagError<'a> {
     error_field: &'static str,
-    error_code: &'static str,
-    error_message: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    error_code: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    error_message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
     #[serde(rename = "ResourceARN")]
     resource_arn: &'a str,
+}
+
+/// What `/taskWithTags` learned from ECS: each tag set, or why it is missing.
+#[derive(Debug)]
+pub struct Tags {
+    /// The task's tags.
+    pub task: Result<BTreeMap<String, String>, TagFailure>,
+    /// The container instance's tags.
+    pub instance: Result<BTreeMap<String, String>, TagFailure>,
+}
+
+impl Tags {
+    /// Both sets from `source`, asked at once.
+    pub async fn fetch(source: &dyn TagSource, task_arn: &str, instance_arn: &str) -> Tags {
+        let (instance, task) =
+            futures_util::join!(source.tags(instance_arn), source.tags(task_arn));
+        Tags { task, instance }
+    }
 }
 
 #[derive(Serialize)]
@@ -327,6 +352,10 @@ struct TaskJson<'a> {
     #[serde(skip_serializing_if = "str::is_empty")]
     availability_zone: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    task_tags: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_instance_tags: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     launch_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<TagError<'a>>,
@@ -336,10 +365,6 @@ struct TaskJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     fault_injection_enabled: Option<bool>,
 }
-
-/// Why `/taskWithTags` has no tags.
-const TAGS_UNAVAILABLE: &str =
-    "ecs-hostd does not fetch tags from ECS for the task metadata endpoint";
 
 fn container_json<'a>(c: &'a ContainerFacts, v4: bool) -> ContainerJson<'a> {
     let nonempty = |s: &'a Option<String>| s.as_deref().filter(|s| !s.is_empty());
@@ -391,7 +416,7 @@ fn task_json<'a>(
     t: &'a TaskFacts,
     instance: &'a super::InstanceFacts,
     v4: bool,
-    with_tags: bool,
+    tags: Option<&'a Tags>,
 ) -> TaskJson<'a> {
     let limits = (t.cpu_vcpu.is_some() || t.memory_mib.is_some()).then(|| TaskLimits {
         cpu: t.cpu_vcpu.filter(|c| *c > 0.0).map(Num),
@@ -399,22 +424,34 @@ fn task_json<'a>(
     });
     let at = |s: Option<f64>| s.map(|s| rfc3339(s, true));
     let mut errors = Vec::new();
-    if with_tags && v4 {
-        for (field, arn) in [
+    if let Some(tags) = tags {
+        for (field, arn, got) in [
             (
                 "ContainerInstanceTags",
                 instance.container_instance_arn.as_str(),
+                &tags.instance,
             ),
-            ("TaskTags", t.arn.as_str()),
+            ("TaskTags", t.arn.as_str(), &tags.task),
         ] {
-            errors.push(TagError {
-                error_field: field,
-                error_code: "TagsUnavailable",
-                error_message: TAGS_UNAVAILABLE,
-                resource_arn: arn,
-            });
+            let Err(f) = got else { continue };
+            if v4 {
+                errors.push(TagError {
+                    error_field: field,
+                    error_code: &f.code,
+                    error_message: &f.message,
+                    status_code: f.status,
+                    request_id: f.request_id.as_deref(),
+                    resource_arn: arn,
+                });
+            } else {
+                tracing::warn!(resource.arn = %arn, error.code = %f.code, error = %f.message,
+                    "Task metadata v3 taskWithTags: tags unavailable.");
+            }
         }
     }
+    let tag_set = |r: Option<&'a Result<BTreeMap<String, String>, TagFailure>>| {
+        r.and_then(|r| r.as_ref().ok())
+    };
     TaskJson {
         cluster: &instance.cluster,
         task_arn: &t.arn,
@@ -433,6 +470,8 @@ fn task_json<'a>(
         pull_stopped_at: at(t.pull_stopped_at),
         execution_stopped_at: at(t.execution_stopped_at),
         availability_zone: &instance.availability_zone,
+        task_tags: tag_set(tags.map(|t| &t.task)),
+        container_instance_tags: tag_set(tags.map(|t| &t.instance)),
         launch_type: if v4 {
             t.launch_type.as_deref().filter(|s| !s.is_empty())
         } else {
@@ -458,9 +497,9 @@ pub fn task_body(
     t: &TaskFacts,
     instance: &super::InstanceFacts,
     v4: bool,
-    with_tags: bool,
+    tags: Option<&Tags>,
 ) -> Vec<u8> {
-    serde_json::to_vec(&task_json(t, instance, v4, with_tags)).unwrap_or_default()
+    serde_json::to_vec(&task_json(t, instance, v4, tags)).unwrap_or_default()
 }
 
 /// An error body: a JSON string.
@@ -521,12 +560,18 @@ pub async fn serve(s: &EndpointState, v4: bool, id: &str, what: What) -> Respons
     };
     match what {
         What::Container => json_response(StatusCode::OK, container_body(container, v4)),
-        What::Task => json_response(StatusCode::OK, task_body(task, &s.instance, v4, false)),
+        What::Task => json_response(StatusCode::OK, task_body(task, &s.instance, v4, None)),
         What::TaskWithTags => {
-            if !v4 {
-                tracing::debug!(task.arn = %task.arn, "Task metadata v3 taskWithTags: tags are not fetched.");
-            }
-            json_response(StatusCode::OK, task_body(task, &s.instance, v4, true))
+            let tags = Tags::fetch(
+                s.tags.as_ref(),
+                &task.arn,
+                &s.instance.container_instance_arn,
+            )
+            .await;
+            json_response(
+                StatusCode::OK,
+                task_body(task, &s.instance, v4, Some(&tags)),
+            )
         }
         What::ContainerStats => {
             let docker_id = container.docker_id.as_deref().unwrap_or("");

@@ -24,6 +24,7 @@ pub mod credentials;
 pub mod limit;
 pub mod metadata;
 pub mod stats;
+pub mod tags;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ pub struct EndpointState {
     pub limiter: Arc<limit::RateLimiter>,
     /// The credentials audit log.
     pub audit: Arc<audit::AuditLog>,
+    /// Tags for `/taskWithTags` (ECS).
+    pub tags: Arc<dyn tags::TagSource>,
 }
 
 impl EndpointState {
@@ -92,6 +95,7 @@ impl EndpointState {
         credentials: Arc<CredentialsStore>,
         tasks: Arc<dyn MetadataView>,
         stats: Arc<dyn StatsSource>,
+        tags: Arc<dyn tags::TagSource>,
     ) -> EndpointState {
         let c = &config.task_endpoint;
         EndpointState {
@@ -105,6 +109,7 @@ impl EndpointState {
             stats,
             limiter: Arc::new(limit::RateLimiter::new(c.rps, c.burst)),
             audit: Arc::new(audit::AuditLog::from_config(c)),
+            tags,
         }
     }
 }

@@ -141,10 +141,11 @@ fn world(rps: u32, burst: u32) -> World {
         tasks: Arc::new(Arc::new(index())),
         stats: stats.clone(),
         limiter: Arc::new(limit::RateLimiter::new(rps, burst)),
-        audit: Arc::new(audit::AuditLog::new(audit::Sink::File {
-            path: audit_file.clone(),
-            file: Mutex::new(None),
-        })),
+        audit: Arc::new(audit::AuditLog::new(audit::Sink::file(
+            audit_file.clone(),
+            Default::default(),
+        ))),
+        tags: Arc::new(FakeTags),
     };
     World {
         state,
@@ -561,10 +562,49 @@ async fn v4_task_object_keys_in_the_specs_order() {
     let keys = keys_in_order(&g.body);
     let at = |k: &str| keys.iter().position(|x| x == k).unwrap();
     assert!(at("LaunchType") < at("Errors") && at("Errors") < at("FaultInjectionEnabled"));
+    assert!(at("AvailabilityZone") < at("TaskTags") && at("TaskTags") < at("LaunchType"));
     let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
-    assert_eq!(v["Errors"][0]["ErrorField"], "ContainerInstanceTags");
-    assert_eq!(v["Errors"][1]["ErrorField"], "TaskTags");
-    assert_eq!(v["Errors"][1]["ResourceARN"], TASK);
+    // The task's tags came back; the instance's were denied: one entry, empty fields left out.
+    assert_eq!(
+        v["TaskTags"],
+        serde_json::json!({"env": "prod", "team": "web"})
+    );
+    assert!(v.get("ContainerInstanceTags").is_none(), "{}", g.body);
+    assert_eq!(
+        v["Errors"],
+        serde_json::json!([{"ErrorField": "ContainerInstanceTags",
+            "ErrorCode": "AccessDeniedException", "ErrorMessage": "denied", "StatusCode": 400,
+            "ResourceARN": "arn:aws:ecs:us-east-1:123456789012:container-instance/prod/1f2e"}])
+    );
+    // /task does not ask for tags.
+    let g = get(&w.state, &format!("/v4/{ENDPOINT}/task"), PEER).await;
+    assert!(
+        !g.body.contains("Tags") && !g.body.contains("Errors"),
+        "{}",
+        g.body
+    );
+}
+
+/// Tags of the task; the container instance's are denied (no request id).
+struct FakeTags;
+
+#[async_trait::async_trait]
+impl tags::TagSource for FakeTags {
+    async fn tags(&self, arn: &str) -> Result<BTreeMap<String, String>, tags::TagFailure> {
+        if arn == TASK {
+            Ok([("team", "web"), ("env", "prod")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect())
+        } else {
+            Err(tags::TagFailure {
+                code: "AccessDeniedException".into(),
+                message: "denied".into(),
+                status: Some(400),
+                request_id: None,
+            })
+        }
+    }
 }
 
 #[tokio::test]

@@ -351,6 +351,15 @@ impl TaskControl for RecordingEngine {
     fn desired_running(&self) -> Vec<String> {
         self.running.lock().unwrap().clone()
     }
+    fn knows(&self, task_arn: &str) -> bool {
+        self.running.lock().unwrap().iter().any(|a| a == task_arn)
+            || self
+                .delivered
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|t| t["arn"] == task_arn)
+    }
     async fn stop(&self, task_arn: &str) -> Result<(), String> {
         self.stopped.lock().unwrap().push(task_arn.to_owned());
         Ok(())

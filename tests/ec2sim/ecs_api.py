@@ -149,6 +149,7 @@ class EcsApi:
             "StopTask": self.stop_task,
             "UpdateContainerInstancesState": self.update_container_instances_state,
             "DescribeTasks": self.describe_tasks,
+            "ListTagsForResource": self.list_tags_for_resource,
         }
 
     # ------------------------------------------------------------------ registration
@@ -409,6 +410,26 @@ class EcsApi:
             for task in tasks.values():
                 self.ensure_containers(call.region, task)
         status, reply = await self.moto.ecs_call(call, "DescribeTasks", call.body)
+        return json_response(call, reply, status)
+
+    async def list_tags_for_resource(self, call: AwsCall) -> web.StreamResponse:
+        """Container instances and tasks answered here (moto knows neither's tags); the rest by moto."""
+        arn = call.body.get("resourceArn")
+        if not isinstance(arn, str) or not arn:
+            raise AwsError(400, "InvalidParameterException", "resourceArn is required")
+        backend = self.moto.ecs_backend(call.region)
+        if ":container-instance/" in arn:
+            for instances in backend.container_instances.values():
+                for instance in instances.values():
+                    if instance.container_instance_arn == arn:
+                        return json_response(call, {"tags": list(instance.tags or [])})
+            raise AwsError(400, "InvalidParameterException", "The specified container instance does not exist.")
+        if ":task/" in arn:
+            task = find_task(backend, arn)
+            if task is None:
+                raise AwsError(400, "InvalidParameterException", "The specified task does not exist.")
+            return json_response(call, {"tags": list(task.tags or [])})
+        status, reply = await self.moto.ecs_call(call, "ListTagsForResource", call.body)
         return json_response(call, reply, status)
 
     async def _describe_tasks(self, call: AwsCall, tasks: list) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("unavailable", "throttle", "reset")
+MODES = ("unavailable", "throttle", "reset", "deny")
 
 
 @dataclass

@@ -75,6 +75,14 @@ class Gateway:
             return web.Response(status=503)
         if mode == "throttle":
             return awsproto.error_response(call, 400, "ThrottlingException", "Rate exceeded")
+        if mode == "deny":
+            return awsproto.error_response(
+                call,
+                400,
+                "AccessDeniedException",
+                f"User is not authorized to perform: {call.service}:{call.operation} "
+                "(ec2sim fault injection)",
+            )
         return awsproto.error_response(
             call, 503, "ServiceUnavailable", "Service is unavailable (ec2sim fault injection)"
         )

@@ -522,7 +522,16 @@ impl Handler {
             );
             return Handled::default();
         };
-        match self.store_credentials(id, arn, role, creds) {
+        let ack = self.store_credentials(id, arn, role, creds);
+        // Kept, so a payload that follows finds them, but not acknowledged: ECS learns that this
+        // instance does not hold the task (task-credentials.md §2.3). A task delivered in this
+        // process counts even before the engine's snapshot shows it.
+        if ack.is_some() && !self.delivered.rank.contains_key(arn) && !self.engine.knows(arn) {
+            warn!(task.arn = %arn, role = role.as_str(),
+                "Credentials refreshed for a task this instance does not hold (not acknowledged).");
+            return Handled::default();
+        }
+        match ack {
             Some(ack) => {
                 // Never the credentials id: it is a bearer token for 169.254.170.2.
                 info!(task.arn = %arn, role = role.as_str(), "Task credentials refreshed.");

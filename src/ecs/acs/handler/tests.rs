@@ -51,6 +51,15 @@ impl TaskControl for FakeEngine {
     fn desired_running(&self) -> Vec<String> {
         self.running.lock().unwrap().clone()
     }
+    fn knows(&self, task_arn: &str) -> bool {
+        self.running.lock().unwrap().iter().any(|a| a == task_arn)
+            || self
+                .delivered
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|t| t["arn"] == task_arn)
+    }
     async fn stop(&self, task_arn: &str) -> Result<(), String> {
         self.stopped.lock().unwrap().push(task_arn.to_owned());
         Ok(())
@@ -363,6 +372,17 @@ async fn task_without_arn_fails_the_payload() {
 #[tokio::test]
 async fn credentials_messages_are_validated_stored_and_acked() {
     let mut w = world();
+    // For a task this instance does not hold: stored (a payload may follow) but not acked.
+    let h = w
+        .handler
+        .handle_frame(&fixture("IAMRoleCredentialsMessage.session_test.json"))
+        .await
+        .unwrap();
+    assert!(h.replies.is_empty(), "{:?}", h.replies);
+    assert_eq!(w.creds.len(), 1);
+    w.creds.remove("t1", RoleType::TaskApplication);
+    // Once the engine holds t1, the same message is acked.
+    *w.engine.running.lock().unwrap() = vec!["t1".into()];
     let h = w
         .handler
         .handle_frame(&fixture("IAMRoleCredentialsMessage.session_test.json"))
