@@ -182,13 +182,17 @@ async fn inside() {
     let cluster = unique("roles");
     create_cluster(&sim, &cluster).await;
     let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
+    let audit = data.path().join("audit/audit.log");
+    let mut spec = AgentSpec::new(&sim, &cluster, data.path())
         .env("DOCKER_HOST", &docker.host)
         .env("ECS_HOSTD_HOST_NAT", "true")
         .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", "127.0.0.1:51679")
         .env("ECS_HOSTD_METRICS", "false")
         .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
-        .start();
+        .env("ECS_AUDIT_LOGFILE", audit.to_str().unwrap());
+    // The ports of the AMI: 51678 for the introspection API, 51679 for the endpoint.
+    spec.api_port = 51678;
+    let mut agent = spec.start();
     agent.wait_registered(Duration::from_secs(60));
     let w = World {
         sim,
@@ -265,6 +269,40 @@ async fn inside() {
     let (_, out) = w.output_of(&td, "DONE").await;
     assert!(out.contains("Unable to locate credentials"), "{out}");
 
+    // A bridge container reaches the endpoint only as 169.254.170.2: not on the gateway's
+    // address at 51679, nor the introspection API at 51678 (an unknown id answers 400, so the
+    // endpoint itself is reached through the NAT).
+    let probe = |url: &str| {
+        format!("printf '%s ' $(curl -s -m 3 -o /dev/null -w '%{{http_code}}' {url}); echo {url}; ")
+    };
+    let td = w
+        .task_definition(
+            &unique("direct"),
+            None,
+            NetworkMode::Bridge,
+            &w.awscli,
+            &format!(
+                "{}{}{}echo DONE; sleep 3600",
+                probe(&format!("http://{gateway}:51679/v2/credentials/x")),
+                probe(&format!("http://{gateway}:51678/v1/metadata")),
+                probe("http://169.254.170.2/v2/credentials/x"),
+            ),
+        )
+        .await;
+    let (_, out) = w.output_of(&td, "DONE").await;
+    for (code, url) in [
+        ("000", format!("http://{gateway}:51679/v2/credentials/x")),
+        ("000", format!("http://{gateway}:51678/v1/metadata")),
+        ("400", "http://169.254.170.2/v2/credentials/x".to_owned()),
+    ] {
+        assert!(
+            out.lines().any(|l| l == format!("{code} {url}")),
+            "expected {code} from {url}:\n{out}"
+        );
+    }
+    // The control: this namespace does reach the introspection API on loopback.
+    assert!(get_json("http://127.0.0.1:51678/v1/metadata")["ContainerInstanceArn"].is_string());
+
     // OpenTelemetry's ECS detector, in a bridge container, through 169.254.170.2.
     let td = w
         .task_definition(
@@ -338,6 +376,9 @@ async fn inside() {
     let url = format!("http://169.254.170.2/v2/credentials/{id}");
     let first = get_json(&url);
     assert_eq!(first["AccessKeyId"], app["credentials"]["accessKeyId"]);
+    // The local API's view of the running task (checked for secrets below).
+    let v1_tasks = get_json("http://127.0.0.1:51678/v1/tasks").to_string();
+    assert!(v1_tasks.contains(&creds_task), "{v1_tasks}");
     assert!(first["AccessKeyId"].is_string(), "{first}");
     let pushed = w.sim.post(
         "/ec2sim/acs/credentials",
@@ -367,7 +408,12 @@ async fn inside() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&status.stdout), "400");
 
-    // Nothing of a secret in the agent's log or its state file.
+    // Nothing of a secret (nor a credentials id) in the agent's log, its state file, the audit
+    // file or /v1/tasks. The audit file has the requests: the task roles' and dockerd's.
+    let audit = std::fs::read_to_string(&audit).unwrap();
+    assert!(audit.contains(" GetCredentials 2 "), "{audit}");
+    assert!(audit.contains(" GetCredentialsExecutionRole 2 "), "{audit}");
+    assert!(audit.contains(" 400 "), "the unknown id's request: {audit}");
     let log = w.agent.log();
     let state: Vec<u8> = std::fs::read_dir(w._data.path())
         .unwrap()
@@ -381,7 +427,13 @@ async fn inside() {
             let v = set["credentials"][key].as_str().unwrap();
             assert!(!log.contains(v), "{key} in the agent's log");
             assert!(!state.contains(v), "{key} in the state file");
+            assert!(!audit.contains(v), "{key} in the audit file");
+            assert!(!v1_tasks.contains(v), "{key} in /v1/tasks");
         }
+        let id = set["credentials_id"].as_str().unwrap();
+        assert!(!log.contains(id), "a credentials id in the agent's log");
+        assert!(!audit.contains(id), "a credentials id in the audit file");
+        assert!(!v1_tasks.contains(id), "a credentials id in /v1/tasks");
     }
 }
 

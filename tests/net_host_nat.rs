@@ -142,6 +142,35 @@ fn inside() {
         Some("introspection")
     );
 
+    // What the 127/8 filter is for: with route_localnet on, a neighbour (here the container,
+    // routing 127.0.0.1 through its gateway as an attacker on the link would) could reach the
+    // endpoint on 127.0.0.1 without going through 169.254.170.2.
+    // (Policy routing sends 127.0.0.1 out of eth0: the local table's rule moves behind ours.)
+    ns("sysctl -qw net.ipv4.conf.eth0.route_localnet=1 && \
+        ip route add 127.0.0.1/32 via 198.51.100.1 dev eth0 table 100 && \
+        ip rule add pref 10 to 127.0.0.1 lookup 100 && \
+        ip rule del pref 0 lookup local && ip rule add pref 100 lookup local");
+    let direct = || get(Some(pid), "http://127.0.0.1:51679/");
+    assert_eq!(
+        direct(),
+        None,
+        "the 127/8 filter let a direct packet through"
+    );
+    // Control: without that one rule the same request is answered, so the None above is the rule.
+    let filter = sh("iptables -w -t filter -S INPUT")
+        .lines()
+        .find(|l| l.contains("127.0.0.0/8") && l.contains("DROP"))
+        .unwrap_or_else(|| panic!("no 127/8 filter installed"))
+        .replacen("-A ", "-D ", 1);
+    sh(&format!("iptables -w -t filter {filter}"));
+    assert_eq!(direct().as_deref(), Some("endpoint"));
+    sh(&format!(
+        "iptables -w -t filter {}",
+        filter.replacen("-D ", "-I ", 1)
+    ));
+    assert_eq!(direct(), None);
+    ns("ip rule del pref 10 && ip rule add pref 0 lookup local && ip rule del pref 100");
+
     nat.remove().unwrap();
     let left = sh("iptables -w -t nat -S; iptables -w -t filter -S");
     assert!(
