@@ -18,6 +18,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common/images.rs"]
+mod images;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -35,6 +37,12 @@ const REFERENCE: &str = "official Go agent on this machine kind: binary 74.6 MB;
 
 struct Plan {
     idle: Duration,
+    /// Idle comparison with the official agent: windows and their length.
+    ratio_windows: usize,
+    ratio_window: Duration,
+    /// Credentials latency: containers and requests each (at 10 a second).
+    cred_containers: usize,
+    cred_requests: usize,
     registrations: usize,
     burst: usize,
     many: usize,
@@ -49,6 +57,15 @@ async fn main() {
         .unwrap_or(if full { 600 } else { 3 });
     let plan = Plan {
         idle: Duration::from_secs(idle_secs.max(1)),
+        ratio_windows: 3,
+        ratio_window: Duration::from_secs(
+            std::env::var("BENCH_RATIO_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if full { 90 } else { 3 }),
+        ),
+        cred_containers: if full { 20 } else { 2 },
+        cred_requests: if full { 200 } else { 10 },
         registrations: if full { 5 } else { 1 },
         burst: if full { 50 } else { 3 },
         many: if full { 200 } else { 4 },
@@ -66,6 +83,13 @@ async fn main() {
     rows.push(binary_size(&bin));
     let sim = Ec2Sim::start();
     rows.push(registration(&sim, plan.registrations).await);
+    if std::env::var("BENCH_ONLY").as_deref() != Ok("burst") {
+        rows.extend(idle_counts(&sim, &plan).await);
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("counts") {
+        print!("{}", render(&rows));
+        return;
+    }
     rows.extend(main_agent(&sim, &plan).await);
     issue_order(&mut rows);
 
@@ -89,6 +113,447 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+}
+
+/// The default bridge's gateway address: what containers reach this host by.
+fn bridge_gateway() -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .expect("docker network inspect");
+    let mut gw = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if gw.is_empty() || gw.contains('<') {
+        // Docker leaves the gateway out of IPAM when it chose it itself: docker0's address.
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1",
+            ])
+            .output()
+            .expect("ip addr");
+        gw = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    assert!(!gw.is_empty(), "the default bridge has no gateway");
+    gw
+}
+
+/// IMDS requests (token PUTs and GETs) ec2sim has answered for one instance.
+fn imds_requests(sim: &Ec2Sim, instance_id: &str) -> u64 {
+    let s = sim.get(&format!("/ec2sim/instances/{instance_id}/imds"));
+    s["token_puts"].as_u64().unwrap_or(0) + s["gets"].as_u64().unwrap_or(0)
+}
+
+/// The official agent (`ECS_HOSTD_OFFICIAL_AGENT`, built by scripts/official-agent.sh), on
+/// ec2sim's default instance, with the settings scripts/official-agent.sh gives it plus Spot
+/// draining, as ecs-hostd has here. Its TCS metrics are off: ec2sim does not answer TCS yet, and
+/// the agent would reconnect every minute or so, which is not its real idle cost (ecs-hostd's
+/// CloudWatch metrics stay on, so the comparison leans against ecs-hostd).
+struct Official {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Official {
+    fn start(bin: &std::path::Path, sim: &Ec2Sim, cluster: &str, docker_host: &str) -> Official {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let log = std::fs::File::create(dir.path().join("console.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", sim.url())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", sim.url())
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("ECS_CLUSTER", cluster)
+            .env("ECS_BACKEND_HOST", sim.url())
+            .env("ECS_DATADIR", &data)
+            .env("ECS_HOST_DATA_DIR", &data)
+            .env("ECS_CHECKPOINT", "true")
+            .env("ECS_AGENT_CONFIG_FILE_PATH", data.join("ecs.config.json"))
+            .env("ECS_LOGFILE", dir.path().join("agent.log"))
+            .env("ECS_LOGLEVEL", "info")
+            .env("ECS_AUDIT_LOGFILE_DISABLED", "true")
+            .env("ECS_AVAILABLE_LOGGING_DRIVERS", r#"["json-file","none"]"#)
+            .env("ECS_ENABLE_TASK_IAM_ROLE", "false")
+            .env("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST", "false")
+            .env("ECS_ENABLE_TASK_CPU_MEM_LIMIT", "false")
+            .env("ECS_ENABLE_TASK_ENI", "false")
+            .env("ECS_ENABLE_GPU_SUPPORT", "false")
+            .env("ECS_EBSTA_SUPPORTED", "false")
+            .env("ECS_UPDATES_ENABLED", "false")
+            .env("ECS_DISABLE_METRICS", "true")
+            .env("ECS_ENABLE_SPOT_INSTANCE_DRAINING", "true")
+            .env("DOCKER_HOST", docker_host)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the official agent");
+        Official { child, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Official {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One idle window of one process.
+#[derive(Clone, Copy, Default)]
+struct Window {
+    secs: f64,
+    counts: support::idle::Counts,
+    docker: u64,
+    imds: u64,
+    allocs: u64,
+}
+
+impl Window {
+    fn cpu_pct(&self) -> f64 {
+        self.counts.cpu_ns as f64 / 1e9 / self.secs * 100.0
+    }
+    fn per_min(&self, n: u64) -> f64 {
+        n as f64 * 60.0 / self.secs
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Issue 23: idle counts that do not move between machines, for ecs-hostd and (when built) the
+/// official agent, both idle at once in the same windows; then issue 18's credentials latency
+/// against the same ecs-hostd.
+async fn idle_counts(sim: &Ec2Sim, plan: &Plan) -> Vec<Row> {
+    let cluster = unique("idle");
+    create_cluster(sim, &cluster).await;
+    let (instance_id, imds) = sim.new_instance(json!({"lifecycle": "spot"}));
+    let data = tempfile::tempdir().unwrap();
+    let proxy = support::idle::DockerProxy::start();
+    let target = agent_binary()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap();
+    let allocs = support::idle::AllocCounter::new(&target);
+    let gateway = bridge_gateway();
+    let endpoint = format!("{gateway}:{}", free_port());
+    let mut spec = AgentSpec::new(sim, &cluster, data.path())
+        .env("ECS_HOSTD_DOCKER_WATCHDOG", "true")
+        .env("ECS_ENABLE_SPOT_INSTANCE_DRAINING", "true")
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
+        .env("RUST_LOG", "info,ecs_hostd::ecs::report::milestones=debug")
+        .env("DOCKER_HOST", &proxy.docker_host())
+        .env("LD_PRELOAD", allocs.library.to_str().unwrap())
+        .env("ALLOC_COUNT_FILE", allocs.file.to_str().unwrap())
+        // On the bridge's gateway, so the latency step's containers reach it without the NAT.
+        .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", &endpoint);
+    spec.imds = imds;
+    let mut ours = spec.start();
+    ours.wait_registered(Duration::from_secs(60));
+    let pid = ours.child.id();
+    assert!(
+        allocs.get() > 0,
+        "the allocation counter saw nothing: is LD_PRELOAD honoured?"
+    );
+
+    let official_bin = std::env::var_os("ECS_HOSTD_OFFICIAL_AGENT").map(std::path::PathBuf::from);
+    let official_proxy = support::idle::DockerProxy::start();
+    let official_cluster = unique("official");
+    create_cluster(sim, &official_cluster).await;
+    let official = official_bin
+        .as_ref()
+        .map(|b| Official::start(b, sim, &official_cluster, &official_proxy.docker_host()));
+    let default_id = sim.get("/ec2sim/instances/default/imds")["instance_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Both settle: registration, the first ACS messages, the first metrics flush.
+    let settle = if plan.ratio_window >= Duration::from_secs(30) {
+        30
+    } else {
+        2
+    };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    if let Some(o) = &official {
+        assert!(
+            o.log().contains("Connected to ACS") || o.log().contains("ACS Websocket connection"),
+            "the official agent did not reach ACS:\n{}",
+            o.log()
+        );
+    }
+
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..plan.ratio_windows {
+        let t0 = Instant::now();
+        let (c0, d0, i0, a0) = (
+            support::idle::counts(pid),
+            proxy.requests(),
+            imds_requests(sim, &instance_id),
+            allocs.get(),
+        );
+        let o0 = official.as_ref().map(|o| {
+            (
+                support::idle::counts(o.child.id()),
+                official_proxy.requests(),
+                imds_requests(sim, &default_id),
+            )
+        });
+        tokio::time::sleep(plan.ratio_window).await;
+        let secs = t0.elapsed().as_secs_f64();
+        mine.push(Window {
+            secs,
+            counts: support::idle::counts(pid) - c0,
+            docker: proxy.requests() - d0,
+            imds: imds_requests(sim, &instance_id) - i0,
+            allocs: allocs.get() - a0,
+        });
+        if let (Some(o), Some((c, d, i))) = (&official, o0) {
+            theirs.push(Window {
+                secs,
+                counts: support::idle::counts(o.child.id()) - c,
+                docker: official_proxy.requests() - d,
+                imds: imds_requests(sim, &default_id) - i,
+                allocs: 0,
+            });
+        }
+    }
+    drop(official);
+
+    let each = |w: &[Window], f: &dyn Fn(&Window) -> f64| median(w.iter().map(f).collect());
+    let cpu = |w: &Window| w.cpu_pct();
+    let wake = |w: &Window| w.per_min(w.counts.switches);
+    let docker = |w: &Window| w.per_min(w.docker);
+    let imds = |w: &Window| w.per_min(w.imds);
+    let list = |w: &[Window], f: &dyn Fn(&Window) -> f64, prec: usize| {
+        w.iter()
+            .map(|x| format!("{:.prec$}", f(x)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let windows = format!(
+        "{} windows of {} s, both agents idle at once (ecs-hostd on a Spot instance with Spot draining, metrics, watchdog, ACS, the local API and the task endpoint; the official agent {} with Spot draining and ACS, TCS metrics off)",
+        plan.ratio_windows,
+        plan.ratio_window.as_secs(),
+        official_bin
+            .as_deref()
+            .map_or("not built".to_owned(), |b| b.display().to_string())
+    );
+    let official_missing = "official agent not measured: set ECS_HOSTD_OFFICIAL_AGENT (scripts/bench.sh builds it with scripts/official-agent.sh)";
+    let mut rows = Vec::new();
+    let compare = |name: &str, f: &dyn Fn(&Window) -> f64, unit: &str, prec: usize| -> String {
+        let ours = each(&mine, f);
+        if theirs.is_empty() {
+            format!(
+                "ecs-hostd {ours:.prec$}{unit} ({}); {official_missing}",
+                list(&mine, f, prec)
+            )
+        } else {
+            let o = each(&theirs, f);
+            format!(
+                "ecs-hostd {ours:.prec$}{unit} ({}), official {o:.prec$}{unit} ({}): ratio {:.2} {name}",
+                list(&mine, f, prec),
+                list(&theirs, f, prec),
+                ours / o.max(1e-12)
+            )
+        }
+    };
+    let ratio = (!theirs.is_empty()).then(|| each(&mine, &cpu) / each(&theirs, &cpu).max(1e-12));
+    rows.push(Row {
+        figure: "idle CPU against the official agent (same windows)".into(),
+        value: compare("(median)", &cpu, " %", 4),
+        budget: "≤ 0.25 × the official agent".into(),
+        verdict: ratio.map_or(Verdict::NotMeasured, |r| Verdict::at_most(r, 0.25)),
+        method: format!("CPU time summed over /proc/<pid>/task/*/schedstat (nanoseconds) per window, % of one core, medians; {windows}"),
+    });
+    rows.push(Row {
+        figure: "idle wake-ups per minute".into(),
+        value: compare("(median)", &wake, "", 0),
+        budget: "counts, beside the CPU".into(),
+        verdict: Verdict::Info,
+        method: "voluntary + involuntary context switches summed over the threads in /proc/<pid>/task/*/status (every wake-up of a thread is one)".into(),
+    });
+    rows.push(Row {
+        figure: "idle Docker requests per minute".into(),
+        value: compare("(median)", &docker, "", 1),
+        budget: "counts, beside the CPU".into(),
+        verdict: Verdict::Info,
+        method: "HTTP requests each agent sent through a counting proxy of its own in front of /var/run/docker.sock (its DOCKER_HOST); a long-lived events stream counts once, when opened".into(),
+    });
+    rows.push(Row {
+        figure: "idle IMDS requests per minute".into(),
+        value: compare("(median)", &imds, "", 1),
+        budget: "counts, beside the CPU".into(),
+        verdict: Verdict::Info,
+        method: "token PUTs and GETs ec2sim's IMDS answered for each agent's instance".into(),
+    });
+    let allocs_per_min = each(&mine, &|w: &Window| w.per_min(w.allocs));
+    let per_wake = median(
+        mine.iter()
+            .map(|w| w.allocs as f64 / w.counts.switches.max(1) as f64)
+            .collect(),
+    );
+    rows.push(Row {
+        figure: "idle allocations per wake-up (ecs-hostd)".into(),
+        value: format!(
+            "{per_wake:.1} per wake-up ({allocs_per_min:.0} a minute; windows: {})",
+            list(&mine, &|w: &Window| w.allocs as f64 / w.counts.switches.max(1) as f64, 1)
+        ),
+        budget: "counts, beside the CPU".into(),
+        verdict: Verdict::Info,
+        method: "calls to malloc, calloc, realloc, posix_memalign, aligned_alloc and memalign counted by an LD_PRELOAD library (benches/support/idle.rs) around glibc's, divided by the wake-ups of the same window".into(),
+    });
+
+    rows.push(credentials_latency(sim, &ours, &cluster, &endpoint, plan).await);
+    ours.terminate();
+    rows
+}
+
+/// Issue 18: credentials requests from many containers at once, each at 10 a second, over the
+/// bridge to the endpoint (bound on the bridge's gateway here: the NAT's DNAT adds one rule
+/// lookup, which this shared machine's tables cannot have).
+async fn credentials_latency(
+    sim: &Ec2Sim,
+    agent: &Agent,
+    cluster: &str,
+    endpoint: &str,
+    plan: &Plan,
+) -> Row {
+    let run = unique("creds");
+    let ecs = sim.ecs().await;
+    let td = support::task_definition(&ecs, &unique("creds"), 1, &run).await;
+    let task = support::run_tasks(sim, agent, cluster, &td, 1, 1, 1).await;
+    let arn = &task.arns[0];
+    let pushed = sim.post(
+        "/ec2sim/acs/credentials",
+        json!({"task_arn": arn, "role_type": "TaskApplication"}),
+    );
+    let id = pushed["credentials_id"]
+        .as_str()
+        .expect("credentials id")
+        .to_owned();
+    let path = format!("/v2/credentials/{id}");
+    let url = format!("http://{endpoint}{path}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(&url).await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered 200:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let image = images::world_image("ECS_HOSTD_AWSCLI_IMAGE", "ecs-hostd-test/awscli");
+    // A new connection per request, as the SDKs' container providers make.
+    let script = format!(
+        "import http.client,time\n\
+         lat=[]\n\
+         t0=time.monotonic()\n\
+         for i in range({n}):\n\
+         \x20 d=t0+i/10-time.monotonic()\n\
+         \x20 if d>0: time.sleep(d)\n\
+         \x20 s=time.perf_counter()\n\
+         \x20 try:\n\
+         \x20   c=http.client.HTTPConnection('{host}',{port},timeout=5); c.request('GET','{path}'); r=c.getresponse(); r.read(); c.close(); ok=r.status==200\n\
+         \x20 except Exception: ok=False\n\
+         \x20 lat.append(int((time.perf_counter()-s)*1e6) if ok else -1)\n\
+         print('LAT', *lat)\n",
+        n = plan.cred_requests
+    );
+    let cpu0 = support::idle::counts(agent.child.id());
+    let mut ids = Vec::new();
+    for _ in 0..plan.cred_containers {
+        let out = std::process::Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--label",
+                &format!("{}={run}", support::RUN_LABEL),
+            ])
+            .args([&image, "python3", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let mut samples = Vec::new();
+    let mut failed = 0;
+    for c in &ids {
+        let _ = std::process::Command::new("docker")
+            .args(["wait", c])
+            .output();
+        let logs = std::process::Command::new("docker")
+            .args(["logs", c])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&logs.stdout);
+        let line = text.lines().find(|l| l.starts_with("LAT ")).unwrap_or("");
+        for v in line.split_whitespace().skip(1) {
+            match v.parse::<i64>() {
+                Ok(us) if us >= 0 => samples.push(Duration::from_micros(us as u64)),
+                _ => failed += 1,
+            }
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", c])
+            .output();
+    }
+    let cpu = support::idle::counts(agent.child.id()) - cpu0;
+    support::stop_tasks(sim, agent, cluster, &task.arns).await;
+    let s = Summary::of(&samples);
+    Row {
+        figure: format!(
+            "credentials request latency, {} containers × 10 requests a second",
+            plan.cred_containers
+        ),
+        value: format!(
+            "p50 {} / p99 {} / max {} over {} requests ({failed} failed); agent CPU {:.2} s",
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            s.n,
+            cpu.cpu_ns as f64 / 1e9
+        ),
+        budget: "reported (issue 18)".into(),
+        verdict: if failed == 0 && s.n == plan.cred_containers * plan.cred_requests {
+            Verdict::Info
+        } else {
+            Verdict::Miss
+        },
+        method: format!(
+            "{} containers of the Debian/python3 test image on the default bridge, each {} GETs of /v2/credentials/<id> at 10 a second (a new connection each, as the SDKs' container providers make), timed in the container from connect to the last byte; the endpoint bound on the bridge's gateway, the id pushed over ACS for a running task (IAMRoleCredentialsMessage)",
+            plan.cred_containers, plan.cred_requests
+        ),
+    }
 }
 
 fn binary_size(bin: &std::path::Path) -> Row {

@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod idle;
 pub mod report;
 
 use std::collections::HashMap;

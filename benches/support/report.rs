@@ -161,6 +161,8 @@ pub enum Verdict {
     Miss,
     /// Not measured in this run (say why in the value).
     NotMeasured,
+    /// A figure reported for comparison, with no budget of its own.
+    Info,
 }
 
 impl Verdict {
@@ -178,6 +180,7 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Miss => "**MISS**",
             Verdict::NotMeasured => "not measured",
+            Verdict::Info => "reported",
         }
     }
 }
