@@ -2,7 +2,10 @@
 
 Owns the parsing of an incoming AWS request into an :class:`AwsCall` (service, operation, region,
 protocol, decoded body) and the rendering of error replies in the caller's protocol (JSON 1.0/1.1,
-awsQuery XML, EC2 XML, smithy RPCv2 CBOR). It talks to nothing; it never forwards anything.
+awsQuery XML, EC2 XML, smithy RPCv2 CBOR, S3's REST-XML). S3 calls are named as the S3 API names
+them (GetObject, PutObject, HeadBucket, ...) from their method, path (path-style, or
+virtual-hosted on ``<bucket>.localhost``), query and headers. It talks to nothing; it never
+forwards anything.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import cbor2
 from aiohttp import web
@@ -35,6 +38,66 @@ _TARGET_PREFIX_TO_SERVICE = {
     "Logs_20140328": "logs",
 }
 
+# S3 subresources (query keys) -> operation for GET, PUT, DELETE; of a bucket, then of an object.
+_S3_BUCKET_SUBRESOURCES = {
+    "acl": ("GetBucketAcl", "PutBucketAcl", None),
+    "cors": ("GetBucketCors", "PutBucketCors", "DeleteBucketCors"),
+    "encryption": ("GetBucketEncryption", "PutBucketEncryption", "DeleteBucketEncryption"),
+    "lifecycle": (
+        "GetBucketLifecycleConfiguration",
+        "PutBucketLifecycleConfiguration",
+        "DeleteBucketLifecycle",
+    ),
+    "location": ("GetBucketLocation", None, None),
+    "logging": ("GetBucketLogging", "PutBucketLogging", None),
+    "notification": (
+        "GetBucketNotificationConfiguration",
+        "PutBucketNotificationConfiguration",
+        None,
+    ),
+    "object-lock": ("GetObjectLockConfiguration", "PutObjectLockConfiguration", None),
+    "ownershipControls": (
+        "GetBucketOwnershipControls",
+        "PutBucketOwnershipControls",
+        "DeleteBucketOwnershipControls",
+    ),
+    "policy": ("GetBucketPolicy", "PutBucketPolicy", "DeleteBucketPolicy"),
+    "publicAccessBlock": (
+        "GetPublicAccessBlock",
+        "PutPublicAccessBlock",
+        "DeletePublicAccessBlock",
+    ),
+    "replication": ("GetBucketReplication", "PutBucketReplication", "DeleteBucketReplication"),
+    "tagging": ("GetBucketTagging", "PutBucketTagging", "DeleteBucketTagging"),
+    "uploads": ("ListMultipartUploads", None, None),
+    "versioning": ("GetBucketVersioning", "PutBucketVersioning", None),
+    "versions": ("ListObjectVersions", None, None),
+    "website": ("GetBucketWebsite", "PutBucketWebsite", "DeleteBucketWebsite"),
+}
+_S3_OBJECT_SUBRESOURCES = {
+    "acl": ("GetObjectAcl", "PutObjectAcl", None),
+    "attributes": ("GetObjectAttributes", None, None),
+    "legal-hold": ("GetObjectLegalHold", "PutObjectLegalHold", None),
+    "retention": ("GetObjectRetention", "PutObjectRetention", None),
+    "tagging": ("GetObjectTagging", "PutObjectTagging", "DeleteObjectTagging"),
+    "uploadId": ("ListParts", "UploadPart", "AbortMultipartUpload"),
+}
+_S3_METHODS = ("GET", "PUT", "DELETE")
+_S3_PLAIN = {  # (method, names an object) -> operation, without a subresource
+    ("GET", False): "ListObjects",
+    ("PUT", False): "CreateBucket",
+    ("HEAD", False): "HeadBucket",
+    ("DELETE", False): "DeleteBucket",
+    ("POST", False): "PostObject",
+    ("GET", True): "GetObject",
+    ("PUT", True): "PutObject",
+    ("HEAD", True): "HeadObject",
+    ("DELETE", True): "DeleteObject",
+}
+
+#: An S3 request to ``<bucket>.localhost`` is virtual-hosted style.
+VIRTUAL_HOST_SUFFIX = ".localhost"
+
 CBOR_CONTENT_TYPE = "application/cbor"
 RPCV2_PATH_RE = re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
 
@@ -42,11 +105,22 @@ RPCV2_PATH_RE = re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
 class AwsError(Exception):
     """An AWS error reply, raised by handlers and rendered in the caller's protocol."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: dict | None = None,
+        headers: dict | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        #: More elements of an S3 ``<Error>`` (e.g. ``Region``); other protocols ignore them.
+        self.fields = fields or {}
+        #: More reply headers (e.g. ``x-amz-bucket-region``).
+        self.headers = headers or {}
 
 
 @dataclass
@@ -56,15 +130,22 @@ class AwsCall:
     service: str
     operation: str
     region: str
-    #: "json", "query", "ec2", "cbor" or "rest" (anything ec2sim does not decode).
+    #: "json", "query", "ec2", "cbor", "rest-xml" (S3) or "rest" (anything ec2sim does not
+    #: decode).
     protocol: str
-    #: Decoded body: JSON object, form fields, or CBOR map converted to JSON-able values.
+    #: Decoded body: JSON object, form fields, or CBOR map converted to JSON-able values; for S3
+    #: ``{"Bucket", "Key"}`` of the path (never the object's content).
     body: dict
     raw_body: bytes
     headers: CIMultiDict = field(repr=False)
     method: str = "POST"
     path_qs: str = "/"
     json_version: str = "1.1"
+    #: The SigV4 ``Credential=…`` the caller signed with: the Authorization header, or a
+    #: presigned URL's ``X-Amz-Credential`` (``AWSAccessKeyId`` for SigV2). Empty if unsigned.
+    credential: str = ""
+    #: Whether ``region`` comes from a SigV4 credential scope (else it is ec2sim's default).
+    scoped: bool = False
 
     @property
     def authorization(self) -> str:
@@ -73,7 +154,7 @@ class AwsCall:
     @property
     def access_key_id(self) -> str | None:
         """The access key id the request was signed with (never the secret), or None."""
-        match = _AKID_RE.search(self.authorization)
+        match = _AKID_RE.search(self.credential)
         return match.group(1) if match else None
 
 
@@ -108,7 +189,8 @@ async def parse(request: web.Request, default_region: str) -> AwsCall:
     headers = CIMultiDict(
         (k, v) for k, v in request.headers.items() if k.lower() != "content-encoding"
     )
-    scope = scope_of(headers.get("Authorization", ""))
+    credential = headers.get("Authorization", "") or _presigned_credential(request)
+    scope = scope_of(credential)
     call = AwsCall(
         service=_SIGNING_NAME_TO_SERVICE.get(scope[1], scope[1]) if scope else "",
         operation="",
@@ -119,6 +201,8 @@ async def parse(request: web.Request, default_region: str) -> AwsCall:
         headers=headers,
         method=request.method,
         path_qs=request.path_qs,
+        credential=credential,
+        scoped=scope is not None,
     )
     rpc = RPCV2_PATH_RE.match(request.path)
     if rpc and request.method == "POST":
@@ -127,8 +211,20 @@ async def parse(request: web.Request, default_region: str) -> AwsCall:
         _decode_json(call)
     else:
         _decode_query(call, request.query_string)
+    # Unsigned REST calls are S3's (anonymous or SigV2-presigned), as moto also assumes.
+    if call.protocol == "rest" and call.service in ("s3", ""):
+        _decode_s3(call, request)
     call.service = call.service or "unknown"
     return call
+
+
+def _presigned_credential(request: web.Request) -> str:
+    """``Credential=<akid>/…`` of a presigned URL (SigV4, or SigV2's AWSAccessKeyId), or ""."""
+    if "X-Amz-Credential" in request.query:
+        return f"Credential={request.query['X-Amz-Credential']}"
+    if "AWSAccessKeyId" in request.query:
+        return f"Credential={request.query['AWSAccessKeyId']}/"
+    return ""
 
 
 def _decode_cbor(call: AwsCall, service_id: str, operation: str) -> None:
@@ -164,6 +260,50 @@ def _decode_query(call: AwsCall, query_string: str) -> None:
         call.body = form
 
 
+def _decode_s3(call: AwsCall, request: web.Request) -> None:
+    """S3 REST-XML: name the operation as the S3 API does.
+
+    Path-style (``/<bucket>/<key>``, what SDKs send to an IP endpoint), or virtual-hosted on a
+    ``<bucket>.localhost`` host, which becomes path-style (moto gets ``call.path_qs``).
+    """
+    call.protocol, call.service = "rest-xml", "s3"
+    path = unquote(request.rel_url.raw_path)
+    hostname = (request.host or "").split(":")[0].lower()
+    if hostname.endswith(VIRTUAL_HOST_SUFFIX):
+        bucket = hostname[: -len(VIRTUAL_HOST_SUFFIX)]
+        path, call.path_qs = f"/{bucket}{path}", f"/{bucket}{call.path_qs}"
+    bucket, _, key = path.lstrip("/").partition("/")
+    call.body = {"Bucket": bucket, "Key": key} if key else {"Bucket": bucket} if bucket else {}
+    call.operation = s3_operation(request.method, bucket, key, request.query, call.headers)
+
+
+def s3_operation(method: str, bucket: str, key: str, query, headers) -> str:
+    """The S3 API's name for a path-style request (``Unknown`` if ec2sim cannot tell)."""
+    if not bucket:
+        return "ListBuckets" if method == "GET" else "Unknown"
+    copy = "x-amz-copy-source" in headers
+    if method == "POST":
+        if not key:
+            return "DeleteObjects" if "delete" in query else "PostObject"
+        if "uploads" in query:
+            return "CreateMultipartUpload"
+        if "uploadId" in query:
+            return "CompleteMultipartUpload"
+        return "RestoreObject" if "restore" in query else "PostObject"
+    subresources = _S3_OBJECT_SUBRESOURCES if key else _S3_BUCKET_SUBRESOURCES
+    if method in _S3_METHODS:
+        index = _S3_METHODS.index(method)
+        for name, operations in subresources.items():
+            if name in query and operations[index]:
+                operation = operations[index]
+                return "UploadPartCopy" if operation == "UploadPart" and copy else operation
+    if method == "GET" and not key and query.get("list-type") == "2":
+        return "ListObjectsV2"
+    if method == "PUT" and key and copy:
+        return "CopyObject"
+    return _S3_PLAIN.get((method, bool(key)), "Unknown")
+
+
 def json_response(call: AwsCall, payload: dict, status: int = 200) -> web.Response:
     """A success reply in the AWS JSON protocol of ``call``."""
     return web.Response(
@@ -187,10 +327,42 @@ def query_response(operation: str, result_xml: str = "", xmlns: str = "") -> web
     return web.Response(text=body, content_type="text/xml")
 
 
-def error_response(call: AwsCall, status: int, code: str, message: str) -> web.Response:
-    """An error reply that the caller's SDK parses into ``code``."""
+def error_response(
+    call: AwsCall,
+    status: int,
+    code: str,
+    message: str,
+    fields: dict | None = None,
+    headers: dict | None = None,
+) -> web.Response:
+    """An error reply that the caller's SDK parses into ``code``.
+
+    ``fields`` are more elements of an S3 ``<Error>``; ``headers`` are added to any reply.
+    """
+    reply = _error_response(call, status, code, message, fields or {})
+    reply.headers.update(headers or {})
+    return reply
+
+
+def _error_response(
+    call: AwsCall, status: int, code: str, message: str, fields: dict
+) -> web.Response:
     request_id = str(uuid.uuid4())
     fault = "Receiver" if status >= 500 else "Sender"
+    if call.protocol == "rest-xml":
+        # S3: an unwrapped <Error>; a HEAD reply carries no body, only the status.
+        extra = "".join(f"<{k}>{_xml_escape(str(v))}</{k}>" for k, v in fields.items())
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{_xml_escape(message)}</Message>{extra}"
+            f"<RequestId>{request_id}</RequestId><HostId>ec2sim</HostId></Error>"
+        )
+        return web.Response(
+            status=status,
+            text=body if call.method != "HEAD" else None,
+            content_type="application/xml",
+            headers={"x-amz-request-id": request_id},
+        )
     if call.protocol == "cbor":
         # awsQueryCompatible services (CloudWatch) also name the code in x-amzn-query-error.
         return web.Response(

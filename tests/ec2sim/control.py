@@ -1,7 +1,8 @@
 """The control surface tests use: JSON over HTTP under ``/ec2sim/`` (documented in README.md).
 
 Owns only request validation and the mapping of control routes onto the parts of the world
-(IMDS instances, fault table, journals, ACS hub, ECR registry). Holds no state of its own.
+(IMDS instances, fault table, denied resources, journals, ACS hub, ECR registry). Holds no state
+of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiohttp import web
 from acs import Acs, envelope
 from credentials import TASK_ROLE_TYPES, Credentials
 from ecr_api import EcrRegistry
-from faults import FaultTable
+from faults import Denials, FaultTable
 from imds import Imds
 from journal import Journal
 
@@ -33,6 +34,7 @@ class World:
     base_url: Callable[[], str]
     ecr: EcrRegistry
     credentials: Credentials
+    denials: Denials
 
 
 def _bad_request(message: str) -> web.Response:
@@ -71,6 +73,9 @@ class Control:
             web.post("/ec2sim/instances/{id}/imds", self.set_imds),
             web.get("/ec2sim/faults", self.get_faults),
             web.post("/ec2sim/faults", self.set_fault),
+            web.get("/ec2sim/deny", self.get_denied),
+            web.post("/ec2sim/deny", self.set_denied),
+            web.delete("/ec2sim/deny", self.clear_denied),
             web.get("/ec2sim/requests", self.get_requests),
             web.delete("/ec2sim/requests", self.clear_requests),
             web.get("/ec2sim/state-changes", self.get_state_changes),
@@ -158,6 +163,20 @@ class Control:
         except ValueError as err:
             return _bad_request(str(err))
         return web.json_response({"faults": self.world.faults.describe()})
+
+    async def get_denied(self, _request: web.Request) -> web.Response:
+        return web.json_response({"denied": self.world.denials.describe()})
+
+    async def set_denied(self, request: web.Request) -> web.Response:
+        try:
+            self.world.denials.configure(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response({"denied": self.world.denials.describe()})
+
+    async def clear_denied(self, _request: web.Request) -> web.Response:
+        self.world.denials.clear()
+        return web.json_response({"denied": []})
 
     async def get_requests(self, request: web.Request) -> web.Response:
         entries = self.world.requests.query(

@@ -295,6 +295,14 @@ class Credentials:
     def key(self, access_key_id: str | None) -> Key | None:
         return self.keys.get(access_key_id or "")
 
+    def caller_arn(self, access_key_id: str | None) -> str:
+        """Whom AWS names in an access-denied message: the assumed role of a key ec2sim issued,
+        else an IAM user named after the key (``anonymous`` when unsigned)."""
+        key = self.key(access_key_id)
+        if key is not None:
+            return key.identity()["Arn"]
+        return f"arn:aws:iam::{ACCOUNT_ID}:user/{access_key_id or 'anonymous'}"
+
     def describe_keys(self, **filters) -> list[dict]:
         wanted = {k: v for k, v in filters.items() if v is not None}
         described = [k.describe() for k in self.keys.values()]

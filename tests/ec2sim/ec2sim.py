@@ -10,7 +10,8 @@ One process, bound to 127.0.0.1 only, serving on one port:
 - ``GET /ws``: the ACS websocket, and a silent TCS websocket (acs.py)
 - ``/ec2sim/...``: the control API tests use (control.py, README.md)
 - anything else: the AWS APIs, moto in-process plus ec2sim's additions (gateway.py, ecs_api.py,
-  cloudwatch_cbor.py, autoscaling.py, ecr_api.py, sts_api.py; role credentials in credentials.py)
+  cloudwatch_cbor.py, autoscaling.py, ecr_api.py, sts_api.py, ssm_api.py, secretsmanager_api.py,
+  s3_api.py; role credentials in credentials.py)
 
 When ready it writes ``{"port": N, "pid": P}`` to the ready file (atomically) and serves until
 SIGTERM or SIGINT, then exits 0. Logs go to stderr.
@@ -35,11 +36,14 @@ from control import Control, World
 from credentials import Credentials
 from ecr_api import EcrApi, EcrRegistry
 from ecs_api import EcsApi
-from faults import FaultTable
+from faults import Denials, FaultTable
 from gateway import Gateway
 from imds import Imds
 from journal import Journal
 from motohost import MotoHost
+from s3_api import S3Api
+from secretsmanager_api import SecretsManagerApi
+from ssm_api import SsmApi
 from sts_api import StsApi
 
 LOG = logging.getLogger("ec2sim")
@@ -86,6 +90,7 @@ class Ec2Sim:
             base_url=self.base_url,
             ecr=EcrRegistry(),
             credentials=credentials,
+            denials=Denials(credentials.caller_arn),
         )
         self.gateway = Gateway(self.moto, self.world.faults, self.world.requests, region)
         ecs = EcsApi(
@@ -104,7 +109,13 @@ class Ec2Sim:
         self.gateway.handle_operations(
             "autoscaling", LifecycleActions(self.world.lifecycle_actions).handlers()
         )
+        denials = self.world.denials
+        self.gateway.handle_operations("ssm", SsmApi(self.moto, denials).handlers())
+        self.gateway.handle_operations(
+            "secretsmanager", SecretsManagerApi(self.moto, denials).handlers()
+        )
         self.gateway.handle_protocol("cbor", CloudWatchCbor(self.moto).handle)
+        self.gateway.handle_protocol("rest-xml", S3Api(self.moto, denials).handle)
 
     def base_url(self) -> str:
         return f"http://{BIND_ADDRESS}:{self.port}"

@@ -1,11 +1,16 @@
-"""Fault injection for the AWS endpoint, one rule per service.
+"""Fault injection for the AWS endpoint: one rule per service, and denied resources.
 
-Owns the fault table the control API edits and the decision "does this call fail, and how". It
-renders nothing itself; the gateway turns a chosen mode into a reply (or a dropped connection).
+Owns the fault table the control API edits and the decision "does this call fail, and how", and
+the list of resources whose reads are denied as an IAM explicit deny would deny them (secrets,
+parameters, S3 objects and buckets; see :class:`Denials`). It renders nothing itself; the gateway
+turns a chosen mode into a reply (or a dropped connection), and the service handlers ask
+:meth:`Denials.reason` about the resources their call touches.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MODES = ("unavailable", "throttle", "reset", "deny")
@@ -72,3 +77,49 @@ class FaultTable:
 
     def describe(self) -> list[dict]:
         return [rule.describe() for rule in self._rules.values()]
+
+
+class Denials:
+    """Resources whose reads are denied: the ARN or name of a secret, parameter, S3 object or
+    bucket, each possibly with ``*`` wildcards (IAM's resource syntax, e.g.
+    ``arn:aws:s3:::bucket/*``). Which operations count as reads is the handlers' business.
+    """
+
+    def __init__(self, caller_arn: Callable[[str | None], str]) -> None:
+        #: Whose name a denial message gives for an access key id.
+        self.caller_arn = caller_arn
+        self._patterns: dict[str, re.Pattern] = {}
+
+    def configure(self, spec: dict) -> None:
+        """Deny (or, with ``denied: false``, allow again) one resource. Raise ValueError."""
+        resource = spec.get("resource")
+        if not isinstance(resource, str) or not resource:
+            raise ValueError("resource is required (an ARN or name, '*' matches any text)")
+        denied = spec.get("denied", True)
+        if not isinstance(denied, bool):
+            raise ValueError("denied must be a boolean")
+        if denied:
+            pattern = ".*".join(re.escape(part) for part in resource.split("*"))
+            self._patterns[resource] = re.compile(pattern, re.DOTALL)
+        else:
+            self._patterns.pop(resource, None)
+
+    def clear(self) -> None:
+        self._patterns.clear()
+
+    def describe(self) -> list[str]:
+        return list(self._patterns)
+
+    def reason(
+        self, access_key_id: str | None, action: str, resource: str, *aliases: str
+    ) -> str | None:
+        """The AccessDenied message if ``resource`` (an ARN; ``aliases`` are other names of the
+        same resource) is denied, else None."""
+        names = (resource, *aliases)
+        if not any(p.fullmatch(n) for p in self._patterns.values() for n in names if n):
+            return None
+        return (
+            f"User: {self.caller_arn(access_key_id)} is not authorized to perform: {action} "
+            f"on resource: {resource} with an explicit deny in an identity-based policy "
+            "(ec2sim /ec2sim/deny)"
+        )

@@ -2,8 +2,8 @@
 
 Owns the request pipeline: decode (awsproto) -> record -> inject a fault if one is armed -> run
 ec2sim's own handler for the operation if there is one -> otherwise forward to moto unchanged.
-Service-specific behaviour lives in the handler modules (ecs_api, cloudwatch_cbor, autoscaling);
-this module never knows what an operation means.
+Service-specific behaviour lives in the handler modules (ecs_api, cloudwatch_cbor, autoscaling,
+ssm_api, secretsmanager_api, s3_api, ...); this module never knows what an operation means.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ class Gateway:
                 return await handler(call)
             return await self.moto.forward(call)
         except AwsError as err:
-            return awsproto.error_response(call, err.status, err.code, err.message)
+            return awsproto.error_response(
+                call, err.status, err.code, err.message, err.fields, err.headers
+            )
 
     @staticmethod
     def _inject(request: web.Request, call: AwsCall, mode: str) -> web.StreamResponse:

@@ -1572,3 +1572,318 @@ def test_payload_container_arns_and_execution_role_awslogs(sim):
         },
     }
     assert "roleCredentials" not in pushed and "executionRoleCredentials" in pushed
+
+
+# ---- SSM Parameter Store, Secrets Manager, S3 (a task's secrets and environment files)
+
+ACCOUNT = "123456789012"
+
+
+def ssm_arn(region: str, name: str) -> str:
+    return f"arn:aws:ssm:{region}:{ACCOUNT}:parameter/{name.lstrip('/')}"
+
+
+def client_error(call, *args, **kwargs) -> dict:
+    """The ``response`` of the ClientError that ``call(*args, **kwargs)`` must raise."""
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        call(*args, **kwargs)
+    return err.value.response
+
+
+def sigv4(region: str, service: str = "s3", key: str = "AKIDRAWS3") -> dict:
+    """Headers of a SigV4-signed request (ec2sim, like moto, checks no signature)."""
+    return {
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={key}/20240101/{region}/{service}/"
+        "aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "ab" * 32,
+        "X-Amz-Date": "20240101T000000Z",
+        "Content-Type": "application/octet-stream",
+    }
+
+
+def test_ssm_get_parameters_echoes_requested_names_and_arns(sim):
+    region = "eu-central-1"  # any region: parameters live in the region of the signature
+    ssm = sim.client("ssm", region)
+    plain, path = unique("plain"), f"/{unique('app')}/db/password"
+    ssm.put_parameter(Name=plain, Value="v1", Type="String")
+    ssm.put_parameter(Name=path, Value="first", Type="SecureString")
+    ssm.put_parameter(Name=path, Value="second", Type="SecureString", Overwrite=True)
+    wrong_region = ssm_arn("us-east-1", plain)
+    requested = [
+        plain,
+        ssm_arn(region, plain),
+        ssm_arn(region, path),
+        f"{path}:1",
+        f"{ssm_arn(region, path)}:2",
+        plain,  # asked twice, answered once
+        "missing",
+        ssm_arn(region, "missing"),
+        wrong_region,
+    ]
+    reply = ssm.get_parameters(Names=requested, WithDecryption=True)
+    got = [(p["Name"], p.get("Selector"), p["Value"], p["Version"]) for p in reply["Parameters"]]
+    assert got == [
+        (plain, None, "v1", 1),
+        (ssm_arn(region, plain), None, "v1", 1),
+        (ssm_arn(region, path), None, "second", 2),
+        (path, ":1", "first", 1),
+        (ssm_arn(region, path), ":2", "second", 2),
+    ]
+    arns = {p["ARN"] for p in reply["Parameters"]}
+    assert arns == {ssm_arn(region, plain), ssm_arn(region, path)}
+    assert reply["InvalidParameters"] == ["missing", ssm_arn(region, "missing"), wrong_region]
+    # SecureString values are plain only WithDecryption.
+    [hidden] = ssm.get_parameters(Names=[path])["Parameters"]
+    assert hidden["Type"] == "SecureString" and hidden["Value"] != "second"
+    # Other regions do not see them.
+    assert sim.client("ssm").get_parameters(Names=[plain])["InvalidParameters"] == [plain]
+    too_many = client_error(ssm.get_parameters, Names=[f"p{i}" for i in range(11)])
+    assert too_many["Error"]["Code"] == "ValidationException"
+
+
+def test_secrets_manager_versions_stages_and_errors(sim):
+    sm = sim.client("secretsmanager", "eu-west-1")
+    name = unique("prod/db")
+    created = sm.create_secret(Name=name, SecretString="one")
+    arn = created["ARN"]
+    assert arn.startswith(f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:{name}-")
+    two = sm.put_secret_value(SecretId=arn, SecretString="two", VersionStages=["AWSCURRENT"])
+    staged_id = str(uuid.uuid4())
+    staged = sm.put_secret_value(
+        SecretId=name, SecretString="three", VersionStages=["blue"], ClientRequestToken=staged_id
+    )
+    assert staged["VersionId"] == staged_id and staged["VersionStages"] == ["blue"]
+
+    def value(**query):
+        reply = sm.get_secret_value(**query)
+        return reply["SecretString"], reply["VersionId"], reply["VersionStages"], reply["ARN"]
+
+    current = ("two", two["VersionId"], ["AWSCURRENT"], arn)
+    assert value(SecretId=arn) == current
+    assert value(SecretId=name) == current
+    assert value(SecretId=arn.rsplit("-", 1)[0]) == current  # partial ARN
+    assert value(SecretId=arn, VersionStage="AWSPREVIOUS")[:3] == (
+        "one",
+        created["VersionId"],
+        ["AWSPREVIOUS"],
+    )
+    assert value(SecretId=arn, VersionStage="blue")[:2] == ("three", staged_id)
+    assert value(SecretId=arn, VersionId=staged_id)[:2] == ("three", staged_id)
+
+    not_found = "Secrets Manager can't find the specified secret."
+    for secret_id in ("missing", f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:x-AbCdEf"):
+        error = client_error(sm.get_secret_value, SecretId=secret_id)
+        assert error["Error"] == {"Code": "ResourceNotFoundException", "Message": not_found}
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    # A secret of another region is not found from this one.
+    other = client_error(sim.client("secretsmanager").get_secret_value, SecretId=arn)
+    assert other["Error"]["Code"] == "ResourceNotFoundException"
+    stage = client_error(sm.get_secret_value, SecretId=arn, VersionStage="green")["Error"]
+    assert stage["Message"].endswith("for staging label: green")
+    unknown_id = str(uuid.uuid4())
+    version = client_error(sm.get_secret_value, SecretId=arn, VersionId=unknown_id)["Error"]
+    assert version["Code"] == "ResourceNotFoundException"
+    assert version["Message"].endswith(f"for VersionId: {unknown_id}")
+
+
+def test_s3_objects_bucket_region_and_recorded_operations(sim):
+    bucket = unique("envfiles")
+    s3 = sim.client("s3", "eu-west-1")
+    sim.control("DELETE", "/requests")
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket=bucket, Key="app/prod.env", Body=b"A=1\nB=two words\n")
+    assert s3.get_object(Bucket=bucket, Key="app/prod.env")["Body"].read() == (
+        b"A=1\nB=two words\n"
+    )
+    head = s3.head_bucket(Bucket=bucket)
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "eu-west-1"
+    assert head["BucketRegion"] == "eu-west-1"
+    # GetBucketLocation answers from any region.
+    location = sim.client("s3").get_bucket_location(Bucket=bucket)
+    assert location["LocationConstraint"] == "eu-west-1"
+
+    # Signed for another region than the bucket's: what S3 answers (boto3 follows it by itself).
+    status, headers, body = sim.http("GET", f"/{bucket}/app/prod.env", headers=sigv4("us-east-1"))
+    assert status == 400 and headers["x-amz-bucket-region"] == "eu-west-1"
+    assert b"<Code>AuthorizationHeaderMalformed</Code>" in body
+    assert b"<Region>eu-west-1</Region>" in body
+    status, headers, body = sim.http("HEAD", f"/{bucket}", headers=sigv4("us-east-1"))
+    assert (status, headers["x-amz-bucket-region"], body) == (400, "eu-west-1", b"")
+    assert sim.http("HEAD", f"/{unique('nobucket')}", headers=sigv4("eu-west-1"))[0] == 404
+    redirected = sim.client("s3").get_object(Bucket=bucket, Key="app/prod.env")
+    assert redirected["Body"].read().startswith(b"A=1")
+
+    # Bodies as other clients send them: aws-chunked with a trailing checksum (boto3 over TLS,
+    # the Rust SDK), SigV4-signed chunks, UNSIGNED-PAYLOAD.
+    uploads = {
+        "trailer.env": (
+            b"4\r\nC=3\n\r\n4\r\nD=4\n\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+            {
+                "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                "x-amz-trailer": "x-amz-checksum-crc32",
+                "x-amz-decoded-content-length": "8",
+                "Content-Encoding": "aws-chunked",
+            },
+        ),
+        "chunks.env": (
+            b"4;chunk-signature="
+            + b"0" * 64
+            + b"\r\nC=3\n\r\n0;chunk-signature="
+            + b"0" * 64
+            + b"\r\n\r\n",
+            {
+                "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                "x-amz-decoded-content-length": "4",
+                "Content-Encoding": "aws-chunked",
+            },
+        ),
+        "unsigned.env": (b"E=5\n", {"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}),
+    }
+    for key, (body, extra) in uploads.items():
+        status, _, reply = sim.http("PUT", f"/{bucket}/{key}", body, sigv4("eu-west-1") | extra)
+        assert status == 200, reply
+    read = {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in uploads}
+    assert read == {"trailer.env": b"C=3\nD=4\n", "chunks.env": b"C=3\n", "unsigned.env": b"E=5\n"}
+    # Virtual-hosted style on <bucket>.localhost, and a SigV4-presigned URL.
+    status, _, body = sim.http(
+        "GET", "/unsigned.env", headers=sigv4("eu-west-1") | {"Host": f"{bucket}.localhost"}
+    )
+    assert (status, body) == (200, b"E=5\n")
+    url = boto3.client(
+        "s3",
+        endpoint_url=sim.base,
+        region_name="eu-west-1",
+        aws_access_key_id="AKIDPRESIGNED",
+        aws_secret_access_key="x",
+        config=botocore.config.Config(signature_version="s3v4"),
+    ).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "chunks.env"})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read() == b"C=3\n"
+
+    calls = sim.control("GET", "/requests?service=s3")["requests"]
+    assert [(c["operation"], c["region"], c["access_key_id"]) for c in calls] == [
+        ("CreateBucket", "eu-west-1", "AKIDTEST"),
+        ("PutObject", "eu-west-1", "AKIDTEST"),
+        ("GetObject", "eu-west-1", "AKIDTEST"),
+        ("HeadBucket", "eu-west-1", "AKIDTEST"),
+        ("GetBucketLocation", "us-east-1", "AKIDTEST"),
+        ("GetObject", "us-east-1", "AKIDRAWS3"),
+        ("HeadBucket", "us-east-1", "AKIDRAWS3"),
+        ("HeadBucket", "eu-west-1", "AKIDRAWS3"),
+        ("GetObject", "us-east-1", "AKIDTEST"),  # boto3 follows the 400 ...
+        ("GetObject", "eu-west-1", "AKIDTEST"),  # ... to the bucket's region
+        ("PutObject", "eu-west-1", "AKIDRAWS3"),
+        ("PutObject", "eu-west-1", "AKIDRAWS3"),
+        ("PutObject", "eu-west-1", "AKIDRAWS3"),
+        ("GetObject", "eu-west-1", "AKIDTEST"),
+        ("GetObject", "eu-west-1", "AKIDTEST"),
+        ("GetObject", "eu-west-1", "AKIDTEST"),
+        ("GetObject", "eu-west-1", "AKIDRAWS3"),
+        ("GetObject", "eu-west-1", "AKIDPRESIGNED"),
+    ]
+    assert calls[1]["body"] == {"Bucket": bucket, "Key": "app/prod.env"}
+    assert calls[-1]["protocol"] == "rest-xml"
+    gets = sim.control("GET", "/requests?service=s3&operation=GetObject")["requests"]
+    assert len(gets) == 9
+
+
+def test_execution_role_reads_are_recorded_and_denied_per_resource(sim):
+    ecs, cluster, instance_arn, family = setup_cluster(sim, executionRoleArn=EXEC_ROLE)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            task = (await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family))[
+                "tasks"
+            ][0]
+            message = await next_frame(ws, "PayloadMessage")
+            await ack(ws, message)
+            return task, message["tasks"][0]["executionRoleCredentials"]
+
+    task, execution = asyncio.run(scenario())
+    caller = f"arn:aws:sts::{ACCOUNT}:assumed-role/exec/{task['taskArn'].rsplit('/', 1)[-1]}"
+    # The test seeds with its own keys; the "agent" reads with the execution role's.
+    param, other_param = f"/{unique('svc')}/token", unique("flag")
+    sim.client("ssm").put_parameter(Name=param, Value="t0k3n", Type="SecureString")
+    sim.client("ssm").put_parameter(Name=other_param, Value="on", Type="String")
+    secret = sim.client("secretsmanager").create_secret(Name=unique("db"), SecretString="pw")
+    other_secret = sim.client("secretsmanager").create_secret(Name=unique("api"), SecretString="k")
+    bucket = unique("env")
+    sim.client("s3").create_bucket(Bucket=bucket)
+    for key in ("task.env", "other.env"):
+        sim.client("s3").put_object(Bucket=bucket, Key=key, Body=b"X=1\n")
+    ssm = client_with(sim, "ssm", execution)
+    sm = client_with(sim, "secretsmanager", execution)
+    s3 = client_with(sim, "s3", execution)
+    sim.control("DELETE", "/requests")
+    assert (
+        ssm.get_parameters(Names=[ssm_arn("us-east-1", param)], WithDecryption=True)["Parameters"][
+            0
+        ]["Value"]
+        == "t0k3n"
+    )
+    assert sm.get_secret_value(SecretId=secret["ARN"])["SecretString"] == "pw"
+    assert s3.get_object(Bucket=bucket, Key="task.env")["Body"].read() == b"X=1\n"
+    key_id = execution["accessKeyId"]
+    for service, operation in (
+        ("ssm", "GetParameters"),
+        ("secretsmanager", "GetSecretValue"),
+        ("s3", "GetObject"),
+    ):
+        [call] = sim.control("GET", f"/requests?service={service}&operation={operation}")[
+            "requests"
+        ]
+        assert call["access_key_id"] == key_id, call
+    [key] = sim.control("GET", f"/credentials/keys?access_key_id={key_id}")["keys"]
+    assert (key["role_type"], key["task_arn"]) == ("TaskExecution", task["taskArn"])
+
+    # Per-resource denials: by name or ARN, '*' patterns; other resources still readable.
+    assert sim.http("POST", "/ec2sim/deny", {"resource": ""}, {})[0] == 400
+    assert sim.http("POST", "/ec2sim/deny", {"resource": "x", "denied": "no"}, {})[0] == 400
+    try:
+        for resource in (param, secret["ARN"], f"arn:aws:s3:::{bucket}/task.*"):
+            sim.control("POST", "/deny", {"resource": resource})
+        assert sim.control("GET", "/deny")["denied"] == [
+            param,
+            secret["ARN"],
+            f"arn:aws:s3:::{bucket}/task.*",
+        ]
+        denied = client_error(ssm.get_parameters, Names=[other_param, ssm_arn("us-east-1", param)])
+        assert denied["Error"]["Code"] == "AccessDeniedException"
+        assert denied["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert denied["Error"]["Message"].startswith(
+            f"User: {caller} is not authorized to perform: ssm:GetParameters on resource: "
+            f"{ssm_arn('us-east-1', param)}"
+        )
+        assert ssm.get_parameters(Names=[other_param])["Parameters"][0]["Value"] == "on"
+        for secret_id in (secret["ARN"], secret["Name"]):
+            denied = client_error(sm.get_secret_value, SecretId=secret_id)
+            assert denied["Error"]["Code"] == "AccessDeniedException"
+            assert denied["ResponseMetadata"]["HTTPStatusCode"] == 400
+            assert (
+                f"secretsmanager:GetSecretValue on resource: {secret['ARN']}"
+                in (denied["Error"]["Message"])
+            )
+        assert sm.get_secret_value(SecretId=other_secret["ARN"])["SecretString"] == "k"
+        denied = client_error(s3.get_object, Bucket=bucket, Key="task.env")
+        assert denied["Error"]["Code"] == "AccessDenied"
+        assert denied["ResponseMetadata"]["HTTPStatusCode"] == 403
+        message = denied["Error"]["Message"]
+        assert f"User: {caller} is not authorized to perform: s3:GetObject" in message
+        assert client_error(s3.head_object, Bucket=bucket, Key="task.env")["Error"]["Code"] == (
+            "403"
+        )
+        assert s3.get_object(Bucket=bucket, Key="other.env")["Body"].read() == b"X=1\n"
+        # A denied bucket: HeadBucket's 403 still names the bucket's region.
+        sim.control("POST", "/deny", {"resource": f"arn:aws:s3:::{bucket}"})
+        head = client_error(s3.head_bucket, Bucket=bucket)
+        assert head["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == "us-east-1"
+        # Allowed again one by one, or all at once.
+        sim.control("POST", "/deny", {"resource": param, "denied": False})
+        assert ssm.get_parameters(Names=[param])["Parameters"][0]["Name"] == param
+        assert sim.control("DELETE", "/deny") == {"denied": []}
+        assert sm.get_secret_value(SecretId=secret["ARN"])["SecretString"] == "pw"
+        assert s3.head_bucket(Bucket=bucket)["BucketRegion"] == "us-east-1"
+    finally:
+        sim.control("DELETE", "/deny")
+    recorded = sim.control("GET", "/requests?service=s3&operation=GetObject")["requests"]
+    assert {c["access_key_id"] for c in recorded} == {key_id}
