@@ -164,6 +164,7 @@ async fn main() {
         credentials: Arc::new(CredentialsStore::default()),
         runtime: Arc::new(DockerRuntime::new(docker.clone(), Timeouts::default())),
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
+        secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
         hooks: Hooks::default(),
     })
     .unwrap();

@@ -130,7 +130,12 @@ fn handler(dir: &tempfile::TempDir) -> Handler {
             cluster: "default".into(),
             container_instance_arn: "arn:ci".into(),
         },
-        engine: Arc::new(RecordingEngine::default()),
+        // It holds the task of the credentials fixture (t1): a refresh for a task the engine
+        // does not hold gets no ack.
+        engine: Arc::new(RecordingEngine {
+            running: std::sync::Mutex::new(vec!["t1".into()]),
+            ..Default::default()
+        }),
         credentials: Arc::new(CredentialsStore::default()),
         sink: Arc::new(RecordingSink::default()),
         store: Store::open(&dir.path().join("s.redb")).unwrap(),

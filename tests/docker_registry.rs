@@ -144,6 +144,7 @@ async fn rig(settings: ecs_hostd::engine::Settings) -> Rig {
         credentials: Arc::new(CredentialsStore::default()),
         runtime: runtime.clone(),
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
+        secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
         hooks: Hooks::default(),
     })
     .unwrap();

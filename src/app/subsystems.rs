@@ -260,6 +260,7 @@ fn spawn_engine(
             Arc::new(crate::engine::pull::SdkEcr),
             crate::engine::pull::ECR_TOKEN_REUSE,
         )),
+        secrets: Arc::new(crate::engine::secrets::SdkSecrets),
         hooks: crate::engine::Hooks::default(),
     })
     .map_err(|e| Outcome::Terminal(e.to_string()))?;

@@ -47,6 +47,10 @@ pub struct Features {
     pub task_iam_role_network_host: bool,
     /// dockerd's awslogs with the execution role (`execution-role-awslogs`).
     pub execution_role_awslogs: bool,
+    /// Container `secrets` from SSM and Secrets Manager, as environment variables and as log
+    /// driver options (`secrets.{ssm,asm}.environment-variables`,
+    /// `secrets.{ssm,asm}.bootstrap.log-driver`).
+    pub secrets: bool,
 }
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
@@ -64,6 +68,9 @@ pub const IMPLEMENTED: Features = Features {
     task_iam_role: false,
     task_iam_role_network_host: false,
     execution_role_awslogs: false,
+    // engine::secrets, fetched with the execution role's credentials before create: tested in
+    // engine::secrets::tests, engine::tests and end to end against ec2sim in tests/e2e_secrets.rs.
+    secrets: true,
 };
 
 /// Parses a Docker API version such as `1.41`.
@@ -131,6 +138,16 @@ pub fn attributes(
     if features.full_sync {
         out.push(Attribute::flag(format!("{CURRENT}full-sync")));
     }
+    if features.secrets {
+        for provider in ["ssm", "asm"] {
+            out.push(Attribute::flag(format!(
+                "{CURRENT}secrets.{provider}.environment-variables"
+            )));
+            out.push(Attribute::flag(format!(
+                "{CURRENT}secrets.{provider}.bootstrap.log-driver"
+            )));
+        }
+    }
     if first_registration {
         for (k, v) in &config.instance_attributes {
             out.push(Attribute::pair(k, v));
@@ -162,11 +179,20 @@ mod tests {
         assert!(n.contains(&"com.amazonaws.ecs.capability.ecr-auth"));
         assert!(n.contains(&"ecs.capability.execution-role-ecr-pull"));
         // Nothing unimplemented is advertised.
+        for flag in [
+            "ecs.capability.secrets.ssm.environment-variables",
+            "ecs.capability.secrets.asm.environment-variables",
+            "ecs.capability.secrets.ssm.bootstrap.log-driver",
+            "ecs.capability.secrets.asm.bootstrap.log-driver",
+        ] {
+            assert!(n.contains(&flag), "{flag} not advertised");
+        }
         for never in [
             "task-iam-role",
             "container-health-check",
             "task-eni",
-            "secrets",
+            "env-files",
+            "private-registry-authentication",
             "efs",
         ] {
             assert!(!n.iter().any(|x| x.contains(never)), "{never} advertised");
@@ -194,7 +220,8 @@ mod tests {
                 .map(str::to_owned)
                 .collect::<Vec<_>>();
             assert!(
-                !old.iter().any(|x| x.contains("ecr")),
+                !old.iter()
+                    .any(|x| x.ends_with("ecr-auth") || x.ends_with("ecr-pull")),
                 "{daemon:?}: {old:?}"
             );
         }

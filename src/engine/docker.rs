@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,6 +58,8 @@ pub struct MapCtx {
     pub cluster: String,
     /// Instance region for `AWS_REGION`/`AWS_DEFAULT_REGION`.
     pub region: Option<String>,
+    /// The container's secrets (values; `Debug` shows names only).
+    pub secrets: Option<Arc<super::secrets::ContainerSecrets>>,
     /// Host address published ports bind to (`None` = all).
     pub bind_ip: Option<String>,
     /// Host ports chosen by the engine for dynamic mappings: `(container port, proto)` → port.
@@ -147,6 +150,9 @@ pub fn create_body(
         config["ExposedPorts"] = Value::Object(exposed);
     }
     merge(&mut config, &c.raw_config());
+    if let Some(s) = &ctx.secrets {
+        inject_env(&mut config, &s.env);
+    }
     inject_endpoint_env(&mut config, rec, c);
 
     // HostConfig.
@@ -213,13 +219,22 @@ pub fn create_body(
         h.remove("AutoRemove");
     }
     if let Some(lc) = host.get_mut("LogConfig").and_then(Value::as_object_mut) {
-        let awslogs = lc.get("Type").and_then(Value::as_str) == Some("awslogs");
+        let lc_type = lc.get("Type").and_then(Value::as_str).map(str::to_owned);
+        let awslogs = lc_type.as_deref() == Some("awslogs");
         let opts = lc
             .entry("Config")
             .or_insert_with(|| json!({}))
             .as_object_mut()
             .ok_or_else(|| MapError::Invalid("LogConfig.Config is not an object".into()))?;
         complete_log_options(opts);
+        // Log-driver secrets (`logConfiguration.secretOptions`), except for FireLens.
+        if let Some(s) = &ctx.secrets
+            && !matches!(lc_type.as_deref(), Some("awsfirelens"))
+        {
+            for (k, v) in &s.log_options {
+                opts.insert(k.clone(), json!(v));
+            }
+        }
         if awslogs && c.logs_auth_strategy.as_deref() == Some("ExecutionRole") {
             // dockerd fetches the execution role's credentials from the task endpoint, through
             // 169.254.170.2 (task-credentials.md §9.7).
@@ -302,6 +317,24 @@ pub const ENV_CREDENTIALS_URI: &str = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
 pub const ENV_METADATA_URI: &str = "ECS_CONTAINER_METADATA_URI";
 /// `ECS_CONTAINER_METADATA_URI_V4`: task metadata v4.
 pub const ENV_METADATA_URI_V4: &str = "ECS_CONTAINER_METADATA_URI_V4";
+
+/// Sets `vars` in the container's environment, replacing any of the same name.
+fn inject_env(config: &mut Value, vars: &[(String, String)]) {
+    if vars.is_empty() {
+        return;
+    }
+    let mut env: Vec<Value> = config
+        .get("Env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    env.retain(|e| {
+        let key = e.as_str().map(|s| s.split('=').next().unwrap_or(s));
+        !vars.iter().any(|(k, _)| Some(k.as_str()) == key)
+    });
+    env.extend(vars.iter().map(|(k, v)| json!(format!("{k}={v}"))));
+    config["Env"] = Value::Array(env);
+}
 
 /// The variables the task endpoint needs in a container's environment (task-credentials.md §3,
 /// task-metadata.md §1), replacing any the task definition set: the task role's credentials

@@ -91,8 +91,36 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
     for c in array(task.get("containers")) {
         let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
         let field = |f: &str| format!("containers[{name}].{f}");
-        if present(c.get("secrets")) {
-            return at("secrets from SSM or Secrets Manager", field("secrets"));
+        for s in array(c.get("secrets")) {
+            let provider = s.get("provider").and_then(Value::as_str).unwrap_or("ssm");
+            let target = s
+                .get("target")
+                .and_then(Value::as_str)
+                .unwrap_or("CONTAINER");
+            let kind = s
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("ENVIRONMENT_VARIABLE");
+            if !matches!(provider, "ssm" | "asm")
+                || !matches!(target, "CONTAINER" | "LOG_DRIVER")
+                || kind != "ENVIRONMENT_VARIABLE"
+            {
+                return at(
+                    "this kind of secret",
+                    format!(
+                        "containers[{name}].secrets: provider {provider}, type {kind}, target {target}"
+                    ),
+                );
+            }
+        }
+        if c.pointer("/registryAuthentication/type")
+            .and_then(Value::as_str)
+            == Some("asm")
+        {
+            return at(
+                "private registry credentials from Secrets Manager",
+                field("repositoryCredentials"),
+            );
         }
         if present(c.get("environmentFiles")) {
             return at("environment files from S3", field("environmentFiles"));
@@ -181,7 +209,9 @@ mod tests {
         let t = task(
             json!({"networkMode": "bridge", "volumes": [{"name": "v", "type": "docker"}]}),
             json!({"dockerConfig": {"config": "{\"User\":\"1\"}", "hostConfig": "{\"CapAdd\":[],\"CapDrop\":[]}"},
-                   "secrets": [], "environmentFiles": null, "healthCheckType": null}),
+                   "secrets": [{"name": "DB", "valueFrom": "/db", "provider": "ssm", "type": "ENVIRONMENT_VARIABLE", "target": "CONTAINER"},
+                               {"name": "TOKEN", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:t", "provider": "asm", "target": "LOG_DRIVER"}],
+                   "environmentFiles": null, "healthCheckType": null}),
         );
         assert_eq!(unsupported(&t, &Available::default()), None);
     }
@@ -230,10 +260,18 @@ mod tests {
             (
                 task(
                     json!({}),
-                    json!({"secrets": [{"name": "DB", "valueFrom": "arn:ssm"}]}),
+                    json!({"secrets": [{"name": "DB", "valueFrom": "x", "provider": "vault"}]}),
                 ),
-                "secrets from SSM or Secrets Manager",
-                "containers[app].secrets",
+                "this kind of secret",
+                "containers[app].secrets: provider vault, type ENVIRONMENT_VARIABLE, target CONTAINER",
+            ),
+            (
+                task(
+                    json!({}),
+                    json!({"registryAuthentication": {"type": "asm", "asmAuthData": {"credentialsParameter": "arn:aws:secretsmanager:us-east-1:1:secret:r"}}}),
+                ),
+                "private registry credentials from Secrets Manager",
+                "containers[app].repositoryCredentials",
             ),
             (
                 task(

@@ -30,6 +30,7 @@ pub mod pull;
 pub mod reconcile;
 pub mod resources;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -179,6 +180,8 @@ pub struct Parts {
     pub runtime: Arc<dyn ContainerRuntime>,
     /// ECR tokens.
     pub ecr: Arc<dyn EcrTokens>,
+    /// SSM and Secrets Manager, for the tasks' `secrets`.
+    pub secrets: Arc<dyn secrets::SecretSource>,
     /// Test hooks.
     pub hooks: Hooks,
 }
@@ -204,6 +207,8 @@ enum Rejection {
 enum Done {
     Action(ActionKey, Box<Outcome>),
     Images(Vec<String>),
+    /// A task's secrets, fetched or not (the values never enter an [`Outcome`]).
+    Secrets(ActionKey, String, Result<secrets::Resolved, String>),
 }
 
 struct Shared {
@@ -542,6 +547,9 @@ struct LoopState {
     published: bool,
     /// Per task, what the metadata endpoint shows that never changes (see `metadata_index`).
     static_facts: HashMap<String, Vec<introspection::StaticFacts>>,
+    /// Per task, its fetched secrets (memory only, until the task stops) or why they could not
+    /// be fetched.
+    secrets: HashMap<String, Result<Arc<secrets::Resolved>, String>>,
 }
 
 impl LoopState {
@@ -596,6 +604,7 @@ impl LoopState {
             waits: HashMap::new(),
             published: false,
             static_facts: HashMap::new(),
+            secrets: HashMap::new(),
             shared,
         })
     }
@@ -799,6 +808,21 @@ impl LoopState {
                     self.images_removed.push(image);
                 }
             }
+            Done::Secrets(key, task_arn, result) => {
+                self.in_flight.remove(&key);
+                self.epoch += 1;
+                match &result {
+                    Ok(r) => {
+                        info!(task.arn = %task_arn, containers = r.containers.len(), "Task secrets fetched.")
+                    }
+                    Err(why) => {
+                        warn!(task.arn = %task_arn, reason = %why, "Task secrets could not be fetched; stopping the task.")
+                    }
+                }
+                if self.tasks.contains_key(&task_arn) {
+                    self.secrets.insert(task_arn, result.map(Arc::new));
+                }
+            }
             Done::Action(key, outcome) => {
                 let outcome = *outcome;
                 self.in_flight.remove(&key);
@@ -984,6 +1008,21 @@ impl LoopState {
             cleanup_wait: e.task_cleanup_wait,
             disk_pressure: self.disk_pressure,
             stopped_reported: stopped && self.shared.parts.sink.stopped_reported(arn),
+            secrets: self.secrets_gate(arn),
+        }
+    }
+
+    /// Whether task `arn`'s containers may be created as far as its secrets go.
+    fn secrets_gate(&self, arn: &str) -> reconcile::SecretsGate {
+        let wants = self
+            .tasks
+            .get(arn)
+            .is_some_and(|t| t.spec.containers.iter().any(|c| !c.secrets.is_empty()));
+        match self.secrets.get(arn) {
+            _ if !wants => reconcile::SecretsGate::Ready,
+            Some(Ok(_)) => reconcile::SecretsGate::Ready,
+            Some(Err(why)) => reconcile::SecretsGate::Failed(why.clone()),
+            None => reconcile::SecretsGate::Pending,
         }
     }
 
@@ -1047,6 +1086,8 @@ impl LoopState {
                     .parts
                     .credentials
                     .remove(&arn, RoleType::TaskApplication);
+                // No container of a stopped task is created again: its secrets go now.
+                self.secrets.remove(&arn);
             }
             if plan.record != *rec {
                 log_transitions(rec, &plan.record);
@@ -1304,6 +1345,31 @@ impl LoopState {
                     )
                 })
             }
+            Action::EnsureResolved { task_arn } => {
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let wanted: BTreeMap<String, Vec<secrets::SecretSpec>> = rec
+                    .spec
+                    .containers
+                    .iter()
+                    .filter(|c| !c.secrets.is_empty())
+                    .map(|c| (c.name.clone(), c.secrets.clone()))
+                    .collect();
+                let creds = rec.spec.execution_credentials_id().and_then(|_| {
+                    shared
+                        .parts
+                        .credentials
+                        .get(&task_arn, RoleType::TaskExecution)
+                });
+                let region = self.settings().region.clone().unwrap_or_default();
+                let source = shared.parts.secrets.clone();
+                info!(task.arn = %task_arn, secrets = wanted.values().map(Vec::len).sum::<usize>(), "Fetching the task's secrets.");
+                Box::pin(async move {
+                    let result = secrets::resolve(&*source, creds.as_ref(), &wanted, &region).await;
+                    Done::Secrets(key, task_arn, result)
+                })
+            }
             Action::EnsureRemoved { task_arn } => {
                 let Some(rec) = self.tasks.get(&task_arn) else {
                     return;
@@ -1379,6 +1445,10 @@ impl LoopState {
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| self.settings().cluster.clone()),
             region: self.settings().region.clone(),
+            secrets: match self.secrets.get(&rec.spec.arn) {
+                Some(Ok(r)) => r.containers.get(&spec.name).cloned().map(Arc::new),
+                _ => None,
+            },
             bind_ip: self.settings().bind_ip.clone(),
             dynamic_ports,
         }

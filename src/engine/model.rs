@@ -392,6 +392,10 @@ pub struct ContainerSpec {
     /// The container's ARN (task metadata `ContainerARN`), when ECS sent one.
     #[serde(default)]
     pub container_arn: Option<String>,
+    /// Secrets from SSM and Secrets Manager: names and where from, never values
+    /// ([`super::secrets`] fetches them before create).
+    #[serde(default, deserialize_with = "null_default")]
+    pub secrets: Vec<super::secrets::SecretSpec>,
 }
 
 impl ContainerSpec {

@@ -33,6 +33,8 @@ pub enum ActionKey {
     Container(String, String),
     /// Removal of a stopped task.
     Cleanup(String),
+    /// Fetching a task's secrets.
+    Resolve(String),
 }
 
 /// An "ensure" step for the executor.
@@ -74,6 +76,11 @@ pub enum Action {
         /// Grace before SIGKILL.
         grace: Duration,
     },
+    /// Fetch the task's secrets (once per task start, before its containers are created).
+    EnsureResolved {
+        /// Task.
+        task_arn: String,
+    },
     /// Remove the task's containers and task volumes, then forget the task.
     EnsureRemoved {
         /// Task.
@@ -101,6 +108,7 @@ impl Action {
                 ..
             } => ActionKey::Container(task_arn.clone(), container.clone()),
             Action::EnsureRemoved { task_arn } => ActionKey::Cleanup(task_arn.clone()),
+            Action::EnsureResolved { task_arn } => ActionKey::Resolve(task_arn.clone()),
         }
     }
 }
@@ -149,6 +157,20 @@ pub struct Ctx {
     pub disk_pressure: bool,
     /// STOPPED was accepted by ECS for this task.
     pub stopped_reported: bool,
+    /// The task's secrets, as the engine holds them.
+    pub secrets: SecretsGate,
+}
+
+/// Whether a task's containers may be created as far as its secrets go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SecretsGate {
+    /// No secrets, or fetched.
+    #[default]
+    Ready,
+    /// Not fetched yet (fetch before the first create).
+    Pending,
+    /// The fetch failed: the task stops with this reason.
+    Failed(String),
 }
 
 /// The reconciler's answer.
@@ -294,9 +316,24 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                 c.running_since = Some(ctx.now);
             }
         }
+        // Secrets that could not be fetched stop the task before anything is created
+        // (task-credentials.md §9: the reason is the fetch's error).
+        if let SecretsGate::Failed(why) = &ctx.secrets {
+            for c in &mut r.containers {
+                let key = ActionKey::Container(arn.clone(), c.name.clone());
+                if c.known < ContainerStatus::Created && !world.in_flight.contains(&key) {
+                    c.known = ContainerStatus::Stopped;
+                    c.reason.get_or_insert_with(|| why.clone());
+                }
+            }
+            r.desired = TaskStatus::Stopped;
+            r.reason.get_or_insert_with(|| why.clone());
+        }
+        let mut resolve_asked = false;
+        let failed = matches!(ctx.secrets, SecretsGate::Failed(_));
         let snapshot = r.clone();
         for c in &mut r.containers {
-            if c.known >= ContainerStatus::Running || waiting.contains(&c.name) {
+            if failed || c.known >= ContainerStatus::Running || waiting.contains(&c.name) {
                 continue;
             }
             let key = ActionKey::Container(arn.clone(), c.name.clone());
@@ -337,10 +374,19 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                         container: c.name.clone(),
                     });
                 }
-                ContainerStatus::Pulled if ready => actions.push(Action::EnsureCreated {
-                    task_arn: arn.clone(),
-                    container: c.name.clone(),
-                }),
+                ContainerStatus::Pulled
+                    if ready && ctx.secrets == SecretsGate::Pending && !resolve_asked =>
+                {
+                    resolve_asked = true;
+                    actions.push(Action::EnsureResolved {
+                        task_arn: arn.clone(),
+                    });
+                }
+                ContainerStatus::Pulled if ready && ctx.secrets == SecretsGate::Ready => actions
+                    .push(Action::EnsureCreated {
+                        task_arn: arn.clone(),
+                        container: c.name.clone(),
+                    }),
                 ContainerStatus::Created if ready => {
                     if let Some(id) = &c.docker_id {
                         actions.push(Action::EnsureRunning {

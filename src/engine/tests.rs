@@ -58,6 +58,7 @@ fn build(
         credentials: Arc::new(CredentialsStore::default()),
         runtime: fake.clone(),
         ecr: Arc::new(pull::SdkEcr),
+        secrets: Arc::new(secrets::SdkSecrets),
         hooks: Hooks::default(),
     })
     .unwrap()
@@ -1140,6 +1141,7 @@ async fn credentials_ids_pending_after_restart_removed_at_stop_and_cleanup() {
         credentials: creds.clone(),
         runtime: fake.clone(),
         ecr: Arc::new(pull::SdkEcr),
+        secrets: Arc::new(secrets::SdkSecrets),
         hooks: Hooks::default(),
     })
     .unwrap();
@@ -1201,6 +1203,7 @@ async fn credentials_ids_pending_after_restart_removed_at_stop_and_cleanup() {
         credentials: creds2.clone(),
         runtime: fake.clone(),
         ecr: Arc::new(pull::SdkEcr),
+        secrets: Arc::new(secrets::SdkSecrets),
         hooks: Hooks::default(),
     })
     .unwrap();
@@ -1245,4 +1248,124 @@ async fn records_without_endpoint_ids_get_one_at_load_and_keep_it() {
         .endpoint_id
         .clone();
     assert_eq!(first, again);
+}
+
+/// SSM in memory for the engine tests: counts calls; `/missing` is unknown.
+#[derive(Default)]
+struct FakeSecrets {
+    calls: std::sync::Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl secrets::SecretSource for FakeSecrets {
+    async fn get_parameters(
+        &self,
+        _creds: &crate::credentials::RoleCredentials,
+        _region: &str,
+        names: &[String],
+    ) -> Result<secrets::Parameters, secrets::FetchError> {
+        *self.calls.lock().unwrap() += 1;
+        let mut p = secrets::Parameters::default();
+        for n in names {
+            if n == "/missing" {
+                p.invalid.push(n.clone());
+            } else {
+                p.values.insert(n.clone(), format!("value-of-{n}"));
+            }
+        }
+        Ok(p)
+    }
+
+    async fn get_secret_value(
+        &self,
+        _creds: &crate::credentials::RoleCredentials,
+        _region: &str,
+        _secret_id: &str,
+        _stage: Option<&str>,
+        _version: Option<&str>,
+    ) -> Result<String, secrets::FetchError> {
+        unreachable!("no Secrets Manager secrets in these tests")
+    }
+}
+
+/// Secrets are fetched once, before the first create, with the execution role's credentials;
+/// a failed fetch stops the task with its reason before anything is created.
+#[tokio::test]
+async fn secrets_are_fetched_once_before_create_and_a_failure_stops_the_task_uncreated() {
+    use crate::credentials::RoleCredentials;
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let dir = tmpdir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    let creds = Arc::new(CredentialsStore::default());
+    let sink = Arc::new(RecordingSink::default());
+    let source = Arc::new(FakeSecrets::default());
+    let engine = Engine::new(Parts {
+        settings: settings(Duration::from_secs(600)),
+        store: store.clone(),
+        sink: sink.clone(),
+        credentials: creds.clone(),
+        runtime: fake.clone(),
+        ecr: Arc::new(pull::SdkEcr),
+        secrets: source.clone(),
+        hooks: Hooks::default(),
+    })
+    .unwrap();
+    let with_secrets = |arn: &str, from: &str| {
+        let mut a = c("a", true);
+        a["secrets"] = serde_json::json!([{"name": "DB", "valueFrom": from, "provider": "ssm",
+            "region": "us-east-1", "type": "ENVIRONMENT_VARIABLE", "target": "CONTAINER"}]);
+        let mut t = task(arn, serde_json::json!([a, c("b", false)]));
+        t["executionRoleCredentials"] = serde_json::json!({"credentialsId": format!("exec-{arn}"), "roleArn": "arn:aws:iam::1:role/exec"});
+        t
+    };
+    for arn in ["good", "bad"] {
+        creds.set(
+            arn,
+            RoleType::TaskExecution,
+            RoleCredentials {
+                credentials_id: format!("exec-{arn}"),
+                role_arn: "arn:aws:iam::1:role/exec".into(),
+                access_key_id: "ASIAEXEC".into(),
+                secret_access_key: "s".into(),
+                session_token: "t".into(),
+                expiration: "2030-01-01T00:00:00Z".into(),
+            },
+        );
+    }
+    deliver(&engine, with_secrets("good", "/db")).await.unwrap();
+    engine.settle(20).await.unwrap();
+    assert_eq!(*source.calls.lock().unwrap(), 1);
+    assert_eq!(fake.creates().len(), 2, "{:?}", fake.creates());
+    assert_eq!(
+        statuses(&sink.changes(), "good"),
+        vec![ReportStatus::Running]
+    );
+
+    deliver(&engine, with_secrets("bad", "/missing"))
+        .await
+        .unwrap();
+    engine.settle(20).await.unwrap();
+    assert_eq!(*source.calls.lock().unwrap(), 2);
+    assert_eq!(
+        fake.creates().len(),
+        2,
+        "nothing of the failed task was created"
+    );
+    let changes = sink.changes();
+    assert_eq!(statuses(&changes, "bad"), vec![ReportStatus::Stopped]);
+    let stopped = changes
+        .iter()
+        .rfind(|c| c.task_arn == "bad" && c.status == ReportStatus::Stopped)
+        .unwrap();
+    assert_eq!(
+        stopped.reason.as_deref(),
+        Some(
+            "fetching secret data from SSM Parameter Store in us-east-1: invalid parameters: /missing"
+        )
+    );
+    // The values are nowhere the agent shows or keeps its tasks.
+    let shown = serde_json::to_string(&engine.view().tasks()).unwrap();
+    assert!(!shown.contains("value-of-"), "{shown}");
+    let raw = std::fs::read(dir.path().join("s.redb")).unwrap();
+    assert!(!raw.windows(9).any(|w| w == b"value-of-"));
 }

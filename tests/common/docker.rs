@@ -239,6 +239,7 @@ pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
         credentials: credentials.clone(),
         runtime,
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
+        secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
         hooks: Hooks::default(),
     })
     .unwrap();

@@ -124,6 +124,7 @@ pub async fn harness_main() {
         credentials: Arc::new(CredentialsStore::default()),
         runtime: Arc::new(DockerRuntime::new(docker, Timeouts::default())),
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
+        secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
         hooks: Hooks {
             pause_at: std::env::var("HARNESS_PAUSE_AT").ok(),
             marker_dir: Some(dir.clone()),

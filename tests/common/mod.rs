@@ -144,16 +144,21 @@ impl Ec2Sim {
 
     /// An ECS client as a user would build it, pointed at ec2sim.
     pub async fn ecs(&self) -> aws_sdk_ecs::Client {
+        aws_sdk_ecs::Client::new(&self.sdk_config().await)
+    }
+
+    /// The AWS SDK's settings for any service client, pointed at ec2sim (us-east-1, the test
+    /// user's keys, one attempt per call).
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         let creds =
             aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "test");
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(self.url())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(creds)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
             .load()
-            .await;
-        aws_sdk_ecs::Client::new(&conf)
+            .await
     }
 }
 

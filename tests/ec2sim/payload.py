@@ -90,6 +90,7 @@ def build_task(
                 task_id=task_id,
                 container_arn=container_arns.get(c.get("name")),
                 execution_role=bool(execution_role),
+                region=task.task_arn.split(":")[3],
             )
             for c in task_definition.container_definitions
         ],
@@ -130,6 +131,7 @@ def build_container(
     task_id: str = "",
     container_arn: str | None = None,
     execution_role: bool = False,
+    region: str = "us-east-1",
 ) -> dict:
     """One ``containers[]`` entry of a payload task.
 
@@ -164,9 +166,12 @@ def build_container(
         container["logsAuthStrategy"] = "ExecutionRole"
     if "healthCheck" in definition:
         container["healthCheckType"] = "docker"
-    for key in ("stopTimeout", "startTimeout", "secrets", "environmentFiles", "restartPolicy"):
+    for key in ("stopTimeout", "startTimeout", "environmentFiles", "restartPolicy"):
         if key in definition:
             container[key] = definition[key]
+    secrets = acs_secrets(definition, region)
+    if secrets:
+        container["secrets"] = secrets
     if "repositoryCredentials" in definition:
         container["registryAuthentication"] = {
             "type": "asm",
@@ -176,6 +181,32 @@ def build_container(
             },
         }
     return container
+
+
+def acs_secrets(definition: dict, region: str) -> list[dict]:
+    """``secrets`` as ACS sends them (container-features.md §3): the task definition's
+    ``secrets`` and ``logConfiguration.secretOptions`` (``target`` ``CONTAINER`` and
+    ``LOG_DRIVER``), each with the ``provider`` its ``valueFrom`` names (a Secrets Manager ARN:
+    ``asm``, else ``ssm``), the ARN's region or the task's, and ``type`` ``ENVIRONMENT_VARIABLE``.
+    """
+
+    def one(secret: dict, target: str) -> dict:
+        value_from = secret.get("valueFrom", "")
+        parts = value_from.split(":")
+        is_arn = value_from.startswith("arn:") and len(parts) > 3
+        return {
+            "name": secret.get("name"),
+            "valueFrom": value_from,
+            "region": parts[3] if is_arn and parts[3] else region,
+            "provider": "asm" if is_arn and parts[2] == "secretsmanager" else "ssm",
+            "type": "ENVIRONMENT_VARIABLE",
+            "target": target,
+        }
+
+    log = definition.get("logConfiguration") or {}
+    return [one(s, "CONTAINER") for s in definition.get("secrets", [])] + [
+        one(s, "LOG_DRIVER") for s in log.get("secretOptions", [])
+    ]
 
 
 def _port_mapping(mapping: dict) -> dict:

@@ -61,6 +61,7 @@ fn maps_every_field_of_spec_6_4() {
         region: Some("eu-west-1".into()),
         bind_ip: Some("127.0.0.1".into()),
         dynamic_ports: HashMap::new(),
+        secrets: None,
     };
     ctx.dynamic_ports.insert((53, "udp".into()), 40053);
     let body = create_body(&rec, &web, &ctx).unwrap();
@@ -343,4 +344,44 @@ fn labels_and_log_config_match_the_create_request() {
         v["HostConfig"]["LogConfig"]["Config"]
     );
     assert!(log_config(rec.spec_of("db").unwrap()).is_none());
+}
+
+#[test]
+fn secrets_override_the_environment_and_fill_log_options() {
+    use crate::engine::secrets::ContainerSecrets;
+    let rec = full_task();
+    let web = rec.spec_of("web").unwrap().clone();
+    let ctx = MapCtx {
+        secrets: Some(std::sync::Arc::new(ContainerSecrets {
+            env: vec![
+                ("K".into(), "from-ssm".into()),
+                ("DB".into(), "p4ss".into()),
+            ],
+            log_options: vec![("tag".into(), "t0k3n".into())],
+        })),
+        ..Default::default()
+    };
+    let v = serde_json::to_value(create_body(&rec, &web, &ctx).unwrap()).unwrap();
+    let env: Vec<&str> = v["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(
+        env.contains(&"K=from-ssm") && env.contains(&"DB=p4ss"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.iter().filter(|e| e.starts_with("K=")).count(),
+        1,
+        "{env:?}"
+    );
+    assert_eq!(v["HostConfig"]["LogConfig"]["Config"]["tag"], "t0k3n");
+    // The values never show in the context's Debug (it may reach a log line).
+    let shown = format!("{ctx:?}");
+    assert!(
+        shown.contains("DB") && !shown.contains("p4ss") && !shown.contains("t0k3n"),
+        "{shown}"
+    );
 }

@@ -22,6 +22,7 @@ fn ctx() -> Ctx {
         cleanup_wait: Duration::from_secs(3600),
         disk_pressure: false,
         stopped_reported: false,
+        secrets: SecretsGate::Ready,
     }
 }
 
