@@ -160,6 +160,8 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
     );
     secrets.push(secret("S_PASS", &format!("{arn}:pass::")));
     want.insert("S_PASS".into(), format!("new-{run}"));
+    secrets.push(secret("S_USER", &format!("{arn}:user::")));
+    want.insert("S_USER".into(), "app".into());
     secrets.push(secret("S_PORT", &format!("{arn}:port::")));
     want.insert("S_PORT".into(), "5432".into());
     secrets.push(secret("S_OLD_PASS", &format!("{arn}:pass:AWSPREVIOUS:")));
@@ -222,6 +224,15 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
         .collect();
     for (k, v) in &want {
         assert_eq!(env.get(k), Some(v), "{k} in the container:\n{out}");
+    }
+    // The figure for the closing note (printed, not judged): 20 SSM names and 5 Secrets Manager
+    // values, as the agent timed the fetch.
+    if let Some(line) = agent
+        .log()
+        .lines()
+        .find(|l| l.contains("Task secrets fetched."))
+    {
+        eprintln!("secrets resolution (20 SSM names, 5 Secrets Manager values): {line}");
     }
     assert_eq!(
         docker(&[

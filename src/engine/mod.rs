@@ -208,7 +208,12 @@ enum Done {
     Action(ActionKey, Box<Outcome>),
     Images(Vec<String>),
     /// A task's secrets, fetched or not (the values never enter an [`Outcome`]).
-    Secrets(ActionKey, String, Result<secrets::Resolved, String>),
+    Secrets(
+        ActionKey,
+        String,
+        Result<secrets::Resolved, String>,
+        std::time::Duration,
+    ),
 }
 
 struct Shared {
@@ -808,15 +813,16 @@ impl LoopState {
                     self.images_removed.push(image);
                 }
             }
-            Done::Secrets(key, task_arn, result) => {
+            Done::Secrets(key, task_arn, result, took) => {
                 self.in_flight.remove(&key);
                 self.epoch += 1;
+                let took_ms = took.as_millis() as u64;
                 match &result {
                     Ok(r) => {
-                        info!(task.arn = %task_arn, containers = r.containers.len(), "Task secrets fetched.")
+                        info!(task.arn = %task_arn, containers = r.containers.len(), took_ms, "Task secrets fetched.")
                     }
                     Err(why) => {
-                        warn!(task.arn = %task_arn, reason = %why, "Task secrets could not be fetched; stopping the task.")
+                        warn!(task.arn = %task_arn, reason = %why, took_ms, "Task secrets could not be fetched; stopping the task.")
                     }
                 }
                 if self.tasks.contains_key(&task_arn) {
@@ -1366,8 +1372,9 @@ impl LoopState {
                 let source = shared.parts.secrets.clone();
                 info!(task.arn = %task_arn, secrets = wanted.values().map(Vec::len).sum::<usize>(), "Fetching the task's secrets.");
                 Box::pin(async move {
+                    let started = std::time::Instant::now();
                     let result = secrets::resolve(&*source, creds.as_ref(), &wanted, &region).await;
-                    Done::Secrets(key, task_arn, result)
+                    Done::Secrets(key, task_arn, result, started.elapsed())
                 })
             }
             Action::EnsureRemoved { task_arn } => {
