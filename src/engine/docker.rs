@@ -341,10 +341,10 @@ fn inject_env(config: &mut Value, vars: &[(String, String)]) {
 /// path when the task has a task role (never the execution role's), and the metadata URIs with
 /// the container's endpoint id.
 fn inject_endpoint_env(config: &mut Value, rec: &TaskRecord, c: &ContainerSpec) {
-    let mut ours: Vec<(&str, String)> = Vec::new();
+    let mut ours: Vec<(String, String)> = Vec::new();
     if let Some(id) = rec.spec.task_role_credentials_id() {
         ours.push((
-            ENV_CREDENTIALS_URI,
+            ENV_CREDENTIALS_URI.to_owned(),
             format!("{}/{id}", crate::task_endpoint::CREDENTIALS_V2_PATH),
         ));
     }
@@ -354,23 +354,13 @@ fn inject_endpoint_env(config: &mut Value, rec: &TaskRecord, c: &ContainerSpec) 
         .filter(|id| !id.is_empty())
     {
         let base = crate::task_endpoint::CONTAINER_BASE_URL;
-        ours.push((ENV_METADATA_URI, format!("{base}/v3/{endpoint}")));
-        ours.push((ENV_METADATA_URI_V4, format!("{base}/v4/{endpoint}")));
+        ours.push((ENV_METADATA_URI.to_owned(), format!("{base}/v3/{endpoint}")));
+        ours.push((
+            ENV_METADATA_URI_V4.to_owned(),
+            format!("{base}/v4/{endpoint}"),
+        ));
     }
-    if ours.is_empty() {
-        return;
-    }
-    let mut env: Vec<Value> = config
-        .get("Env")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    env.retain(|e| {
-        let key = e.as_str().map(|s| s.split('=').next().unwrap_or(s));
-        !ours.iter().any(|(k, _)| Some(*k) == key)
-    });
-    env.extend(ours.into_iter().map(|(k, v)| json!(format!("{k}={v}"))));
-    config["Env"] = Value::Array(env);
+    inject_env(config, &ours);
 }
 
 /// A container's own name among the names Docker lists for it. A container that others link

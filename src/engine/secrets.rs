@@ -376,6 +376,17 @@ pub async fn resolve(
 #[derive(Debug, Default)]
 pub struct SdkSecrets;
 
+/// The agent's SDK settings for `region` (endpoint, timeouts).
+async fn sdk_config(region: &str) -> Result<aws_config::SdkConfig, FetchError> {
+    crate::aws::sdk_config(region)
+        .await
+        .map_err(|e| FetchError {
+            code: String::new(),
+            text: e.to_string(),
+            retryable: false,
+        })
+}
+
 fn static_credentials(c: &RoleCredentials) -> aws_credential_types::Credentials {
     aws_credential_types::Credentials::new(
         c.access_key_id.clone(),
@@ -422,13 +433,7 @@ impl SecretSource for SdkSecrets {
         region: &str,
         names: &[String],
     ) -> Result<Parameters, FetchError> {
-        let sdk = crate::aws::sdk_config(region)
-            .await
-            .map_err(|e| FetchError {
-                code: String::new(),
-                text: e.to_string(),
-                retryable: false,
-            })?;
+        let sdk = sdk_config(region).await?;
         let conf = aws_sdk_ssm::config::Builder::from(&sdk)
             .credentials_provider(static_credentials(creds))
             .build();
@@ -457,13 +462,7 @@ impl SecretSource for SdkSecrets {
         version_stage: Option<&str>,
         version_id: Option<&str>,
     ) -> Result<String, FetchError> {
-        let sdk = crate::aws::sdk_config(region)
-            .await
-            .map_err(|e| FetchError {
-                code: String::new(),
-                text: e.to_string(),
-                retryable: false,
-            })?;
+        let sdk = sdk_config(region).await?;
         let conf = aws_sdk_secretsmanager::config::Builder::from(&sdk)
             .credentials_provider(static_credentials(creds))
             .build();
