@@ -504,9 +504,18 @@ async fn unsupported_or_impossible_tasks_stop_with_a_reason_and_create_nothing()
             }),
         ),
         (
-            "secrets from SSM or Secrets Manager (containers[app].secrets)",
+            // Secrets are implemented; without an execution role they cannot be fetched.
+            "ssm secret resource: unable to find execution role credentials",
             Box::new(|_: &mut Value, c: &mut Value| {
-                c["secrets"] = json!([{"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/db"}]);
+                c["secrets"] = json!([{"name": "DB", "valueFrom": "arn:aws:ssm:us-east-1:123456789012:parameter/db",
+                    "provider": "ssm", "region": "us-east-1", "type": "ENVIRONMENT_VARIABLE", "target": "CONTAINER"}]);
+            }),
+        ),
+        (
+            "private registry credentials from Secrets Manager (containers[app].repositoryCredentials)",
+            Box::new(|_: &mut Value, c: &mut Value| {
+                c["registryAuthentication"] = json!({"type": "asm", "asmAuthData": {
+                    "credentialsParameter": "arn:aws:secretsmanager:us-east-1:123456789012:secret:reg", "region": "us-east-1"}});
             }),
         ),
         (
