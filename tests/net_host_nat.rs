@@ -31,6 +31,33 @@ fn host_nat_makes_169_254_170_2_reach_the_endpoint_and_is_removed_cleanly() {
     );
 }
 
+/// The same with `iptables` and `ip6tables` resolving to the legacy (x_tables) back-end, the
+/// other one Docker supports: the agent calls `iptables` from PATH, as Docker does, so it uses
+/// whichever the host's alternatives (here: PATH) name.
+#[test]
+fn host_nat_works_with_the_legacy_iptables_backend_too() {
+    if netns::inside() {
+        return inside();
+    }
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["iptables", "ip6tables"] {
+        std::os::unix::fs::symlink(format!("/usr/sbin/{tool}-legacy"), bin.path().join(tool))
+            .unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    netns::rerun_in_own_netns_with(
+        "host_nat_works_with_the_legacy_iptables_backend_too",
+        &[("PATH", path), (BACKEND, "legacy".into())],
+    );
+}
+
+/// The back-end a re-run must find `iptables` to be (`legacy`; unset: whatever the host has).
+const BACKEND: &str = "ECS_HOSTD_TEST_IPTABLES_BACKEND";
+
 /// Serves `body` to every connection on `addr` (one thread, for the life of the test).
 fn serve(addr: &str, body: &'static str) {
     let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
@@ -69,6 +96,10 @@ fn get(pid: Option<u32>, url: &str) -> Option<String> {
 }
 
 fn inside() {
+    if let Ok(backend) = std::env::var(BACKEND) {
+        let version = sh("iptables --version");
+        assert!(version.contains(&format!("({backend})")), "{version}");
+    }
     // This namespace is the "host".
     sh("ip link set lo up");
     // The "container": its own namespace behind a veth pair, the host side playing docker0.

@@ -15,11 +15,17 @@ pub fn inside() -> bool {
 
 /// Re-runs test `name` of this binary under `unshare --net` and fails unless it ran and passed.
 pub fn rerun_in_own_netns(name: &str) {
+    rerun_in_own_netns_with(name, &[]);
+}
+
+/// [`rerun_in_own_netns`] with environment variables set for the re-run.
+pub fn rerun_in_own_netns_with(name: &str, env: &[(&str, String)]) {
     let out = Command::new("unshare")
         .args(["--net", "--"])
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("unshare (util-linux) must be installed; the suite runs as root");
     let text = format!(
