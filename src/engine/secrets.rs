@@ -144,6 +144,17 @@ pub struct AsmRef {
     pub version_id: Option<String>,
 }
 
+impl AsmRef {
+    /// The `GetSecretValue` this reference needs: the same without the JSON key (references
+    /// that differ only in their key share one call).
+    fn call(&self) -> AsmRef {
+        AsmRef {
+            json_key: None,
+            ..self.clone()
+        }
+    }
+}
+
 const INVALID_ASM_ARN: &str = "an invalid ARN format for the AWS Secrets Manager secret was specified. Specify a valid ARN and try again.";
 
 /// Parses a Secrets Manager `valueFrom`: `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`
@@ -246,13 +257,20 @@ pub async fn resolve(
         .to_owned());
     };
 
+    // Where each secret is asked (by position in `all`): its SSM region, or its parsed
+    // Secrets Manager reference.
+    let mut ssm_regions: Vec<Option<String>> = vec![None; all.len()];
+    let mut asm_parsed: Vec<Option<AsmRef>> = vec![None; all.len()];
+
     // SSM: by region, batches of at most SSM_BATCH distinct names, all at once.
     let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (_, s) in all.iter().filter(|(_, s)| s.is_ssm()) {
-        let names = by_region.entry(ssm_region(s, default_region)).or_default();
+    for (i, (_, s)) in all.iter().enumerate().filter(|(_, (_, s))| s.is_ssm()) {
+        let region = ssm_region(s, default_region);
+        let names = by_region.entry(region.clone()).or_default();
         if !names.contains(&s.value_from) {
             names.push(s.value_from.clone());
         }
+        ssm_regions[i] = Some(region);
     }
     let batches: Vec<(String, Vec<String>)> = by_region
         .iter()
@@ -288,15 +306,13 @@ pub async fn resolve(
 
     // Secrets Manager: one call per distinct (secret, stage, version), all at once.
     let mut asm_refs: Vec<AsmRef> = Vec::new();
-    for (_, s) in all.iter().filter(|(_, s)| !s.is_ssm()) {
+    for (i, (_, s)) in all.iter().enumerate().filter(|(_, (_, s))| !s.is_ssm()) {
         let r = parse_asm(&s.value_from)?;
-        let call = AsmRef {
-            json_key: None,
-            ..r.clone()
-        };
+        let call = r.call();
         if !asm_refs.contains(&call) {
             asm_refs.push(call);
         }
+        asm_parsed[i] = Some(r);
     }
     let answers = futures_util::future::join_all(asm_refs.iter().map(|r| {
         with_retries(move || {
@@ -329,9 +345,9 @@ pub async fn resolve(
     }
 
     let mut resolved = Resolved::default();
-    for (container, s) in all {
-        let value = if s.is_ssm() {
-            let key = (ssm_region(s, default_region), s.value_from.clone());
+    for (i, (container, s)) in all.into_iter().enumerate() {
+        let value = if let Some(region) = ssm_regions[i].take() {
+            let key = (region, s.value_from.clone());
             ssm.get(&key).cloned().ok_or_else(|| {
                 format!(
                     "fetching secret data from SSM Parameter Store in {}: invalid parameters: {}",
@@ -339,14 +355,10 @@ pub async fn resolve(
                 )
             })?
         } else {
-            let r = parse_asm(&s.value_from)?;
-            let text = asm
-                .get(&AsmRef {
-                    json_key: None,
-                    ..r.clone()
-                })
-                .cloned()
-                .unwrap_or_default();
+            let r = asm_parsed[i]
+                .take()
+                .ok_or_else(|| INVALID_ASM_ARN.to_owned())?;
+            let text = asm.get(&r.call()).cloned().unwrap_or_default();
             match &r.json_key {
                 None => text,
                 Some(key) => {

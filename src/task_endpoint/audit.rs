@@ -236,13 +236,7 @@ impl FileSink {
         let mut guard = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let hour = now / 3600;
         if guard.is_none() {
-            match self.open_file(hour) {
-                Ok(f) => *guard = Some(f),
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "Cannot open the audit log file; audit record lost.");
-                    return;
-                }
-            }
+            *guard = self.opened(hour);
         }
         let Some(open) = guard.as_mut() else { return };
         let bytes = line.len() as u64 + 1;
@@ -258,13 +252,7 @@ impl FileSink {
                 // Keep appending to the same file rather than lose lines.
                 warn!(path = %path.display(), error = %e, "Cannot rotate the audit log file.");
             }
-            match self.open_file(hour) {
-                Ok(f) => *guard = Some(f),
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "Cannot open the audit log file; audit record lost.");
-                    return;
-                }
-            }
+            *guard = self.opened(hour);
         }
         let Some(open) = guard.as_mut() else { return };
         open.hour = hour;
@@ -275,6 +263,13 @@ impl FileSink {
                 *guard = None;
             }
         }
+    }
+
+    /// [`Self::open_file`], or `None` with a warning (this line is lost; the next tries again).
+    fn opened(&self, hour: u64) -> Option<OpenFile> {
+        self.open_file(hour)
+            .map_err(|e| warn!(path = %self.path.display(), error = %e, "Cannot open the audit log file; audit record lost."))
+            .ok()
     }
 
     /// Opens (creating it and its directories) for appending. An existing file's lines belong to
