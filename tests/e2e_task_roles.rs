@@ -468,22 +468,13 @@ impl World {
             .docker_labels("ecs-hostd.test", "roles")
             .log_configuration(log.build().unwrap())
             .build();
-        let td = self
-            .sim
-            .ecs()
-            .await
-            .register_task_definition()
-            .family(unique("awslogs"))
-            .execution_role_arn("arn:aws:iam::123456789012:role/exec")
-            .container_definitions(c)
-            .send()
-            .await
-            .unwrap()
-            .task_definition()
-            .unwrap()
-            .task_definition_arn()
-            .unwrap()
-            .to_owned();
+        let td = register_task_definition(
+            &self.sim,
+            &unique("awslogs"),
+            vec![c],
+            Some("arn:aws:iam::123456789012:role/exec"),
+        )
+        .await;
         let task = run_task(&self.sim, &self.cluster, &td).await;
         wait_task_status(
             &self.sim,
@@ -563,22 +554,13 @@ impl World {
                 c.build()
             })
             .collect();
-        let td = self
-            .sim
-            .ecs()
-            .await
-            .register_task_definition()
-            .family(unique("graph"))
-            .execution_role_arn("arn:aws:iam::123456789012:role/exec")
-            .set_container_definitions(Some(containers))
-            .send()
-            .await
-            .unwrap()
-            .task_definition()
-            .unwrap()
-            .task_definition_arn()
-            .unwrap()
-            .to_owned();
+        let td = register_task_definition(
+            &self.sim,
+            &unique("graph"),
+            containers,
+            Some("arn:aws:iam::123456789012:role/exec"),
+        )
+        .await;
         let task = run_task(&self.sim, &self.cluster, &td).await;
         wait_task_status(
             &self.sim,

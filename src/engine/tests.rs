@@ -51,7 +51,17 @@ fn build(
     store: &Store,
     settings: Settings,
 ) -> Engine {
-    Engine::new(Parts {
+    Engine::new(parts(fake, sink, store, settings)).unwrap()
+}
+
+/// The parts of a test engine on `fake`; a test overrides the ones it watches.
+fn parts(
+    fake: &Arc<FakeRuntime>,
+    sink: &Arc<RecordingSink>,
+    store: &Store,
+    settings: Settings,
+) -> Parts {
+    Parts {
         settings,
         store: store.clone(),
         sink: sink.clone(),
@@ -60,8 +70,7 @@ fn build(
         ecr: Arc::new(pull::SdkEcr),
         secrets: Arc::new(secrets::SdkSecrets),
         hooks: Hooks::default(),
-    })
-    .unwrap()
+    }
 }
 
 /// Delivers through `TaskControl` while one engine pass runs to accept it.
@@ -1135,14 +1144,8 @@ async fn credentials_ids_pending_after_restart_removed_at_stop_and_cleanup() {
     let creds = Arc::new(CredentialsStore::default());
     let sink = Arc::new(RecordingSink::default());
     let engine = Engine::new(Parts {
-        settings: settings(Duration::from_secs(600)),
-        store: store.clone(),
-        sink: sink.clone(),
         credentials: creds.clone(),
-        runtime: fake.clone(),
-        ecr: Arc::new(pull::SdkEcr),
-        secrets: Arc::new(secrets::SdkSecrets),
-        hooks: Hooks::default(),
+        ..parts(&fake, &sink, &store, settings(Duration::from_secs(600)))
     })
     .unwrap();
     engine.settle(10).await.unwrap();
@@ -1197,14 +1200,8 @@ async fn credentials_ids_pending_after_restart_removed_at_stop_and_cleanup() {
     // A restart now: the stopped task's task-role id stays unknown.
     let creds2 = Arc::new(CredentialsStore::default());
     let engine2 = Engine::new(Parts {
-        settings: settings(Duration::from_secs(600)),
-        store: store.clone(),
-        sink: sink.clone(),
         credentials: creds2.clone(),
-        runtime: fake.clone(),
-        ecr: Arc::new(pull::SdkEcr),
-        secrets: Arc::new(secrets::SdkSecrets),
-        hooks: Hooks::default(),
+        ..parts(&fake, &sink, &store, settings(Duration::from_secs(600)))
     })
     .unwrap();
     engine2.settle(2).await.unwrap();
@@ -1300,14 +1297,9 @@ async fn secrets_are_fetched_once_before_create_and_a_failure_stops_the_task_unc
     let sink = Arc::new(RecordingSink::default());
     let source = Arc::new(FakeSecrets::default());
     let engine = Engine::new(Parts {
-        settings: settings(Duration::from_secs(600)),
-        store: store.clone(),
-        sink: sink.clone(),
         credentials: creds.clone(),
-        runtime: fake.clone(),
-        ecr: Arc::new(pull::SdkEcr),
         secrets: source.clone(),
-        hooks: Hooks::default(),
+        ..parts(&fake, &sink, &store, settings(Duration::from_secs(600)))
     })
     .unwrap();
     let with_secrets = |arn: &str, from: &str| {
