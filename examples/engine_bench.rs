@@ -165,6 +165,7 @@ async fn main() {
         runtime: Arc::new(DockerRuntime::new(docker.clone(), Timeouts::default())),
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
         secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
+        objects: Arc::new(ecs_hostd::engine::envfiles::S3Objects::default()),
         hooks: Hooks::default(),
     })
     .unwrap();

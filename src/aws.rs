@@ -6,6 +6,8 @@
 //! to the SDK: each caller owns its retry loop (backoff, deadlines, what is retryable), so the SDK
 //! makes one attempt per call.
 
+pub mod s3;
+
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;

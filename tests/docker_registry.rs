@@ -145,6 +145,7 @@ async fn rig(settings: ecs_hostd::engine::Settings) -> Rig {
         runtime: runtime.clone(),
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
         secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
+        objects: Arc::new(ecs_hostd::engine::envfiles::S3Objects::default()),
         hooks: Hooks::default(),
     })
     .unwrap();

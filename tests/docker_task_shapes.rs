@@ -512,14 +512,15 @@ async fn unsupported_or_impossible_tasks_stop_with_a_reason_and_create_nothing()
             }),
         ),
         (
-            "private registry credentials from Secrets Manager (containers[app].repositoryCredentials)",
+            // Implemented too; the login cannot be read without an execution role.
+            "CannotPullContainerError: asm resource: unable to find execution role credentials",
             Box::new(|_: &mut Value, c: &mut Value| {
                 c["registryAuthentication"] = json!({"type": "asm", "asmAuthData": {
                     "credentialsParameter": "arn:aws:secretsmanager:us-east-1:123456789012:secret:reg", "region": "us-east-1"}});
             }),
         ),
         (
-            "environment files from S3 (containers[app].environmentFiles)",
+            "environment file resource: unable to find execution role credentials",
             Box::new(|_: &mut Value, c: &mut Value| {
                 c["environmentFiles"] = json!([{"type": "s3", "value": "arn:aws:s3:::b/app.env"}]);
             }),

@@ -4,15 +4,33 @@
 //! log configuration. Every call is checked against the key that signed it (ec2sim maps keys to
 //! the role they were issued for). Failures stop the task with the official agent's reasons;
 //! no value reaches the agent's log or its state file.
+//!
+//! The second test adds environment files from S3 (seeded with boto3, in buckets of two regions)
+//! and `repositoryCredentials`: a local `docker-registry` with htpasswd whose login is a Secrets
+//! Manager secret, the right one and a wrong one.
 
 mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/harness_main.rs"]
+mod harness_main;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{ContainerDefinition, LogConfiguration, LogDriver, Secret};
+use aws_sdk_ecs::types::{
+    ContainerDefinition, EnvironmentFile, EnvironmentFileType, LogConfiguration, LogDriver,
+    RepositoryCredentials, Secret,
+};
 use common::*;
-use serde_json::json;
+use harness::{Registry, htpasswd, image_id, push};
+use serde_json::{Value, json};
+
+/// Not a test: lets `harness.rs` re-execute this binary (unused here, required by the module).
+#[test]
+fn harness_process() {
+    harness::harness_entry();
+}
 
 const EXEC_ROLE: &str = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole";
 
@@ -322,6 +340,359 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
     for v in want.values().filter(|v| v.contains(&run)) {
         assert!(!log.contains(v.as_str()), "{v} in the agent's log");
         assert!(!state.contains(v.as_str()), "{v} in the state file");
+    }
+    agent.terminate();
+}
+
+/// Runs boto3 code against ec2sim (path-style S3, region `us-east-1` unless the code asks for
+/// another); `A` holds `args`.
+fn boto(sim: &Ec2Sim, code: &str, args: Value) -> String {
+    let prelude = format!(
+        r#"
+import boto3, json, sys
+from botocore.config import Config
+A = json.loads(sys.argv[1])
+def client(name, region="us-east-1"):
+    return boto3.client(name, endpoint_url="{url}", region_name=region,
+                        aws_access_key_id="AKIDTEST", aws_secret_access_key="secret",
+                        config=Config(s3={{"addressing_style": "path"}}))
+"#,
+        url = sim.url()
+    );
+    let out = std::process::Command::new(python())
+        .args(["-c", &format!("{prelude}\n{code}"), &args.to_string()])
+        .output()
+        .expect("run boto3");
+    assert!(
+        out.status.success(),
+        "boto3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A private registry with htpasswd holding an image of its own (derived from the test image,
+/// labelled so it can be cleaned up), which is not in the local image store.
+struct PrivateRegistry {
+    image: String,
+    image_id: String,
+    run: String,
+    _registry: Registry,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+const TEST_LABEL: &str = "ecs-hostd.test";
+
+impl PrivateRegistry {
+    fn start(user: &str, password: &str) -> PrivateRegistry {
+        let run = unique("reg");
+        let storage = tempfile::tempdir().unwrap();
+        let open = Registry::start(storage.path(), None);
+        let label = format!("{TEST_LABEL}={run}");
+        let cid = docker(&["create", "--label", &label, &image(), "true"]);
+        let cid = cid.trim();
+        let local = format!("ehd-derived/{run}:1");
+        let id = docker(&["commit", "--change", &format!("LABEL {label}"), cid, &local]);
+        let id = id.trim().to_owned();
+        docker(&["rm", cid]);
+        let pushed = push(&local, &open.addr, &format!("private/{run}:1"));
+        docker(&["rmi", &local]);
+        assert!(
+            image_id(&id).is_none(),
+            "the image must be in the registry only"
+        );
+        drop(open);
+        let auth = tempfile::tempdir().unwrap();
+        let secured = Registry::start(storage.path(), Some(&htpasswd(auth.path(), user, password)));
+        let image = pushed.replace(&pushed[..pushed.find('/').unwrap()], &secured.addr);
+        PrivateRegistry {
+            image,
+            image_id: id,
+            run,
+            _registry: secured,
+            _dirs: (storage, auth),
+        }
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        let ids = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={TEST_LABEL}={}", self.run),
+        ]);
+        for id in ids.split_whitespace() {
+            docker(&["rm", "-f", "-v", id]);
+        }
+        docker(&["rmi", "-f", &self.image_id]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_files_and_a_private_registry_login_come_through_the_execution_role() {
+    let sim = Ec2Sim::start();
+    let cluster = unique("envfiles");
+    create_cluster(&sim, &cluster).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
+        .env("ECS_HOSTD_METRICS", "false")
+        .start();
+    let instance = agent.wait_registered(Duration::from_secs(60));
+    let attrs = describe_instance(&sim, &cluster, &instance).await;
+    for a in [
+        "ecs.capability.env-files.s3",
+        "ecs.capability.private-registry-authentication.secretsmanager",
+    ] {
+        assert!(
+            attrs["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == a),
+            "{a} not advertised"
+        );
+    }
+
+    // Two files in buckets of two regions (the second one's region is found by HeadBucket),
+    // written with boto3 as a user would: CRLF lines, a comment, a line without `=`, a key the
+    // task definition also sets, a key both files set.
+    let run = unique("v");
+    let (east, west) = (format!("env-east-{run}"), format!("env-west-{run}"));
+    boto(
+        &sim,
+        r#"
+e = client("s3")
+e.create_bucket(Bucket=A["east"])
+e.put_object(Bucket=A["east"], Key="conf/a.env", Body=A["a"].encode())
+w = client("s3", "us-west-2")
+w.create_bucket(Bucket=A["west"], CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
+"#,
+        json!({
+            "east": east,
+            "west": west,
+            "a": format!("S_FILE_A=a-{run}\r\n# S_COMMENT=no\r\nnot a variable\r\nS_SHARED=from-a\r\nS_PLAIN0=from-the-file\r\nS_SPACES= kept  as is \r\n"),
+            "b": "S_SHARED=from-b\nS_FILE_B=b=with=equals",
+        }),
+    );
+
+    // The registry's login in Secrets Manager, and a log-driver secret from Secrets Manager
+    // (json-key form).
+    let (user, password) = (format!("u-{run}"), format!("pw-{run}"));
+    let registry = PrivateRegistry::start(&user, &password);
+    let conf = sim.sdk_config().await;
+    let sm = aws_sdk_secretsmanager::Client::new(&conf);
+    let login = sm
+        .create_secret()
+        .name(format!("registry-{run}"))
+        .secret_string(json!({"username": user, "password": password}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    let logs = sm
+        .create_secret()
+        .name(format!("logs-{run}"))
+        .secret_string(json!({"tag": format!("sm-tag-{run}")}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+
+    let file = |arn: String| {
+        EnvironmentFile::builder()
+            .value(arn)
+            .r#type(EnvironmentFileType::S3)
+            .build()
+            .unwrap()
+    };
+    let container = printer(vec![])
+        .image(&registry.image)
+        .environment_files(file(format!("arn:aws:s3:::{east}/conf/a.env")))
+        .environment_files(file(format!("arn:aws:s3:::{west}/b.env")))
+        .repository_credentials(
+            RepositoryCredentials::builder()
+                .credentials_parameter(&login)
+                .build()
+                .unwrap(),
+        )
+        .log_configuration(
+            LogConfiguration::builder()
+                .log_driver(LogDriver::JsonFile)
+                .secret_options(secret("tag", &format!("{logs}:tag::")))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let td =
+        register_task_definition(&sim, &unique("envfiles"), vec![container], Some(EXEC_ROLE)).await;
+    let task = run_task(&sim, &cluster, &td).await;
+    let t = wait_task_status(
+        &sim,
+        &cluster,
+        &task,
+        "RUNNING",
+        Duration::from_secs(90),
+        &agent,
+    )
+    .await;
+    let id = t.containers()[0].runtime_id().unwrap().to_owned();
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = docker(&["logs", &id]);
+        if out.contains("DONE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let env: HashMap<String, String> = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let want = [
+        ("S_FILE_A", format!("a-{run}")),
+        ("S_FILE_B", "b=with=equals".to_owned()),
+        // The first file that sets a key wins; the task definition's environment wins over both.
+        ("S_SHARED", "from-a".to_owned()),
+        ("S_PLAIN0", "from the task definition".to_owned()),
+        ("S_SPACES", " kept  as is ".to_owned()),
+    ];
+    for (k, v) in &want {
+        assert_eq!(env.get(*k), Some(v), "{k} in the container:\n{out}");
+    }
+    assert!(!env.contains_key("S_COMMENT"), "{out}");
+    assert_eq!(
+        docker(&[
+            "inspect",
+            "--format",
+            "{{index .HostConfig.LogConfig.Config \"tag\"}}",
+            &id
+        ])
+        .trim(),
+        format!("sm-tag-{run}")
+    );
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.Config.Image}}", &id]).trim(),
+        registry.image,
+        "the container runs the private registry's image"
+    );
+
+    // Calls: one HeadBucket per bucket, one GetObject per file, one GetSecretValue per secret;
+    // every one signed with the task's execution-role key.
+    let heads = sim.requests("s3", "HeadBucket");
+    let objects = sim.requests("s3", "GetObject");
+    let secrets = sim.requests("secretsmanager", "GetSecretValue");
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert_eq!(secrets.len(), 2, "{secrets:?}");
+    for r in heads.iter().chain(&objects).chain(&secrets) {
+        assert_eq!(signer_role(&sim, r), "TaskExecution", "{r}");
+    }
+
+    // A wrong login: the registry refuses the pull and the task stops with
+    // CannotPullContainerError, nothing created.
+    let wrong = sm
+        .create_secret()
+        .name(format!("wrong-{run}"))
+        .secret_string(json!({"username": user, "password": format!("not-{password}")}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    let container = printer(vec![])
+        .image(&registry.image)
+        .repository_credentials(
+            RepositoryCredentials::builder()
+                .credentials_parameter(&wrong)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    // The image is cached now: remove it so the wrong login is really tried.
+    stop_task(&sim, &cluster, &task).await;
+    wait_task_status(
+        &sim,
+        &cluster,
+        &task,
+        "STOPPED",
+        Duration::from_secs(60),
+        &agent,
+    )
+    .await;
+    docker(&["rm", "-f", &id]);
+    docker(&["rmi", "-f", &registry.image]);
+    let td =
+        register_task_definition(&sim, &unique("wrong"), vec![container], Some(EXEC_ROLE)).await;
+    let task = run_task(&sim, &cluster, &td).await;
+    let t = wait_task_status(
+        &sim,
+        &cluster,
+        &task,
+        "STOPPED",
+        Duration::from_secs(120),
+        &agent,
+    )
+    .await;
+    let reason = t.containers()[0].reason().unwrap_or_default().to_owned();
+    assert!(reason.starts_with("CannotPullContainerError: "), "{reason}");
+    let lower = reason.to_lowercase();
+    assert!(
+        lower.contains("unauthorized") || lower.contains("authentication required"),
+        "the reason does not name the auth failure: {reason}"
+    );
+    assert!(t.containers()[0].runtime_id().is_none(), "{t:?}");
+
+    // A missing file stops the task uncreated, with the official agent's words.
+    let container = printer(vec![])
+        .environment_files(file(format!("arn:aws:s3:::{east}/missing.env")))
+        .build();
+    let td =
+        register_task_definition(&sim, &unique("missing"), vec![container], Some(EXEC_ROLE)).await;
+    let task = run_task(&sim, &cluster, &td).await;
+    let t = wait_task_status(
+        &sim,
+        &cluster,
+        &task,
+        "STOPPED",
+        Duration::from_secs(60),
+        &agent,
+    )
+    .await;
+    let why = t.stopped_reason().unwrap_or_default();
+    assert!(
+        why.starts_with(&format!(
+            "unable to download env file with key missing.env from bucket {east}, error: NoSuchKey"
+        )),
+        "{why}"
+    );
+    assert!(t.containers()[0].runtime_id().is_none(), "{t:?}");
+
+    // Nothing of the login or the files' values in the agent's log or state.
+    let log = agent.log();
+    let state: Vec<u8> = std::fs::read_dir(data.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
+        .flat_map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .collect();
+    let state = String::from_utf8_lossy(&state);
+    for v in [
+        password.as_str(),
+        &format!("a-{run}"),
+        &format!("sm-tag-{run}"),
+    ] {
+        assert!(!log.contains(v), "{v} in the agent's log");
+        assert!(!state.contains(v), "{v} in the state file");
     }
     agent.terminate();
 }

@@ -261,6 +261,7 @@ fn spawn_engine(
             crate::engine::pull::ECR_TOKEN_REUSE,
         )),
         secrets: Arc::new(crate::engine::secrets::SdkSecrets),
+        objects: Arc::new(crate::engine::envfiles::S3Objects::default()),
         hooks: crate::engine::Hooks::default(),
     })
     .map_err(|e| Outcome::Terminal(e.to_string()))?;

@@ -154,6 +154,9 @@ pub fn create_body(
         inject_env(&mut config, &s.env);
     }
     inject_endpoint_env(&mut config, rec, c);
+    if let Some(s) = &ctx.secrets {
+        inject_env_defaults(&mut config, &s.file_env);
+    }
 
     // HostConfig.
     let mut binds = Vec::new();
@@ -333,6 +336,31 @@ fn inject_env(config: &mut Value, vars: &[(String, String)]) {
         !vars.iter().any(|(k, _)| Some(k.as_str()) == key)
     });
     env.extend(vars.iter().map(|(k, v)| json!(format!("{k}={v}"))));
+    config["Env"] = Value::Array(env);
+}
+
+/// Adds the variables whose names `config`'s `Env` does not have yet: environment files rank
+/// below the task definition's `environment`, its secrets and what the agent injects
+/// (container-features.md §4).
+fn inject_env_defaults(config: &mut Value, vars: &[(String, String)]) {
+    if vars.is_empty() {
+        return;
+    }
+    let mut env: Vec<Value> = config
+        .get("Env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let present: std::collections::HashSet<String> = env
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|e| e.split('=').next().unwrap_or(e).to_owned())
+        .collect();
+    env.extend(
+        vars.iter()
+            .filter(|(k, _)| !present.contains(k))
+            .map(|(k, v)| json!(format!("{k}={v}"))),
+    );
     config["Env"] = Value::Array(env);
 }
 

@@ -113,17 +113,26 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
                 );
             }
         }
-        if c.pointer("/registryAuthentication/type")
+        if let Some(kind) = c
+            .pointer("/registryAuthentication/type")
             .and_then(Value::as_str)
-            == Some("asm")
+            .filter(|k| !matches!(*k, "ecr" | "asm"))
         {
             return at(
-                "private registry credentials from Secrets Manager",
-                field("repositoryCredentials"),
+                "this kind of registry authentication",
+                format!("containers[{name}].registryAuthentication: type {kind}"),
             );
         }
-        if present(c.get("environmentFiles")) {
-            return at("environment files from S3", field("environmentFiles"));
+        if let Some(files) = c.get("environmentFiles").and_then(Value::as_array) {
+            for f in files {
+                let kind = f.get("type").and_then(Value::as_str).unwrap_or("s3");
+                if kind != "s3" {
+                    return at(
+                        "this kind of environment file",
+                        format!("containers[{name}].environmentFiles: type {kind}"),
+                    );
+                }
+            }
         }
         if present(c.get("firelensConfiguration")) {
             return at("FireLens log routing", field("firelensConfiguration"));
@@ -214,6 +223,12 @@ mod tests {
                    "environmentFiles": null, "healthCheckType": null}),
         );
         assert_eq!(unsupported(&t, &Available::default()), None);
+        let t = task(
+            json!({}),
+            json!({"environmentFiles": [{"type": "s3", "value": "arn:aws:s3:::b/a.env"}],
+                   "registryAuthentication": {"type": "asm", "asmAuthData": {"credentialsParameter": "arn:aws:secretsmanager:us-east-1:1:secret:r", "region": "us-east-1"}}}),
+        );
+        assert_eq!(unsupported(&t, &Available::default()), None);
     }
 
     #[test]
@@ -268,18 +283,18 @@ mod tests {
             (
                 task(
                     json!({}),
-                    json!({"registryAuthentication": {"type": "asm", "asmAuthData": {"credentialsParameter": "arn:aws:secretsmanager:us-east-1:1:secret:r"}}}),
+                    json!({"registryAuthentication": {"type": "vault", "asmAuthData": {"credentialsParameter": "arn:aws:secretsmanager:us-east-1:1:secret:r"}}}),
                 ),
-                "private registry credentials from Secrets Manager",
-                "containers[app].repositoryCredentials",
+                "this kind of registry authentication",
+                "containers[app].registryAuthentication: type vault",
             ),
             (
                 task(
                     json!({}),
-                    json!({"environmentFiles": [{"type": "s3", "value": "arn:s3"}]}),
+                    json!({"environmentFiles": [{"type": "s3", "value": "arn:aws:s3:::b/a.env"}, {"type": "ftp", "value": "x"}]}),
                 ),
-                "environment files from S3",
-                "containers[app].environmentFiles",
+                "this kind of environment file",
+                "containers[app].environmentFiles: type ftp",
             ),
             (
                 task(json!({}), json!({"healthCheckType": "DOCKER"})),

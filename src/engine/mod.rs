@@ -21,6 +21,7 @@ pub mod cleanup;
 pub mod counting;
 pub mod docker;
 pub mod docker_json;
+pub mod envfiles;
 pub mod events;
 pub mod features;
 pub mod introspection;
@@ -180,10 +181,63 @@ pub struct Parts {
     pub runtime: Arc<dyn ContainerRuntime>,
     /// ECR tokens.
     pub ecr: Arc<dyn EcrTokens>,
-    /// SSM and Secrets Manager, for the tasks' `secrets`.
+    /// SSM and Secrets Manager, for the tasks' `secrets` and `repositoryCredentials`.
     pub secrets: Arc<dyn secrets::SecretSource>,
+    /// S3, for the tasks' `environmentFiles`.
+    pub objects: Arc<dyn envfiles::ObjectSource>,
     /// Test hooks.
     pub hooks: Hooks,
+}
+
+/// What a task needs fetched with its execution role before its pulls and creates, by
+/// container.
+#[derive(Debug, Default)]
+struct Wanted {
+    secrets: BTreeMap<String, Vec<secrets::SecretSpec>>,
+    files: BTreeMap<String, Vec<envfiles::EnvironmentFile>>,
+    registry: BTreeMap<String, secrets::AsmAuthData>,
+}
+
+impl Wanted {
+    fn of(rec: &TaskRecord) -> Wanted {
+        let mut w = Wanted::default();
+        for c in &rec.spec.containers {
+            if !c.secrets.is_empty() {
+                w.secrets.insert(c.name.clone(), c.secrets.clone());
+            }
+            if !c.environment_files.is_empty() {
+                w.files.insert(c.name.clone(), c.environment_files.clone());
+            }
+            if let Some(a) = c.asm_registry() {
+                w.registry.insert(c.name.clone(), a.clone());
+            }
+        }
+        w
+    }
+
+    /// All of it at once; the first failure (secrets, then registry logins, then files) is the
+    /// task's stop reason.
+    async fn fetch(
+        self,
+        source: &dyn secrets::SecretSource,
+        objects: &dyn envfiles::ObjectSource,
+        creds: Option<&crate::credentials::RoleCredentials>,
+        region: &str,
+    ) -> Result<secrets::Resolved, String> {
+        let (values, logins, files) = tokio::join!(
+            secrets::resolve(source, creds, &self.secrets, region),
+            secrets::registry_logins(source, creds, &self.registry, region),
+            envfiles::fetch(objects, creds, &self.files, region),
+        );
+        let mut resolved = values?;
+        for (name, login) in logins? {
+            resolved.containers.entry(name).or_default().registry = Some(login);
+        }
+        for (name, vars) in files? {
+            resolved.containers.entry(name).or_default().file_env = vars;
+        }
+        Ok(resolved)
+    }
 }
 
 enum Msg {
@@ -1020,10 +1074,12 @@ impl LoopState {
 
     /// Whether task `arn`'s containers may be created as far as its secrets go.
     fn secrets_gate(&self, arn: &str) -> reconcile::SecretsGate {
-        let wants = self
-            .tasks
-            .get(arn)
-            .is_some_and(|t| t.spec.containers.iter().any(|c| !c.secrets.is_empty()));
+        let wants = self.tasks.get(arn).is_some_and(|t| {
+            t.spec
+                .containers
+                .iter()
+                .any(model::ContainerSpec::needs_resolution)
+        });
         match self.secrets.get(arn) {
             _ if !wants => reconcile::SecretsGate::Ready,
             Some(Ok(_)) => reconcile::SecretsGate::Ready,
@@ -1246,11 +1302,18 @@ impl LoopState {
                     .get(&task_arn)
                     .and_then(|t| t.spec_of(&container))
                     .and_then(|c| c.registry_authentication.clone());
+                let login = match self.secrets.get(&task_arn) {
+                    Some(Ok(r)) => r
+                        .containers
+                        .get(&container)
+                        .and_then(|c| c.registry.clone()),
+                    _ => None,
+                };
                 let puller = shared.puller.clone();
                 info!(image = %image, task.arn = %task_arn, "Pulling image.");
                 Box::pin(async move {
                     hooks.at("pull.before").await;
-                    let result = puller.ensure(&image, &task_arn, auth.as_ref()).await;
+                    let result = puller.ensure(&image, &task_arn, auth.as_ref(), login).await;
                     hooks.at("pull.after").await;
                     Done::Action(key, Box::new(Outcome::Pulled { image, result }))
                 })
@@ -1355,13 +1418,7 @@ impl LoopState {
                 let Some(rec) = self.tasks.get(&task_arn) else {
                     return;
                 };
-                let wanted: BTreeMap<String, Vec<secrets::SecretSpec>> = rec
-                    .spec
-                    .containers
-                    .iter()
-                    .filter(|c| !c.secrets.is_empty())
-                    .map(|c| (c.name.clone(), c.secrets.clone()))
-                    .collect();
+                let wanted = Wanted::of(rec);
                 let creds = rec.spec.execution_credentials_id().and_then(|_| {
                     shared
                         .parts
@@ -1369,11 +1426,20 @@ impl LoopState {
                         .get(&task_arn, RoleType::TaskExecution)
                 });
                 let region = self.settings().region.clone().unwrap_or_default();
-                let source = shared.parts.secrets.clone();
-                info!(task.arn = %task_arn, secrets = wanted.values().map(Vec::len).sum::<usize>(), "Fetching the task's secrets.");
+                let (source, objects) =
+                    (shared.parts.secrets.clone(), shared.parts.objects.clone());
+                info!(
+                    task.arn = %task_arn,
+                    secrets = wanted.secrets.values().map(Vec::len).sum::<usize>(),
+                    environment_files = wanted.files.values().map(Vec::len).sum::<usize>(),
+                    registry_logins = wanted.registry.len(),
+                    "Fetching what the task needs from its execution role."
+                );
                 Box::pin(async move {
                     let started = std::time::Instant::now();
-                    let result = secrets::resolve(&*source, creds.as_ref(), &wanted, &region).await;
+                    let result = wanted
+                        .fetch(&*source, &*objects, creds.as_ref(), &region)
+                        .await;
                     Done::Secrets(key, task_arn, result, started.elapsed())
                 })
             }

@@ -304,6 +304,9 @@ pub struct RegistryAuthentication {
     /// ECR details.
     #[serde(default)]
     pub ecr_auth_data: Option<EcrAuthData>,
+    /// Secrets Manager details (`repositoryCredentials`; type `asm`).
+    #[serde(default)]
+    pub asm_auth_data: Option<super::secrets::AsmAuthData>,
 }
 
 /// ECR auth details.
@@ -396,9 +399,28 @@ pub struct ContainerSpec {
     /// ([`super::secrets`] fetches them before create).
     #[serde(default, deserialize_with = "null_default")]
     pub secrets: Vec<super::secrets::SecretSpec>,
+    /// Environment files from S3 ([`super::envfiles`] reads them before create).
+    #[serde(default, deserialize_with = "null_default")]
+    pub environment_files: Vec<super::envfiles::EnvironmentFile>,
 }
 
 impl ContainerSpec {
+    /// The Secrets Manager secret holding this container's registry login, if it has one.
+    pub fn asm_registry(&self) -> Option<&super::secrets::AsmAuthData> {
+        self.registry_authentication
+            .as_ref()
+            .filter(|a| a.kind.as_deref() == Some("asm"))
+            .and_then(|a| a.asm_auth_data.as_ref())
+    }
+
+    /// Whether something must be fetched with the execution role before this container is
+    /// pulled or created (secrets, environment files, a registry login).
+    pub fn needs_resolution(&self) -> bool {
+        !self.secrets.is_empty()
+            || !self.environment_files.is_empty()
+            || self.asm_registry().is_some()
+    }
+
     /// The command after `overrides` (a JSON string or object with `command`).
     pub fn effective_command(&self) -> Option<Vec<String>> {
         let over = match &self.overrides {

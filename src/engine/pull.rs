@@ -1,7 +1,8 @@
 //! Image pulls: the official pull behaviours (`ECS_IMAGE_PULL_BEHAVIOR`), the retry policy
 //! (spec §6.4 step 10) and registry credentials: `ECS_ENGINE_AUTH_TYPE/DATA` (`docker` and
 //! `dockercfg` formats) and ECR tokens from GetAuthorizationToken with the task's execution-role
-//! credentials (from the in-memory `CredentialsStore`) or the instance role.
+//! credentials (from the in-memory `CredentialsStore`) or the instance role, and the
+//! `repositoryCredentials` login the engine fetched from Secrets Manager for the task.
 //!
 //! Never stores or logs credentials; never decides which images are needed (the reconciler
 //! does). One pull per image at a time is guaranteed by the engine's in-flight keys.
@@ -20,6 +21,7 @@ use crate::config::PullBehavior;
 use crate::engine::docker::registry_of;
 use crate::engine::model::RegistryAuthentication;
 use crate::engine::runtime::{ContainerRuntime, PullLimits, RuntimeError};
+use crate::engine::secrets::RegistryLogin;
 use crate::tasks::{CredentialsStore, RoleCredentials, RoleType};
 
 /// Pull attempts (spec §6.4: up to 5, 1.1 s, 5 s, ×2, 0.2).
@@ -55,6 +57,10 @@ pub enum PullError {
     /// ECR auth needs execution-role credentials that are not (yet) there.
     #[error("no execution role credentials for task {0}")]
     NoExecutionCredentials(String),
+    /// A `repositoryCredentials` container reached its pull without its login (the engine
+    /// fetches it first; never expected).
+    #[error("asm resource: the registry login was not fetched before the pull")]
+    NoRegistryLogin,
     /// The runtime failed.
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
@@ -64,7 +70,7 @@ impl PullError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            PullError::AuthData { .. } => false,
+            PullError::AuthData { .. } | PullError::NoRegistryLogin => false,
             PullError::Ecr(_) | PullError::NoExecutionCredentials(_) => true,
             PullError::EcrApi(e) => e.is_retryable(),
             PullError::Runtime(e) => e.is_retryable(),
@@ -323,6 +329,7 @@ impl Puller {
         image: &str,
         task_arn: &str,
         auth: Option<&RegistryAuthentication>,
+        login: Option<RegistryLogin>,
     ) -> Result<Option<String>, String> {
         let cached = self.runtime.image(image).await.ok().flatten();
         if cached.is_some()
@@ -335,7 +342,10 @@ impl Puller {
             return Ok(cached.map(|i| i.id));
         }
         let started = std::time::Instant::now();
-        match self.pull_with_retries(image, task_arn, auth).await {
+        match self
+            .pull_with_retries(image, task_arn, auth, login.as_ref())
+            .await
+        {
             Ok(()) => {
                 info!(
                     image,
@@ -363,13 +373,14 @@ impl Puller {
         image: &str,
         task_arn: &str,
         auth: Option<&RegistryAuthentication>,
+        login: Option<&RegistryLogin>,
     ) -> Result<(), PullError> {
         let mut backoff = self.retry.start();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = async {
-                let creds = self.credentials_for(image, task_arn, auth).await?;
+                let creds = self.credentials_for(image, task_arn, auth, login).await?;
                 self.runtime
                     .pull(image, creds, self.limits)
                     .await
@@ -393,7 +404,18 @@ impl Puller {
         image: &str,
         task_arn: &str,
         auth: Option<&RegistryAuthentication>,
+        login: Option<&RegistryLogin>,
     ) -> Result<Option<DockerCredentials>, PullError> {
+        // `repositoryCredentials`: the login the engine fetched from Secrets Manager, for this
+        // pull only (task-credentials.md §9.2).
+        if auth.is_some_and(|a| a.kind.as_deref() == Some("asm")) {
+            let login = login.ok_or(PullError::NoRegistryLogin)?;
+            return Ok(Some(DockerCredentials {
+                username: Some(login.username.clone()),
+                password: Some(login.password.clone()),
+                ..Default::default()
+            }));
+        }
         if let Some(a) = auth.filter(|a| a.kind.as_deref() == Some("ecr"))
             && let Some(ecr) = &a.ecr_auth_data
         {
@@ -541,6 +563,7 @@ mod tests {
 
     fn ecr_auth(use_execution_role: bool, region: Option<&str>) -> RegistryAuthentication {
         RegistryAuthentication {
+            asm_auth_data: None,
             kind: Some("ecr".into()),
             ecr_auth_data: Some(EcrAuthData {
                 region: region.map(str::to_owned),
@@ -569,7 +592,7 @@ mod tests {
             .set(TASK, RoleType::TaskExecution, execution_creds());
         let auth = ecr_auth(true, Some("eu-west-1"));
         let c = p
-            .credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .credentials_for(ECR_IMAGE, TASK, Some(&auth), None)
             .await
             .unwrap()
             .unwrap();
@@ -599,14 +622,17 @@ mod tests {
             .set(TASK, RoleType::TaskApplication, execution_creds());
         let auth = ecr_auth(true, Some("eu-west-1"));
         let err = p
-            .credentials_for(ECR_IMAGE, TASK, Some(&auth))
+            .credentials_for(ECR_IMAGE, TASK, Some(&auth), None)
             .await
             .unwrap_err();
         assert!(matches!(err, PullError::NoExecutionCredentials(ref t) if t == TASK));
         assert!(err.is_retryable(), "ACS may still deliver them");
         assert!(ecr.calls.lock().unwrap().is_empty());
         // Through the whole pull: every attempt fails the same way; the reason names it.
-        let reason = p.ensure(ECR_IMAGE, TASK, Some(&auth)).await.unwrap_err();
+        let reason = p
+            .ensure(ECR_IMAGE, TASK, Some(&auth), None)
+            .await
+            .unwrap_err();
         assert_eq!(
             reason,
             format!("CannotPullContainerError: no execution role credentials for task {TASK}")
@@ -621,7 +647,7 @@ mod tests {
         p.credentials
             .set(TASK, RoleType::TaskExecution, execution_creds());
         let auth = ecr_auth(false, None);
-        p.credentials_for(ECR_IMAGE, TASK, Some(&auth))
+        p.credentials_for(ECR_IMAGE, TASK, Some(&auth), None)
             .await
             .unwrap()
             .unwrap();
@@ -633,7 +659,7 @@ mod tests {
             "the instance's region by default"
         );
         // The pull really carries the ECR credentials.
-        assert!(p.ensure(ECR_IMAGE, TASK, Some(&auth)).await.is_ok());
+        assert!(p.ensure(ECR_IMAGE, TASK, Some(&auth), None).await.is_ok());
     }
 
     #[tokio::test]
@@ -645,7 +671,7 @@ mod tests {
         .unwrap();
         let (p, ecr) = puller(engine_auth);
         let c = p
-            .credentials_for("127.0.0.1:5000/app:1", TASK, None)
+            .credentials_for("127.0.0.1:5000/app:1", TASK, None, None)
             .await
             .unwrap()
             .unwrap();
@@ -655,27 +681,42 @@ mod tests {
         );
         // Another registry: anonymous.
         assert!(
-            p.credentials_for("127.0.0.1:5001/app:1", TASK, None)
+            p.credentials_for("127.0.0.1:5001/app:1", TASK, None, None)
                 .await
                 .unwrap()
                 .is_none()
         );
-        // registryAuthentication without ecrAuthData (e.g. asm, unsupported): the same fallback.
+        // `repositoryCredentials` (asm): the login the engine fetched wins over static
+        // credentials for the same registry; without one the pull cannot go on.
         let asm = RegistryAuthentication {
             kind: Some("asm".into()),
             ecr_auth_data: None,
+            asm_auth_data: None,
+        };
+        let login = RegistryLogin {
+            username: "from-asm".into(),
+            password: "asm-password".into(),
         };
         let c = p
-            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&asm))
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&asm), Some(&login))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(c.username.as_deref(), Some("u"));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("from-asm"), Some("asm-password"))
+        );
+        let err = p
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&asm), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PullError::NoRegistryLogin), "{err}");
+        assert!(!err.is_retryable());
         assert!(ecr.calls.lock().unwrap().is_empty());
         // ECR auth wins over static credentials for the same registry.
         let auth = ecr_auth(false, Some("eu-west-1"));
         let c = p
-            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&auth))
+            .credentials_for("127.0.0.1:5000/app:1", TASK, Some(&auth), None)
             .await
             .unwrap()
             .unwrap();

@@ -367,12 +367,22 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                 ContainerStatus::None | ContainerStatus::ManifestPulled
                     if ready || ctx.pull_upfront =>
                 {
-                    r.pull_started_at.get_or_insert(ctx.now);
-                    actions.push(Action::EnsurePulled {
-                        image: spec.image.clone(),
-                        task_arn: arn.clone(),
-                        container: c.name.clone(),
-                    });
+                    // A pull with a `repositoryCredentials` login waits for the task's fetch.
+                    let login_pending =
+                        spec.asm_registry().is_some() && ctx.secrets != SecretsGate::Ready;
+                    if !login_pending {
+                        r.pull_started_at.get_or_insert(ctx.now);
+                        actions.push(Action::EnsurePulled {
+                            image: spec.image.clone(),
+                            task_arn: arn.clone(),
+                            container: c.name.clone(),
+                        });
+                    } else if !resolve_asked {
+                        resolve_asked = true;
+                        actions.push(Action::EnsureResolved {
+                            task_arn: arn.clone(),
+                        });
+                    }
                 }
                 ContainerStatus::Pulled
                     if ready && ctx.secrets == SecretsGate::Pending && !resolve_asked =>

@@ -242,6 +242,8 @@ pub struct FakeContainer {
     pub labels: HashMap<String, String>,
     /// How many times it was started.
     pub starts: u32,
+    /// `Env` given at create.
+    pub env: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -253,6 +255,7 @@ struct FakeInner {
     creates: Vec<String>,
     created_labels: Vec<(String, String)>,
     pulls: Vec<String>,
+    pull_users: Vec<Option<String>>,
     clock: u64,
     down: bool,
     lists: u64,
@@ -333,6 +336,11 @@ impl FakeRuntime {
     /// Images pulled, in order.
     pub fn pulls(&self) -> Vec<String> {
         self.lock().pulls.clone()
+    }
+
+    /// The registry user each pull was given (in the order of [`Self::pulls`]).
+    pub fn pull_users(&self) -> Vec<Option<String>> {
+        self.lock().pull_users.clone()
     }
 
     /// Makes a running container exit with `code` (as if its process ended).
@@ -444,7 +452,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn pull(
         &self,
         image: &str,
-        _auth: Option<DockerCredentials>,
+        auth: Option<DockerCredentials>,
         _limits: PullLimits,
     ) -> Result<(), RuntimeError> {
         let mut inner = self.lock();
@@ -452,6 +460,7 @@ impl ContainerRuntime for FakeRuntime {
             return Err(e);
         }
         inner.pulls.push(image.to_owned());
+        inner.pull_users.push(auth.and_then(|a| a.username));
         inner.images.insert(image.to_owned());
         Ok(())
     }
@@ -491,6 +500,7 @@ impl ContainerRuntime for FakeRuntime {
                 },
                 labels,
                 starts: 0,
+                env: body.env.clone().unwrap_or_default(),
             },
         );
         inner.creates.push(name.to_owned());

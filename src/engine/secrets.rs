@@ -1,6 +1,7 @@
-//! Task secrets (issue 19; task-credentials.md §9.3–9.5): the `secrets` of a task's containers
-//! from SSM Parameter Store and Secrets Manager, fetched with the task's execution-role
-//! credentials once per task start, before its containers are created.
+//! Task secrets (issue 19; task-credentials.md §9.2–9.5): the `secrets` of a task's containers
+//! from SSM Parameter Store and Secrets Manager, and the private-registry logins of their
+//! `repositoryCredentials`, fetched with the task's execution-role credentials once per task
+//! start, before the pulls and creates that need them.
 //!
 //! Owns the grouping into calls (SSM: by region, at most [`SSM_BATCH`] names a call, the batches
 //! at once; Secrets Manager: one call per secret, all at once), the ARN forms (a parameter ARN's
@@ -8,7 +9,7 @@
 //! retry can help (throttling, 5xx, transport), and the error texts the official agent gives.
 //!
 //! The values live only in the engine's memory ([`Resolved`], whose `Debug` shows names only)
-//! until they reach Docker's container config; never a log line, the state file or `/v1/tasks`.
+//! until they reach Docker's container config (or its pull's auth); never a log line, the state file or `/v1/tasks`.
 //! Never decides when to fetch (the reconciler does) nor how a container is built (`docker`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +62,35 @@ impl SecretSpec {
     }
 }
 
+/// A container's `registryAuthentication` of type `asm` (`repositoryCredentials`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsmAuthData {
+    /// The secret's ARN (or name) holding `{"username", "password"}`.
+    #[serde(default)]
+    pub credentials_parameter: String,
+    /// The region ECS resolved for it.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// A registry user and password from Secrets Manager (`Debug` shows the user only).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// `username`.
+    pub username: String,
+    /// `password`.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One container's values.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ContainerSecrets {
@@ -68,6 +98,10 @@ pub struct ContainerSecrets {
     pub env: Vec<(String, String)>,
     /// Log driver options.
     pub log_options: Vec<(String, String)>,
+    /// Variables of its environment files (below the task definition's `environment`).
+    pub file_env: Vec<(String, String)>,
+    /// Its private registry's login, for its pull only.
+    pub registry: Option<RegistryLogin>,
 }
 
 impl std::fmt::Debug for ContainerSecrets {
@@ -76,6 +110,8 @@ impl std::fmt::Debug for ContainerSecrets {
         f.debug_struct("ContainerSecrets")
             .field("env", &names(&self.env))
             .field("log_options", &names(&self.log_options))
+            .field("file_env", &names(&self.file_env))
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -381,6 +417,91 @@ pub async fn resolve(
         }
     }
     Ok(resolved)
+}
+
+/// The registry logins of `containers` (name → its `asmAuthData`): one `GetSecretValue` per
+/// distinct secret, all at once; the `SecretString` must be a JSON object with non-empty
+/// `username` and `password`. `Err` is the task's stop reason: the pull it was for cannot
+/// happen, so it reads `CannotPullContainerError: ` and then the official agent's words.
+pub async fn registry_logins(
+    source: &dyn SecretSource,
+    creds: Option<&RoleCredentials>,
+    containers: &BTreeMap<String, AsmAuthData>,
+    default_region: &str,
+) -> Result<HashMap<String, RegistryLogin>, String> {
+    if containers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let fail = |why: String| format!("CannotPullContainerError: {why}");
+    let Some(creds) = creds else {
+        return Err(fail(
+            "asm resource: unable to find execution role credentials".to_owned(),
+        ));
+    };
+    let region_of = |a: &AsmAuthData| {
+        parse_asm(&a.credentials_parameter)
+            .ok()
+            .map(|r| r.region)
+            .or_else(|| a.region.clone().filter(|r| !r.is_empty()))
+            .unwrap_or_else(|| default_region.to_owned())
+    };
+    let mut calls: Vec<(String, String)> = containers
+        .values()
+        .map(|a| (region_of(a), a.credentials_parameter.clone()))
+        .collect();
+    calls.sort();
+    calls.dedup();
+    let answers = futures_util::future::join_all(calls.iter().map(|(region, id)| {
+        with_retries(move || source.get_secret_value(creds, region, id, None, None))
+    }))
+    .await;
+    let mut logins: HashMap<(String, String), RegistryLogin> = HashMap::new();
+    for ((region, id), answer) in calls.into_iter().zip(answers) {
+        let text = answer.map_err(|e| {
+            fail(if e.code == "ResourceNotFoundException" {
+                format!(
+                    "ResourceNotFoundException: The task can't retrieve the secret with ARN '{id}' from AWS Secrets Manager. Check whether the secret exists in the specified Region"
+                )
+            } else {
+                format!("asm fetching secret from the service for {id}: {}", e.text)
+            })
+        })?;
+        logins.insert(
+            (region, id),
+            registry_login(&text).map_err(|e| fail(e.to_owned()))?,
+        );
+    }
+    Ok(containers
+        .iter()
+        .filter_map(|(name, a)| {
+            let login = logins.get(&(region_of(a), a.credentials_parameter.clone()))?;
+            Some((name.clone(), login.clone()))
+        })
+        .collect())
+}
+
+/// A registry login from a `SecretString` (the official agent's checks and texts).
+fn registry_login(text: &str) -> Result<RegistryLogin, &'static str> {
+    if text.is_empty() {
+        return Err("asm fetching authorization data: empty secrets value");
+    }
+    #[derive(Deserialize)]
+    struct Value {
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let v: Value = serde_json::from_str(text).map_err(
+        |_| "asm fetching authorization data: unable to unmarshal secret value, invalid schema",
+    )?;
+    let username = v.username.unwrap_or_default();
+    let password = v.password.unwrap_or_default();
+    if username.is_empty() {
+        return Err("asm fetching username: AuthorizationData is malformed, empty field");
+    }
+    if password.is_empty() {
+        return Err("asm fetching password: AuthorizationData is malformed, empty field");
+    }
+    Ok(RegistryLogin { username, password })
 }
 
 /// SSM and Secrets Manager through the AWS SDK, with the task's execution-role credentials and

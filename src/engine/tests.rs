@@ -69,6 +69,7 @@ fn parts(
         runtime: fake.clone(),
         ecr: Arc::new(pull::SdkEcr),
         secrets: Arc::new(secrets::SdkSecrets),
+        objects: Arc::new(envfiles::S3Objects::default()),
         hooks: Hooks::default(),
     }
 }
@@ -1277,12 +1278,161 @@ impl secrets::SecretSource for FakeSecrets {
         &self,
         _creds: &crate::credentials::RoleCredentials,
         _region: &str,
-        _secret_id: &str,
+        secret_id: &str,
         _stage: Option<&str>,
         _version: Option<&str>,
     ) -> Result<String, secrets::FetchError> {
-        unreachable!("no Secrets Manager secrets in these tests")
+        *self.calls.lock().unwrap() += 1;
+        match secret_id {
+            "registry" => Ok(r#"{"username":"reg-user","password":"reg-pass"}"#.into()),
+            _ => Err(secrets::FetchError {
+                code: "ResourceNotFoundException".into(),
+                text: "ResourceNotFoundException: no".into(),
+                retryable: false,
+            }),
+        }
     }
+}
+
+/// One S3 object in memory for the engine tests; counts reads.
+#[derive(Default)]
+struct FakeObjects {
+    reads: std::sync::Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl envfiles::ObjectSource for FakeObjects {
+    async fn bucket_region(
+        &self,
+        _creds: &crate::credentials::RoleCredentials,
+        region: &str,
+        _bucket: &str,
+    ) -> Result<String, secrets::FetchError> {
+        Ok(region.to_owned())
+    }
+
+    async fn get_object(
+        &self,
+        _creds: &crate::credentials::RoleCredentials,
+        _region: &str,
+        _bucket: &str,
+        _key: &str,
+    ) -> Result<Vec<u8>, secrets::FetchError> {
+        *self.reads.lock().unwrap() += 1;
+        Ok(b"FROM_FILE=file\nSHADOWED=file\nAWS_REGION=file\n".to_vec())
+    }
+}
+
+/// A `repositoryCredentials` container is pulled only after the task's fetch, with the login
+/// from Secrets Manager; its environment files rank below the task definition's `environment`
+/// and the agent's own variables; the other container's pull gets no login.
+#[tokio::test]
+async fn registry_logins_and_environment_files_are_fetched_before_the_pull_that_needs_them() {
+    use crate::credentials::RoleCredentials;
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let dir = tmpdir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    let creds = Arc::new(CredentialsStore::default());
+    let sink = Arc::new(RecordingSink::default());
+    let source = Arc::new(FakeSecrets::default());
+    let objects = Arc::new(FakeObjects::default());
+    let engine = Engine::new(Parts {
+        credentials: creds.clone(),
+        secrets: source.clone(),
+        objects: objects.clone(),
+        ..parts(&fake, &sink, &store, settings(Duration::from_secs(600)))
+    })
+    .unwrap();
+    let mut a = c("a", true);
+    a["image"] = serde_json::json!("registry.local/private:1");
+    a["environment"] = serde_json::json!({"SHADOWED": "definition"});
+    a["environmentFiles"] = serde_json::json!([{"type": "s3", "value": "arn:aws:s3:::b/app.env"}]);
+    a["registryAuthentication"] = serde_json::json!({"type": "asm", "asmAuthData": {"credentialsParameter": "registry", "region": "us-east-1"}});
+    let mut t = task("t", serde_json::json!([a, c("b", false)]));
+    t["executionRoleCredentials"] =
+        serde_json::json!({"credentialsId": "exec-t", "roleArn": "arn:aws:iam::1:role/exec"});
+    creds.set(
+        "t",
+        RoleType::TaskExecution,
+        RoleCredentials {
+            credentials_id: "exec-t".into(),
+            role_arn: "arn:aws:iam::1:role/exec".into(),
+            access_key_id: "ASIAEXEC".into(),
+            secret_access_key: "s".into(),
+            session_token: "t".into(),
+            expiration: "2030-01-01T00:00:00Z".into(),
+        },
+    );
+    // One engine run from delivery to RUNNING (each `settle` starts from the stored state, as
+    // a restarted agent would, and a restarted agent fetches again: the values are memory only).
+    let (delivered, settled) = tokio::join!(engine.deliver(t), engine.settle(20));
+    delivered.unwrap();
+    settled.unwrap();
+    assert_eq!(*source.calls.lock().unwrap(), 1, "one GetSecretValue");
+    assert_eq!(*objects.reads.lock().unwrap(), 1, "one GetObject");
+    let pulls: Vec<(String, Option<String>)> =
+        fake.pulls().into_iter().zip(fake.pull_users()).collect();
+    assert!(
+        pulls.contains(&("registry.local/private:1".into(), Some("reg-user".into()))),
+        "{pulls:?}"
+    );
+    assert!(
+        pulls
+            .iter()
+            .filter(|(i, _)| i != "registry.local/private:1")
+            .all(|(_, u)| u.is_none()),
+        "{pulls:?}"
+    );
+    let env = fake
+        .containers()
+        .into_values()
+        .find(|c| c.labels.values().any(|v| v == "a"))
+        .unwrap()
+        .env;
+    assert!(env.contains(&"FROM_FILE=file".to_owned()), "{env:?}");
+    assert!(env.contains(&"SHADOWED=definition".to_owned()), "{env:?}");
+    assert!(
+        !env.iter()
+            .any(|e| e == "SHADOWED=file" || e == "AWS_REGION=file"),
+        "{env:?}"
+    );
+    assert_eq!(statuses(&sink.changes(), "t"), vec![ReportStatus::Running]);
+
+    // A second start of the same definition whose login secret is gone stops uncreated, as a
+    // pull failure.
+    let mut a = c("a", true);
+    a["image"] = serde_json::json!("registry.local/private:2");
+    a["registryAuthentication"] =
+        serde_json::json!({"type": "asm", "asmAuthData": {"credentialsParameter": "gone"}});
+    let mut t = task("t2", serde_json::json!([a]));
+    t["executionRoleCredentials"] =
+        serde_json::json!({"credentialsId": "exec-t", "roleArn": "arn:aws:iam::1:role/exec"});
+    creds.set(
+        "t2",
+        RoleType::TaskExecution,
+        creds.get("t", RoleType::TaskExecution).unwrap(),
+    );
+    deliver(&engine, t).await.unwrap();
+    engine.settle(20).await.unwrap();
+    assert!(
+        !fake
+            .pulls()
+            .contains(&"registry.local/private:2".to_owned())
+    );
+    let changes = sink.changes();
+    let stopped = changes
+        .iter()
+        .rfind(|c| c.task_arn == "t2" && c.status == ReportStatus::Stopped)
+        .unwrap();
+    assert!(
+        stopped
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("CannotPullContainerError: ResourceNotFoundException: The task can't retrieve the secret with ARN 'gone'"),
+        "{:?}",
+        stopped.reason
+    );
 }
 
 /// Secrets are fetched once, before the first create, with the execution role's credentials;

@@ -240,6 +240,7 @@ pub async fn start_on(settings: Settings, docker: bollard::Docker) -> Running {
         runtime,
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
         secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
+        objects: Arc::new(ecs_hostd::engine::envfiles::S3Objects::default()),
         hooks: Hooks::default(),
     })
     .unwrap();

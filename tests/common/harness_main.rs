@@ -125,6 +125,7 @@ pub async fn harness_main() {
         runtime: Arc::new(DockerRuntime::new(docker, Timeouts::default())),
         ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
         secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
+        objects: Arc::new(ecs_hostd::engine::envfiles::S3Objects::default()),
         hooks: Hooks {
             pause_at: std::env::var("HARNESS_PAUSE_AT").ok(),
             marker_dir: Some(dir.clone()),

@@ -358,6 +358,15 @@ fn secrets_override_the_environment_and_fill_log_options() {
                 ("DB".into(), "p4ss".into()),
             ],
             log_options: vec![("tag".into(), "t0k3n".into())],
+            // Below the definition's `environment` (K), the secrets (DB) and the agent's own
+            // variables (ECS_CONTAINER_METADATA_URI_V4); FILE_ONLY is new.
+            file_env: vec![
+                ("K".into(), "from-file".into()),
+                ("DB".into(), "from-file".into()),
+                ("ECS_CONTAINER_METADATA_URI_V4".into(), "from-file".into()),
+                ("FILE_ONLY".into(), "f1le".into()),
+            ],
+            registry: None,
         })),
         ..Default::default()
     };
@@ -377,11 +386,16 @@ fn secrets_override_the_environment_and_fill_log_options() {
         1,
         "{env:?}"
     );
+    assert!(env.contains(&"FILE_ONLY=f1le"), "{env:?}");
+    assert!(!env.iter().any(|e| e.ends_with("=from-file")), "{env:?}");
     assert_eq!(v["HostConfig"]["LogConfig"]["Config"]["tag"], "t0k3n");
     // The values never show in the context's Debug (it may reach a log line).
     let shown = format!("{ctx:?}");
     assert!(
-        shown.contains("DB") && !shown.contains("p4ss") && !shown.contains("t0k3n"),
+        shown.contains("DB")
+            && !shown.contains("p4ss")
+            && !shown.contains("t0k3n")
+            && !shown.contains("f1le"),
         "{shown}"
     );
 }

@@ -307,3 +307,49 @@ fn desired_stopped_before_create_needs_no_docker() {
     let p = run(&r, &[], &[key], &ctx());
     assert_eq!(p.record.known, TaskStatus::None);
 }
+
+#[test]
+fn a_pull_with_a_registry_login_waits_for_the_tasks_fetch_and_the_others_do_not() {
+    let r = rec(serde_json::json!([
+        {"name": "private", "image": "reg/p", "essential": true,
+         "registryAuthentication": {"type": "asm", "asmAuthData": {"credentialsParameter": "s"}}},
+        {"name": "public", "image": "i", "essential": false}
+    ]));
+    let pending = Ctx {
+        secrets: SecretsGate::Pending,
+        ..ctx()
+    };
+    let p = run(&r, &[], &[], &pending);
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::EnsureResolved {
+                task_arn: "t".into()
+            },
+            Action::EnsurePulled {
+                image: "i".into(),
+                task_arn: "t".into(),
+                container: "public".into()
+            },
+        ]
+    );
+    let p = run(&r, &[], &[], &ctx());
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsurePulled { image, .. } if image == "reg/p")),
+        "{:?}",
+        p.actions
+    );
+    // A failed fetch stops the task before its pull.
+    let failed = Ctx {
+        secrets: SecretsGate::Failed("CannotPullContainerError: no".into()),
+        ..ctx()
+    };
+    let p = run(&r, &[], &[], &failed);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.record.reason.as_deref(),
+        Some("CannotPullContainerError: no")
+    );
+}

@@ -314,3 +314,117 @@ fn asm_arns() {
     };
     assert_eq!(ssm_region(&no_region, "us-west-2"), "us-west-2");
 }
+
+#[tokio::test]
+async fn registry_logins_are_read_once_per_secret_in_its_region() {
+    let mut f = Fake::default();
+    let west = "arn:aws:secretsmanager:us-west-2:123456789012:secret:reg-west-AbCdEf";
+    f.secrets.insert(
+        (west.into(), None),
+        r#"{"username":"u-west","password":"p-west","other":1}"#.into(),
+    );
+    f.secrets.insert(
+        ("by-name".into(), None),
+        r#"{"username":"u-name","password":"p-name"}"#.into(),
+    );
+    let auth = |parameter: &str, region: Option<&str>| AsmAuthData {
+        credentials_parameter: parameter.into(),
+        region: region.map(str::to_owned),
+    };
+    let wanted: BTreeMap<String, AsmAuthData> = [
+        ("a".to_owned(), auth(west, Some(""))),
+        ("b".to_owned(), auth(west, None)),
+        ("c".to_owned(), auth("by-name", Some("eu-west-1"))),
+    ]
+    .into_iter()
+    .collect();
+    let logins = registry_logins(&f, Some(&creds()), &wanted, "us-east-1")
+        .await
+        .unwrap();
+    assert_eq!(logins["a"].username, "u-west");
+    assert_eq!(logins["a"].password, "p-west");
+    assert_eq!(logins["b"], logins["a"]);
+    assert_eq!(logins["c"].username, "u-name");
+    assert!(!format!("{:?}", logins["c"]).contains("p-name"));
+    let mut calls = f.asm_calls.lock().unwrap().clone();
+    calls.sort();
+    assert_eq!(
+        calls,
+        vec![
+            ("eu-west-1".into(), "by-name".into(), None, None),
+            ("us-west-2".into(), west.into(), None, None),
+        ],
+        "one call per secret, in the ARN's region (else the one ECS gave)"
+    );
+}
+
+#[tokio::test]
+async fn a_registry_login_that_cannot_be_used_is_a_pull_failure_with_the_official_text() {
+    let mut f = Fake::default();
+    for (id, value) in [
+        ("empty", ""),
+        ("not-json", "user:pass"),
+        ("no-user", r#"{"password":"p"}"#),
+        ("no-password", r#"{"username":"u","password":""}"#),
+    ] {
+        f.secrets.insert((id.into(), None), value.into());
+    }
+    f.denied.push("denied".into());
+    let cases = [
+        (
+            "empty",
+            "asm fetching authorization data: empty secrets value",
+        ),
+        (
+            "not-json",
+            "asm fetching authorization data: unable to unmarshal secret value, invalid schema",
+        ),
+        (
+            "no-user",
+            "asm fetching username: AuthorizationData is malformed, empty field",
+        ),
+        (
+            "no-password",
+            "asm fetching password: AuthorizationData is malformed, empty field",
+        ),
+        (
+            "denied",
+            "asm fetching secret from the service for denied: AccessDeniedException: not authorized",
+        ),
+        (
+            "missing",
+            "ResourceNotFoundException: The task can't retrieve the secret with ARN 'missing' from AWS Secrets Manager.",
+        ),
+    ];
+    for (id, want) in cases {
+        let wanted: BTreeMap<String, AsmAuthData> = [(
+            "app".to_owned(),
+            AsmAuthData {
+                credentials_parameter: id.into(),
+                region: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        let why = registry_logins(&f, Some(&creds()), &wanted, "us-east-1")
+            .await
+            .unwrap_err();
+        assert!(
+            why.starts_with(&format!("CannotPullContainerError: {want}")),
+            "{id}: {why}"
+        );
+        assert_eq!(
+            registry_logins(&f, None, &wanted, "us-east-1")
+                .await
+                .unwrap_err(),
+            "CannotPullContainerError: asm resource: unable to find execution role credentials"
+        );
+    }
+    assert!(
+        registry_logins(&f, None, &BTreeMap::new(), "us-east-1")
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing asked, nothing needed"
+    );
+}
