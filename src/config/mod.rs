@@ -329,7 +329,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             watchdog: WatchdogConfig {
                 enabled: true,
-                interval: Duration::from_secs(10),
+                interval: Duration::from_secs(15),
                 timeout: Duration::from_secs(10),
                 failure_threshold: 3,
                 max_restarts_per_hour: 6,

@@ -1373,8 +1373,8 @@ pub static SETTINGS: &[Setting] = &[
     s!(
         "ECS_HOSTD_WATCHDOG_INTERVAL",
         Some("watchdog.interval"),
-        "10s",
-        "Docker ping period.",
+        "15s",
+        "Docker ping (and docker.service check) period (packaging spec §4.3: every 15 s).",
         |c, v, _| {
             c.watchdog.interval = clamp_min(duration(v)?, secs(1), &mut Vec::new());
             Ok(())
