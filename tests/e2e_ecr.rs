@@ -19,7 +19,6 @@ mod harness;
 #[path = "common/harness_main.rs"]
 mod harness_main;
 
-use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_ecs::types::ContainerDefinition;
@@ -27,7 +26,7 @@ use base64::Engine as _;
 use common::*;
 use ecs_hostd::engine::pull::{EcrTokens, PullError, SdkEcr};
 use ecs_hostd::tasks::RoleCredentials;
-use harness::{Registry, htpasswd, image_id, push};
+use harness::{PrivateImage, image_id};
 use serde_json::{Value, json};
 
 /// Not a test: lets `harness.rs` re-execute this binary (unused here, required by the module).
@@ -37,21 +36,6 @@ fn harness_process() {
 }
 
 const EXECUTION_ROLE: &str = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole";
-/// The label the derived image (and so every container of it) carries.
-const TEST_LABEL: &str = "ecs-hostd.test";
-
-fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
 
 /// The test image, which must be there.
 fn test_image() -> String {
@@ -72,78 +56,29 @@ struct EcrRegistry {
     image_id: String,
     /// Right password (the htpasswd one).
     password: String,
-    run: String,
-    _registry: Registry,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _private: PrivateImage,
 }
 
 impl EcrRegistry {
     /// Pushes a derived image to a registry with htpasswd user `AWS` and a fresh password, and
     /// makes ec2sim's GetAuthorizationToken encode `token_password` for it.
     fn start(sim: &Ec2Sim, token_password: Option<&str>) -> EcrRegistry {
-        let base = test_image();
-        let run = unique("ecr");
         let password = format!("pw-{}", unique("ecr"));
-        let storage = tempfile::tempdir().unwrap();
-        // Push through an open registry on the same storage, then serve it with auth only.
-        let open = Registry::start(storage.path(), None);
-        let label = format!("{TEST_LABEL}={run}");
-        let cid = docker(&["create", "--label", &label, &base, "true"]);
-        let local = format!("ehd-derived/{run}:1");
-        let id = docker(&[
-            "commit",
-            "--change",
-            &format!("LABEL {label}"),
-            &cid,
-            &local,
-        ]);
-        docker(&["rm", &cid]);
-        let pushed = push(&local, &open.addr, &format!("ecr/{run}:1"));
-        docker(&["rmi", &local]);
-        assert!(
-            image_id(&id).is_none(),
-            "the image must be in the registry only"
-        );
-        drop(open);
-        let auth = tempfile::tempdir().unwrap();
-        let secured = Registry::start(
-            storage.path(),
-            Some(&htpasswd(auth.path(), "AWS", &password)),
-        );
-        let image = pushed.replace(&pushed[..pushed.find('/').unwrap()], &secured.addr);
+        let private = PrivateImage::start(&test_image(), "ecr", "AWS", &password);
         sim.post(
             "/ec2sim/ecr",
             json!({
-                "registry": secured.addr,
+                "registry": private.registry.addr,
                 "username": "AWS",
                 "password": token_password.unwrap_or(&password),
             }),
         );
         EcrRegistry {
-            image,
-            image_id: id,
+            image: private.image.clone(),
+            image_id: private.image_id.clone(),
             password,
-            run,
-            _registry: secured,
-            _dirs: (storage, auth),
+            _private: private,
         }
-    }
-}
-
-impl Drop for EcrRegistry {
-    fn drop(&mut self) {
-        let ps = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label={TEST_LABEL}={}", self.run))
-            .output();
-        if let Ok(o) = ps {
-            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
-            }
-        }
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.image_id])
-            .output();
     }
 }
 

@@ -23,7 +23,7 @@ use aws_sdk_ecs::types::{
     RepositoryCredentials, Secret,
 };
 use common::*;
-use harness::{Registry, htpasswd, image_id, push};
+use harness::PrivateImage;
 use serde_json::{Value, json};
 
 /// Not a test: lets `harness.rs` re-execute this binary (unused here, required by the module).
@@ -73,6 +73,69 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// ec2sim, a cluster and the agent registered in it, advertising `capabilities`.
+async fn start_agent(
+    prefix: &str,
+    capabilities: &[&str],
+) -> (Ec2Sim, String, tempfile::TempDir, Agent) {
+    let sim = Ec2Sim::start();
+    let cluster = unique(prefix);
+    create_cluster(&sim, &cluster).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
+        .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
+        .env("ECS_HOSTD_METRICS", "false")
+        .start();
+    let instance = agent.wait_registered(Duration::from_secs(60));
+    let attrs = describe_instance(&sim, &cluster, &instance).await;
+    for a in capabilities {
+        assert!(
+            attrs["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == *a),
+            "{a} not advertised"
+        );
+    }
+    (sim, cluster, data, agent)
+}
+
+/// What the printer container printed (once its `DONE` line is there): its `S_` variables, and
+/// the whole output for messages.
+async fn printed_env(id: &str) -> (HashMap<String, String>, String) {
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = docker(&["logs", id]);
+        if out.contains("DONE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let env = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (env, out)
+}
+
+/// Asserts that none of `values` is in the agent's log or in its state file under `data`.
+fn assert_nowhere_kept(agent: &Agent, data: &std::path::Path, values: &[&str]) {
+    let log = agent.log();
+    let state: Vec<u8> = std::fs::read_dir(data)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
+        .flat_map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .collect();
+    let state = String::from_utf8_lossy(&state);
+    for v in values {
+        assert!(!log.contains(v), "{v} in the agent's log");
+        assert!(!state.contains(v), "{v} in the state file");
+    }
+}
+
 /// The role ec2sim issued the key that signed `request` for.
 fn signer_role(sim: &Ec2Sim, request: &serde_json::Value) -> String {
     let key = request["access_key_id"].as_str().unwrap_or_default();
@@ -85,31 +148,16 @@ fn signer_role(sim: &Ec2Sim, request: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_the_task() {
-    let sim = Ec2Sim::start();
-    let cluster = unique("secrets");
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
-        .env("ECS_HOSTD_METRICS", "false")
-        .start();
-    let instance = agent.wait_registered(Duration::from_secs(60));
-    let attrs = describe_instance(&sim, &cluster, &instance).await;
-    for a in [
-        "ecs.capability.secrets.ssm.environment-variables",
-        "ecs.capability.secrets.asm.environment-variables",
-        "ecs.capability.secrets.ssm.bootstrap.log-driver",
-        "ecs.capability.secrets.asm.bootstrap.log-driver",
-    ] {
-        assert!(
-            attrs["attributes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x["name"] == a),
-            "{a} not advertised"
-        );
-    }
+    let (sim, cluster, data, mut agent) = start_agent(
+        "secrets",
+        &[
+            "ecs.capability.secrets.ssm.environment-variables",
+            "ecs.capability.secrets.asm.environment-variables",
+            "ecs.capability.secrets.ssm.bootstrap.log-driver",
+            "ecs.capability.secrets.asm.bootstrap.log-driver",
+        ],
+    )
+    .await;
 
     // Seeded as a user would: 20 SSM parameters (plain and SecureString; one asked by ARN, one
     // for the log driver) and a Secrets Manager secret with a current and a previous version.
@@ -227,19 +275,7 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
     )
     .await;
     let id = t.containers()[0].runtime_id().unwrap().to_owned();
-    let mut out = String::new();
-    for _ in 0..100 {
-        out = docker(&["logs", &id]);
-        if out.contains("DONE") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let env: HashMap<String, String> = out
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let (env, out) = printed_env(&id).await;
     for (k, v) in &want {
         assert_eq!(env.get(k), Some(v), "{k} in the container:\n{out}");
     }
@@ -329,18 +365,12 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
     }
 
     // Nothing of a value in the agent's log or its state file.
-    let log = agent.log();
-    let state: Vec<u8> = std::fs::read_dir(data.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
-        .flat_map(|e| std::fs::read(e.path()).unwrap_or_default())
+    let values: Vec<&str> = want
+        .values()
+        .filter(|v| v.contains(&run))
+        .map(String::as_str)
         .collect();
-    let state = String::from_utf8_lossy(&state);
-    for v in want.values().filter(|v| v.contains(&run)) {
-        assert!(!log.contains(v.as_str()), "{v} in the agent's log");
-        assert!(!state.contains(v.as_str()), "{v} in the state file");
-    }
+    assert_nowhere_kept(&agent, data.path(), &values);
     agent.terminate();
 }
 
@@ -371,90 +401,16 @@ def client(name, region="us-east-1"):
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A private registry with htpasswd holding an image of its own (derived from the test image,
-/// labelled so it can be cleaned up), which is not in the local image store.
-struct PrivateRegistry {
-    image: String,
-    image_id: String,
-    run: String,
-    _registry: Registry,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-const TEST_LABEL: &str = "ecs-hostd.test";
-
-impl PrivateRegistry {
-    fn start(user: &str, password: &str) -> PrivateRegistry {
-        let run = unique("reg");
-        let storage = tempfile::tempdir().unwrap();
-        let open = Registry::start(storage.path(), None);
-        let label = format!("{TEST_LABEL}={run}");
-        let cid = docker(&["create", "--label", &label, &image(), "true"]);
-        let cid = cid.trim();
-        let local = format!("ehd-derived/{run}:1");
-        let id = docker(&["commit", "--change", &format!("LABEL {label}"), cid, &local]);
-        let id = id.trim().to_owned();
-        docker(&["rm", cid]);
-        let pushed = push(&local, &open.addr, &format!("private/{run}:1"));
-        docker(&["rmi", &local]);
-        assert!(
-            image_id(&id).is_none(),
-            "the image must be in the registry only"
-        );
-        drop(open);
-        let auth = tempfile::tempdir().unwrap();
-        let secured = Registry::start(storage.path(), Some(&htpasswd(auth.path(), user, password)));
-        let image = pushed.replace(&pushed[..pushed.find('/').unwrap()], &secured.addr);
-        PrivateRegistry {
-            image,
-            image_id: id,
-            run,
-            _registry: secured,
-            _dirs: (storage, auth),
-        }
-    }
-}
-
-impl Drop for PrivateRegistry {
-    fn drop(&mut self) {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={TEST_LABEL}={}", self.run),
-        ]);
-        for id in ids.split_whitespace() {
-            docker(&["rm", "-f", "-v", id]);
-        }
-        docker(&["rmi", "-f", &self.image_id]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn environment_files_and_a_private_registry_login_come_through_the_execution_role() {
-    let sim = Ec2Sim::start();
-    let cluster = unique("envfiles");
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_CONTAINER_STOP_TIMEOUT", "1s")
-        .env("ECS_HOSTD_METRICS", "false")
-        .start();
-    let instance = agent.wait_registered(Duration::from_secs(60));
-    let attrs = describe_instance(&sim, &cluster, &instance).await;
-    for a in [
-        "ecs.capability.env-files.s3",
-        "ecs.capability.private-registry-authentication.secretsmanager",
-    ] {
-        assert!(
-            attrs["attributes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x["name"] == a),
-            "{a} not advertised"
-        );
-    }
+    let (sim, cluster, data, mut agent) = start_agent(
+        "envfiles",
+        &[
+            "ecs.capability.env-files.s3",
+            "ecs.capability.private-registry-authentication.secretsmanager",
+        ],
+    )
+    .await;
 
     // Two files in buckets of two regions (the second one's region is found by HeadBucket),
     // written with boto3 as a user would: CRLF lines, a comment, a line without `=`, a key the
@@ -482,7 +438,7 @@ w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
     // The registry's login in Secrets Manager, and a log-driver secret from Secrets Manager
     // (json-key form).
     let (user, password) = (format!("u-{run}"), format!("pw-{run}"));
-    let registry = PrivateRegistry::start(&user, &password);
+    let registry = PrivateImage::start(&image(), "private", &user, &password);
     let conf = sim.sdk_config().await;
     let sm = aws_sdk_secretsmanager::Client::new(&conf);
     let login = sm
@@ -544,19 +500,7 @@ w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
     )
     .await;
     let id = t.containers()[0].runtime_id().unwrap().to_owned();
-    let mut out = String::new();
-    for _ in 0..100 {
-        out = docker(&["logs", &id]);
-        if out.contains("DONE") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let env: HashMap<String, String> = out
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let (env, out) = printed_env(&id).await;
     let want = [
         ("S_FILE_A", format!("a-{run}")),
         ("S_FILE_B", "b=with=equals".to_owned()),
@@ -678,21 +622,10 @@ w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
     assert!(t.containers()[0].runtime_id().is_none(), "{t:?}");
 
     // Nothing of the login or the files' values in the agent's log or state.
-    let log = agent.log();
-    let state: Vec<u8> = std::fs::read_dir(data.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
-        .flat_map(|e| std::fs::read(e.path()).unwrap_or_default())
-        .collect();
-    let state = String::from_utf8_lossy(&state);
-    for v in [
-        password.as_str(),
-        &format!("a-{run}"),
-        &format!("sm-tag-{run}"),
-    ] {
-        assert!(!log.contains(v), "{v} in the agent's log");
-        assert!(!state.contains(v), "{v} in the state file");
-    }
+    assert_nowhere_kept(
+        &agent,
+        data.path(),
+        &[&password, &format!("a-{run}"), &format!("sm-tag-{run}")],
+    );
     agent.terminate();
 }

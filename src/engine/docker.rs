@@ -323,26 +323,18 @@ pub const ENV_METADATA_URI_V4: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
 /// Sets `vars` in the container's environment, replacing any of the same name.
 fn inject_env(config: &mut Value, vars: &[(String, String)]) {
-    if vars.is_empty() {
-        return;
-    }
-    let mut env: Vec<Value> = config
-        .get("Env")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    env.retain(|e| {
-        let key = e.as_str().map(|s| s.split('=').next().unwrap_or(s));
-        !vars.iter().any(|(k, _)| Some(k.as_str()) == key)
-    });
-    env.extend(vars.iter().map(|(k, v)| json!(format!("{k}={v}"))));
-    config["Env"] = Value::Array(env);
+    add_env(config, vars, true);
 }
 
 /// Adds the variables whose names `config`'s `Env` does not have yet: environment files rank
 /// below the task definition's `environment`, its secrets and what the agent injects
 /// (container-features.md §4).
 fn inject_env_defaults(config: &mut Value, vars: &[(String, String)]) {
+    add_env(config, vars, false);
+}
+
+/// Adds `vars` to `config`'s `Env`; a name already there is replaced (`replace`) or kept.
+fn add_env(config: &mut Value, vars: &[(String, String)], replace: bool) {
     if vars.is_empty() {
         return;
     }
@@ -351,11 +343,15 @@ fn inject_env_defaults(config: &mut Value, vars: &[(String, String)]) {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let present: std::collections::HashSet<String> = env
-        .iter()
-        .filter_map(Value::as_str)
-        .map(|e| e.split('=').next().unwrap_or(e).to_owned())
-        .collect();
+    let name_of = |e: &Value| {
+        e.as_str()
+            .map(|s| s.split('=').next().unwrap_or(s).to_owned())
+    };
+    let mut present: std::collections::HashSet<String> = env.iter().filter_map(name_of).collect();
+    if replace {
+        env.retain(|e| name_of(e).is_none_or(|n| !vars.iter().any(|(k, _)| *k == n)));
+        present.clear();
+    }
     env.extend(
         vars.iter()
             .filter(|(k, _)| !present.contains(k))

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::secrets::FetchError;
+use super::secrets::{FetchError, with_retries};
 use crate::credentials::RoleCredentials;
 
 /// Largest environment file read. Linux execs a process with at most 2 MiB of arguments and
@@ -26,8 +26,6 @@ pub const MAX_FILE_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Time for one file, both calls included (the official agent's S3 download timeout).
 pub const FILE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of a call that failed in a way a retry can help.
-const ATTEMPTS: u32 = 3;
 
 /// One item of a container's `environmentFiles` as ACS sends it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,25 +130,6 @@ pub fn merge(files: Vec<Vec<(String, String)>>) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, FetchError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, FetchError>>,
-{
-    let mut wait = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(e) if e.retryable && attempt < ATTEMPTS => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Reads every container's files (container name → its files): each bucket's region once, each

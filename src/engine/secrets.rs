@@ -249,7 +249,9 @@ fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, FetchError>
+/// Calls `call` until it succeeds, fails in a way a retry cannot help, or [`ATTEMPTS`] are
+/// spent (waits of 0.5 s, then 1 s).
+pub(super) async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, FetchError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, FetchError>>,

@@ -1248,6 +1248,18 @@ async fn records_without_endpoint_ids_get_one_at_load_and_keep_it() {
     assert_eq!(first, again);
 }
 
+/// Execution-role credentials with id `credentials_id` (key `ASIAEXEC`).
+fn exec_creds(credentials_id: &str) -> crate::credentials::RoleCredentials {
+    crate::credentials::RoleCredentials {
+        credentials_id: credentials_id.into(),
+        role_arn: "arn:aws:iam::1:role/exec".into(),
+        access_key_id: "ASIAEXEC".into(),
+        secret_access_key: "s".into(),
+        session_token: "t".into(),
+        expiration: "2030-01-01T00:00:00Z".into(),
+    }
+}
+
 /// SSM in memory for the engine tests: counts calls; `/missing` is unknown.
 #[derive(Default)]
 struct FakeSecrets {
@@ -1328,7 +1340,6 @@ impl envfiles::ObjectSource for FakeObjects {
 /// and the agent's own variables; the other container's pull gets no login.
 #[tokio::test]
 async fn registry_logins_and_environment_files_are_fetched_before_the_pull_that_needs_them() {
-    use crate::credentials::RoleCredentials;
     let fake = Arc::new(FakeRuntime::with_images(&[]));
     let dir = tmpdir();
     let store = Store::open(&dir.path().join("s.redb")).unwrap();
@@ -1351,18 +1362,7 @@ async fn registry_logins_and_environment_files_are_fetched_before_the_pull_that_
     let mut t = task("t", serde_json::json!([a, c("b", false)]));
     t["executionRoleCredentials"] =
         serde_json::json!({"credentialsId": "exec-t", "roleArn": "arn:aws:iam::1:role/exec"});
-    creds.set(
-        "t",
-        RoleType::TaskExecution,
-        RoleCredentials {
-            credentials_id: "exec-t".into(),
-            role_arn: "arn:aws:iam::1:role/exec".into(),
-            access_key_id: "ASIAEXEC".into(),
-            secret_access_key: "s".into(),
-            session_token: "t".into(),
-            expiration: "2030-01-01T00:00:00Z".into(),
-        },
-    );
+    creds.set("t", RoleType::TaskExecution, exec_creds("exec-t"));
     // One engine run from delivery to RUNNING (each `settle` starts from the stored state, as
     // a restarted agent would, and a restarted agent fetches again: the values are memory only).
     let (delivered, settled) = tokio::join!(engine.deliver(t), engine.settle(20));
@@ -1439,7 +1439,6 @@ async fn registry_logins_and_environment_files_are_fetched_before_the_pull_that_
 /// a failed fetch stops the task with its reason before anything is created.
 #[tokio::test]
 async fn secrets_are_fetched_once_before_create_and_a_failure_stops_the_task_uncreated() {
-    use crate::credentials::RoleCredentials;
     let fake = Arc::new(FakeRuntime::with_images(&[]));
     let dir = tmpdir();
     let store = Store::open(&dir.path().join("s.redb")).unwrap();
@@ -1464,14 +1463,7 @@ async fn secrets_are_fetched_once_before_create_and_a_failure_stops_the_task_unc
         creds.set(
             arn,
             RoleType::TaskExecution,
-            RoleCredentials {
-                credentials_id: format!("exec-{arn}"),
-                role_arn: "arn:aws:iam::1:role/exec".into(),
-                access_key_id: "ASIAEXEC".into(),
-                secret_access_key: "s".into(),
-                session_token: "t".into(),
-                expiration: "2030-01-01T00:00:00Z".into(),
-            },
+            exec_creds(&format!("exec-{arn}")),
         );
     }
     deliver(&engine, with_secrets("good", "/db")).await.unwrap();

@@ -299,3 +299,91 @@ pub fn image_id(image: &str) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
+
+/// The label a derived image (and so every container of it) carries: `<label>=<run>`.
+pub const DERIVED_LABEL: &str = "ecs-hostd.test";
+
+/// A registry with htpasswd (`user`/`password`) holding an image of its own, derived from
+/// `base` and labelled with a fresh run id, which is not in the local image store: a pull must
+/// really fetch it with that login. Dropping it removes the containers and the image.
+pub struct PrivateImage {
+    /// The image reference on the registry.
+    pub image: String,
+    /// Id of that image (no other image has it).
+    pub image_id: String,
+    /// The run id of its label.
+    pub run: String,
+    /// The registry.
+    pub registry: Registry,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl PrivateImage {
+    /// Pushes through an open registry on the same storage, then serves it with auth only.
+    pub fn start(base: &str, repo: &str, user: &str, password: &str) -> PrivateImage {
+        let docker = |args: &[&str]| {
+            let o = Command::new("docker").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        let run = format!(
+            "{repo}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let storage = tempfile::tempdir().unwrap();
+        let open = Registry::start(storage.path(), None);
+        let label = format!("{DERIVED_LABEL}={run}");
+        let cid = docker(&["create", "--label", &label, base, "true"]);
+        let local = format!("ehd-derived/{run}:1");
+        let id = docker(&[
+            "commit",
+            "--change",
+            &format!("LABEL {label}"),
+            &cid,
+            &local,
+        ]);
+        docker(&["rm", &cid]);
+        let pushed = push(&local, &open.addr, &format!("{repo}/{run}:1"));
+        docker(&["rmi", &local]);
+        assert!(
+            image_id(&id).is_none(),
+            "the image must be in the registry only"
+        );
+        drop(open);
+        let auth = tempfile::tempdir().unwrap();
+        let registry =
+            Registry::start(storage.path(), Some(&htpasswd(auth.path(), user, password)));
+        let image = pushed.replace(&pushed[..pushed.find('/').unwrap()], &registry.addr);
+        PrivateImage {
+            image,
+            image_id: id,
+            run,
+            registry,
+            _dirs: (storage, auth),
+        }
+    }
+}
+
+impl Drop for PrivateImage {
+    fn drop(&mut self) {
+        let ps = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label={DERIVED_LABEL}={}", self.run))
+            .output();
+        if let Ok(o) = ps {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image_id])
+            .output();
+    }
+}
