@@ -73,6 +73,25 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Registers `container` as a new task definition (with execution role `role`), runs it and
+/// waits for `status`: the task's ARN and the task as ECS describes it then.
+#[allow(clippy::too_many_arguments)]
+async fn run_until(
+    sim: &Ec2Sim,
+    cluster: &str,
+    agent: &Agent,
+    family: &str,
+    container: ContainerDefinition,
+    role: Option<&str>,
+    status: &str,
+    within: Duration,
+) -> (String, aws_sdk_ecs::types::Task) {
+    let td = register_task_definition(sim, &unique(family), vec![container], role).await;
+    let task = run_task(sim, cluster, &td).await;
+    let t = wait_task_status(sim, cluster, &task, status, within, agent).await;
+    (task, t)
+}
+
 /// ec2sim, a cluster and the agent registered in it, advertising `capabilities`.
 async fn start_agent(
     prefix: &str,
@@ -261,17 +280,16 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
                 .unwrap(),
         )
         .build();
-    let td =
-        register_task_definition(&sim, &unique("secrets"), vec![container], Some(EXEC_ROLE)).await;
     let gets_before = sim.requests("ssm", "GetParameters").len();
-    let task = run_task(&sim, &cluster, &td).await;
-    let t = wait_task_status(
+    let (_, t) = run_until(
         &sim,
         &cluster,
-        &task,
+        &agent,
+        "secrets",
+        container,
+        Some(EXEC_ROLE),
         "RUNNING",
         Duration::from_secs(60),
-        &agent,
     )
     .await;
     let id = t.containers()[0].runtime_id().unwrap().to_owned();
@@ -343,17 +361,15 @@ async fn secrets_reach_the_container_with_the_execution_role_and_failures_stop_t
         ),
     ];
     for (secrets, role, reason) in cases {
-        let td =
-            register_task_definition(&sim, &unique("fail"), vec![printer(secrets).build()], role)
-                .await;
-        let task = run_task(&sim, &cluster, &td).await;
-        let t = wait_task_status(
+        let (_, t) = run_until(
             &sim,
             &cluster,
-            &task,
+            &agent,
+            "fail",
+            printer(secrets).build(),
+            role,
             "STOPPED",
             Duration::from_secs(60),
-            &agent,
         )
         .await;
         let why = t.stopped_reason().unwrap_or_default();
@@ -487,16 +503,15 @@ w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
                 .unwrap(),
         )
         .build();
-    let td =
-        register_task_definition(&sim, &unique("envfiles"), vec![container], Some(EXEC_ROLE)).await;
-    let task = run_task(&sim, &cluster, &td).await;
-    let t = wait_task_status(
+    let (task, t) = run_until(
         &sim,
         &cluster,
-        &task,
+        &agent,
+        "envfiles",
+        container,
+        Some(EXEC_ROLE),
         "RUNNING",
         Duration::from_secs(90),
-        &agent,
     )
     .await;
     let id = t.containers()[0].runtime_id().unwrap().to_owned();
@@ -575,16 +590,15 @@ w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
     .await;
     docker(&["rm", "-f", &id]);
     docker(&["rmi", "-f", &registry.image]);
-    let td =
-        register_task_definition(&sim, &unique("wrong"), vec![container], Some(EXEC_ROLE)).await;
-    let task = run_task(&sim, &cluster, &td).await;
-    let t = wait_task_status(
+    let (_, t) = run_until(
         &sim,
         &cluster,
-        &task,
+        &agent,
+        "wrong",
+        container,
+        Some(EXEC_ROLE),
         "STOPPED",
         Duration::from_secs(120),
-        &agent,
     )
     .await;
     let reason = t.containers()[0].reason().unwrap_or_default().to_owned();
@@ -600,16 +614,15 @@ w.put_object(Bucket=A["west"], Key="b.env", Body=A["b"].encode())
     let container = printer(vec![])
         .environment_files(file(format!("arn:aws:s3:::{east}/missing.env")))
         .build();
-    let td =
-        register_task_definition(&sim, &unique("missing"), vec![container], Some(EXEC_ROLE)).await;
-    let task = run_task(&sim, &cluster, &td).await;
-    let t = wait_task_status(
+    let (_, t) = run_until(
         &sim,
         &cluster,
-        &task,
+        &agent,
+        "missing",
+        container,
+        Some(EXEC_ROLE),
         "STOPPED",
         Duration::from_secs(60),
-        &agent,
     )
     .await;
     let why = t.stopped_reason().unwrap_or_default();

@@ -149,17 +149,27 @@ pub async fn fetch(
             "environment file resource: unable to find execution role credentials".to_owned(),
         );
     };
-    let mut objects: Vec<(String, String)> = Vec::new();
+    // Each container's files as (bucket, key), in list order; then the distinct objects.
     let mut errors: Vec<String> = Vec::new();
-    for f in containers.values().flatten() {
-        match parse_arn(&f.value) {
-            Ok(o) if !objects.contains(&o) => objects.push(o),
-            Ok(_) => {}
-            Err(e) => errors.push(e),
-        }
-    }
+    let wanted: Vec<(&String, Vec<(String, String)>)> = containers
+        .iter()
+        .filter(|(_, files)| !files.is_empty())
+        .map(|(name, files)| {
+            let objects = files
+                .iter()
+                .filter_map(|f| parse_arn(&f.value).map_err(|e| errors.push(e)).ok())
+                .collect();
+            (name, objects)
+        })
+        .collect();
     if !errors.is_empty() {
         return Err(errors.join(";"));
+    }
+    let mut objects: Vec<(String, String)> = Vec::new();
+    for o in wanted.iter().flat_map(|(_, list)| list) {
+        if !objects.contains(o) {
+            objects.push(o.clone());
+        }
     }
     let mut buckets: Vec<String> = objects.iter().map(|(b, _)| b.clone()).collect();
     buckets.sort();
@@ -177,9 +187,9 @@ pub async fn fetch(
     .into_iter()
     .collect::<HashMap<_, _>>();
     let bodies = futures_util::future::join_all(objects.iter().map(|(bucket, key)| {
-        let region = regions.get(bucket).cloned();
+        let region = regions[bucket].clone();
         async move {
-            let region = region.unwrap_or_else(|| Err(timed_out()))?;
+            let region = region?;
             let bytes = tokio::time::timeout(
                 FILE_TIMEOUT,
                 with_retries(|| source.get_object(creds, &region, bucket, key)),
@@ -209,15 +219,10 @@ pub async fn fetch(
     if !errors.is_empty() {
         return Err(errors.join(";"));
     }
-    Ok(containers
-        .iter()
-        .filter(|(_, files)| !files.is_empty())
-        .map(|(name, files)| {
-            let vars = files
-                .iter()
-                .filter_map(|f| parse_arn(&f.value).ok())
-                .filter_map(|o| parsed.get(&o).cloned())
-                .collect();
+    Ok(wanted
+        .into_iter()
+        .map(|(name, list)| {
+            let vars = list.iter().filter_map(|o| parsed.get(o).cloned()).collect();
             (name.clone(), merge(vars))
         })
         .collect())

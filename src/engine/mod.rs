@@ -1072,6 +1072,14 @@ impl LoopState {
         }
     }
 
+    /// What was fetched with task `arn`'s execution role for its container `container`.
+    fn resolved(&self, arn: &str, container: &str) -> Option<&secrets::ContainerSecrets> {
+        match self.secrets.get(arn) {
+            Some(Ok(r)) => r.containers.get(container),
+            _ => None,
+        }
+    }
+
     /// Whether task `arn`'s containers may be created as far as its secrets go.
     fn secrets_gate(&self, arn: &str) -> reconcile::SecretsGate {
         let wants = self.tasks.get(arn).is_some_and(|t| {
@@ -1302,13 +1310,9 @@ impl LoopState {
                     .get(&task_arn)
                     .and_then(|t| t.spec_of(&container))
                     .and_then(|c| c.registry_authentication.clone());
-                let login = match self.secrets.get(&task_arn) {
-                    Some(Ok(r)) => r
-                        .containers
-                        .get(&container)
-                        .and_then(|c| c.registry.clone()),
-                    _ => None,
-                };
+                let login = self
+                    .resolved(&task_arn, &container)
+                    .and_then(|c| c.registry.clone());
                 let puller = shared.puller.clone();
                 info!(image = %image, task.arn = %task_arn, "Pulling image.");
                 Box::pin(async move {
@@ -1518,10 +1522,10 @@ impl LoopState {
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| self.settings().cluster.clone()),
             region: self.settings().region.clone(),
-            secrets: match self.secrets.get(&rec.spec.arn) {
-                Some(Ok(r)) => r.containers.get(&spec.name).cloned().map(Arc::new),
-                _ => None,
-            },
+            secrets: self
+                .resolved(&rec.spec.arn, &spec.name)
+                .cloned()
+                .map(Arc::new),
             bind_ip: self.settings().bind_ip.clone(),
             dynamic_ports,
         }

@@ -193,6 +193,13 @@ impl AsmRef {
 
 const INVALID_ASM_ARN: &str = "an invalid ARN format for the AWS Secrets Manager secret was specified. Specify a valid ARN and try again.";
 
+/// The official text for a Secrets Manager secret that does not exist (or not in that region).
+fn not_found(secret_id: &str) -> String {
+    format!(
+        "ResourceNotFoundException: The task can't retrieve the secret with ARN '{secret_id}' from AWS Secrets Manager. Check whether the secret exists in the specified Region"
+    )
+}
+
 /// Parses a Secrets Manager `valueFrom`: `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`
 /// or with `:<json-key>:<version-stage>:<version-id>` (empty parts allowed).
 pub fn parse_asm(value_from: &str) -> Result<AsmRef, String> {
@@ -368,10 +375,7 @@ pub async fn resolve(
     for (r, answer) in asm_refs.into_iter().zip(answers) {
         let value = answer.map_err(|e| {
             if e.code == "ResourceNotFoundException" {
-                format!(
-                    "ResourceNotFoundException: The task can't retrieve the secret with ARN '{}' from AWS Secrets Manager. Check whether the secret exists in the specified Region",
-                    r.secret_id
-                )
+                not_found(&r.secret_id)
             } else {
                 format!(
                     "fetching secret data from AWS Secrets Manager in region {}: secret {}: {}",
@@ -447,10 +451,11 @@ pub async fn registry_logins(
             .or_else(|| a.region.clone().filter(|r| !r.is_empty()))
             .unwrap_or_else(|| default_region.to_owned())
     };
-    let mut calls: Vec<(String, String)> = containers
-        .values()
-        .map(|a| (region_of(a), a.credentials_parameter.clone()))
+    let keys: Vec<(&String, (String, String))> = containers
+        .iter()
+        .map(|(name, a)| (name, (region_of(a), a.credentials_parameter.clone())))
         .collect();
+    let mut calls: Vec<(String, String)> = keys.iter().map(|(_, k)| k.clone()).collect();
     calls.sort();
     calls.dedup();
     let answers = futures_util::future::join_all(calls.iter().map(|(region, id)| {
@@ -461,9 +466,7 @@ pub async fn registry_logins(
     for ((region, id), answer) in calls.into_iter().zip(answers) {
         let text = answer.map_err(|e| {
             fail(if e.code == "ResourceNotFoundException" {
-                format!(
-                    "ResourceNotFoundException: The task can't retrieve the secret with ARN '{id}' from AWS Secrets Manager. Check whether the secret exists in the specified Region"
-                )
+                not_found(&id)
             } else {
                 format!("asm fetching secret from the service for {id}: {}", e.text)
             })
@@ -473,12 +476,9 @@ pub async fn registry_logins(
             registry_login(&text).map_err(|e| fail(e.to_owned()))?,
         );
     }
-    Ok(containers
-        .iter()
-        .filter_map(|(name, a)| {
-            let login = logins.get(&(region_of(a), a.credentials_parameter.clone()))?;
-            Some((name.clone(), login.clone()))
-        })
+    Ok(keys
+        .into_iter()
+        .filter_map(|(name, key)| Some((name.clone(), logins.get(&key)?.clone())))
         .collect())
 }
 

@@ -1370,6 +1370,9 @@ async fn registry_logins_and_environment_files_are_fetched_before_the_pull_that_
     settled.unwrap();
     assert_eq!(*source.calls.lock().unwrap(), 1, "one GetSecretValue");
     assert_eq!(*objects.reads.lock().unwrap(), 1, "one GetObject");
+    // What it asked of Docker: one pull per image, one create per container, nothing again.
+    assert_eq!(fake.pulls().len(), 2, "{:?}", fake.pulls());
+    assert_eq!(fake.creates().len(), 2, "{:?}", fake.creates());
     let pulls: Vec<(String, Option<String>)> =
         fake.pulls().into_iter().zip(fake.pull_users()).collect();
     assert!(
