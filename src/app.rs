@@ -201,6 +201,9 @@ struct Start<'a> {
     docker_check: Arc<Notify>,
     /// The Docker watchdog's counters, shown on `/metrics`.
     watchdog_stats: Arc<watchdog::Stats>,
+    /// When the task engine last heard from Docker (marked by its call counter, read by the
+    /// watchdog, which then need not ask again).
+    docker_answered: crate::docker::Answered,
 }
 
 /// Phase 1's result.
@@ -242,6 +245,7 @@ impl<'a> Start<'a> {
             draining: lifecycle::draining_flag(),
             docker_check: Arc::new(Notify::new()),
             watchdog_stats: Arc::new(watchdog::Stats::default()),
+            docker_answered: crate::docker::Answered::default(),
         }
     }
 

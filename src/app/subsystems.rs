@@ -36,7 +36,7 @@ pub(super) fn start(
     registered: &Registered,
 ) -> Result<(), Outcome> {
     let metrics = spawn_metrics(start, local, registered);
-    let plane = TaskPlane::new(local, registered);
+    let plane = TaskPlane::new(start, local, registered);
     let engine = spawn_engine(start, local, docker, registered, &plane, metrics.as_ref())?;
     spawn_reporter(start, &plane);
     spawn_acs(start, local, docker, registered, &plane, &engine)?;
@@ -92,7 +92,7 @@ struct TaskPlane {
 }
 
 impl TaskPlane {
-    fn new(local: &LocalState, registered: &Registered) -> TaskPlane {
+    fn new(start: &Start<'_>, local: &LocalState, registered: &Registered) -> TaskPlane {
         let ecs_api: Arc<dyn crate::ecs::EcsApi> = Arc::new(registered.ecs.clone());
         let milestones = Arc::new(report::Milestones::default());
         let reporter = Arc::new(
@@ -107,7 +107,9 @@ impl TaskPlane {
             reporter,
             sink,
             credentials,
-            docker_calls: Arc::default(),
+            docker_calls: Arc::new(crate::engine::counting::DockerCalls::answering(
+                start.docker_answered.clone(),
+            )),
         }
     }
 }
@@ -127,6 +129,7 @@ pub(super) fn spawn_health(start: &Start<'_>) {
     let draining = watchdog::Draining::from_sender(start.draining.clone());
     let (wd_board, wd_stats) = (board.clone(), start.watchdog_stats.clone());
     let wd_check_now = start.docker_check.clone();
+    let wd_answered = start.docker_answered.clone();
     supervisor.spawn("docker-watchdog", move |token| {
         let w = watchdog::Watchdog {
             config: wd_config.clone(),
@@ -137,6 +140,7 @@ pub(super) fn spawn_health(start: &Start<'_>) {
             draining: draining.clone(),
             heartbeat: Some(wd_beat.clone()),
             check_now: wd_check_now.clone(),
+            engine_answered: Some(wd_answered.clone()),
         };
         w.run(token)
     });

@@ -2,7 +2,9 @@
 //! negotiation, and waiting for the engine at boot.
 //!
 //! The task engine builds its container runtime on the client made here; the watchdog and
-//! `check` use [`ping`]. This module never creates or removes containers.
+//! `check` use [`ping`]. [`Answered`] tells the watchdog when the engine last heard from Docker,
+//! so it need not ask again what the engine just learnt. This module never creates or removes
+//! containers.
 
 use std::time::Duration;
 
@@ -11,6 +13,39 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Policy;
+
+/// When Docker last answered the task engine's container listing (its periodic resync, every
+/// 20 s, and the rechecks after events). The watchdog skips its own probe while this is recent:
+/// an answer it would only repeat. Cheap to clone; shared.
+#[derive(Clone, Debug, Default)]
+pub struct Answered {
+    /// Milliseconds after [`Answered::base`] of the last answer, plus one (0: never).
+    at: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Answered {
+    fn base() -> std::time::Instant {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(std::time::Instant::now)
+    }
+
+    /// Docker answered just now.
+    pub fn mark(&self) {
+        let ms = Self::base().elapsed().as_millis() as u64 + 1;
+        self.at.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether Docker answered within the last `window`.
+    pub fn within(&self, window: Duration) -> bool {
+        match self.at.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let since = (Self::base().elapsed().as_millis() as u64 + 1).saturating_sub(at);
+                since < window.as_millis() as u64
+            }
+        }
+    }
+}
 
 /// How long one ping may take.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,5 +231,16 @@ mod tests {
         });
         assert!(matches!(result, Err(Error::Cancelled)));
         assert!(waits >= 3, "{waits}");
+    }
+
+    #[test]
+    fn an_answer_is_recent_for_a_window_and_shared_by_clones() {
+        let a = Answered::default();
+        assert!(!a.within(Duration::from_secs(3600)), "never answered");
+        let seen_by_the_watchdog = a.clone();
+        a.mark();
+        assert!(seen_by_the_watchdog.within(Duration::from_secs(3600)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!seen_by_the_watchdog.within(Duration::from_millis(20)));
     }
 }

@@ -5,7 +5,8 @@
 //! `ecs_hostd_docker_requests_total{op="..."}`. A loop that re-issues the same call shows up
 //! here (and in the tests and benchmarks that read these counts) even when every task ends well.
 //!
-//! Owns the counters only; never changes, retries or delays a call.
+//! Also marks [`DockerCalls::answered`] when a listing succeeds, for the watchdog. Owns the
+//! counters only; never changes, retries or delays a call.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -44,9 +45,19 @@ pub const OPS: [&str; 15] = [
 #[derive(Debug, Default)]
 pub struct DockerCalls {
     counts: [AtomicU64; OPS.len()],
+    /// When a `list` last succeeded.
+    pub answered: crate::docker::Answered,
 }
 
 impl DockerCalls {
+    /// No calls yet; a successful `list` marks `answered` (shared with the watchdog).
+    pub fn answering(answered: crate::docker::Answered) -> DockerCalls {
+        DockerCalls {
+            answered,
+            ..Default::default()
+        }
+    }
+
     fn bump(&self, op: &str) {
         if let Some(i) = OPS.iter().position(|o| *o == op) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -113,7 +124,11 @@ impl Counting {
 impl ContainerRuntime for Counting {
     async fn list(&self) -> Result<Vec<Summary>, RuntimeError> {
         self.calls.bump("list");
-        self.inner.list().await
+        let listed = self.inner.list().await;
+        if listed.is_ok() {
+            self.calls.answered.mark();
+        }
+        listed
     }
     async fn inspect(&self, id_or_name: &str) -> Result<Option<Observed>, RuntimeError> {
         self.calls.bump("inspect");

@@ -225,6 +225,9 @@ pub struct Watchdog {
     /// Asks for a round now (an ACS heartbeat: protocol spec §5.4 "run local health checks").
     /// An asked-for round comes at least half an interval, or [`ASKED_ROUND_GAP`], after the last.
     pub check_now: Arc<tokio::sync::Notify>,
+    /// When the task engine last heard from Docker (its listing): a round within an interval of
+    /// that answer, after a round Docker answered too, asks Docker nothing itself.
+    pub engine_answered: Option<crate::docker::Answered>,
 }
 
 /// The current systemd connection, or why there is none.
@@ -417,6 +420,23 @@ impl Watchdog {
                     }
                 }
             }
+        }
+        // The engine listed containers within the interval and Docker answered our last round:
+        // a probe now would only repeat that answer. A hung API stops the engine's answers, and
+        // the next round probes again.
+        if answered_before
+            && self
+                .engine_answered
+                .as_ref()
+                .is_some_and(|a| a.within(self.config.interval))
+        {
+            return Observation {
+                ping: Probe::Ok,
+                api: Probe::Ok,
+                service,
+                socket,
+                draining: self.draining.get(),
+            };
         }
         let timeout = self.config.timeout;
         if docker.is_none() {

@@ -135,6 +135,16 @@ fn spawn(
     systemd: Systemd,
     draining: Draining,
 ) -> Running {
+    spawn_with(config, docker_host, systemd, draining, None)
+}
+
+fn spawn_with(
+    config: WatchdogConfig,
+    docker_host: Option<String>,
+    systemd: Systemd,
+    draining: Draining,
+    engine_answered: Option<crate::docker::Answered>,
+) -> Running {
     let board = health::Board::new();
     let stats = Arc::new(Stats::default());
     let cancel = CancellationToken::new();
@@ -148,6 +158,7 @@ fn spawn(
         draining,
         heartbeat: None,
         check_now: check_now.clone(),
+        engine_answered,
     };
     let c = cancel.clone();
     let task = tokio::spawn(async move {
@@ -429,5 +440,46 @@ async fn a_healthy_docker_is_probed_with_one_list_call_a_round() {
         run.stats.api_hangs.load(Ordering::Relaxed) >= 1,
         "counted as a hung API"
     );
+    run.stop().await;
+}
+
+/// While the engine keeps hearing from Docker (its listings), the watchdog's rounds ask Docker
+/// nothing after the first; when the engine's answers stop, the watchdog probes again.
+#[tokio::test]
+async fn rounds_ask_docker_nothing_while_the_engine_hears_from_it() {
+    let docker = FakeDocker::start();
+    let answered = crate::docker::Answered::default();
+    let run = spawn_with(
+        config(),
+        client(&docker.path),
+        Systemd::Absent,
+        Draining::new(),
+        Some(answered.clone()),
+    );
+    let rounds = || run.stats.rounds.load(Ordering::Relaxed);
+    until("the first round", || rounds() >= 1).await;
+    let first = *docker.calls.lock().unwrap();
+    let engine = {
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            loop {
+                answered.mark();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let from = rounds();
+    until("ten more rounds", || rounds() >= from + 10).await;
+    assert_eq!(
+        *docker.calls.lock().unwrap(),
+        first,
+        "(pings, lists) while the engine hears from Docker"
+    );
+    assert!(run.board.snapshot()[DOCKER_COMPONENT].ok);
+    engine.abort();
+    until("the watchdog's own list again", || {
+        docker.calls.lock().unwrap().1 > first.1
+    })
+    .await;
     run.stop().await;
 }
