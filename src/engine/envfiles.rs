@@ -24,7 +24,8 @@ use crate::credentials::RoleCredentials;
 pub const MAX_FILE_BYTES: usize = 2 * 1024 * 1024;
 /// Longest line (Go's `bufio.Scanner` default, which the official agent reads with).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Time for one file, both calls included (the official agent's S3 download timeout).
+/// Time for each S3 step of a file, retries included: its bucket's region, then its read (the
+/// official agent's S3 download timeout).
 pub const FILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One item of a container's `environmentFiles` as ACS sends it.
