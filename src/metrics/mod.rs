@@ -492,8 +492,16 @@ impl Metrics {
         };
         let interval_ms = s.interval.as_millis().max(1) as i64;
         let mut pending: Vec<(i64, Pass, Vec<Sample>)> = Vec::new();
+        let mut last = i64::MIN;
         loop {
-            let at = pipeline::next_aligned(clock.now_ms(), interval_ms);
+            let mut at = pipeline::next_aligned(clock.now_ms(), interval_ms);
+            if at == last {
+                // Woken just before the slot it slept for: the wall clock runs slow against the
+                // monotonic timer (NTP slewing). That slot is taken; collecting it again would
+                // send a second datum with the same timestamp.
+                at += interval_ms;
+            }
+            last = at;
             if !pipeline::sleep_until_wall(clock.as_ref(), at, cancel).await {
                 return Ok(());
             }

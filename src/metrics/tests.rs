@@ -205,6 +205,56 @@ async fn a_definite_asg_answer_needs_no_wait() {
     );
 }
 
+/// A wall clock that runs 0.1 % slow against tokio's (monotonic) timer, as under NTP slewing.
+struct SlowWall {
+    start_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl Clock for SlowWall {
+    fn now_ms(&self) -> i64 {
+        self.start_ms + (self.start.elapsed().as_millis() as i64) * 999 / 1000
+    }
+}
+
+/// Each sleep ends a little before the wall clock reaches its slot; every slot is still
+/// collected once, with one datum per series and timestamp.
+#[tokio::test(start_paused = true)]
+async fn a_slow_wall_clock_never_collects_a_slot_twice() {
+    let w = World::new();
+    let store = Store::open(&w.dir.path().join("state.redb")).unwrap();
+    let m = Metrics::new(
+        w.settings(),
+        Sources {
+            imds: imds_fake(),
+            asg: asg(Some("web-asg"), true),
+            publisher: w.fake.clone(),
+            board: None,
+            store,
+            clock: Arc::new(SlowWall {
+                start_ms: T0,
+                start: tokio::time::Instant::now(),
+            }),
+        },
+    )
+    .unwrap()
+    .with_proc_root(w.proc_root.path().to_owned());
+    let (cancel, task) = spawn(&m);
+    tokio::time::sleep(Duration::from_secs(5 * 60 + 30)).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let mut stamps: Vec<i64> = w
+        .fake
+        .accepted()
+        .iter()
+        .filter(|(_, d)| d.name == "mem_used_percent" && d.dimensions.len() == 4)
+        .map(|(_, d)| d.timestamp_ms)
+        .collect();
+    stamps.sort();
+    let expected: Vec<i64> = (1..=5).map(|k| T0 + k * 60_000).collect();
+    assert_eq!(stamps, expected, "each minute once");
+}
+
 /// CloudWatch refuses for several intervals and the process "dies" in between (the subsystem is
 /// stopped without delivering and rebuilt on the same store); after recovery every sample
 /// arrives exactly once with its original timestamp.
