@@ -1,4 +1,4 @@
-"""The ACS websocket (task delivery to agents) and a silent TCS websocket, at ``GET /ws``.
+"""The ACS websocket (task delivery to agents), and the admission of TCS websockets, at ``GET /ws``.
 
 Owns the sessions (one per websocket the agents open), each instance's delivery channel (the
 PayloadMessage/TaskManifestMessage sequence number and the payloads not yet acked, which are resent
@@ -8,7 +8,9 @@ refreshes every half lifetime or on request, and all sets again on a ``sendCrede
 connection; task-credentials.md §10) with a record of what was sent and acked, and the control
 operations tests use (drop, send, config). Envelope and messages follow protocol spec §5; the task
 objects come from ``payload``, the credentials from ``credentials``. Reads moto's ECS backend for
-clusters, instances and tasks; never writes moto except ``agentConnected``.
+clusters, instances and tasks; never writes moto except ``agentConnected``. TCS sessions (query has
+``containerInstance``) are admitted here (SigV4 check, the ``refuse`` switch) and listed with the
+others, then served by ``tcs.Tcs``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from credentials import TASK_ROLE_TYPES, Credentials, CredentialSet
 from ecs_api import find_cluster, find_container_instance, find_task, is_inactive
 from journal import Journal
 from motohost import MotoHost
+from tcs import Tcs, is_tcs_query
 
 LOG = logging.getLogger("ec2sim.acs")
 
@@ -39,7 +42,6 @@ SIGV4_RE = re.compile(
     r"SignedHeaders=[^,\s]+,\s*Signature=[0-9a-fA-F]+$"
 )
 TICK_SECONDS = 0.1
-TCS_FRAMES_KEPT = 50
 
 
 def _millis() -> int:
@@ -138,9 +140,14 @@ class Acs:
     """All ACS/TCS sessions and the delivery channels of container instances."""
 
     def __init__(
-        self, moto: MotoHost, inactive: set[str], credentials: Credentials | None = None
+        self,
+        moto: MotoHost,
+        inactive: set[str],
+        credentials: Credentials | None = None,
+        tcs: Tcs | None = None,
     ) -> None:
         self.moto = moto
+        self.tcs = tcs or Tcs(moto)
         self.inactive = inactive
         self.credentials = credentials or Credentials()
         self.config = Config()
@@ -161,6 +168,8 @@ class Acs:
             session = self._admit(request)
         except AcsError as err:
             LOG.info("refused websocket: %s", err)
+            if is_tcs_query(request.query):
+                self.tcs.record_attempt(request, err.status, str(err), None)
             return err.response()
         await session.ws.prepare(request)
         self.sessions.append(session)
@@ -168,7 +177,10 @@ class Acs:
             "%s session %s opened for %s", session.kind, session.id, session.container_instance_arn
         )
         if session.kind == "tcs":
-            await self._read_tcs(session)
+            try:
+                await self.tcs.run(session)
+            finally:
+                self._closed(session)
         else:
             await self._run_acs(session)
         return session.ws
@@ -198,6 +210,10 @@ class Acs:
             raise AcsError(400, "BadRequestException", "containerInstanceArn is required.")
         if kind == "acs":
             self._check_instance(scope[0], cluster, instance)
+        else:
+            refusal = self.tcs.refusal(instance)
+            if refusal is not None:
+                raise AcsError(403, "AccessDeniedException", refusal)
         return Session(
             id=f"s{next(self._ids)}",
             kind=kind,
@@ -218,18 +234,6 @@ class Acs:
             raise AcsError(400, "InactiveInstanceException", "Container instance is inactive.")
         if find_container_instance(backend, cluster.name, instance_arn) is None:
             raise AcsError(400, "InvalidInstanceException", "Invalid container instance.")
-
-    async def _read_tcs(self, session: Session) -> None:
-        """TCS: accept and keep open; remember only the latest frames."""
-        try:
-            async for msg in session.ws:
-                if msg.type == WSMsgType.TEXT:
-                    session.received = [
-                        *session.received[-(TCS_FRAMES_KEPT - 1) :],
-                        _parse_frame(msg.data),
-                    ]
-        finally:
-            self._closed(session)
 
     async def _run_acs(self, session: Session) -> None:
         self._set_agent_connected(session, True)
@@ -428,6 +432,8 @@ class Acs:
         session = next((s for s in self.sessions if s.id == session_id), None)
         if session is None:
             return False
+        if session.kind == "tcs":
+            return await self.tcs.drop(session_id, code)
         if code is None:
             session.request.transport.abort()
         else:

@@ -1,8 +1,8 @@
 """The control surface tests use: JSON over HTTP under ``/ec2sim/`` (documented in README.md).
 
 Owns only request validation and the mapping of control routes onto the parts of the world
-(IMDS instances, fault table, denied resources, journals, ACS hub, ECR registry). Holds no state
-of its own.
+(IMDS instances, fault table, denied resources, journals, ACS hub, TCS, ECR registry). Holds no
+state of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ecr_api import EcrRegistry
 from faults import Denials, FaultTable
 from imds import Imds
 from journal import Journal
+from tcs import Tcs
 
 
 @dataclass
@@ -31,6 +32,7 @@ class World:
     state_changes: Journal
     lifecycle_actions: Journal
     acs: Acs
+    tcs: Tcs
     base_url: Callable[[], str]
     ecr: EcrRegistry
     credentials: Credentials
@@ -39,6 +41,20 @@ class World:
 
 def _bad_request(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)
+
+
+def _since(request: web.Request) -> float | None:
+    """The ``since`` query parameter (epoch seconds), or None; 400 if it is not a number."""
+    value = request.query.get("since")
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError as err:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "since must be epoch seconds"}),
+            content_type="application/json",
+        ) from err
 
 
 async def _json_body(request: web.Request) -> dict:
@@ -91,6 +107,15 @@ class Control:
             web.get("/ec2sim/credentials/keys", self.get_keys),
             web.get("/ec2sim/acs/config", self.get_acs_config),
             web.post("/ec2sim/acs/config", self.set_acs_config),
+            web.get("/ec2sim/tcs/frames", self.get_tcs_frames),
+            web.get("/ec2sim/tcs/sessions", self.get_tcs_sessions),
+            web.post("/ec2sim/tcs/sessions/{id}/drop", self.drop_tcs_session),
+            web.post("/ec2sim/tcs/drop", self.drop_tcs_sessions),
+            web.get("/ec2sim/tcs/attempts", self.get_tcs_attempts),
+            web.get("/ec2sim/tcs/config", self.get_tcs_config),
+            web.post("/ec2sim/tcs/config", self.set_tcs_config),
+            web.get("/ec2sim/tcs/health", self.get_tcs_health),
+            web.get("/ec2sim/tcs/metrics", self.get_tcs_metrics),
             web.get("/ec2sim/ecr", self.get_ecr),
             web.post("/ec2sim/ecr", self.set_ecr),
         ]
@@ -285,6 +310,68 @@ class Control:
         except ValueError as err:
             return _bad_request(str(err))
         return web.json_response(self.world.acs.config.describe())
+
+    # ------------------------------------------------------------------ TCS
+
+    async def get_tcs_frames(self, request: web.Request) -> web.Response:
+        frames = self.world.tcs.describe_frames(
+            kind=request.query.get("type"),
+            instance=request.query.get("instance"),
+            since=_since(request),
+            session=request.query.get("session"),
+        )
+        return web.json_response({"frames": frames})
+
+    async def get_tcs_sessions(self, request: web.Request) -> web.Response:
+        sessions = self.world.tcs.describe_sessions(instance=request.query.get("instance"))
+        return web.json_response({"sessions": sessions})
+
+    async def drop_tcs_session(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        code = body.get("code")
+        if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+            return _bad_request("code must be an integer")
+        if not await self.world.tcs.drop(request.match_info["id"], code):
+            return web.json_response({"error": "unknown session"}, status=404)
+        return web.json_response({"ok": True})
+
+    async def drop_tcs_sessions(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        code, instance = body.get("code"), body.get("container_instance_arn")
+        if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+            return _bad_request("code must be an integer")
+        if instance is not None and not isinstance(instance, str):
+            return _bad_request("container_instance_arn must be a string")
+        return web.json_response({"dropped": await self.world.tcs.drop_all(instance, code)})
+
+    async def get_tcs_attempts(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            self.world.tcs.describe_attempts(
+                instance=request.query.get("instance"), since=_since(request)
+            )
+        )
+
+    async def get_tcs_config(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.world.tcs.config.describe())
+
+    async def set_tcs_config(self, request: web.Request) -> web.Response:
+        try:
+            self.world.tcs.config.update(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(self.world.tcs.config.describe())
+
+    async def get_tcs_health(self, request: web.Request) -> web.Response:
+        health = self.world.tcs.describe_health(
+            instance=request.query.get("instance"), task_arn=request.query.get("task_arn")
+        )
+        return web.json_response({"health": health})
+
+    async def get_tcs_metrics(self, request: web.Request) -> web.Response:
+        metrics = self.world.tcs.describe_metrics(
+            instance=request.query.get("instance"), since=_since(request)
+        )
+        return web.json_response({"metrics": metrics})
 
     # ------------------------------------------------------------------ ECR
 

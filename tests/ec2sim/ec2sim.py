@@ -7,7 +7,7 @@ Usage::
 One process, bound to 127.0.0.1 only, serving on one port:
 
 - ``/latest/...`` and ``/imds/<instance-id>/latest/...``: IMDSv2 (imds.py)
-- ``GET /ws``: the ACS websocket, and a silent TCS websocket (acs.py)
+- ``GET /ws``: the ACS websocket (acs.py) and the TCS websocket (tcs.py; admitted by acs.py)
 - ``/ec2sim/...``: the control API tests use (control.py, README.md)
 - anything else: the AWS APIs, moto in-process plus ec2sim's additions (gateway.py, ecs_api.py,
   cloudwatch_cbor.py, autoscaling.py, ecr_api.py, sts_api.py, ssm_api.py, secretsmanager_api.py,
@@ -45,6 +45,7 @@ from s3_api import S3Api
 from secretsmanager_api import SecretsManagerApi
 from ssm_api import SsmApi
 from sts_api import StsApi
+from tcs import Tcs
 
 LOG = logging.getLogger("ec2sim")
 BIND_ADDRESS = "127.0.0.1"
@@ -79,7 +80,8 @@ class Ec2Sim:
         self.moto = MotoHost()
         inactive: set[str] = set()
         credentials = Credentials()
-        self.acs = Acs(self.moto, inactive, credentials)
+        self.tcs = Tcs(self.moto)
+        self.acs = Acs(self.moto, inactive, credentials, self.tcs)
         self.world = World(
             imds=Imds(self.moto, region, credentials),
             faults=FaultTable(),
@@ -87,6 +89,7 @@ class Ec2Sim:
             state_changes=Journal(),
             lifecycle_actions=Journal(),
             acs=self.acs,
+            tcs=self.tcs,
             base_url=self.base_url,
             ecr=EcrRegistry(),
             credentials=credentials,

@@ -954,6 +954,424 @@ def test_tcs_connection_is_accepted(sim):
     assert tcs and tcs[-1]["container_instance_arn"] == instance_arn
 
 
+# ---- TCS
+
+
+def tcs_url(sim: Sim, cluster: str, instance_arn: str) -> str:
+    from urllib.parse import urlencode
+
+    query = urlencode(
+        {
+            "agentHash": "abcdef01",
+            "agentVersion": "1.105.1",
+            "cluster": cluster,
+            "containerInstance": instance_arn,
+            "dockerVersion": "20.10.24",
+        }
+    )
+    return f"ws://127.0.0.1:{sim.port}/ws?{query}"
+
+
+def tcs_connect(sim: Sim, cluster: str, instance_arn: str):
+    headers = {"Authorization": FAKE_SIGV4, "X-Amz-Date": "20240101T000000Z"}
+    return websockets.connect(tcs_url(sim, cluster, instance_arn), additional_headers=headers)
+
+
+def tcs_frame(kind: str, message: dict, headers=None, region: str = "us-east-1") -> str:
+    """A TCS frame as the agent sends it: signed header block, blank line, envelope (§2.2)."""
+    if headers is None:
+        headers = [
+            (
+                "Authorization",
+                f"AWS4-HMAC-SHA256 Credential=ASIATCSTEST/20240101/{region}/ecs/aws4_request, "
+                "SignedHeaders=host;x-amz-date;x-amz-security-token, Signature=" + "cd" * 32,
+            ),
+            ("Host", "127.0.0.1"),
+            ("X-Amz-Date", "20240101T000000Z"),
+            ("X-Amz-Security-Token", "IQoJtoken"),
+        ]
+    block = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return block + "\r\n" + json.dumps({"type": kind, "message": message}, separators=(",", ":"))
+
+
+def tcs_session(sim: Sim, instance_arn: str) -> dict:
+    """The instance's latest TCS session, as ``/ec2sim/tcs/sessions`` describes it."""
+    sessions = sim.control("GET", "/tcs/sessions?instance=" + quote(instance_arn))["sessions"]
+    assert sessions, f"no TCS session of {instance_arn}"
+    return sessions[-1]
+
+
+def quote(text: str) -> str:
+    from urllib.parse import quote as url_quote
+
+    return url_quote(text, safe="")
+
+
+def test_tcs_acks_signed_frames_and_refuses_unsigned_and_binary(sim):
+    _, cluster, instance_arn, _ = setup_cluster(sim)
+    metadata = {"cluster": cluster, "containerInstance": instance_arn, "messageId": "m1"}
+    idle = {"metadata": {**metadata, "idle": True, "fin": True}, "timestamp": time.time()}
+
+    async def scenario():
+        async with tcs_connect(sim, cluster, instance_arn) as ws:
+            for kind, answer in (
+                ("PublishMetricsRequest", "AckPublishMetric"),
+                ("PublishHealthRequest", "AckPublishHealth"),
+                ("PublishInstanceStatusRequest", "AckPublishInstanceStatus"),
+            ):
+                await ws.send(tcs_frame(kind, idle))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert reply == {"type": answer, "message": {"message": "ok"}}
+            await ws.send(json.dumps({"type": "PublishMetricsRequest", "message": idle}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["type"] == "BadRequestException"
+            assert "unsigned" in reply["message"]["message"]
+            no_date = [("Authorization", FAKE_SIGV4), ("Host", "127.0.0.1")]
+            await ws.send(tcs_frame("PublishHealthRequest", idle, headers=no_date))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["type"] == "BadRequestException"
+            assert "X-Amz-Date" in reply["message"]["message"]
+            await ws.send(tcs_frame("PublishMetricsRequest", idle, region="eu-west-1"))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert reply["type"] == "BadRequestException"
+            await ws.send(b"\x00binary")
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as err:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert err.value.rcvd.code == 1003
+
+    asyncio.run(scenario())
+    frames = sim.control("GET", "/tcs/frames?instance=" + quote(instance_arn))["frames"]
+    assert [(f["type"], f["signed"], f["reply"]) for f in frames] == [
+        ("PublishMetricsRequest", True, "AckPublishMetric"),
+        ("PublishHealthRequest", True, "AckPublishHealth"),
+        ("PublishInstanceStatusRequest", True, "AckPublishInstanceStatus"),
+        ("PublishMetricsRequest", False, "BadRequestException"),
+        ("PublishHealthRequest", False, "BadRequestException"),
+        ("PublishMetricsRequest", False, "BadRequestException"),
+        (None, False, None),
+    ]
+    assert frames[0]["headers"] == ["Authorization", "Host", "X-Amz-Date", "X-Amz-Security-Token"]
+    assert frames[0]["message"] == idle and frames[0]["error"] is None
+    assert frames[0]["access_key_id"] == "ASIATCSTEST" and frames[0]["signed_region"] == "us-east-1"
+    assert frames[3]["error"].startswith("unsigned") and frames[3]["headers"] == []
+    assert frames[6]["error"] == "binary frame"
+    assert all(f["container_instance_arn"] == instance_arn for f in frames)
+    since = frames[2]["time"]
+    later = sim.control("GET", f"/tcs/frames?instance={quote(instance_arn)}&since={since}")
+    assert [f["seq"] for f in later["frames"]] == [f["seq"] for f in frames[3:]]
+    health_frames = sim.control(
+        "GET", f"/tcs/frames?instance={quote(instance_arn)}&type=PublishHealthRequest"
+    )["frames"]
+    assert len(health_frames) == 2
+    session = tcs_session(sim, instance_arn)
+    assert not session["connected"] and session["close_code"] == 1003
+    assert session["closed_by"] == "ec2sim" and session["acks_sent"] == 3
+    assert session["errors_sent"] == 3 and session["frames_received"] == 7
+    assert session["query"]["dockerVersion"] == "20.10.24"
+    listed = [
+        s for s in sim.control("GET", "/acs/sessions")["sessions"] if s["id"] == session["id"]
+    ]
+    assert listed[0]["kind"] == "tcs" and len(listed[0]["sent"]) == 6
+
+
+def test_tcs_heartbeats_and_silent(sim):
+    _, cluster, instance_arn, _ = setup_cluster(sim)
+    scope = {"container_instance_arn": instance_arn}
+    config = sim.control("POST", "/tcs/config", {**scope, "heartbeat_interval": 0.2})
+    assert config["instances"][instance_arn] == {"heartbeat_interval": 0.2}
+    assert config["heartbeat_interval"] == 30 and config["silent"] is False
+    frame = tcs_frame("PublishMetricsRequest", {"metadata": {"idle": True, "fin": True}})
+    try:
+
+        async def scenario():
+            async with tcs_connect(sim, cluster, instance_arn) as ws:
+                started = time.monotonic()
+                for _ in range(3):
+                    beat = await next_frame(ws, "HeartbeatMessage", timeout=2)
+                    assert beat == {"healthy": True}
+                assert time.monotonic() - started < 2
+                await asyncio.to_thread(
+                    sim.control, "POST", "/tcs/config", {**scope, "silent": True}
+                )
+                await asyncio.sleep(0.3)  # a heartbeat may have been on its way
+                while True:
+                    try:
+                        await asyncio.wait_for(ws.recv(), 0.05)
+                    except TimeoutError:
+                        break
+                await ws.send(frame)
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 1.0)  # neither ack nor heartbeat
+                await asyncio.to_thread(
+                    sim.control, "POST", "/tcs/config", {**scope, "silent": False}
+                )
+                await ws.send(frame)
+                assert (await next_frame(ws, "AckPublishMetric", timeout=2)) == {"message": "ok"}
+                await next_frame(ws, "HeartbeatMessage", timeout=2)
+                await ws.close(code=1000, reason="ConnectionExpired: Reconnect to continue")
+
+        asyncio.run(scenario())
+    finally:
+        cleared = sim.control("POST", "/tcs/config", {**scope, "clear": True})
+        assert instance_arn not in cleared["instances"]
+    frames = sim.control("GET", "/tcs/frames?instance=" + quote(instance_arn))["frames"]
+    assert [f["reply"] for f in frames] == [None, "AckPublishMetric"]
+    session = tcs_session(sim, instance_arn)
+    assert session["heartbeats_sent"] >= 4 and session["closed_by"] == "agent"
+    assert (session["close_code"], session["close_reason"]) == (
+        1000,
+        "ConnectionExpired: Reconnect to continue",
+    )
+    status, _, body = sim.http(
+        "POST",
+        "/ec2sim/tcs/config",
+        {"heartbeat_interval": -1},
+        {"Content-Type": "application/json"},
+    )
+    assert status == 400 and "heartbeat_interval" in json.loads(body)["error"]
+
+
+def test_tcs_refuse_counts_attempts_and_drop_closes(sim):
+    _, cluster, instance_arn, _ = setup_cluster(sim)
+    scope = {"container_instance_arn": instance_arn}
+    sim.control("POST", "/tcs/config", {**scope, "refuse": True})
+
+    async def refused():
+        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+            async with tcs_connect(sim, cluster, instance_arn):
+                pass
+        return err.value.response.status_code, json.loads(err.value.response.body)
+
+    async def closed(ws) -> websockets.exceptions.ConnectionClosed:
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as err:
+            await asyncio.wait_for(ws.recv(), 5)
+        return err.value
+
+    async def scenario():
+        for _ in range(2):
+            status, body = await refused()
+            assert status == 403
+            assert body == {"AccessDeniedException": sim_config["refuse_message"]}
+        await asyncio.to_thread(sim.control, "POST", "/tcs/config", {**scope, "refuse": False})
+        async with tcs_connect(sim, cluster, instance_arn) as ws:
+            await asyncio.sleep(0.1)
+            session = await asyncio.to_thread(tcs_session, sim, instance_arn)
+            assert session["connected"]
+            await asyncio.to_thread(
+                sim.control, "POST", f"/tcs/sessions/{session['id']}/drop", {"code": 4001}
+            )
+            assert (await closed(ws)).rcvd.code == 4001
+        async with tcs_connect(sim, cluster, instance_arn) as ws:
+            await asyncio.sleep(0.1)
+            dropped = await asyncio.to_thread(sim.control, "POST", "/tcs/drop", scope)
+            assert len(dropped["dropped"]) == 1
+            assert (await closed(ws)).rcvd is None  # abrupt: no close frame
+
+    sim_config = sim.control("GET", "/tcs/config")
+    try:
+        asyncio.run(scenario())
+    finally:
+        sim.control("POST", "/tcs/config", {**scope, "clear": True})
+    attempts = sim.control("GET", "/tcs/attempts?instance=" + quote(instance_arn))
+    assert attempts["counts"] == {instance_arn: {"total": 4, "accepted": 2, "refused": 2}}
+    assert [a["status"] for a in attempts["attempts"]] == [403, 403, 101, 101]
+    assert attempts["attempts"][0]["error"].startswith("AccessDeniedException")
+    assert attempts["attempts"][2]["session"] and attempts["attempts"][0]["region"] == "us-east-1"
+    sessions = sim.control("GET", "/tcs/sessions?instance=" + quote(instance_arn))["sessions"]
+    assert [(s["close_code"], s["closed_by"]) for s in sessions][0] == (4001, "ec2sim")
+    assert not any(s["connected"] for s in sessions)
+    status, _, _ = sim.http("POST", "/ec2sim/tcs/sessions/nope/drop", b"")
+    assert status == 404
+
+
+def container_metrics(name: str, cpu_sum: float, cpu_count: int, mem_sum: float, mem_count: int):
+    return {
+        "containerName": name,
+        "cpuStatsSet": {"max": 99.0, "min": 0.0, "sampleCount": cpu_count, "sum": cpu_sum},
+        "memoryStatsSet": {"max": 999, "min": 0, "sampleCount": mem_count, "sum": mem_sum},
+    }
+
+
+def test_tcs_metrics_become_aws_ecs_utilization_and_health(sim):
+    health_check = {"command": ["CMD", "true"], "interval": 5, "timeout": 2, "retries": 1}
+    ecs, cluster, instance_arn, web_family = setup_cluster(
+        sim,
+        containers=[
+            {
+                "name": "web",
+                "image": "local/busybox:test",
+                "memory": 64,
+                "healthCheck": health_check,
+            },
+            {"name": "side", "image": "local/busybox:test", "memory": 32, "essential": False},
+        ],
+        cpu="512",
+        memory="1024",
+    )
+    # No task-level sizes: CPU = Σ cpu, memory = Σ (memoryReservation, else memory).
+    worker_family = unique("worker")
+    ecs.register_task_definition(
+        family=worker_family,
+        containerDefinitions=[
+            {"name": "a", "image": "i", "cpu": 128, "memory": 256, "memoryReservation": 128},
+            {"name": "b", "image": "i", "cpu": 64, "memory": 64},
+        ],
+    )
+    web_service, worker_service = unique("web"), unique("worker")
+    ecs.create_service(
+        cluster=cluster, serviceName=web_service, taskDefinition=web_family, desiredCount=2
+    )
+    deployment = ecs.create_service(
+        cluster=cluster, serviceName=worker_service, taskDefinition=worker_family, desiredCount=1
+    )["service"]["deployments"][0]["id"]
+    web_tasks = ecs.run_task(
+        cluster=cluster, taskDefinition=web_family, count=2, group=f"service:{web_service}"
+    )["tasks"]
+    [worker_task] = ecs.run_task(
+        cluster=cluster, taskDefinition=worker_family, startedBy=deployment
+    )["tasks"]
+    [lone_task] = ecs.run_task(cluster=cluster, taskDefinition=worker_family)["tasks"]
+    unknown = f"arn:aws:ecs:us-east-1:123456789012:task/{cluster}/0123456789abcdef"
+    registered_cpu, registered_memory = 2048, 3000  # total_resources()
+    # (task, [(container, cpu sum, cpu samples, memory sum, memory samples)])
+    sent = [
+        (web_tasks[0]["taskArn"], [("web", 190.0, 19, 800, 20), ("side", 19.0, 19, 200, 20)]),
+        (web_tasks[1]["taskArn"], [("web", 57.0, 19, 1000, 20), ("side", 0.0, 19, 100, 20)]),
+        (worker_task["taskArn"], [("a", 300.0, 20, 2000, 20), ("b", 40.0, 20, 400, 20)]),
+        (lone_task["taskArn"], [("a", 100.0, 20, 1200, 20), ("b", 20.0, 20, 200, 20)]),
+        (unknown, [("x", 500.0, 5, 500, 5)]),
+    ]
+
+    def used(task_arn):
+        containers = next(c for arn, c in sent if arn == task_arn)
+        cpu = sum(s / n / 100 * registered_cpu for _, s, n, _, _ in containers)
+        memory = sum(s / n for _, _, _, s, n in containers)
+        return cpu, memory
+
+    stamp = round(time.time(), 3)
+    message = {
+        "metadata": {
+            "cluster": cluster,
+            "containerInstance": instance_arn,
+            "idle": False,
+            "messageId": str(uuid.uuid4()),
+            "fin": True,
+        },
+        "taskMetrics": [
+            {
+                "taskArn": arn,
+                "taskDefinitionFamily": "f",
+                "taskDefinitionVersion": "1",
+                "containerMetrics": [container_metrics(*c) for c in containers],
+            }
+            for arn, containers in sent
+        ],
+        "timestamp": stamp,
+    }
+    health = {
+        "metadata": {"cluster": cluster, "containerInstance": instance_arn, "fin": True},
+        "tasks": [
+            {
+                "taskArn": web_tasks[0]["taskArn"],
+                "taskDefinitionFamily": web_family,
+                "taskDefinitionVersion": "1",
+                "containers": [
+                    {"containerName": "web", "healthStatus": "UNHEALTHY", "statusSince": stamp}
+                ],
+            }
+        ],
+        "timestamp": stamp,
+    }
+
+    async def scenario():
+        async with tcs_connect(sim, cluster, instance_arn) as ws:
+            await ws.send(tcs_frame("PublishMetricsRequest", message))
+            await next_frame(ws, "AckPublishMetric")
+            await ws.send(tcs_frame("PublishHealthRequest", health))
+            await next_frame(ws, "AckPublishHealth")
+
+    asyncio.run(scenario())
+
+    expected = {}
+    web_used = [used(t["taskArn"]) for t in web_tasks]
+    expected[(web_service, "CPUUtilization")] = sum(c for c, _ in web_used) * 100 / (512 * 2)
+    expected[(web_service, "MemoryUtilization")] = sum(m for _, m in web_used) * 100 / (1024 * 2)
+    worker_cpu, worker_memory = used(worker_task["taskArn"])
+    expected[(worker_service, "CPUUtilization")] = worker_cpu * 100 / (128 + 64)
+    expected[(worker_service, "MemoryUtilization")] = worker_memory * 100 / (128 + 64)
+    every = [used(arn) for arn, _ in sent[:4]]
+    expected[(None, "CPUUtilization")] = sum(c for c, _ in every) * 100 / registered_cpu
+    expected[(None, "MemoryUtilization")] = sum(m for _, m in every) * 100 / registered_memory
+
+    cloudwatch = sim.client("cloudwatch")
+    start = datetime.datetime.fromtimestamp(stamp - 60, tz=datetime.UTC)
+    end = datetime.datetime.fromtimestamp(stamp + 60, tz=datetime.UTC)
+    for (service, metric), value in expected.items():
+        dimensions = [{"Name": "ClusterName", "Value": cluster}]
+        if service is None:
+            # moto's GetMetricStatistics also matches datums with more dimensions; GetMetricData
+            # matches them exactly, as CloudWatch does.
+            result = cloudwatch.get_metric_data(
+                MetricDataQueries=[
+                    {
+                        "Id": "q",
+                        "MetricStat": {
+                            "Metric": {
+                                "Namespace": "AWS/ECS",
+                                "MetricName": metric,
+                                "Dimensions": dimensions,
+                            },
+                            "Period": 60,
+                            "Stat": "Average",
+                        },
+                    }
+                ],
+                StartTime=start,
+                EndTime=end,
+            )["MetricDataResults"][0]
+            assert result["Values"] == [pytest.approx(value)], (metric, result)
+            continue
+        dimensions.append({"Name": "ServiceName", "Value": service})
+        points = cloudwatch.get_metric_statistics(
+            Namespace="AWS/ECS",
+            MetricName=metric,
+            Dimensions=dimensions,
+            StartTime=start,
+            EndTime=end,
+            Period=60,
+            Statistics=["Average", "SampleCount"],
+        )["Datapoints"]
+        assert len(points) == 1, (service, metric, points)
+        assert points[0]["Average"] == pytest.approx(value) and points[0]["Unit"] == "Percent"
+        assert points[0]["SampleCount"] == 1
+        assert points[0]["Timestamp"].timestamp() == pytest.approx(stamp, abs=1)
+    listed = cloudwatch.list_metrics(Namespace="AWS/ECS", MetricName="CPUUtilization")["Metrics"]
+    mine = sorted(
+        tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]))
+        for m in listed
+        if {"Name": "ClusterName", "Value": cluster} in m["Dimensions"]
+    )
+    assert mine == sorted(
+        [
+            (("ClusterName", cluster),),
+            (("ClusterName", cluster), ("ServiceName", web_service)),
+            (("ClusterName", cluster), ("ServiceName", worker_service)),
+        ]
+    )
+    [derived] = sim.control("GET", "/tcs/metrics?instance=" + quote(instance_arn))["metrics"]
+    assert derived["timestamp"] == stamp and len(derived["datums"]) == 6
+    assert [s["task_arn"] for s in derived["skipped"]] == [unknown]
+    assert "moto knows no task" in derived["skipped"][0]["reason"]
+
+    [reported] = sim.control("GET", "/tcs/health?instance=" + quote(instance_arn))["health"]
+    assert reported["task_arn"] == web_tasks[0]["taskArn"] and reported["container_name"] == "web"
+    assert reported["health_status"] == "UNHEALTHY" and reported["status_since"] == stamp
+    described = ecs.describe_tasks(cluster=cluster, tasks=[web_tasks[0]["taskArn"]])["tasks"][0]
+    assert described["healthStatus"] == "UNHEALTHY"
+    web = next(c for c in described["containers"] if c["name"] == "web")
+    assert web["healthStatus"] == "UNHEALTHY"
+
+
 def test_draining_stops_only_service_tasks(sim):
     ecs, cluster, instance_arn, family = setup_cluster(sim)
 
