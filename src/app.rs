@@ -16,6 +16,7 @@
 //! the stop deadline.
 
 mod subsystems;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;

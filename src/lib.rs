@@ -15,14 +15,16 @@
 //! lifecycle (spot notice, ASG lifecycle state) ─► drain ─► CompleteLifecycleAction
 //! local API (axum) ◄── reads registration, health, tasks, metrics
 //! ACS credentials ─► credentials (memory) ─► task endpoint :51679 ◄── engine snapshot (metadata by endpoint id)
+//! cgroup files ─► stats collector ─► TCS (metrics, health, instance status) ─► ECS; task endpoint /stats; /metrics
 //! ```
 //!
 //! Modules, in the order data flows: [`config`] (all settings, validated), [`imds`] (instance
 //! identity), [`host`] (CPU, memory, OS), [`store`] (the one durable database), [`ecs`]
-//! (registration, the ACS session and the state reporter), [`tasks`] (the contract between the
+//! (registration, the ACS and TCS sessions and the state reporter), [`tasks`] (the contract between the
 //! control plane and the engine), [`credentials`] (task role credentials, memory only),
 //! [`engine`] (tasks as Docker containers), [`docker`] (the
-//! engine connection), [`metrics`] (host metrics to CloudWatch), [`watchdog`] (Docker health
+//! engine connection), [`metrics`] (host metrics to CloudWatch), [`stats`] (container stats from
+//! cgroups, for TCS, task metadata and `/metrics`), [`watchdog`] (Docker health
 //! through systemd), [`lifecycle`] (Spot, Auto Scaling and warm-pool life of the instance),
 //! [`health`] (the health board), [`api`] (local HTTP), [`task_endpoint`] (credentials and task
 //! metadata for containers, 51679), [`supervisor`] (long-running
@@ -46,6 +48,7 @@ pub mod host;
 pub mod imds;
 pub mod lifecycle;
 pub mod metrics;
+pub mod stats;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -325,8 +325,7 @@ async fn docker_config_fields_reach_docker_and_start_gates_dependents() {
         "User": "nobody",
         "WorkingDir": "/tmp"
     });
-    // No Healthcheck: a task with a container health check is refused until health reaches ECS
-    // (issue 20); `engine::features` and tests/docker_task_shapes.rs prove the refusal.
+    // No Healthcheck here: health checks have their own end-to-end test (tests/e2e_health.rs).
     svc["dockerConfig"]["config"] = serde_json::json!(cfg.to_string());
     svc["cpu"] = serde_json::json!(256);
     svc["memory"] = serde_json::json!(64);

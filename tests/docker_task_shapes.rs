@@ -526,9 +526,10 @@ async fn unsupported_or_impossible_tasks_stop_with_a_reason_and_create_nothing()
             }),
         ),
         (
-            "container health checks (containers[app].healthCheck)",
+            // Docker health checks run (tests/e2e_health.rs); ECS knows no other type.
+            "this kind of container health check (containers[app].healthCheckType: ecs-managed)",
             Box::new(|_: &mut Value, c: &mut Value| {
-                c["healthCheckType"] = json!("DOCKER");
+                c["healthCheckType"] = json!("ecs-managed");
             }),
         ),
         (

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::*;
 use ecs_hostd::credentials::{RoleCredentials, RoleType};
+use ecs_hostd::stats;
 use ecs_hostd::task_endpoint::{self, EndpointState, InstanceFacts, audit, limit};
 use ecs_hostd::tasks::{ReportStatus, TaskControl};
 use images::world_image;
@@ -61,10 +62,38 @@ impl task_endpoint::tags::TagSource for NoEcs {
     }
 }
 
-/// Serves the endpoint for `eng` on a free loopback port.
+/// The running containers of the engine's tasks, as the agent hands them to the collector.
+fn running(view: &ecs_hostd::engine::introspection::EngineView) -> Vec<stats::Running> {
+    view.snapshot()
+        .metadata
+        .tasks
+        .iter()
+        .flat_map(|t| t.containers.iter())
+        .filter(|c| c.running)
+        .filter_map(|c| {
+            Some(stats::Running {
+                docker_id: c.docker_id.clone()?,
+                name: c.docker_name.clone(),
+                started_at: None,
+            })
+        })
+        .collect()
+}
+
+/// Serves the endpoint for `eng` on a free loopback port, with the cgroup stats collector
+/// sampling the engine's running containers every second.
 async fn serve(eng: &Running) -> (u16, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let collector = stats::Stats::new(stats::Collector::system());
+    let view = eng.engine.view();
+    let cancel = CancellationToken::new();
+    tokio::spawn(stats::run(
+        collector.clone(),
+        Duration::from_secs(1),
+        move || running(&view),
+        cancel.clone(),
+    ));
     let state = EndpointState {
         instance: InstanceFacts {
             cluster: "test".into(),
@@ -74,12 +103,11 @@ async fn serve(eng: &Running) -> (u16, CancellationToken) {
         },
         credentials: eng.credentials.clone(),
         tasks: Arc::new(eng.engine.view()),
-        stats: Arc::new(eng.docker.clone()),
+        stats: Arc::new(collector),
         limiter: Arc::new(limit::RateLimiter::new(40, 60)),
         audit: Arc::new(audit::AuditLog::new(audit::Sink::Log)),
         tags: Arc::new(NoEcs),
     };
-    let cancel = CancellationToken::new();
     tokio::spawn(task_endpoint::serve_on(listener, state, cancel.clone()));
     (port, cancel)
 }
@@ -249,10 +277,37 @@ async fn credentials_and_metadata_of_a_real_task() {
     let c3 = get_json(port, &format!("/v3/{endpoint}")).await;
     assert_eq!(c3["DockerId"], docker_id.as_str());
     assert!(c3.get("ContainerARN").is_none(), "{c3}");
-    // Stats, from Docker.
-    let stats = get_json(port, &format!("/v4/{endpoint}/stats")).await;
+    // Stats, from the cgroup collector, in Docker's shape: once two samples exist the CPU
+    // counters and their previous values are there (a client computes a rate from them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        // 500 until the collector's first round has seen the container.
+        let (status, body) = get(port, &format!("/v4/{endpoint}/stats")).await;
+        let s: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status == 200 && s["precpu_stats"]["system_cpu_usage"].as_u64().unwrap_or(0) > 0 {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second sample: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     assert_eq!(stats["id"], docker_id.as_str());
-    assert!(stats.get("memory_stats").is_some(), "{stats}");
+    assert!(
+        stats["memory_stats"]["usage"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["cpu_stats"]["system_cpu_usage"].as_u64().unwrap()
+            > stats["precpu_stats"]["system_cpu_usage"].as_u64().unwrap()
+    );
+    assert!(
+        stats["network_rate_stats"]["rx_bytes_per_sec"].is_number(),
+        "{stats}"
+    );
+    let v3_stats = get_json(port, &format!("/v3/{endpoint}/stats")).await;
+    assert!(v3_stats.get("network_rate_stats").is_none(), "{v3_stats}");
     let task_stats = get_json(port, &format!("/v4/{endpoint}/task/stats")).await;
     assert_eq!(task_stats[docker_id.as_str()]["id"], docker_id.as_str());
     // An unknown endpoint id.

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::{DockerReady, Instance, LocalState, Outcome, Registered, Start};
+use super::{DockerReady, Instance, LocalState, Outcome, Registered, Start, telemetry};
 use crate::api::{self, ApiState};
-use crate::ecs::{acs, report};
+use crate::ecs::{acs, report, tcs};
 use crate::engine::Engine;
 use crate::lifecycle::autoscaling::SdkAutoScaling;
 use crate::lifecycle::drain::LocalCensus;
@@ -27,7 +27,8 @@ const API_BEAT: Duration = Duration::from_secs(5);
 const API_MAX_SILENCE: Duration = Duration::from_secs(90);
 
 /// Phase 6, subsystems (spec §2 steps 8–9): host metrics, the task engine, the state-change
-/// reporter, the ACS session, the local API and the lifecycle subsystem, in that order.
+/// reporter, the ACS session, the container stats collector, the TCS session, the local API,
+/// the task endpoint and the lifecycle subsystem, in that order.
 pub(super) fn start(
     start: &Start<'_>,
     local: &LocalState,
@@ -39,9 +40,29 @@ pub(super) fn start(
     let plane = TaskPlane::new(start, local, registered);
     let engine = spawn_engine(start, local, docker, registered, &plane, metrics.as_ref())?;
     spawn_reporter(start, &plane);
-    spawn_acs(start, local, docker, registered, &plane, &engine)?;
-    spawn_api(start, registered, &engine, &plane, metrics.as_ref());
-    spawn_task_endpoint(start, docker, registered, &engine, &plane);
+    let discovery = Arc::new(crate::ecs::discover::Discovery::default());
+    spawn_acs(
+        start, local, docker, registered, &plane, &engine, &discovery,
+    )?;
+    let stats = spawn_stats(start, &engine);
+    spawn_tcs(
+        start,
+        docker,
+        registered,
+        &plane,
+        &engine,
+        &discovery,
+        stats.clone(),
+    )?;
+    spawn_api(
+        start,
+        registered,
+        &engine,
+        &plane,
+        metrics.as_ref(),
+        stats.as_ref(),
+    );
+    spawn_task_endpoint(start, registered, &engine, &plane, stats);
     spawn_lifecycle(start, local, instance, registered, &engine, &plane);
     Ok(())
 }
@@ -50,10 +71,10 @@ pub(super) fn start(
 /// (reached as 169.254.170.2:80 through `engine::net::host_nat`).
 fn spawn_task_endpoint(
     start: &Start<'_>,
-    docker: &DockerReady,
     registered: &Registered,
     engine: &Engine,
     plane: &TaskPlane,
+    stats: Option<crate::stats::Stats>,
 ) {
     let addr = start.config.task_endpoint.addr;
     let state = crate::task_endpoint::EndpointState::for_agent(
@@ -61,7 +82,10 @@ fn spawn_task_endpoint(
         &registered.registration,
         plane.credentials.clone(),
         Arc::new(engine.view()),
-        Arc::new(docker.docker.clone()),
+        match stats {
+            Some(s) => Arc::new(s) as Arc<dyn crate::task_endpoint::StatsSource>,
+            None => Arc::new(crate::task_endpoint::stats::NoStats),
+        },
         Arc::new(crate::task_endpoint::tags::EcsTags(
             registered.ecs.client().clone(),
         )),
@@ -324,6 +348,7 @@ fn spawn_acs(
     registered: &Registered,
     plane: &TaskPlane,
     engine: &Engine,
+    discovery: &Arc<crate::ecs::discover::Discovery>,
 ) -> Result<(), Outcome> {
     let Some(credentials_provider) = registered.sdk.credentials_provider() else {
         return Err(Outcome::Error(
@@ -342,6 +367,7 @@ fn spawn_acs(
             timing: Default::default(),
         },
         ecs: plane.ecs_api.clone(),
+        discovery: discovery.clone(),
         credentials_provider,
         handler: acs::HandlerParts {
             identity: acs::Identity {
@@ -369,6 +395,73 @@ fn spawn_acs(
     Ok(())
 }
 
+/// The container stats collector (issue 21): samples the cgroup files of every running
+/// container every `ECS_POLLING_METRICS_WAIT_DURATION`; `None` with `ECS_DISABLE_METRICS`.
+fn spawn_stats(start: &Start<'_>, engine: &Engine) -> Option<crate::stats::Stats> {
+    let config = &start.config.telemetry;
+    if config.metrics_disabled {
+        return None;
+    }
+    let stats = crate::stats::Stats::new(crate::stats::Collector::system());
+    let (interval, view) = (config.sample_interval, engine.view());
+    let s = stats.clone();
+    start.supervisor.spawn("stats", move |token| {
+        let (s, view) = (s.clone(), view.clone());
+        async move {
+            crate::stats::run(s, interval, move || telemetry::sample_targets(&view), token).await;
+            Ok(())
+        }
+    });
+    Some(stats)
+}
+
+/// The TCS session (issue 21): task metrics, container health and the instance status to ECS.
+fn spawn_tcs(
+    start: &Start<'_>,
+    docker: &DockerReady,
+    registered: &Registered,
+    plane: &TaskPlane,
+    engine: &Engine,
+    discovery: &Arc<crate::ecs::discover::Discovery>,
+    stats: Option<crate::stats::Stats>,
+) -> Result<(), Outcome> {
+    let Some(credentials_provider) = registered.sdk.credentials_provider() else {
+        return Err(Outcome::Error(
+            "no AWS credentials provider to sign the TCS connection".into(),
+        ));
+    };
+    let (config, registration) = (start.config, &registered.registration);
+    let session = Arc::new(tcs::TcsSession::new(tcs::TcsParts {
+        config: tcs::TcsConfig {
+            cluster: registration.cluster.clone(),
+            container_instance_arn: registration.container_instance_arn.clone(),
+            region: registered.region.clone(),
+            agent_version: crate::COMPATIBLE_AGENT_VERSION.into(),
+            agent_hash: acs::agent_hash(),
+            docker_version: Some(docker.info.version.clone()),
+            metrics: !config.telemetry.metrics_disabled,
+            health: !config.engine.docker_health_check_disabled,
+            timing: Default::default(),
+        },
+        ecs: plane.ecs_api.clone(),
+        discovery: discovery.clone(),
+        credentials_provider,
+        source: Arc::new(telemetry::TcsSource {
+            view: engine.view(),
+            stats,
+            board: start.board.clone(),
+        }),
+    }));
+    start.supervisor.spawn("tcs", move |token| {
+        let s = session.clone();
+        async move {
+            let _ = s.run(token).await;
+            Ok(())
+        }
+    });
+    Ok(())
+}
+
 /// The local API (`/v1/metadata`, `/v1/tasks`, `/healthz`, `/metrics`), beating while it serves.
 fn spawn_api(
     start: &Start<'_>,
@@ -376,6 +469,7 @@ fn spawn_api(
     engine: &Engine,
     plane: &TaskPlane,
     metrics: Option<&Metrics>,
+    stats: Option<&crate::stats::Stats>,
 ) {
     let config = start.config;
     let api_state = ApiState {
@@ -390,6 +484,11 @@ fn spawn_api(
         ]
         .into_iter()
         .chain(metrics.iter().map(|m| m.section()))
+        .chain(
+            stats
+                .iter()
+                .map(|s| Arc::new((*s).clone()) as Arc<dyn api::MetricsSection>),
+        )
         .collect(),
     };
     let api_addr = config.api_addr;

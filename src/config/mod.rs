@@ -162,6 +162,26 @@ pub struct TaskEndpointConfig {
     pub audit_rotation: Rotation,
 }
 
+/// Task telemetry to ECS over TCS (official keys only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// `ECS_DISABLE_METRICS`: containers are not sampled; TCS gets idle frames only and the
+    /// task metadata `/stats` answers 500.
+    pub metrics_disabled: bool,
+    /// `ECS_POLLING_METRICS_WAIT_DURATION` (5–20 s, clamped as the official agent clamps): how
+    /// often each running container's cgroup files are sampled.
+    pub sample_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics_disabled: false,
+            sample_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// How a log file of ours is rotated, as the official agent rotates its files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rotation {
@@ -271,6 +291,8 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// The task endpoint server (credentials, task metadata).
     pub task_endpoint: TaskEndpointConfig,
+    /// Task telemetry (TCS) and the container stats collector.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -354,6 +376,7 @@ impl Default for Config {
                 audit_disabled: false,
                 audit_rotation: Rotation::default(),
             },
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

@@ -72,21 +72,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "container metadata files are not implemented",
     ),
     (
-        "ECS_DISABLE_METRICS",
-        &[],
-        "ecs-hostd does not send task metrics to TCS",
-    ),
-    (
-        "ECS_POLL_METRICS",
-        &[],
-        "ecs-hostd does not send task metrics to TCS",
-    ),
-    (
-        "ECS_POLLING_METRICS_WAIT_DURATION",
-        &[],
-        "ecs-hostd does not send task metrics to TCS",
-    ),
-    (
         "ECS_UPDATES_ENABLED",
         &["false", "0"],
         "ecs-hostd never updates itself over ACS; upgrade the package instead",
@@ -770,10 +755,45 @@ pub static SETTINGS: &[Setting] = &[
         }
     ),
     s!(
+        "ECS_DISABLE_METRICS",
+        None,
+        "false",
+        "Do not sample containers: TCS gets idle frames only (no service auto scaling metrics) and task metadata /stats answers 500.",
+        |c, v, _| {
+            c.telemetry.metrics_disabled = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_POLL_METRICS",
+        None,
+        "true",
+        "Accepted for compatibility: ecs-hostd always polls (it reads cgroup files, never Docker stats streams).",
+        |_, v, _| {
+            boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_POLLING_METRICS_WAIT_DURATION",
+        None,
+        "5s",
+        "How often each running container's cgroup files are sampled; clamped to 5s–20s.",
+        |c, v, warnings| {
+            let d = duration(v)?;
+            let clamped = d.clamp(Duration::from_secs(5), Duration::from_secs(20));
+            if clamped != d {
+                warnings.push(format!("{d:?} is outside 5s–20s; using {clamped:?}"));
+            }
+            c.telemetry.sample_interval = clamped;
+            Ok(())
+        }
+    ),
+    s!(
         "ECS_DISABLE_DOCKER_HEALTH_CHECK",
         None,
         "false",
-        "Do not report container health.",
+        "Do not advertise container health checks (ecs.capability.container-health-check) nor send container health over TCS: ECS then places no task with a healthCheck here.",
         |c, v, _| {
             c.engine.docker_health_check_disabled = boolean(v)?;
             Ok(())

@@ -29,6 +29,10 @@ const DOCKER_API_VERSIONS: &[(u32, u32)] = &[
 /// The Docker API version ECR pulls need (the official agent's condition).
 const ECR_MIN_DOCKER_API: (u32, u32) = (1, 19);
 
+/// The Docker API version container health checks need (`Config.Healthcheck`; the official
+/// agent's condition).
+const HEALTH_CHECK_MIN_DOCKER_API: (u32, u32) = (1, 24);
+
 /// Optional features, each advertised only once it is implemented and tested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
@@ -56,6 +60,9 @@ pub struct Features {
     /// `repositoryCredentials` from Secrets Manager
     /// (`private-registry-authentication.secretsmanager`).
     pub private_registry_asm: bool,
+    /// Container health checks: Docker runs them, the engine tracks their status
+    /// (`ecs.capability.container-health-check`; not with `ECS_DISABLE_DOCKER_HEALTH_CHECK`).
+    pub container_health_check: bool,
 }
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
@@ -82,6 +89,11 @@ pub const IMPLEMENTED: Features = Features {
     // engine::secrets::registry_logins + engine::pull, tested in engine::secrets::tests,
     // engine::tests and end to end against a registry with htpasswd in tests/e2e_secrets.rs.
     private_registry_asm: true,
+    // engine::features lets `healthCheckType` docker through, engine::reconcile tracks the
+    // status from the inspections Docker's health_status events cause, task metadata shows it
+    // (engine::introspection::health_of) and TCS reports it: tested in engine::tests,
+    // engine::reconcile::tests and end to end in tests/e2e_health.rs.
+    container_health_check: true,
 };
 
 /// Parses a Docker API version such as `1.41`.
@@ -146,6 +158,12 @@ pub fn attributes(
             out.push(Attribute::flag(format!("{CURRENT}execution-role-awslogs")));
         }
     }
+    if features.container_health_check
+        && !config.engine.docker_health_check_disabled
+        && daemon.is_some_and(|d| d >= HEALTH_CHECK_MIN_DOCKER_API)
+    {
+        out.push(Attribute::flag(format!("{CURRENT}container-health-check")));
+    }
     if features.full_sync {
         out.push(Attribute::flag(format!("{CURRENT}full-sync")));
     }
@@ -208,9 +226,34 @@ mod tests {
         ] {
             assert!(n.contains(&flag), "{flag} not advertised");
         }
-        for never in ["task-iam-role", "container-health-check", "task-eni", "efs"] {
+        assert!(n.contains(&"ecs.capability.container-health-check"));
+        for never in ["task-iam-role", "task-eni", "efs"] {
             assert!(!n.iter().any(|x| x.contains(never)), "{never} advertised");
         }
+    }
+
+    /// `ECS_DISABLE_DOCKER_HEALTH_CHECK=true` only stops advertising health checks (ECS then
+    /// places no health-checked task here); nothing else changes.
+    #[test]
+    fn disabling_docker_health_checks_withdraws_the_capability() {
+        let on = Config::default();
+        let mut off = Config::default();
+        off.engine.docker_health_check_disabled = true;
+        let with = names(&attributes(&on, "LINUX", Some("1.41"), IMPLEMENTED, false))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        let without = names(&attributes(&off, "LINUX", Some("1.41"), IMPLEMENTED, false))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        let flag = "ecs.capability.container-health-check".to_owned();
+        assert!(with.contains(&flag));
+        assert!(!without.contains(&flag));
+        assert_eq!(
+            with.iter().filter(|n| **n != flag).collect::<Vec<_>>(),
+            without.iter().collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -239,6 +282,10 @@ mod tests {
                 "{daemon:?}: {old:?}"
             );
         }
+        // Health checks need Docker API 1.24.
+        assert!(n.contains(&"ecs.capability.container-health-check"));
+        let old = attributes(&c, "LINUX", Some("1.23"), IMPLEMENTED, false);
+        assert!(!names(&old).contains(&"ecs.capability.container-health-check"));
         let again = attributes(&c, "LINUX", Some("1.24"), IMPLEMENTED, false);
         assert!(
             !again.contains(&Attribute::pair("stack", "prod")),

@@ -11,9 +11,12 @@
 pub mod acs;
 pub mod attributes;
 pub mod discover;
+pub mod proxy;
 pub mod register;
 pub mod report;
 pub mod sdk;
+pub mod tcs;
+pub mod ws;
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! How the ACS websocket leaves the host when an HTTP proxy is configured (protocol spec §5.2:
+//! How the ACS and TCS websockets leave the host when an HTTP proxy is configured (protocol spec §5.2:
 //! "Honour `HTTPS_PROXY`/`NO_PROXY`"): the same environment rules as the SDK's clients and curl
 //! (`HTTPS_PROXY` for `wss://`, `HTTP_PROXY` for `ws://`, `ALL_PROXY`, `NO_PROXY` with domain
 //! suffixes, IPs and CIDRs; both spellings), read by hyper-util's proxy matcher, and an HTTP

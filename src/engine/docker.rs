@@ -26,7 +26,9 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value, json};
 
 use crate::engine::cleanup::DockerImage;
-use crate::engine::model::{ContainerNetwork, ContainerSpec, Health, TaskRecord, VolumeSource};
+use crate::engine::model::{
+    ContainerNetwork, ContainerSpec, HealthProbe, HealthStatus, TaskRecord, VolumeSource,
+};
 use crate::engine::runtime::{
     ContainerRuntime, ImageInfo, LABEL_CLUSTER, LABEL_CONTAINER_NAME, LABEL_FAMILY, LABEL_TASK_ARN,
     LABEL_VERSION, Observed, PullLimits, RuntimeError, State, Summary, VolumeRequest,
@@ -531,15 +533,20 @@ pub fn observed_from_inspect(i: bollard::models::ContainerInspectResponse) -> Ob
         "removing" => State::Removing,
         _ => State::Exited,
     });
-    let health = match st
-        .health
-        .and_then(|h| h.status)
-        .map(|s| s.to_string())
-        .as_deref()
-    {
-        Some("healthy") => Health::Healthy,
-        Some("unhealthy") => Health::Unhealthy,
-        _ => Health::Unknown,
+    let (health, health_probe) = match st.health {
+        Some(h) => (
+            h.status.map_or(HealthStatus::Unknown, |s| {
+                HealthStatus::from_docker(s.as_ref())
+            }),
+            // Docker keeps the last few results, oldest first.
+            h.log.and_then(|log| log.into_iter().last()).map(|r| {
+                HealthProbe::new(
+                    r.exit_code.unwrap_or_default(),
+                    r.output.as_deref().unwrap_or_default(),
+                )
+            }),
+        ),
+        None => (HealthStatus::Unknown, None),
     };
     let mut networks: Vec<ContainerNetwork> = i
         .network_settings
@@ -602,6 +609,7 @@ pub fn observed_from_inspect(i: bollard::models::ContainerInspectResponse) -> Ob
         oom_killed: st.oom_killed.unwrap_or(false),
         error: st.error.filter(|e| !e.is_empty()),
         health,
+        health_probe,
         created_at: parse_time(i.created),
         started_at: parse_time(st.started_at),
         finished_at: if exited {
@@ -615,13 +623,16 @@ pub fn observed_from_inspect(i: bollard::models::ContainerInspectResponse) -> Ob
     }
 }
 
-fn summary_health(status: &str) -> Health {
+/// Health from a listing row's status text (`Up 3 seconds (healthy)`). It keys the inspection
+/// cache with the state: a changed health makes the next listing inspect that container once,
+/// which is how a `health_status` event's news reaches the record.
+fn summary_health(status: &str) -> HealthStatus {
     if status.contains("(healthy)") {
-        Health::Healthy
+        HealthStatus::Healthy
     } else if status.contains("(unhealthy)") {
-        Health::Unhealthy
+        HealthStatus::Unhealthy
     } else {
-        Health::Unknown
+        HealthStatus::Unknown
     }
 }
 

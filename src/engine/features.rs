@@ -157,8 +157,17 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
                 field("logsAuthStrategy"),
             );
         }
-        if present(c.get("healthCheckType")) {
-            return at("container health checks", field("healthCheck"));
+        // Docker health checks run and are tracked (`model::ContainerSpec::health_checked`);
+        // ECS knows no other type today.
+        if let Some(kind) = c
+            .get("healthCheckType")
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty() && !k.eq_ignore_ascii_case("docker"))
+        {
+            return at(
+                "this kind of container health check",
+                format!("containers[{name}].healthCheckType: {kind}"),
+            );
         }
         let docker_config = c.get("dockerConfig");
         for (key, what, kind) in [
@@ -181,11 +190,8 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
                     field(what),
                 );
             };
-            // Docker's spelling, as the create request will have it (ECS renders `HealthCheck`).
+            // Docker's spelling, as the create request will have it.
             canonicalize(&mut parsed, kind);
-            if kind == Kind::Config && parsed.get("Healthcheck").is_some() {
-                return at("container health checks", field("healthCheck"));
-            }
             if kind == Kind::HostConfig
                 && parsed.pointer("/LogConfig/Type").and_then(Value::as_str) == Some("awsfirelens")
             {
@@ -229,6 +235,32 @@ mod tests {
                    "registryAuthentication": {"type": "asm", "asmAuthData": {"credentialsParameter": "arn:aws:secretsmanager:us-east-1:1:secret:r", "region": "us-east-1"}}}),
         );
         assert_eq!(unsupported(&t, &Available::default()), None);
+    }
+
+    /// Health checks run (issue: container health checks): `healthCheckType` `docker` in any
+    /// case, with the check in `dockerConfig.config` in ECS's or Docker's spelling, or a
+    /// `Healthcheck` without the type (Docker runs it; the engine does not report it).
+    #[test]
+    fn docker_health_checks_are_supported() {
+        let check = r#"{"HealthCheck":{"Test":["CMD-SHELL","true"],"Interval":1000000000}}"#;
+        for (kind, config) in [
+            (json!("DOCKER"), check),
+            (
+                json!("docker"),
+                r#"{"Healthcheck":{"Test":["CMD","true"]}}"#,
+            ),
+            (Value::Null, check),
+        ] {
+            let t = task(
+                json!({}),
+                json!({"healthCheckType": kind, "dockerConfig": {"config": config}}),
+            );
+            assert_eq!(
+                unsupported(&t, &Available::default()),
+                None,
+                "{kind} {config}"
+            );
+        }
     }
 
     #[test]
@@ -297,17 +329,9 @@ mod tests {
                 "containers[app].environmentFiles: type ftp",
             ),
             (
-                task(json!({}), json!({"healthCheckType": "DOCKER"})),
-                "container health checks",
-                "containers[app].healthCheck",
-            ),
-            (
-                task(
-                    json!({}),
-                    json!({"dockerConfig": {"config": "{\"HealthCheck\":{\"Test\":[\"CMD\",\"true\"]}}"}}),
-                ),
-                "container health checks",
-                "containers[app].healthCheck",
+                task(json!({}), json!({"healthCheckType": "ecs-managed"})),
+                "this kind of container health check",
+                "containers[app].healthCheckType: ecs-managed",
             ),
             (
                 task(

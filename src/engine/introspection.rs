@@ -15,8 +15,12 @@ use crate::api::{
     IntrospectionContainer, IntrospectionPort, IntrospectionTask, IntrospectionVolume, TaskView,
 };
 use crate::engine::docker;
-use crate::engine::model::{ContainerSpec, ContainerStatus, TaskRecord, TaskStatus, VolumeSource};
-use crate::task_endpoint::{ContainerFacts, MetadataIndex, MetadataView, TaskFacts};
+use crate::engine::model::{
+    ContainerRecord, ContainerSpec, ContainerStatus, TaskRecord, TaskStatus, VolumeSource,
+};
+use crate::task_endpoint::{
+    ContainerFacts, ContainerHealth, MetadataIndex, MetadataView, TaskFacts,
+};
 
 /// Converts one record.
 pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTask {
@@ -206,6 +210,7 @@ pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Pa
                         c.known,
                         ContainerStatus::ManifestPulled | ContainerStatus::Pulled
                     ),
+                health: spec.filter(|s| s.health_checked()).map(|_| health_of(c)),
             }
         })
         .collect();
@@ -229,6 +234,20 @@ pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Pa
         launch_type: spec.launch_type.clone(),
         service_name: spec.service_name.clone(),
         fault_injection: spec.enable_fault_injection,
+    }
+}
+
+/// A health-checked container's tracked health, as published.
+pub fn health_of(c: &ContainerRecord) -> ContainerHealth {
+    ContainerHealth {
+        status: c.health,
+        since_ms: c.health_since.map(|s| (s * 1000.0).round() as i64),
+        exit_code: c.health_probe.as_ref().map(|p| p.exit_code),
+        output: c
+            .health_probe
+            .as_ref()
+            .map(|p| p.output.clone())
+            .filter(|o| !o.is_empty()),
     }
 }
 

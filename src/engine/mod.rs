@@ -494,8 +494,10 @@ impl TaskControl for Engine {
     }
 }
 
-/// Inspections cached by container id, valid while Docker's listing shows the same state.
-type InspectCache = HashMap<String, (State, model::Health, Observed)>;
+/// Inspections cached by container id, valid while Docker's listing shows the same state and
+/// health (so a `health_status` event costs one inspection of that container, and a health that
+/// holds costs none).
+type InspectCache = HashMap<String, (State, model::HealthStatus, Observed)>;
 
 /// One finished listing of Docker.
 struct Listing {

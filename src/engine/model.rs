@@ -402,6 +402,10 @@ pub struct ContainerSpec {
     /// Environment files from S3 ([`super::envfiles`] reads them before create).
     #[serde(default, deserialize_with = "null_default")]
     pub environment_files: Vec<super::envfiles::EnvironmentFile>,
+    /// `docker` (any case) when the task definition has a `healthCheck`: Docker runs the check
+    /// from `dockerConfig.config`'s `Healthcheck` and the engine tracks its result.
+    #[serde(default)]
+    pub health_check_type: Option<String>,
 }
 
 impl ContainerSpec {
@@ -419,6 +423,15 @@ impl ContainerSpec {
         !self.secrets.is_empty()
             || !self.environment_files.is_empty()
             || self.asm_registry().is_some()
+    }
+
+    /// Whether the task definition gives this container a health check whose status the engine
+    /// tracks and reports (`healthCheckType` `docker`; an image's own `HEALTHCHECK` alone is
+    /// not reported, container-features.md §2).
+    pub fn health_checked(&self) -> bool {
+        self.health_check_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("docker"))
     }
 
     /// The command after `overrides` (a JSON string or object with `command`).
@@ -843,17 +856,62 @@ pub fn random_hex20() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].to_owned()
 }
 
-/// Container health as reported by Docker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Container health (protocol spec §7.1), from Docker's `State.Health.Status`
+/// ([`HealthStatus::from_docker`]). The engine tracks it only for containers whose task
+/// definition has a health check ([`ContainerSpec::health_checked`]) and only while they run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum Health {
-    /// No health check, or not yet known.
+pub enum HealthStatus {
+    /// No result yet (Docker's `starting`), or no health check.
     #[default]
     Unknown,
-    /// Healthy.
+    /// Docker's `healthy`.
     Healthy,
-    /// Unhealthy.
+    /// Docker's `unhealthy`.
     Unhealthy,
+}
+
+impl HealthStatus {
+    /// As ECS spells it (TCS `healthStatus`, task metadata `Health.status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Unknown => "UNKNOWN",
+            HealthStatus::Healthy => "HEALTHY",
+            HealthStatus::Unhealthy => "UNHEALTHY",
+        }
+    }
+
+    /// Docker's status word (`healthy`, `unhealthy`; `starting`, `none` or empty are unknown).
+    pub fn from_docker(status: &str) -> HealthStatus {
+        match status {
+            "healthy" => HealthStatus::Healthy,
+            "unhealthy" => HealthStatus::Unhealthy,
+            _ => HealthStatus::Unknown,
+        }
+    }
+}
+
+/// The most output of a health probe the engine keeps (container-features.md §2).
+pub const HEALTH_OUTPUT_MAX: usize = 1024;
+
+/// Docker's last health probe of a container (the last entry of inspect's `State.Health.Log`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthProbe {
+    /// The probe's exit code (0 healthy, 1 unhealthy; Docker uses others for probes it could
+    /// not run or that timed out).
+    pub exit_code: i64,
+    /// Its output, at most [`HEALTH_OUTPUT_MAX`] bytes (cut at a character boundary).
+    pub output: String,
+}
+
+impl HealthProbe {
+    /// A probe result with its output cut to [`HEALTH_OUTPUT_MAX`] bytes.
+    pub fn new(exit_code: i64, output: &str) -> HealthProbe {
+        HealthProbe {
+            exit_code,
+            output: truncate_bytes(output, HEALTH_OUTPUT_MAX).to_owned(),
+        }
+    }
 }
 
 /// Which step an action failure belongs to.
@@ -924,8 +982,16 @@ pub struct ContainerRecord {
     pub started_at: Option<String>,
     /// RFC 3339 finish time.
     pub finished_at: Option<String>,
-    /// Health.
-    pub health: Health,
+    /// Health: tracked only for containers with a task-definition health check, while they run.
+    pub health: HealthStatus,
+    /// Epoch seconds when `health` last changed (`None` until its first change from UNKNOWN).
+    /// Persisted, so a restarted agent reports the same time.
+    #[serde(default)]
+    pub health_since: Option<f64>,
+    /// Docker's last health probe as the engine last inspected it (inspections follow Docker's
+    /// `health_status` events, so this is the probe that changed the status).
+    #[serde(default)]
+    pub health_probe: Option<HealthProbe>,
     /// Whether the container ever ran (a stop of a never-started one has no exit code).
     pub ran: bool,
     /// Epoch seconds the engine first knew it RUNNING (`startTimeout` counts from here).
@@ -1119,18 +1185,32 @@ pub fn dependency_deadline(task: &TaskRecord, c: &ContainerSpec) -> Option<f64> 
 /// Evaluates `c`'s `dependsOn` (and links/volumesFrom needing the target created) against the
 /// other containers' records at `now`, for the create/start steps (spec §7.2). A dependency
 /// that has not reached its condition `startTimeout` seconds after it started never will.
+///
+/// HEALTHY waits for the dependency's tracked health: an UNHEALTHY dependency is still waited
+/// for (Docker turns it healthy again after a passing probe; `startTimeout` bounds the wait), a
+/// stopped one or one without a task-definition health check can never satisfy it.
 pub fn dependencies(task: &TaskRecord, c: &ContainerSpec, now: f64) -> DepState {
     let mut pending = false;
     for d in &c.depends_on {
         let Some(dep) = task.container(&d.container_name) else {
             return DepState::Impossible(format!("unknown dependency {}", d.container_name));
         };
+        if d.condition == Condition::Healthy
+            && !task
+                .spec_of(&d.container_name)
+                .is_some_and(ContainerSpec::health_checked)
+        {
+            return DepState::Impossible(format!(
+                "DependencyConditionError: dependency {} of container {} has no health check, so it can never satisfy condition HEALTHY",
+                d.container_name, c.name
+            ));
+        }
         let stopped = dep.known == ContainerStatus::Stopped;
         let ok = match d.condition {
             Condition::Start => dep.known >= ContainerStatus::Running && dep.ran,
             Condition::Complete => stopped,
             Condition::Success => stopped && dep.exit_code == Some(0),
-            Condition::Healthy => dep.health == Health::Healthy,
+            Condition::Healthy => dep.health == HealthStatus::Healthy,
         };
         if ok {
             continue;
@@ -1283,14 +1363,19 @@ pub fn take_change(rec: &mut TaskRecord, default_cluster: &str) -> Option<TaskCh
 
 /// ECS accepts reasons of at most 1024 characters.
 pub fn truncate_reason(s: &str) -> String {
-    if s.len() <= 1024 {
-        return s.to_owned();
+    truncate_bytes(s, 1024).to_owned()
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn truncate_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    let mut end = 1024;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
 /// Strips credentials from a task object (design.md resolution 7) before it is stored or

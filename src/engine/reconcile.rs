@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::engine::model::{
-    ContainerRecord, ContainerStatus, DepState, Failure, Health, Step, TaskRecord, TaskStatus,
-    dependencies, dependency_deadline, task_known,
+    ContainerRecord, ContainerStatus, DepState, Failure, HealthStatus, Step, TaskRecord,
+    TaskStatus, dependencies, dependency_deadline, task_known,
 };
 use crate::engine::runtime::{Observed, RuntimeError, State};
 use crate::tasks::NetworkBinding;
@@ -194,6 +194,7 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
 
     // 1. Observations: adopt, advance, detect exits and vanished containers.
     for c in &mut r.containers {
+        let health_checked = rec.spec_of(&c.name).is_some_and(|s| s.health_checked());
         let key = ActionKey::Container(arn.clone(), c.name.clone());
         let busy = world.in_flight.contains(&key);
         let obs = world.find(&arn, c);
@@ -210,7 +211,7 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                     }
                     continue;
                 }
-                observe(c, o);
+                observe(c, o, health_checked, ctx.now);
             }
             None => {
                 if c.known < ContainerStatus::Stopped
@@ -474,8 +475,10 @@ fn stop_action(arn: &str, c: &ContainerRecord, id: String, rec: &TaskRecord, ctx
     }
 }
 
-/// Folds one observation of Docker into a container record (forward only).
-pub fn observe(c: &mut ContainerRecord, o: &Observed) {
+/// Folds one observation of Docker into a container record (forward only). `health_checked`:
+/// the task definition gives the container a health check (only then is health tracked);
+/// `now` dates a health change.
+pub fn observe(c: &mut ContainerRecord, o: &Observed, health_checked: bool, now: f64) {
     if c.known == ContainerStatus::Stopped {
         return;
     }
@@ -488,8 +491,8 @@ pub fn observe(c: &mut ContainerRecord, o: &Observed) {
     if o.image_id.is_some() {
         c.image_id = o.image_id.clone();
     }
-    if c.health != o.health && o.health != Health::Unknown {
-        c.health = o.health;
+    if health_checked && o.state == Some(State::Running) {
+        track_health(c, o, now);
     }
     match o.state {
         Some(State::Created) => {
@@ -522,6 +525,19 @@ pub fn observe(c: &mut ContainerRecord, o: &Observed) {
             }
         }
         Some(State::Removing) | None => {}
+    }
+}
+
+/// Health while the container runs (what Docker says of a container that exited is not a probe
+/// result): the status moves only to a result (Docker's `starting` never replaces one) and
+/// `health_since` only when it changes; the probe is the one this inspection saw.
+fn track_health(c: &mut ContainerRecord, o: &Observed, now: f64) {
+    if o.health != HealthStatus::Unknown && o.health != c.health {
+        c.health = o.health;
+        c.health_since = Some(now);
+    }
+    if o.health_probe.is_some() {
+        c.health_probe = o.health_probe.clone();
     }
 }
 
@@ -629,7 +645,7 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             task_arn,
             container,
             result,
-        } => with_container(rec, task_arn, container, |c| match result {
+        } => with_container(rec, task_arn, container, |c, _| match result {
             Ok(id) => {
                 if c.known == ContainerStatus::Stopped {
                     // Stopped while the create ran: keep the id so cleanup removes it.
@@ -653,14 +669,14 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             task_arn,
             container,
             result,
-        } => with_container(rec, task_arn, container, |c| {
+        } => with_container(rec, task_arn, container, |c, health_checked| {
             // A listing that began before the start finished skipped the container (it was
             // busy) or caught it mid-start (inspected as gone, or not yet listed): only a later
             // one may judge it vanished, whether the start worked or not.
             c.id_epoch = c.id_epoch.max(epoch);
             match result {
                 Ok(Some(o)) => {
-                    observe(c, o);
+                    observe(c, o, health_checked, now);
                     c.failure = None;
                 }
                 Ok(None) => {}
@@ -677,7 +693,7 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             task_arn,
             container,
             result,
-        } => with_container(rec, task_arn, container, |c| {
+        } => with_container(rec, task_arn, container, |c, health_checked| {
             // A listing that ran during the stop skipped the container (it was busy) or caught
             // it mid-stop: only a later one may judge it vanished.
             c.id_epoch = c.id_epoch.max(epoch);
@@ -694,7 +710,7 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
                     );
                 }
                 Ok(Some(o)) => {
-                    observe(c, o);
+                    observe(c, o, health_checked, now);
                     if c.failure.as_ref().is_some_and(|f| f.step == Step::Stop) {
                         c.failure = None;
                     }
@@ -724,18 +740,21 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
     }
 }
 
+/// Runs `f` on container `container` of `rec` if `rec` is task `task_arn`, with whether the
+/// container is health-checked.
 fn with_container(
     rec: &mut TaskRecord,
     task_arn: &str,
     container: &str,
-    f: impl FnOnce(&mut ContainerRecord),
+    f: impl FnOnce(&mut ContainerRecord, bool),
 ) -> bool {
     if rec.spec.arn != task_arn {
         return false;
     }
+    let health_checked = rec.spec_of(container).is_some_and(|s| s.health_checked());
     match rec.containers.iter_mut().find(|c| c.name == container) {
         Some(c) => {
-            f(c);
+            f(c, health_checked);
             true
         }
         None => false,

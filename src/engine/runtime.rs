@@ -14,7 +14,7 @@ use bollard::auth::DockerCredentials;
 use bollard::models::ContainerCreateBody;
 use futures_util::stream::BoxStream;
 
-use crate::engine::model::{ContainerNetwork, Health};
+use crate::engine::model::{ContainerNetwork, HealthProbe, HealthStatus};
 use crate::tasks::NetworkBinding;
 
 /// The label every engine container carries (and the one we filter on).
@@ -95,7 +95,7 @@ pub struct Summary {
     /// State.
     pub state: State,
     /// Health as the listing shows it.
-    pub health: Health,
+    pub health: HealthStatus,
 }
 
 /// Everything the engine records about a container (from inspect).
@@ -117,8 +117,10 @@ pub struct Observed {
     pub oom_killed: bool,
     /// Docker's error text for a failed start.
     pub error: Option<String>,
-    /// Health.
-    pub health: Health,
+    /// Health (`State.Health.Status`).
+    pub health: HealthStatus,
+    /// Docker's last health probe (`State.Health.Log`'s last entry), once one ran.
+    pub health_probe: Option<HealthProbe>,
     /// RFC 3339.
     pub created_at: Option<String>,
     /// RFC 3339; absent when never started.
@@ -359,12 +361,19 @@ impl FakeRuntime {
         self.emit();
     }
 
-    /// Sets a container's health.
-    pub fn set_health(&self, name: &str, health: Health) {
+    /// Sets a container's health (a `health_status` event).
+    pub fn set_health(&self, name: &str, health: HealthStatus) {
         if let Some(c) = self.lock().containers.get_mut(name) {
             c.observed.health = health;
         }
         self.emit();
+    }
+
+    /// Records a health probe result without a status change (Docker sends no event for it).
+    pub fn set_health_probe(&self, name: &str, exit_code: i64, output: &str) {
+        if let Some(c) = self.lock().containers.get_mut(name) {
+            c.observed.health_probe = Some(HealthProbe::new(exit_code, output));
+        }
     }
 
     /// Removes a container behind the engine's back.

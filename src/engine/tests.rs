@@ -191,6 +191,7 @@ async fn a_dependency_that_misses_its_start_timeout_stops_its_dependents() {
     let r = rig();
     let mut db = c("db", false);
     db["startTimeout"] = serde_json::json!(1);
+    db["healthCheckType"] = serde_json::json!("docker");
     let mut web = c("web", true);
     web["dependsOn"] = serde_json::json!([{"containerName": "db", "condition": "HEALTHY"}]);
     deliver(&r.engine, task("t", serde_json::json!([db, web])))
@@ -629,9 +630,11 @@ fn template(i: usize) -> serde_json::Value {
             task(&arn, serde_json::json!([c("a", false), b, d]))
         }
         _ => {
+            let mut a = c("a", true);
+            a["healthCheckType"] = serde_json::json!("docker");
             let mut b = c("b", true);
             b["dependsOn"] = serde_json::json!([{"containerName": "a", "condition": "HEALTHY"}]);
-            task(&arn, serde_json::json!([c("a", true), b]))
+            task(&arn, serde_json::json!([a, b]))
         }
     }
 }
@@ -817,7 +820,7 @@ fn run_ops(ops: Vec<Op>, cleanup_zero: bool) -> Result<(), TestCaseError> {
                 }
                 Op::Healthy(t, c) => {
                     if let Some(n) = name_of(&m, t, c) {
-                        m.fake.set_health(&n, model::Health::Healthy);
+                        m.fake.set_health(&n, model::HealthStatus::Healthy);
                     }
                 }
                 Op::DockerRestart => m.fake.restart_daemon(),
@@ -844,7 +847,7 @@ fn run_ops(ops: Vec<Op>, cleanup_zero: bool) -> Result<(), TestCaseError> {
         for _ in 0..6 {
             for (n, fc) in m.fake.containers() {
                 if fc.observed.state == Some(State::Running) {
-                    m.fake.set_health(&n, model::Health::Healthy);
+                    m.fake.set_health(&n, model::HealthStatus::Healthy);
                     // Template 2's first container is a job the others wait to COMPLETE.
                     if fc.observed.task_arn.as_deref() == Some("arn:t2")
                         && fc.observed.container_name.as_deref() == Some("a")
@@ -1092,7 +1095,7 @@ async fn a_started_container_is_inspected_once() {
     // An event about the container with no state change makes the engine list again.
     let name = fake_name(&r, "arn:a", "a");
     let lists = r.fake.lists();
-    r.fake.set_health(&name, model::Health::Unknown);
+    r.fake.set_health(&name, model::HealthStatus::Unknown);
     tokio::time::timeout(within, async {
         while r.fake.lists() < lists + 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1113,6 +1116,130 @@ async fn a_started_container_is_inspected_once() {
     assert_eq!(of_it, 1, "only the start inspected the container");
     cancel.cancel();
     run.await.unwrap().unwrap();
+}
+
+/// Health end to end through the engine loop (fake Docker): each `health_status` event costs one
+/// inspection of that container (the listing's health column no longer matches the cached
+/// inspection), the tracked health reaches the published snapshot for the health-checked
+/// container only, and a restarted engine keeps the time of the last change.
+#[tokio::test]
+async fn health_status_events_cost_one_inspection_each_and_reach_the_snapshot() {
+    let r = rig();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (e, c) = (r.engine.clone(), cancel.clone());
+        async move { e.run(c).await }
+    });
+    let mut checked = c("checked", true);
+    checked["healthCheckType"] = serde_json::json!("DOCKER");
+    checked["dockerConfig"] = serde_json::json!({"config":
+        r#"{"HealthCheck":{"Test":["CMD-SHELL","true"],"Interval":1000000000,"Retries":1}}"#});
+    r.engine
+        .deliver(task(
+            "arn:h",
+            serde_json::json!([checked, c("plain", false)]),
+        ))
+        .await
+        .unwrap();
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, async {
+        while !statuses(&r.sink.changes(), "arn:h").contains(&ReportStatus::Running) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("task runs");
+    let health = |name: &str| {
+        let snap = r.engine.view().snapshot();
+        snap.metadata.tasks[0]
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .health
+            .clone()
+    };
+    assert_eq!(
+        health("checked"),
+        Some(crate::task_endpoint::ContainerHealth::default()),
+        "tracked, nothing known yet"
+    );
+    assert_eq!(health("plain"), None);
+    let checked = fake_name(&r, "arn:h", "checked");
+    let plain = fake_name(&r, "arn:h", "plain");
+    let id = r.fake.containers()[&checked].observed.id.clone();
+    let inspections_of = |id: &str| {
+        r.fake
+            .inspections()
+            .iter()
+            .filter(|i| **i == id || **i == checked)
+            .count()
+    };
+    let wait_for = |status: model::HealthStatus| {
+        let health = &health;
+        async move {
+            tokio::time::timeout(within, async {
+                while health("checked").map(|h| h.status) != Some(status) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("checked never {status:?}"))
+        }
+    };
+    // The start's own inspection only.
+    assert_eq!(inspections_of(&id), 1);
+
+    let before = now_secs();
+    r.fake.set_health_probe(&checked, 0, "fine");
+    r.fake.set_health(&checked, model::HealthStatus::Healthy);
+    wait_for(model::HealthStatus::Healthy).await;
+    // Let the event's rechecks (100 ms, 300 ms, 1 s) run out.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(inspections_of(&id), 2, "one inspection for the event");
+    let h = health("checked").unwrap();
+    let since = h.since_ms.expect("since set");
+    assert!(since >= (before * 1000.0) as i64, "{since} {before}");
+    assert_eq!((h.exit_code, h.output.as_deref()), (Some(0), Some("fine")));
+
+    // Probes without a status change raise no event and cost nothing.
+    r.fake.set_health_probe(&checked, 0, "fine again");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(inspections_of(&id), 2);
+    assert_eq!(health("checked").unwrap().since_ms, Some(since));
+
+    r.fake.set_health_probe(&checked, 1, "broken");
+    r.fake.set_health(&checked, model::HealthStatus::Unhealthy);
+    wait_for(model::HealthStatus::Unhealthy).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(inspections_of(&id), 3, "one inspection for the event");
+    let h = health("checked").unwrap();
+    assert!(h.since_ms.unwrap() >= since);
+    assert_eq!(
+        (h.exit_code, h.output.as_deref()),
+        (Some(1), Some("broken"))
+    );
+
+    // An image's own health check on the other container: inspected (its listing row changed)
+    // but not tracked.
+    r.fake.set_health(&plain, model::HealthStatus::Healthy);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(health("plain"), None);
+
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+
+    // A restarted engine re-inspects everything, sees the same status, keeps the time.
+    let again = build(
+        &r.fake,
+        &r.sink,
+        &r.store,
+        settings(Duration::from_secs(3 * 3600)),
+    );
+    again.settle(3).await.unwrap();
+    let snap = again.view().snapshot();
+    let after = snap.metadata.tasks[0].containers[0].health.clone().unwrap();
+    assert_eq!(after, h);
 }
 
 /// Task-credentials.md §2.4–§2.5: the ids a record keeps are pending after a restart until ACS

@@ -6,8 +6,10 @@
 //!   at once; a failed one becomes an `Errors` entry in v4 and a log line in v3.
 //! - `/stats` asks Docker once per request ([`super::stats`]); `network_rate_stats` is omitted
 //!   (the spec omits it until two samples exist, and there is never a previous sample here).
-//! - `VPCID`, `AvailabilityZoneID`, `Health`, `RestartCount` are omitted (no IMDS lookups here;
-//!   health checks and restart policies are refused by the engine).
+//! - `VPCID`, `AvailabilityZoneID`, `RestartCount` are omitted (no IMDS lookups here; restart
+//!   policies are refused by the engine).
+//! - `Health` (v4 and v3) is shown for containers with a task-definition health check, from the
+//!   engine's tracking ([`ContainerHealth`]); the task object has no health of its own.
 //!
 //! Never reads engine internals: only the published index.
 
@@ -22,6 +24,7 @@ use super::tags::{TagFailure, TagSource};
 use super::{EndpointState, json_response};
 use crate::api::IntrospectionVolume;
 use crate::engine::model::ContainerNetwork;
+pub use crate::engine::model::HealthStatus;
 use crate::tasks::NetworkBinding;
 
 /// Which document a metadata path asks for.
@@ -37,6 +40,20 @@ pub enum What {
     ContainerStats,
     /// `/v4/<id>/task/stats`.
     TaskStats,
+}
+
+/// A health-checked container's health as the engine tracks it (container-features.md §2): what
+/// task metadata shows as `Health` and TCS reports in `PublishHealthRequest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerHealth {
+    /// HEALTHY, UNHEALTHY, or UNKNOWN (no result yet).
+    pub status: HealthStatus,
+    /// Epoch milliseconds of the last change of `status`; `None` while it never changed.
+    pub since_ms: Option<i64>,
+    /// Exit code of Docker's last probe the engine saw (`None` before the first).
+    pub exit_code: Option<i64>,
+    /// Output of that probe, at most 1024 bytes (`None` when empty).
+    pub output: Option<String>,
 }
 
 /// What the engine publishes about one container.
@@ -88,6 +105,9 @@ pub struct ContainerFacts {
     pub running: bool,
     /// Whether it belongs in the task's `Containers` (created, or pulled so far).
     pub listed: bool,
+    /// Its health, only when the task definition gives it a health check
+    /// (`healthCheckType` `docker`).
+    pub health: Option<ContainerHealth>,
 }
 
 /// What the engine publishes about one task.
@@ -248,6 +268,31 @@ struct NetworkJson<'a> {
     ipv6_addresses: Option<[&'a str; 1]>,
 }
 
+/// `Health` (task-metadata.md §4): Go's `omitempty` on every key, so `{}` while UNKNOWN.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
+}
+
+impl<'a> HealthJson<'a> {
+    fn of(h: &'a ContainerHealth) -> HealthJson<'a> {
+        HealthJson {
+            status: (h.status != HealthStatus::Unknown).then(|| h.status.as_str()),
+            status_since: h.since_ms.map(|ms| rfc3339(ms as f64 / 1000.0, true)),
+            exit_code: h.exit_code.filter(|c| *c != 0),
+            output: h.output.as_deref().filter(|o| !o.is_empty()),
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct ContainerJson<'a> {
@@ -276,6 +321,8 @@ struct ContainerJson<'a> {
     kind: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     networks: Vec<NetworkJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<HealthJson<'a>>,
     #[serde(skip_serializing_if = "<[IntrospectionVolume]>::is_empty")]
     volumes: &'a [IntrospectionVolume],
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -405,6 +452,7 @@ fn container_json<'a>(c: &'a ContainerFacts, v4: bool) -> ContainerJson<'a> {
                 ipv6_addresses: (!n.ipv6.is_empty()).then_some([n.ipv6.as_str()]),
             })
             .collect(),
+        health: c.health.as_ref().map(HealthJson::of),
         volumes: &c.volumes,
         log_driver: if v4 { c.log_driver.as_deref() } else { None },
         log_options: (v4 && !c.log_options.is_empty()).then_some(&c.log_options),
@@ -552,6 +600,13 @@ fn lookup_failed(v4: bool, id: &str, what: What) -> Response {
     error(status, text)
 }
 
+/// v3 stats have no `network_rate_stats` (task-metadata.md §8).
+fn strip_v4_only(stats: &mut serde_json::Value) {
+    if let Some(o) = stats.as_object_mut() {
+        o.remove("network_rate_stats");
+    }
+}
+
 /// Answers one metadata request.
 pub async fn serve(s: &EndpointState, v4: bool, id: &str, what: What) -> Response {
     let index = s.tasks.metadata();
@@ -582,7 +637,12 @@ pub async fn serve(s: &EndpointState, v4: bool, id: &str, what: What) -> Respons
                 );
             }
             match s.stats.stats(docker_id).await {
-                Ok(v) => json_response(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
+                Ok(mut v) => {
+                    if !v4 {
+                        strip_v4_only(&mut v);
+                    }
+                    json_response(StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default())
+                }
                 Err(e) => {
                     tracing::debug!(container.id = %docker_id, error = %e, "Container stats unavailable.");
                     error(
@@ -606,10 +666,14 @@ pub async fn serve(s: &EndpointState, v4: bool, id: &str, what: What) -> Respons
                     if !running {
                         return serde_json::json!({});
                     }
-                    stats
+                    let mut v = stats
                         .stats(&id)
                         .await
-                        .unwrap_or_else(|_| serde_json::json!({}))
+                        .unwrap_or_else(|_| serde_json::json!({}));
+                    if !v4 {
+                        strip_v4_only(&mut v);
+                    }
+                    v
                 }
             }))
             .await;

@@ -6,14 +6,14 @@
 //! request ─► rate limit (caller IP, path) ─► path cleaning (301) ─► route
 //!            ├─ /v1/credentials?id=, /v2/credentials/<id> ─► CredentialsStore ─► audit log
 //!            ├─ /v3/<endpoint id>…, /v4/<endpoint id>…   ─► the engine's published snapshot
-//!            │                                              (+ Docker one-shot stats)
+//!            │                                              (+ the cgroup stats collector)
 //!            └─ anything else ─► 404 `404 page not found`
 //! ```
 //!
 //! Owns: the routes and their exact bodies, path cleaning, the per-(IP, path) token bucket
 //! ([`limit`]), the credentials audit log ([`audit`]), the metadata JSON shapes ([`metadata`]).
 //! Reads only what others publish: the in-memory [`CredentialsStore`], the engine's snapshot
-//! through [`MetadataView`], Docker's stats through [`StatsSource`].
+//! through [`MetadataView`], the stats collector's samples through [`StatsSource`].
 //!
 //! Never: changes agent state; logs a credentials id or a secret (the audit log writes the
 //! literal `/v2/credentials`); reaches into the engine (it reads only the published snapshot);
@@ -41,7 +41,9 @@ use tracing::{debug, info, warn};
 
 use crate::credentials::CredentialsStore;
 
-pub use metadata::{ContainerFacts, MetadataIndex, MetadataView, TaskFacts};
+pub use metadata::{
+    ContainerFacts, ContainerHealth, HealthStatus, MetadataIndex, MetadataView, TaskFacts,
+};
 pub use stats::StatsSource;
 
 /// How containers address the endpoint (task-credentials.md §1): the base of the URIs put in

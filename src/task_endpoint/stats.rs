@@ -1,53 +1,43 @@
-//! Container stats for metadata `/stats` and `/task/stats` (task-metadata.md §6).
+//! Container stats for metadata `/stats` and `/task/stats` (task-metadata.md §6): the stats
+//! collector's last samples ([`crate::stats::Stats`], read from cgroup files) in Docker's stats
+//! JSON shape, plus `network_rate_stats` once two samples exist. No Docker call per request.
 //!
-//! For now one Docker stats call per request (`stream=false`, not one-shot, so Docker fills
-//! `precpu_stats` from a second cycle, about a second later), passed through as Docker's JSON.
-//! TODO(issue 18 follow-up): read the cgroup collector's last sample instead (design.md Round 2:
-//! "no per-container Docker stats stream"); then `network_rate_stats` can be added.
-//!
-//! Never holds a stream open; never changes a container.
-
-use std::time::Duration;
+//! Never reads files or asks Docker itself; never changes a container.
 
 use async_trait::async_trait;
-use bollard::query_parameters::StatsOptionsBuilder;
-use futures_util::StreamExt;
-
-/// Deadline of one stats call: inside the server's 5 s answer deadline.
-pub const STATS_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Where container stats come from.
 #[async_trait]
 pub trait StatsSource: Send + Sync {
-    /// The stats of container `docker_id`, as Docker's `ContainerStats` JSON object.
+    /// The stats of container `docker_id`, as Docker's `ContainerStats` JSON object (`{}` while
+    /// it is tracked but not sampled yet); `Err` when it is not tracked.
     async fn stats(&self, docker_id: &str) -> Result<serde_json::Value, String>;
 }
 
 #[async_trait]
-impl StatsSource for bollard::Docker {
+impl StatsSource for crate::stats::Stats {
     async fn stats(&self, docker_id: &str) -> Result<serde_json::Value, String> {
-        let opts = StatsOptionsBuilder::new()
-            .stream(false)
-            .one_shot(false)
-            .build();
-        let mut stream = self.stats(docker_id, Some(opts));
-        let first = tokio::time::timeout(STATS_TIMEOUT, stream.next())
-            .await
-            .map_err(|_| format!("Docker stats did not answer within {STATS_TIMEOUT:?}"))?;
-        match first {
-            Some(Ok(s)) => serde_json::to_value(s).map_err(|e| e.to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("Docker sent no stats".into()),
+        if !self.tracks(docker_id) {
+            return Err("the stats collector does not track this container".into());
         }
+        let mut value = self
+            .docker_stats(docker_id)
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let (Some(rate), Some(object)) = (self.network_rate(docker_id), value.as_object_mut())
+            && let Ok(rate) = serde_json::to_value(rate)
+        {
+            object.insert("network_rate_stats".into(), rate);
+        }
+        Ok(value)
     }
 }
 
-/// No stats anywhere (tests, or an agent without Docker access).
+/// No stats anywhere (`ECS_DISABLE_METRICS`: every stats request answers 500).
 pub struct NoStats;
 
 #[async_trait]
 impl StatsSource for NoStats {
     async fn stats(&self, _docker_id: &str) -> Result<serde_json::Value, String> {
-        Err("no stats source".into())
+        Err("metrics are disabled (ECS_DISABLE_METRICS)".into())
     }
 }

@@ -85,6 +85,7 @@ fn container(endpoint: &str, name: &str, docker_id: Option<&str>) -> ContainerFa
         container_arn: Some("arn:aws:ecs:us-east-1:123456789012:container/prod/9a8b/web".into()),
         running: docker_id.is_some(),
         listed: docker_id.is_some(),
+        health: None,
     }
 }
 
@@ -520,6 +521,50 @@ async fn v4_container_object_keys_in_the_specs_order() {
         g.body
             .contains(r#""CreatedAt":"2026-07-01T12:00:00.412318071Z""#)
     );
+}
+
+/// `Health` (task-metadata.md §4) of a health-checked container, in v4 and v3: after
+/// `Networks`, `status` omitted while UNKNOWN, `exitCode` omitted when 0, `output` when empty,
+/// `statusSince` in RFC 3339 with the fraction; absent for a container without a health check.
+#[test]
+fn health_is_shown_for_health_checked_containers_only() {
+    let mut c = container(ENDPOINT, "web", Some("3c1de9"));
+    let body = |c: &ContainerFacts, v4| {
+        serde_json::from_slice::<serde_json::Value>(&metadata::container_body(c, v4)).unwrap()
+    };
+    assert!(body(&c, true).get("Health").is_none());
+
+    c.health = Some(ContainerHealth {
+        status: HealthStatus::Unhealthy,
+        since_ms: Some(1_782_907_201_500),
+        exit_code: Some(1),
+        output: Some("connection refused\n".into()),
+    });
+    for v4 in [true, false] {
+        let text = String::from_utf8(metadata::container_body(&c, v4)).unwrap();
+        let keys = keys_in_order(&text);
+        let at = |k: &str| keys.iter().position(|x| x == k).unwrap();
+        assert_eq!(at("Health"), at("Networks") + 1, "{text}");
+        assert_eq!(
+            body(&c, v4)["Health"],
+            serde_json::json!({"status": "UNHEALTHY", "statusSince": "2026-07-01T12:00:01.5Z",
+                "exitCode": 1, "output": "connection refused\n"})
+        );
+    }
+
+    c.health = Some(ContainerHealth {
+        status: HealthStatus::Healthy,
+        since_ms: Some(1_782_907_201_000),
+        exit_code: Some(0),
+        output: None,
+    });
+    assert_eq!(
+        body(&c, true)["Health"],
+        serde_json::json!({"status": "HEALTHY", "statusSince": "2026-07-01T12:00:01Z"})
+    );
+    c.health = Some(ContainerHealth::default());
+    assert_eq!(body(&c, true)["Health"], serde_json::json!({}));
+    assert_eq!(HealthStatus::Unknown.as_str(), "UNKNOWN");
 }
 
 #[tokio::test]

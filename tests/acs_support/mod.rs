@@ -511,6 +511,7 @@ pub fn start_agent(
                 timing,
             },
             ecs,
+            discovery: Default::default(),
             credentials_provider: self::credentials(),
             handler: HandlerParts {
                 identity: Identity {

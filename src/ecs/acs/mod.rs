@@ -3,9 +3,8 @@
 //! - [`messages`]: the wire format, one typed struct per model shape (pure; fuzzed).
 //! - [`handler`]: what each inbound message means: replies, engine calls, credentials (pure
 //!   except for the store and the engine it is given).
-//! - [`session`]: the connection: endpoint discovery, SigV4-signed upgrade, read loop,
-//!   liveness, lifetime and reconnection.
-//! - [`proxy`]: `HTTPS_PROXY`/`NO_PROXY` routing and the `CONNECT` tunnel under the websocket.
+//! - [`session`]: the connection: endpoint discovery, the signed upgrade ([`crate::ecs::ws`]),
+//!   read loop, liveness, lifetime and reconnection.
 //!
 //! Data flow: ACS frame → [`handler::Handler`] → `TaskControl::deliver` (task JSON without
 //! credentials) + `CredentialsStore` (credentials, memory only) → replies (acks) → ACS.
@@ -14,7 +13,6 @@
 
 pub mod handler;
 pub mod messages;
-pub mod proxy;
 pub mod session;
 
 pub use handler::{Handler, HandlerParts, Identity};

@@ -18,29 +18,23 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::handler::{self, Disconnect, Handler, HandlerParts};
-use super::messages;
-use super::proxy::{self, Proxies};
 use crate::backoff::{self, Policy};
 use crate::ecs::EcsApi;
-use crate::ecs::discover::{self, Discovery};
+use crate::ecs::discover::Discovery;
+use crate::ecs::proxy::Proxies;
+use crate::ecs::ws::{self, ConnectError, Ws};
 use crate::store;
 
 /// Close reason sent when a connection reaches its maximum age (protocol spec §5.6).
@@ -48,13 +42,6 @@ pub const EXPIRED_REASON: &str = "ConnectionExpired: Reconnect to continue";
 /// A "clean" close sooner than this after connecting is treated as a failure (backoff), so a
 /// server that accepts and closes at once cannot make the agent spin.
 pub const CLEAN_MIN_LIFETIME: Duration = Duration::from_secs(1);
-/// Exceptions that say retrying soon will not help (protocol spec §5.2).
-const SLOW_RETRY_EXCEPTIONS: &[&str] = &[
-    "AccessDeniedException",
-    "InvalidClusterException",
-    "InvalidInstanceException",
-    "InactiveInstanceException",
-];
 
 /// Session timings; the defaults are the protocol's. Tests shorten them.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,57 +109,6 @@ pub struct AcsConfig {
     pub timing: Timing,
 }
 
-/// Why a connection attempt failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// No endpoint.
-    #[error(transparent)]
-    Discover(#[from] discover::Error),
-    /// The credentials chain had nothing to sign with.
-    #[error("no AWS credentials to sign the ACS handshake: {0}")]
-    Credentials(String),
-    /// The discovered endpoint is not usable.
-    #[error("ACS endpoint {0:?} is not an http(s) or ws(s) URL")]
-    BadEndpoint(String),
-    /// Signing failed.
-    #[error("cannot sign the ACS handshake: {0}")]
-    Sign(String),
-    /// ACS answered the upgrade with an HTTP error.
-    #[error("ACS refused the connection: HTTP {status} {}{message}", exception.as_deref().map(|e| format!("{e}: ")).unwrap_or_default())]
-    Refused {
-        /// HTTP status.
-        status: u16,
-        /// Exception named by the body, e.g. `InvalidClusterException`.
-        exception: Option<String>,
-        /// Its text.
-        message: String,
-    },
-    /// TCP, TLS or websocket failure.
-    #[error("ACS connection failed: {0}")]
-    Transport(String),
-    /// No upgrade within the deadline.
-    #[error("ACS handshake did not complete within {0:?}")]
-    Timeout(Duration),
-}
-
-impl ConnectError {
-    /// Whether a quick retry may help (all are retried with backoff regardless).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ConnectError::Refused {
-                exception: Some(e), ..
-            } => !SLOW_RETRY_EXCEPTIONS.contains(&e.as_str()),
-            ConnectError::Discover(e) => e.is_retryable(),
-            ConnectError::BadEndpoint(_) | ConnectError::Sign(_) => false,
-            _ => true,
-        }
-    }
-
-    fn is_inactive_instance(&self) -> bool {
-        matches!(self, ConnectError::Refused { exception: Some(e), .. } if e == "InactiveInstanceException")
-    }
-}
-
 /// Errors that end [`AcsSession::run`] (the supervisor restarts it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -197,13 +133,13 @@ pub struct AcsParts {
     pub config: AcsConfig,
     /// ECS (DiscoverPollEndpoint).
     pub ecs: Arc<dyn EcsApi>,
+    /// The endpoint cache (shared with the TCS session).
+    pub discovery: Arc<Discovery>,
     /// Credentials to sign the upgrade with (the SDK configuration's provider).
     pub credentials_provider: SharedCredentialsProvider,
     /// What the handler works with.
     pub handler: HandlerParts,
 }
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How one connection ended.
 enum Ended {
@@ -218,7 +154,7 @@ enum Ended {
 pub struct AcsSession {
     config: AcsConfig,
     ecs: Arc<dyn EcsApi>,
-    discovery: Discovery,
+    discovery: Arc<Discovery>,
     credentials_provider: SharedCredentialsProvider,
     proxies: Proxies,
     handler: tokio::sync::Mutex<Handler>,
@@ -233,75 +169,6 @@ impl std::fmt::Debug for AcsSession {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// Percent-encodes a query component (RFC 3986 unreserved characters are kept).
-fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The websocket URL for an ACS endpoint: `https`→`wss`, `http`→`ws`, `/ws` appended to the path,
-/// then the query.
-pub fn acs_url(endpoint: &str, query: &[(&str, String)]) -> Result<String, ConnectError> {
-    let endpoint = endpoint.trim();
-    let (scheme, rest) = endpoint
-        .split_once("://")
-        .ok_or_else(|| ConnectError::BadEndpoint(endpoint.to_owned()))?;
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "https" | "wss" => "wss",
-        "http" | "ws" => "ws",
-        _ => return Err(ConnectError::BadEndpoint(endpoint.to_owned())),
-    };
-    let base = rest
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/');
-    if base.is_empty() || base.starts_with('/') {
-        return Err(ConnectError::BadEndpoint(endpoint.to_owned()));
-    }
-    let query: Vec<String> = query
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
-        .collect();
-    Ok(format!("{scheme}://{base}/ws?{}", query.join("&")))
-}
-
-/// The SigV4 headers for a GET of `url` with an empty body (service `ecs`).
-pub fn signed_headers(
-    url: &str,
-    region: &str,
-    credentials: &aws_credential_types::Credentials,
-    time: SystemTime,
-) -> Result<Vec<(&'static str, String)>, ConnectError> {
-    let identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("ecs")
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| ConnectError::Sign(e.to_string()))?
-        .into();
-    let request = SignableRequest::new("GET", url, std::iter::empty(), SignableBody::Bytes(&[]))
-        .map_err(|e| ConnectError::Sign(e.to_string()))?;
-    let (instructions, _signature) = sign(request, &params)
-        .map_err(|e| ConnectError::Sign(e.to_string()))?
-        .into_parts();
-    let (headers, _params) = instructions.into_parts();
-    Ok(headers
-        .into_iter()
-        .map(|h| (h.name(), h.value().to_owned()))
-        .collect())
 }
 
 fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
@@ -322,7 +189,7 @@ impl AcsSession {
         Ok(AcsSession {
             config: parts.config,
             ecs: parts.ecs,
-            discovery: Discovery::default(),
+            discovery: parts.discovery,
             credentials_provider: parts.credentials_provider,
             proxies: Proxies::from_env(),
             handler: tokio::sync::Mutex::new(Handler::new(parts.handler)?),
@@ -435,7 +302,7 @@ impl AcsSession {
             .endpoints(&*self.ecs, &c.cluster, &c.container_instance_arn)
             .await?;
         let send_credentials = self.first_connection.load(Ordering::Relaxed);
-        let url = acs_url(&endpoints.acs, &self.query(send_credentials))?;
+        let url = ws::ws_url(&endpoints.acs, &self.query(send_credentials))?;
         let credentials = self
             .credentials_provider
             .provide_credentials()
@@ -443,50 +310,17 @@ impl AcsSession {
             .map_err(|e| {
                 ConnectError::Credentials(aws_sdk_ecs::error::DisplayErrorContext(e).to_string())
             })?;
-        let headers = signed_headers(&url, &c.region, &credentials, SystemTime::now())?;
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ConnectError::BadEndpoint(format!("{}: {e}", endpoints.acs)))?;
-        for (name, value) in headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| ConnectError::Sign(e.to_string()))?;
-            let value =
-                HeaderValue::from_str(&value).map_err(|e| ConnectError::Sign(e.to_string()))?;
-            request.headers_mut().insert(name, value);
-        }
-        let route = self.proxies.route(request.uri());
-        debug!(acs.endpoint = %endpoints.acs, send_credentials, proxy = route.as_ref().map(|r| r.describe()), "Connecting to ACS.");
-        let connecting = async {
-            match &route {
-                None => tokio_tungstenite::connect_async(request).await,
-                Some(route) => {
-                    let stream = proxy::tunnel(route, request.uri())
-                        .await
-                        .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
-                    tokio_tungstenite::client_async_tls_with_config(request, stream, None, None)
-                        .await
-                }
-            }
-        };
-        match tokio::time::timeout(c.timing.connect_timeout, connecting).await {
-            Err(_) => Err(ConnectError::Timeout(c.timing.connect_timeout)),
-            Ok(Err(tungstenite::Error::Http(response))) => {
-                let status = response.status().as_u16();
-                let body = response.body().as_deref().unwrap_or(&[]);
-                let (exception, message) = match messages::decode_connect_error(body) {
-                    Some((e, m)) => (Some(e), m),
-                    None => (None, String::new()),
-                };
-                Err(ConnectError::Refused {
-                    status,
-                    exception,
-                    message,
-                })
-            }
-            Ok(Err(e)) => Err(ConnectError::Transport(e.to_string())),
-            Ok(Ok((ws, _response))) => Ok((ws, endpoints.acs)),
-        }
+        debug!(acs.endpoint = %endpoints.acs, send_credentials,
+            proxy = ws::describe_route(&self.proxies, &url), "Connecting to ACS.");
+        let ws = ws::open(
+            &url,
+            &c.region,
+            &credentials,
+            &self.proxies,
+            c.timing.connect_timeout,
+        )
+        .await?;
+        Ok((ws, endpoints.acs))
     }
 
     async fn send(&self, ws: &mut Ws, message: Message) -> Result<(), String> {
@@ -594,66 +428,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_from_endpoint() {
-        let q = vec![
-            (
-                "clusterArn",
-                "arn:aws:ecs:us-east-1:1:cluster/a b".to_owned(),
-            ),
-            ("dockerVersion", "DockerVersion: 25.0.8".to_owned()),
-        ];
-        assert_eq!(
-            acs_url("https://ecs-a-1.us-east-1.amazonaws.com", &q).unwrap(),
-            "wss://ecs-a-1.us-east-1.amazonaws.com/ws?clusterArn=arn%3Aaws%3Aecs%3Aus-east-1%3A1%3Acluster%2Fa%20b&dockerVersion=DockerVersion%3A%2025.0.8"
-        );
-        assert!(
-            acs_url("http://127.0.0.1:8080/", &[])
-                .unwrap()
-                .starts_with("ws://127.0.0.1:8080/ws?")
-        );
-        assert!(
-            acs_url("http://127.0.0.1:8080/base", &[])
-                .unwrap()
-                .starts_with("ws://127.0.0.1:8080/base/ws?")
-        );
-        for bad in ["ftp://x", "no-scheme", "https://", "https:///path"] {
-            let e = acs_url(bad, &[]).unwrap_err();
-            assert!(!e.is_retryable(), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn signing_produces_sigv4_headers_for_ecs() {
-        let creds = aws_credential_types::Credentials::new(
-            "AKIDTEST",
-            "secret",
-            Some("tok".into()),
-            None,
-            "t",
-        );
-        let headers = signed_headers(
-            "wss://ecs-a-1.us-east-1.amazonaws.com/ws?seqNum=1",
-            "us-east-1",
-            &creds,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        )
-        .unwrap();
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.clone())
-        };
-        let auth = get("authorization").unwrap();
-        assert!(
-            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/20231114/us-east-1/ecs/aws4_request, SignedHeaders="),
-            "{auth}"
-        );
-        assert_eq!(get("x-amz-date").as_deref(), Some("20231114T221320Z"));
-        assert_eq!(get("x-amz-security-token").as_deref(), Some("tok"));
-    }
-
-    #[test]
     fn close_codes() {
         for c in [1000, 1001, 1006, 1011] {
             assert!(clean_close(c));
@@ -661,16 +435,5 @@ mod tests {
         for c in [1002, 1008, 4000] {
             assert!(!clean_close(c));
         }
-        let e = ConnectError::Refused {
-            status: 400,
-            exception: Some("InactiveInstanceException".into()),
-            message: "gone".into(),
-        };
-        assert!(e.is_inactive_instance());
-        assert!(!e.is_retryable());
-        assert_eq!(
-            e.to_string(),
-            "ACS refused the connection: HTTP 400 InactiveInstanceException: gone"
-        );
     }
 }

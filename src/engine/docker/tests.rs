@@ -399,3 +399,65 @@ fn secrets_override_the_environment_and_fill_log_options() {
         "{shown}"
     );
 }
+
+/// A health check as ECS renders it (`healthCheckType` `DOCKER`, `HealthCheck` in ECS's
+/// spelling, nanoseconds) reaches Docker's `Config.Healthcheck` unchanged.
+#[test]
+fn the_health_check_is_passed_to_docker_unchanged() {
+    let check = serde_json::json!({"Test": ["CMD-SHELL", "exit 1"], "Interval": 1_000_000_000u64,
+        "Timeout": 2_000_000_000u64, "Retries": 1, "StartPeriod": 3_000_000_000u64});
+    let spec = TaskSpec::from_json(&serde_json::json!({
+        "arn": "arn:aws:ecs:r:1:task/c/t1", "family": "fam", "version": "3",
+        "containers": [{"name": "web", "image": "img:2", "healthCheckType": "DOCKER",
+            "dockerConfig": {"config": serde_json::json!({"HealthCheck": check}).to_string()}}]
+    }))
+    .unwrap();
+    assert!(spec.containers[0].health_checked());
+    let rec = TaskRecord::new(spec, 1, 0.0).unwrap();
+    let body = create_body(&rec, &rec.spec.containers[0], &MapCtx::default()).unwrap();
+    let v = serde_json::to_value(&body).unwrap();
+    assert_eq!(v["Healthcheck"], check);
+    assert!(v.get("HealthCheck").is_none());
+}
+
+/// Inspect's `State.Health`: the status word maps to ours, the last log entry is the probe.
+#[test]
+fn inspection_reads_health_status_and_the_last_probe() {
+    let inspect = |health: serde_json::Value| {
+        let i: bollard::models::ContainerInspectResponse =
+            serde_json::from_value(serde_json::json!({"Id": "abc", "Name": "/x",
+                "State": {"Status": "running", "Health": health}}))
+            .unwrap();
+        observed_from_inspect(i)
+    };
+    let o = inspect(
+        serde_json::json!({"Status": "unhealthy", "FailingStreak": 2, "Log": [
+            {"Start": "2026-07-01T12:00:00.1Z", "End": "2026-07-01T12:00:00.2Z", "ExitCode": 0, "Output": "ok"},
+            {"Start": "2026-07-01T12:00:01.1Z", "End": "2026-07-01T12:00:01.2Z", "ExitCode": 1, "Output": "refused\n"}
+        ]}),
+    );
+    assert_eq!(o.health, HealthStatus::Unhealthy);
+    assert_eq!(o.health_probe, Some(HealthProbe::new(1, "refused\n")));
+    let long = "x".repeat(4096);
+    let o =
+        inspect(serde_json::json!({"Status": "healthy", "Log": [{"ExitCode": 0, "Output": long}]}));
+    assert_eq!(o.health, HealthStatus::Healthy);
+    assert_eq!(o.health_probe.unwrap().output.len(), 1024);
+    let o = inspect(serde_json::json!({"Status": "starting", "Log": []}));
+    assert_eq!((o.health, o.health_probe), (HealthStatus::Unknown, None));
+    let o = inspect(serde_json::Value::Null);
+    assert_eq!((o.health, o.health_probe), (HealthStatus::Unknown, None));
+    // The listing's status column tells a change of health (it keys the inspection cache).
+    assert_eq!(
+        summary_health("Up 3 seconds (healthy)"),
+        HealthStatus::Healthy
+    );
+    assert_eq!(
+        summary_health("Up 9 seconds (unhealthy)"),
+        HealthStatus::Unhealthy
+    );
+    assert_eq!(
+        summary_health("Up 1 second (health: starting)"),
+        HealthStatus::Unknown
+    );
+}

@@ -132,7 +132,7 @@ fn two_container_task() -> TaskRecord {
     let spec = TaskSpec::from_json(&serde_json::json!({
         "arn": "arn:aws:ecs:us-east-1:1:task/c/abc", "family": "web", "version": "7",
         "containers": [
-            {"name": "app_1", "image": "i", "essential": true},
+            {"name": "app_1", "image": "i", "essential": true, "healthCheckType": "DOCKER"},
             {"name": "side", "image": "i", "essential": false,
              "dependsOn": [{"containerName": "app_1", "condition": "HEALTHY"}]}
         ]
@@ -161,9 +161,9 @@ fn dependency_conditions() {
     let mut rec = two_container_task();
     let side = rec.spec.containers[1].clone();
     assert_eq!(dependencies(&rec, &side, 0.0), DepState::Pending);
-    rec.containers[0].health = Health::Healthy;
+    rec.containers[0].health = HealthStatus::Healthy;
     assert_eq!(dependencies(&rec, &side, 0.0), DepState::Satisfied);
-    rec.containers[0].health = Health::Unknown;
+    rec.containers[0].health = HealthStatus::Unknown;
     rec.containers[0].known = ContainerStatus::Stopped;
     assert!(matches!(
         dependencies(&rec, &side, 0.0),
@@ -189,6 +189,77 @@ fn dependency_conditions() {
     assert_eq!(dependencies(&rec, &c, 0.0), DepState::Satisfied);
 }
 
+/// HEALTHY (protocol spec §7.2): an UNHEALTHY dependency is still waited for (Docker turns it
+/// healthy after a passing probe); one without a task-definition health check never will be.
+#[test]
+fn healthy_waits_through_unhealthy_and_needs_a_health_check() {
+    let mut rec = two_container_task();
+    let side = rec.spec.containers[1].clone();
+    rec.containers[0].known = ContainerStatus::Running;
+    rec.containers[0].health = HealthStatus::Unhealthy;
+    assert_eq!(dependencies(&rec, &side, 0.0), DepState::Pending);
+    rec.containers[0].health = HealthStatus::Healthy;
+    assert_eq!(dependencies(&rec, &side, 0.0), DepState::Satisfied);
+
+    rec.spec.containers[0].health_check_type = None;
+    assert!(
+        matches!(dependencies(&rec, &side, 0.0), DepState::Impossible(r) if r.contains("has no health check")),
+    );
+}
+
+#[test]
+fn health_check_type_and_status_spellings() {
+    let spec = TaskSpec::from_json(&serde_json::json!({
+        "arn": "a", "containers": [
+            {"name": "x", "image": "i", "healthCheckType": "DOCKER"},
+            {"name": "y", "image": "i", "healthCheckType": "docker"},
+            {"name": "z", "image": "i", "healthCheckType": null},
+            {"name": "w", "image": "i"}
+        ]
+    }))
+    .unwrap();
+    let checked: Vec<bool> = spec.containers.iter().map(|c| c.health_checked()).collect();
+    assert_eq!(checked, [true, true, false, false]);
+    for (docker, ours) in [
+        ("healthy", "HEALTHY"),
+        ("unhealthy", "UNHEALTHY"),
+        ("starting", "UNKNOWN"),
+        ("none", "UNKNOWN"),
+        ("", "UNKNOWN"),
+    ] {
+        assert_eq!(HealthStatus::from_docker(docker).as_str(), ours, "{docker}");
+    }
+    assert_eq!(
+        serde_json::to_string(&HealthStatus::Unhealthy).unwrap(),
+        "\"UNHEALTHY\""
+    );
+    // Output is cut to 1024 bytes at a character boundary.
+    let p = HealthProbe::new(1, &"é".repeat(600));
+    assert_eq!((p.exit_code, p.output.len()), (1, 1024));
+    let p = HealthProbe::new(1, &format!("x{}", "é".repeat(600)));
+    assert_eq!(p.output.len(), 1023);
+}
+
+/// Records written before health tracking load with no health history; the new fields
+/// survive a round trip (the store keeps records as JSON).
+#[test]
+fn health_fields_are_persisted_and_optional() {
+    let mut rec = two_container_task();
+    let mut old = serde_json::to_value(&rec).unwrap();
+    for c in old["containers"].as_array_mut().unwrap() {
+        let c = c.as_object_mut().unwrap();
+        c.remove("health_since");
+        c.remove("health_probe");
+    }
+    let loaded: TaskRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(loaded, rec);
+    rec.containers[0].health = HealthStatus::Unhealthy;
+    rec.containers[0].health_since = Some(1_782_907_201.5);
+    rec.containers[0].health_probe = Some(HealthProbe::new(1, "no"));
+    let back: TaskRecord = serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+    assert_eq!(back, rec);
+}
+
 #[test]
 fn start_timeout_of_a_dependency_counts_from_its_start() {
     let mut rec = two_container_task();
@@ -205,10 +276,10 @@ fn start_timeout_of_a_dependency_counts_from_its_start() {
         matches!(dependencies(&rec, &side, 130.0), DepState::Impossible(r) if r.contains("startTimeout of 30 s"))
     );
     // Healthy in time: satisfied whatever the clock says.
-    rec.containers[0].health = Health::Healthy;
+    rec.containers[0].health = HealthStatus::Healthy;
     assert_eq!(dependencies(&rec, &side, 1e9), DepState::Satisfied);
     // Not started yet: the timeout has not begun.
-    rec.containers[0].health = Health::Unknown;
+    rec.containers[0].health = HealthStatus::Unknown;
     rec.containers[0].running_since = None;
     rec.containers[0].known = ContainerStatus::Created;
     assert_eq!(dependencies(&rec, &side, 1e9), DepState::Pending);

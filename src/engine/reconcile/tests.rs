@@ -1,7 +1,7 @@
 //! Unit tests of the pure reconciler: one step at a time, no runtime.
 
 use super::*;
-use crate::engine::model::TaskSpec;
+use crate::engine::model::{HealthProbe, TaskSpec};
 
 fn rec(containers: serde_json::Value) -> TaskRecord {
     let spec = TaskSpec::from_json(&serde_json::json!({
@@ -352,4 +352,237 @@ fn a_pull_with_a_registry_login_waits_for_the_tasks_fetch_and_the_others_do_not(
         p.record.reason.as_deref(),
         Some("CannotPullContainerError: no")
     );
+}
+
+/// A health-checked container `a` (and the essential `web` depending on it HEALTHY), `a`
+/// running.
+fn health_checked_task() -> TaskRecord {
+    let mut r = rec(serde_json::json!([
+        {"name": "a", "image": "i", "essential": false, "healthCheckType": "DOCKER"},
+        {"name": "web", "image": "i", "essential": true,
+         "dependsOn": [{"containerName": "a", "condition": "HEALTHY"}]}
+    ]));
+    r.containers[0].known = ContainerStatus::Running;
+    r.containers[0].docker_id = Some("id-a".into());
+    r.containers[0].ran = true;
+    r.containers[1].known = ContainerStatus::Pulled;
+    r
+}
+
+fn with_health(mut o: Observed, health: HealthStatus, probe: Option<(i64, &str)>) -> Observed {
+    o.health = health;
+    o.health_probe = probe.map(|(code, out)| HealthProbe::new(code, out));
+    o
+}
+
+fn at(now: f64) -> Ctx {
+    Ctx { now, ..ctx() }
+}
+
+/// Docker's status maps to the record (starting = UNKNOWN never replaces a result), with the
+/// last probe; `health_since` moves only when the status changes.
+#[test]
+fn health_is_tracked_and_its_since_moves_only_on_a_change() {
+    let r = health_checked_task();
+    let running = obs(&r, "a", State::Running, None);
+
+    // Starting: nothing known yet.
+    let p = run(
+        &r,
+        &[with_health(running.clone(), HealthStatus::Unknown, None)],
+        &[],
+        &at(1000.0),
+    );
+    let a = &p.record.containers[0];
+    assert_eq!((a.health, a.health_since), (HealthStatus::Unknown, None));
+
+    // Healthy at 1001.
+    let p = run(
+        &p.record,
+        &[with_health(
+            running.clone(),
+            HealthStatus::Healthy,
+            Some((0, "ok")),
+        )],
+        &[],
+        &at(1001.0),
+    );
+    let a = &p.record.containers[0];
+    assert_eq!(a.health, HealthStatus::Healthy);
+    assert_eq!(a.health_since, Some(1001.0));
+    assert_eq!(a.health_probe, Some(HealthProbe::new(0, "ok")));
+
+    // Still healthy later: the time of the change stays.
+    let p = run(
+        &p.record,
+        &[with_health(
+            running.clone(),
+            HealthStatus::Healthy,
+            Some((0, "ok again")),
+        )],
+        &[],
+        &at(1050.0),
+    );
+    let a = &p.record.containers[0];
+    assert_eq!(a.health_since, Some(1001.0));
+    assert_eq!(a.health_probe, Some(HealthProbe::new(0, "ok again")));
+
+    // Docker's `starting` (after a restart of the check, say) does not undo a result.
+    let p = run(
+        &p.record,
+        &[with_health(running.clone(), HealthStatus::Unknown, None)],
+        &[],
+        &at(1060.0),
+    );
+    let a = &p.record.containers[0];
+    assert_eq!(
+        (a.health, a.health_since),
+        (HealthStatus::Healthy, Some(1001.0))
+    );
+
+    // Unhealthy at 1070, with the failing probe's exit code and output.
+    let p = run(
+        &p.record,
+        &[with_health(
+            running.clone(),
+            HealthStatus::Unhealthy,
+            Some((1, "refused")),
+        )],
+        &[],
+        &at(1070.0),
+    );
+    let a = &p.record.containers[0];
+    assert_eq!(a.health, HealthStatus::Unhealthy);
+    assert_eq!(a.health_since, Some(1070.0));
+    assert_eq!(a.health_probe, Some(HealthProbe::new(1, "refused")));
+    let published = crate::engine::introspection::health_of(a);
+    assert_eq!(
+        published,
+        crate::task_endpoint::ContainerHealth {
+            status: HealthStatus::Unhealthy,
+            since_ms: Some(1_070_000),
+            exit_code: Some(1),
+            output: Some("refused".into()),
+        }
+    );
+
+    // What Docker says of the container once it exited is not a probe result.
+    let mut exited = with_health(
+        obs(&p.record, "a", State::Exited, Some(0)),
+        HealthStatus::Healthy,
+        Some((0, "late")),
+    );
+    exited.id = "id-a".into();
+    let p = run(&p.record, &[exited], &[], &at(1080.0));
+    let a = &p.record.containers[0];
+    assert_eq!(a.known, ContainerStatus::Stopped);
+    assert_eq!(
+        (a.health, a.health_since),
+        (HealthStatus::Unhealthy, Some(1070.0))
+    );
+}
+
+/// An image's own HEALTHCHECK (no `healthCheckType`) is not tracked.
+#[test]
+fn health_of_a_container_without_a_task_health_check_is_ignored() {
+    let mut r = rec(serde_json::json!([{"name": "a", "image": "i", "essential": true}]));
+    r.containers[0].known = ContainerStatus::Running;
+    r.containers[0].docker_id = Some("id-a".into());
+    let o = with_health(
+        obs(&r, "a", State::Running, None),
+        HealthStatus::Healthy,
+        Some((0, "ok")),
+    );
+    let p = run(&r, &[o], &[], &ctx());
+    let a = &p.record.containers[0];
+    assert_eq!(
+        (a.health, a.health_since, &a.health_probe),
+        (HealthStatus::Unknown, None, &None)
+    );
+}
+
+/// The start's own inspection counts as an observation of health too.
+#[test]
+fn the_starts_inspection_feeds_health() {
+    let mut r = health_checked_task();
+    r.containers[0].known = ContainerStatus::Created;
+    let o = with_health(
+        obs(&r, "a", State::Running, None),
+        HealthStatus::Healthy,
+        Some((0, "ok")),
+    );
+    assert!(apply(
+        &mut r,
+        &Outcome::Started {
+            task_arn: "t".into(),
+            container: "a".into(),
+            result: Ok(Some(o)),
+        },
+        1234.0,
+        5
+    ));
+    assert_eq!(r.containers[0].health, HealthStatus::Healthy);
+    assert_eq!(r.containers[0].health_since, Some(1234.0));
+}
+
+/// dependsOn HEALTHY (protocol spec §7.2): the dependent is created only once the dependency is
+/// HEALTHY; while it is UNHEALTHY the dependent waits; when it stops first the dependent stops
+/// with a DependencyConditionError (and, being essential, stops the task).
+#[test]
+fn depends_on_healthy_waits_for_the_dependency_to_be_healthy() {
+    let r = health_checked_task();
+    let running = obs(&r, "a", State::Running, None);
+    let creates = |p: &Plan| {
+        p.actions
+            .iter()
+            .filter(|a| matches!(a, Action::EnsureCreated { container, .. } if container == "web"))
+            .count()
+    };
+
+    let p = run(
+        &r,
+        &[with_health(running.clone(), HealthStatus::Unknown, None)],
+        &[],
+        &ctx(),
+    );
+    assert_eq!(creates(&p), 0);
+    let p = run(
+        &p.record,
+        &[with_health(
+            running.clone(),
+            HealthStatus::Unhealthy,
+            Some((1, "")),
+        )],
+        &[],
+        &ctx(),
+    );
+    assert_eq!(creates(&p), 0, "UNHEALTHY: still waiting");
+    assert_eq!(p.record.containers[1].known, ContainerStatus::Pulled);
+    let healthy = run(
+        &p.record,
+        &[with_health(
+            running.clone(),
+            HealthStatus::Healthy,
+            Some((0, "")),
+        )],
+        &[],
+        &ctx(),
+    );
+    assert_eq!(creates(&healthy), 1, "HEALTHY: web is created");
+
+    // The dependency exits before it was ever healthy.
+    let mut exited = obs(&p.record, "a", State::Exited, Some(1));
+    exited.id = "id-a".into();
+    let p = run(&p.record, &[exited], &[], &ctx());
+    let web = &p.record.containers[1];
+    assert_eq!(web.known, ContainerStatus::Stopped);
+    assert!(
+        web.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("DependencyConditionError")),
+        "{:?}",
+        web.reason
+    );
+    assert_eq!(creates(&p), 0);
+    assert_eq!(p.record.desired, TaskStatus::Stopped);
 }
