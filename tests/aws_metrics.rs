@@ -46,7 +46,6 @@ fn python() -> String {
 struct Sim {
     child: Child,
     port: u16,
-    py: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -82,7 +81,6 @@ impl Sim {
         Sim {
             child,
             port,
-            py,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             _dir: dir,
         }
@@ -115,30 +113,7 @@ impl Sim {
 
     /// Runs boto3 code (which sets `OUT`) against ec2sim; `A` holds `args`.
     fn boto(&self, code: &str, args: Value) -> Value {
-        let prelude = format!(
-            r#"
-import boto3, json, sys, datetime
-A = json.loads(sys.argv[1])
-def client(name):
-    return boto3.client(name, endpoint_url="{url}", region_name="us-east-1",
-                        aws_access_key_id="AKIDTEST", aws_secret_access_key="secret")
-def ts(x):
-    return datetime.datetime.fromtimestamp(x, tz=datetime.timezone.utc)
-OUT = None
-"#,
-            url = self.url()
-        );
-        let program = format!("{prelude}\n{code}\nprint(json.dumps(OUT, default=str))");
-        let out = Command::new(&self.py)
-            .args(["-c", &program, &args.to_string()])
-            .output()
-            .expect("run boto3");
-        assert!(
-            out.status.success(),
-            "boto3 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("boto3 output is JSON")
+        ec2sim_python::boto(&self.url(), code, &args)
     }
 
     async fn sdk(&self) -> aws_config::SdkConfig {

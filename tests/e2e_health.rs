@@ -121,19 +121,17 @@ async fn get_json(port: u16, path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_checks_run_and_their_status_reaches_task_metadata() {
     let port = free_port();
-    let sim = Ec2Sim::start();
-    let cluster = unique("health");
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
-        .env("ECS_HOSTD_METRICS", "false")
-        .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", &format!("127.0.0.1:{port}"))
-        .start();
-    let instance = agent.wait_registered(Duration::from_secs(60));
+    let endpoint = format!("127.0.0.1:{port}");
+    let w = World::start(
+        "health",
+        &[("ECS_HOSTD_TASK_ENDPOINT_ADDR", endpoint.as_str())],
+        "",
+    )
+    .await;
+    let (sim, cluster, agent, instance) = (&w.sim, &w.cluster, &w.agent, &w.instance);
 
     // The capability is advertised (ECS places health-checked tasks only where it is).
-    let described = describe_instance(&sim, &cluster, &instance).await;
+    let described = describe_instance(sim, cluster, instance).await;
     assert!(
         described["attributes"]
             .as_array()
@@ -144,7 +142,7 @@ async fn health_checks_run_and_their_status_reaches_task_metadata() {
     );
 
     let td = register_task_definition(
-        &sim,
+        sim,
         &unique("health"),
         vec![
             checked("good", true, "true"),
@@ -153,16 +151,16 @@ async fn health_checks_run_and_their_status_reaches_task_metadata() {
         None,
     )
     .await;
-    let inspects_before = docker_calls(&agent, "inspect");
+    let inspects_before = docker_calls(agent, "inspect");
     let since = unix_now();
-    let task = run_task(&sim, &cluster, &td).await;
+    let task = run_task(sim, cluster, &td).await;
     let t = wait_task_status(
-        &sim,
-        &cluster,
+        sim,
+        cluster,
         &task,
         "RUNNING",
         Duration::from_secs(60),
-        &agent,
+        agent,
     )
     .await;
     let id_of = |name: &str| {
@@ -196,7 +194,7 @@ async fn health_checks_run_and_their_status_reaches_task_metadata() {
     // Let the events' extra listings (up to about 1.4 s after each) run out.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let until = unix_now() + 1;
-    let inspects_after_health = docker_calls(&agent, "inspect");
+    let inspects_after_health = docker_calls(agent, "inspect");
 
     // The spec's shape: exit code only when not 0, output only when not empty, the time of the
     // change in RFC 3339.
@@ -260,12 +258,12 @@ async fn health_checks_run_and_their_status_reaches_task_metadata() {
     // While the statuses hold (Docker probes every second, but sends no event), the agent asks
     // Docker nothing about them: no inspection, and listings only for the periodic resync and
     // other containers' events (each wakes one listing and three rechecks).
-    let lists = docker_calls(&agent, "list");
+    let lists = docker_calls(agent, "list");
     let quiet_since = unix_now();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let listed = docker_calls(&agent, "list") - lists;
+    let listed = docker_calls(agent, "list") - lists;
     assert_eq!(
-        docker_calls(&agent, "inspect"),
+        docker_calls(agent, "inspect"),
         inspects_after_health,
         "inspections while the statuses held"
     );
@@ -290,14 +288,14 @@ async fn health_checks_run_and_their_status_reaches_task_metadata() {
         "statusSince moves only on a change"
     );
 
-    stop_task(&sim, &cluster, &task).await;
+    stop_task(sim, cluster, &task).await;
     wait_task_status(
-        &sim,
-        &cluster,
+        sim,
+        cluster,
         &task,
         "STOPPED",
         Duration::from_secs(60),
-        &agent,
+        agent,
     )
     .await;
 }
@@ -305,16 +303,14 @@ async fn health_checks_run_and_their_status_reaches_task_metadata() {
 /// `ECS_DISABLE_DOCKER_HEALTH_CHECK=true`: the capability is not advertised.
 #[tokio::test(flavor = "multi_thread")]
 async fn disabling_health_checks_withdraws_the_capability() {
-    let sim = Ec2Sim::start();
-    let cluster = unique("nohealth");
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_HOSTD_METRICS", "false")
-        .env("ECS_DISABLE_DOCKER_HEALTH_CHECK", "true")
-        .start();
-    let instance = agent.wait_registered(Duration::from_secs(60));
-    let described = describe_instance(&sim, &cluster, &instance).await;
+    let w = World::start(
+        "nohealth",
+        &[("ECS_DISABLE_DOCKER_HEALTH_CHECK", "true")],
+        "",
+    )
+    .await;
+    let (sim, cluster, instance) = (&w.sim, &w.cluster, &w.instance);
+    let described = describe_instance(sim, cluster, instance).await;
     let names: Vec<&str> = described["attributes"]
         .as_array()
         .unwrap()

@@ -13,34 +13,8 @@ fn image() -> String {
     std::env::var("ECS_HOSTD_TEST_IMAGE").unwrap_or_else(|_| "ecs-hostd-test/busybox:latest".into())
 }
 
-struct World {
-    sim: Ec2Sim,
-    cluster: String,
-    agent: Agent,
-    _data: tempfile::TempDir,
-}
-
 async fn world(prefix: &str) -> World {
-    world_with(prefix, "").await
-}
-
-async fn world_with(prefix: &str, ecs_config: &str) -> World {
-    let sim = Ec2Sim::start();
-    let cluster = unique(prefix);
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut spec = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
-        .env("ECS_HOSTD_METRICS", "false");
-    spec.ecs_config = ecs_config.to_owned();
-    let mut agent = spec.start();
-    agent.wait_registered(Duration::from_secs(60));
-    World {
-        sim,
-        cluster,
-        agent,
-        _data: data,
-    }
+    World::start(prefix, &[], "").await
 }
 
 async fn register(w: &World, family: &str, containers: Vec<ContainerDefinition>) -> String {
@@ -267,7 +241,7 @@ async fn the_acs_websocket_goes_through_the_configured_proxy() {
     let (port, seen) = forward_proxy().await;
     let proxy = format!("http://127.0.0.1:{port}");
     // Written to ecs.config, as operators of the official agent do.
-    let w = world_with("proxy", &format!("HTTP_PROXY={proxy}\n")).await;
+    let w = World::start("proxy", &[], &format!("HTTP_PROXY={proxy}\n")).await;
     let td = register(
         &w,
         &unique("proxied"),
@@ -417,26 +391,19 @@ fn docker_has_task(task: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_serves_its_tasks_on_the_task_endpoint() {
     let port = free_port();
-    let sim = Ec2Sim::start();
-    let cluster = unique("tep");
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
-        .env("ECS_HOSTD_METRICS", "false")
-        .env("ECS_HOSTD_TASK_ENDPOINT_ADDR", &format!("127.0.0.1:{port}"))
-        .env(
-            "ECS_CONTAINER_INSTANCE_TAGS",
-            r#"{"team":"web","tier":"prod"}"#,
-        )
-        .start();
-    agent.wait_registered(Duration::from_secs(60));
-    let w = World {
-        sim,
-        cluster,
-        agent,
-        _data: data,
-    };
+    let endpoint = format!("127.0.0.1:{port}");
+    let w = World::start(
+        "tep",
+        &[
+            ("ECS_HOSTD_TASK_ENDPOINT_ADDR", endpoint.as_str()),
+            (
+                "ECS_CONTAINER_INSTANCE_TAGS",
+                r#"{"team":"web","tier":"prod"}"#,
+            ),
+        ],
+        "",
+    )
+    .await;
     let td = register_task_definition(
         &w.sim,
         &unique("tep"),

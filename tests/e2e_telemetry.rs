@@ -24,57 +24,8 @@ fn busybox() -> String {
     std::env::var("ECS_HOSTD_TEST_IMAGE").unwrap_or_else(|_| "ecs-hostd-test/busybox:latest".into())
 }
 
-struct World {
-    sim: Ec2Sim,
-    cluster: String,
-    agent: Agent,
-    _data: tempfile::TempDir,
-}
-
 async fn world(prefix: &str) -> World {
-    let sim = Ec2Sim::start();
-    let cluster = unique(prefix);
-    create_cluster(&sim, &cluster).await;
-    let data = tempfile::tempdir().unwrap();
-    let mut agent = AgentSpec::new(&sim, &cluster, data.path())
-        .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
-        .env("ECS_HOSTD_METRICS", "false")
-        .start();
-    agent.wait_registered(Duration::from_secs(60));
-    World {
-        sim,
-        cluster,
-        agent,
-        _data: data,
-    }
-}
-
-/// Runs boto3 code (which sets `OUT`) against ec2sim; `A` holds `args`.
-fn boto(sim: &Ec2Sim, code: &str, args: Value) -> Value {
-    let prelude = format!(
-        r#"
-import boto3, json, sys, datetime
-A = json.loads(sys.argv[1])
-def client(name):
-    return boto3.client(name, endpoint_url="{url}", region_name="us-east-1",
-                        aws_access_key_id="AKIDTEST", aws_secret_access_key="secret")
-def ts(x):
-    return datetime.datetime.fromtimestamp(x, tz=datetime.timezone.utc)
-OUT = None
-"#,
-        url = sim.url()
-    );
-    let program = format!("{prelude}\n{code}\nprint(json.dumps(OUT, default=str))");
-    let out = Command::new(python())
-        .args(["-c", &program, &args.to_string()])
-        .output()
-        .expect("run boto3");
-    assert!(
-        out.status.success(),
-        "boto3 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("boto3 output is JSON")
+    World::start(prefix, &[], "").await
 }
 
 /// `AWS/ECS` datapoints of a service's metric since `from`: (unix seconds, value), 1 s period.
@@ -86,7 +37,7 @@ fn service_metric(
     from: f64,
 ) -> Vec<(f64, f64)> {
     let v = boto(
-        sim,
+        &sim.url(),
         r#"
 cw = client("cloudwatch")
 r = cw.get_metric_statistics(Namespace="AWS/ECS", MetricName=A["metric"],
@@ -96,7 +47,7 @@ r = cw.get_metric_statistics(Namespace="AWS/ECS", MetricName=A["metric"],
     Unit="Percent")
 OUT = sorted([d["Timestamp"].timestamp(), d["Average"]] for d in r["Datapoints"])
 "#,
-        json!({"metric": metric, "cluster": cluster, "service": service, "from": from}),
+        &json!({"metric": metric, "cluster": cluster, "service": service, "from": from}),
     );
     v.as_array()
         .unwrap()
@@ -458,10 +409,7 @@ async fn container_health_reaches_ecs_over_tcs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tcs_refused_and_dropped_the_agent_backs_off_reconnects_and_acs_carries_on() {
     let w = world("tcs-reconnect").await;
-    let instance = w.agent.metadata().unwrap()["ContainerInstanceArn"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let instance = w.instance.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     while w.sim.get("/ec2sim/tcs/frames")["frames"]
         .as_array()

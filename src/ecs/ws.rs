@@ -3,17 +3,22 @@
 //! service `ecs` (of the upgrade, and for TCS of every frame), and the upgrade itself, directly
 //! or through an HTTP proxy tunnel ([`super::proxy`]), bounded by a deadline.
 //!
-//! It owns opening a connection only; what flows over it, liveness and reconnection are each
-//! session's. It never logs signed headers or frames.
+//! It owns opening a connection and the mechanics both sessions share once it is open (a bounded
+//! write, a bounded close, what a read or a close frame says about the connection); what flows
+//! over it, liveness and reconnection are each session's. It never logs signed headers or
+//! frames.
 
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
+use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::{self};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::acs::messages;
@@ -208,6 +213,65 @@ pub async fn open(
     }
 }
 
+/// Writes one message within `timeout`; the error says what went wrong.
+pub async fn write(ws: &mut Ws, message: Message, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, ws.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err(format!("write did not complete within {timeout:?}")),
+    }
+}
+
+/// Sends a close frame (best effort, within 2 s).
+pub async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
+
+/// The end of a connection as one read or close frame reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// A clean close (1000, 1001, 1005, 1006, 1011, or the end of the stream): reconnect at
+    /// once rather than back off (protocol spec §5.6, tcs.md §4).
+    pub clean: bool,
+    /// Why, for the log.
+    pub why: String,
+}
+
+/// What the next item of the stream says: a message, or how the connection ended (`peer` names
+/// the other side in the reason).
+pub fn read(
+    next: Option<Result<Message, tungstenite::Error>>,
+    peer: &str,
+) -> Result<Message, Closed> {
+    let ended = |clean: bool, why: String| Err(Closed { clean, why });
+    match next {
+        None => ended(true, format!("{peer} ended the stream")),
+        Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
+            ended(true, "connection closed".into())
+        }
+        Some(Err(e)) => ended(false, format!("read failed: {e}")),
+        Some(Ok(Message::Close(frame))) => {
+            let (code, reason) = frame
+                .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                .unwrap_or((1005, String::new()));
+            ended(
+                clean_close(code),
+                format!("{peer} closed the connection with code {code} {reason:?}"),
+            )
+        }
+        Some(Ok(m)) => Ok(m),
+    }
+}
+
+/// Whether a close code counts as clean (protocol spec §5.6; 1005: no code given).
+pub fn clean_close(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1005 | 1006 | 1011)
+}
+
 /// Where a route goes, for a log line (the proxy's host and port; never its credentials).
 pub fn describe_route(proxies: &Proxies, url: &str) -> Option<String> {
     let uri = url.parse().ok()?;
@@ -280,6 +344,40 @@ mod tests {
         // The body is part of the signature (TCS signs every frame's payload).
         let with_body = signed_headers(url, b"{}", "us-east-1", &creds, at).unwrap();
         assert_ne!(get(&with_body, "authorization"), Some(auth));
+    }
+
+    #[test]
+    fn how_reads_end_a_connection() {
+        for c in [1000, 1001, 1005, 1006, 1011] {
+            assert!(clean_close(c));
+        }
+        for c in [1002, 1008, 4000] {
+            assert!(!clean_close(c));
+        }
+        let frame = |code: u16| {
+            Some(Ok(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "bye".into(),
+            }))))
+        };
+        assert_eq!(
+            read(frame(1000), "TCS"),
+            Err(Closed {
+                clean: true,
+                why: "TCS closed the connection with code 1000 \"bye\"".into()
+            })
+        );
+        assert!(!read(frame(4001), "TCS").unwrap_err().clean);
+        assert!(read(None, "ACS").unwrap_err().clean);
+        assert!(
+            !read(Some(Err(tungstenite::Error::Utf8(String::new()))), "ACS")
+                .unwrap_err()
+                .clean
+        );
+        assert_eq!(
+            read(Some(Ok(Message::text("x"))), "ACS"),
+            Ok(Message::text("x"))
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod python;
-pub use python::python;
+#[allow(unused_imports)] // not every test crate calls boto3
+pub use python::{boto, python};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -602,4 +603,44 @@ pub async fn register_task_definition(
         .task_definition_arn()
         .unwrap()
         .to_owned()
+}
+
+/// ec2sim, a fresh cluster named after a prefix, and the agent registered in it: what most
+/// end-to-end tests start from.
+#[allow(dead_code)] // not every test crate that includes this module starts a world
+pub struct World {
+    pub sim: Ec2Sim,
+    pub cluster: String,
+    pub agent: Agent,
+    /// The registered container instance ARN.
+    pub instance: String,
+    _data: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl World {
+    /// The agent with containers stopped within 2 s and host metrics off, plus `env` (which
+    /// wins) and `ecs_config` as its ecs.config.
+    pub async fn start(prefix: &str, env: &[(&str, &str)], ecs_config: &str) -> World {
+        let sim = Ec2Sim::start();
+        let cluster = unique(prefix);
+        create_cluster(&sim, &cluster).await;
+        let data = tempfile::tempdir().unwrap();
+        let mut spec = AgentSpec::new(&sim, &cluster, data.path())
+            .env("ECS_CONTAINER_STOP_TIMEOUT", "2s")
+            .env("ECS_HOSTD_METRICS", "false");
+        for (k, v) in env {
+            spec = spec.env(k, v);
+        }
+        spec.ecs_config = ecs_config.to_owned();
+        let mut agent = spec.start();
+        let instance = agent.wait_registered(Duration::from_secs(60));
+        World {
+            sim,
+            cluster,
+            agent,
+            instance,
+            _data: data,
+        }
+    }
 }

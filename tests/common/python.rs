@@ -29,3 +29,33 @@ pub fn python() -> PathBuf {
         ),
     }
 }
+
+/// Runs boto3 `code` against the AWS endpoint `url` (us-east-1, the test user's keys): `A` holds
+/// `args`, `client(name)` makes a client, `ts(x)` turns Unix seconds into a datetime; the code
+/// sets `OUT`, which comes back as JSON.
+#[allow(dead_code)] // not every harness that includes this file calls boto3
+pub fn boto(url: &str, code: &str, args: &serde_json::Value) -> serde_json::Value {
+    let prelude = format!(
+        r#"
+import boto3, json, sys, datetime
+A = json.loads(sys.argv[1])
+def client(name):
+    return boto3.client(name, endpoint_url="{url}", region_name="us-east-1",
+                        aws_access_key_id="AKIDTEST", aws_secret_access_key="secret")
+def ts(x):
+    return datetime.datetime.fromtimestamp(x, tz=datetime.timezone.utc)
+OUT = None
+"#
+    );
+    let program = format!("{prelude}\n{code}\nprint(json.dumps(OUT, default=str))");
+    let out = std::process::Command::new(python())
+        .args(["-c", &program, &args.to_string()])
+        .output()
+        .expect("run boto3");
+    assert!(
+        out.status.success(),
+        "boto3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("boto3 output is JSON")
+}

@@ -21,11 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -171,18 +170,6 @@ impl std::fmt::Debug for AcsSession {
     }
 }
 
-fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
-    Some(CloseFrame {
-        code,
-        reason: reason.to_owned().into(),
-    })
-}
-
-/// Whether a close code counts as clean (protocol spec §5.6).
-fn clean_close(code: u16) -> bool {
-    matches!(code, 1000 | 1001 | 1006 | 1011)
-}
-
 impl AcsSession {
     /// A session; reads the handler's persisted state.
     pub fn new(parts: AcsParts) -> Result<AcsSession, store::Error> {
@@ -324,20 +311,7 @@ impl AcsSession {
     }
 
     async fn send(&self, ws: &mut Ws, message: Message) -> Result<(), String> {
-        match tokio::time::timeout(self.config.timing.write_timeout, ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write failed: {e}")),
-            Err(_) => Err(format!(
-                "write did not complete within {:?}",
-                self.config.timing.write_timeout
-            )),
-        }
-    }
-
-    /// Sends a close frame (best effort, bounded).
-    async fn close(&self, ws: &mut Ws, code: CloseCode, reason: &str) {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), ws.close(close_frame(code, reason))).await;
+        ws::write(ws, message, self.config.timing.write_timeout).await
     }
 
     async fn serve(
@@ -353,29 +327,24 @@ impl AcsSession {
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.close(&mut ws, CloseCode::Away, "agent stopping").await;
+                    ws::close(&mut ws, CloseCode::Away, "agent stopping").await;
                     return Ok(Ended::Cancelled);
                 }
                 _ = tokio::time::sleep_until(expires) => {
-                    self.close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
+                    ws::close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
                     return Ok(Ended::Clean("connection reached its maximum age".into()));
                 }
                 _ = tokio::time::sleep_until(idle_deadline) => {
-                    self.close(&mut ws, CloseCode::Normal, "no frame received").await;
+                    ws::close(&mut ws, CloseCode::Normal, "no frame received").await;
                     return Ok(Ended::Failed(format!("no frame from ACS for {idle_timeout:?}")));
                 }
                 next = ws.next() => next,
             };
             idle_deadline = Instant::now() + idle_timeout;
-            let message = match next {
-                None => return Ok(Ended::Clean("ACS ended the stream".into())),
-                Some(Err(
-                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                )) => {
-                    return Ok(Ended::Clean("connection closed".into()));
-                }
-                Some(Err(e)) => return Ok(Ended::Failed(format!("read failed: {e}"))),
-                Some(Ok(m)) => m,
+            let message = match ws::read(next, "ACS") {
+                Ok(m) => m,
+                Err(ws::Closed { clean: true, why }) => return Ok(Ended::Clean(why)),
+                Err(ws::Closed { why, .. }) => return Ok(Ended::Failed(why)),
             };
             match message {
                 Message::Text(text) => {
@@ -389,13 +358,11 @@ impl AcsSession {
                     match handled.disconnect {
                         None => {}
                         Some(Disconnect::InactiveInstance(why)) => {
-                            self.close(&mut ws, CloseCode::Normal, "instance inactive")
-                                .await;
+                            ws::close(&mut ws, CloseCode::Normal, "instance inactive").await;
                             return Ok(Ended::Inactive(why));
                         }
                         Some(Disconnect::Exception { kind, message }) => {
-                            self.close(&mut ws, CloseCode::Normal, "server exception")
-                                .await;
+                            ws::close(&mut ws, CloseCode::Normal, "server exception").await;
                             return Ok(Ended::Failed(format!("ACS sent {kind}: {message}")));
                         }
                     }
@@ -406,34 +373,8 @@ impl AcsSession {
                         "Ignoring a binary ACS frame (ACS sends text)."
                     );
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                Message::Close(frame) => {
-                    let (code, reason) = frame
-                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                        .unwrap_or((1005, String::new()));
-                    let why = format!("ACS closed the connection with code {code} {reason:?}");
-                    return Ok(if clean_close(code) || code == 1005 {
-                        Ended::Clean(why)
-                    } else {
-                        Ended::Failed(why)
-                    });
-                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_codes() {
-        for c in [1000, 1001, 1006, 1011] {
-            assert!(clean_close(c));
-        }
-        for c in [1002, 1008, 4000] {
-            assert!(!clean_close(c));
         }
     }
 }

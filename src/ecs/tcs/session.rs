@@ -22,12 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -230,13 +229,6 @@ impl std::fmt::Debug for TcsSession {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-fn close_frame(code: CloseCode, reason: &str) -> Option<CloseFrame> {
-    Some(CloseFrame {
-        code,
-        reason: reason.to_owned().into(),
-    })
 }
 
 impl TcsSession {
@@ -521,20 +513,9 @@ impl TcsSession {
             SystemTime::now(),
         )
         .map_err(|e| e.to_string())?;
-        let t = self.config.timing.write_timeout;
-        match tokio::time::timeout(t, ws.send(Message::text(frame))).await {
-            Ok(Ok(())) => {
-                self.counters.frames.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("write failed: {e}")),
-            Err(_) => Err(format!("write did not complete within {t:?}")),
-        }
-    }
-
-    async fn close(&self, ws: &mut Ws, code: CloseCode, reason: &str) {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), ws.close(close_frame(code, reason))).await;
+        ws::write(ws, Message::text(frame), self.config.timing.write_timeout).await?;
+        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn serve(
@@ -558,19 +539,19 @@ impl TcsSession {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.close(&mut ws, CloseCode::Away, "agent stopping").await;
+                    ws::close(&mut ws, CloseCode::Away, "agent stopping").await;
                     return Ended::Cancelled;
                 }
                 _ = tokio::time::sleep_until(expires) => {
-                    self.close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
+                    ws::close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
                     return Ended::Clean("connection reached its maximum age".into());
                 }
                 _ = tokio::time::sleep_until(alive_until) => {
-                    self.close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
+                    ws::close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
                     return Ended::Failed(format!("no heartbeat or ack from TCS for {liveness:?}"));
                 }
                 _ = tokio::time::sleep_until(read_until) => {
-                    self.close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
+                    ws::close(&mut ws, CloseCode::Normal, EXPIRED_REASON).await;
                     return Ended::Failed(format!("no frame from TCS for {:?}", t.read_deadline));
                 }
                 _ = status_tick.tick() => {
@@ -594,13 +575,10 @@ impl TcsSession {
                 }
                 next = ws.next() => {
                     read_until = Instant::now() + t.read_deadline;
-                    let message = match next {
-                        None => return Ended::Clean("TCS ended the stream".into()),
-                        Some(Err(
-                            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                        )) => return Ended::Clean("connection closed".into()),
-                        Some(Err(e)) => return Ended::Failed(format!("read failed: {e}")),
-                        Some(Ok(m)) => m,
+                    let message = match ws::read(next, "TCS") {
+                        Ok(m) => m,
+                        Err(ws::Closed { clean: true, why }) => return Ended::Clean(why),
+                        Err(ws::Closed { why, .. }) => return Ended::Failed(why),
                     };
                     match message {
                         Message::Text(text) => match messages::parse_inbound(text.as_str()) {
@@ -620,21 +598,10 @@ impl TcsSession {
                             None => debug!("Ignoring a TCS frame that is not a message envelope."),
                         },
                         Message::Binary(_) => {
-                            self.close(&mut ws, CloseCode::Unsupported, "binary frame").await;
+                            ws::close(&mut ws, CloseCode::Unsupported, "binary frame").await;
                             return Ended::Failed("TCS sent a binary frame".into());
                         }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                        Message::Close(frame) => {
-                            let (code, reason) = frame
-                                .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                                .unwrap_or((1005, String::new()));
-                            let why = format!("TCS closed the connection with code {code} {reason:?}");
-                            return if matches!(code, 1000 | 1001 | 1005 | 1006 | 1011) {
-                                Ended::Clean(why)
-                            } else {
-                                Ended::Failed(why)
-                            };
-                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
                     }
                 }
             }

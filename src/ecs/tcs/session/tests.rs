@@ -4,8 +4,10 @@
 use std::sync::atomic::AtomicBool;
 
 use async_trait::async_trait;
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 
 use super::*;
