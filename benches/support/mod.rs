@@ -5,7 +5,8 @@
 //! It owns: placing tasks with RunTask and timing them to RUNNING (DescribeTasks and the agent's
 //! own start milestones), the agent process's CPU and RSS from /proc, the direct-bollard
 //! baseline built from the agent's own container configuration, and exit → STOPPED timing
-//! against ec2sim's request journal. The arithmetic and the table live in [`report`].
+//! against ec2sim's request journal. The arithmetic and the table live in [`report`]; idle counts
+//! in [`idle`]; telemetry's cost and the Docker stats polling it is compared with in [`telemetry`].
 //!
 //! It never asserts anything about speed, and never touches a container that does not carry the
 //! run's `ecs-hostd.test=<run>` label.
@@ -14,6 +15,7 @@
 
 pub mod idle;
 pub mod report;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -214,6 +214,64 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
+/// One TCS metrics collection as ec2sim recorded it: the `PublishMetricsRequest` frames sharing a
+/// `metadata.messageId` (tcs.md §3.1, §5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collection {
+    pub message_id: String,
+    pub frames: usize,
+    /// Every frame says `idle: true` (nothing sampled, or metrics disabled).
+    pub idle: bool,
+    /// Its last frame (in arrival order) has `fin: true`, and no other frame has.
+    pub fin_last: bool,
+    /// The task ARNs its frames carried.
+    pub tasks: std::collections::BTreeSet<String>,
+}
+
+/// Groups ec2sim's `/ec2sim/tcs/frames` records (oldest first) of type `PublishMetricsRequest`
+/// into collections, in the order their first frame arrived.
+pub fn tcs_collections(frames: &[serde_json::Value]) -> Vec<Collection> {
+    let mut out: Vec<Collection> = Vec::new();
+    let mut fins: Vec<Vec<bool>> = Vec::new();
+    for f in frames {
+        if f["type"] != "PublishMetricsRequest" {
+            continue;
+        }
+        let m = &f["message"];
+        let id = m["metadata"]["messageId"].as_str().unwrap_or_default();
+        let i = match out.iter().position(|c| c.message_id == id) {
+            Some(i) => i,
+            None => {
+                out.push(Collection {
+                    message_id: id.to_owned(),
+                    idle: true,
+                    ..Default::default()
+                });
+                fins.push(Vec::new());
+                out.len() - 1
+            }
+        };
+        let c = &mut out[i];
+        c.frames += 1;
+        c.idle &= m["metadata"]["idle"] == true;
+        fins[i].push(m["metadata"]["fin"] == true);
+        for t in m["taskMetrics"].as_array().into_iter().flatten() {
+            if let Some(arn) = t["taskArn"].as_str() {
+                c.tasks.insert(arn.to_owned());
+            }
+        }
+    }
+    for (c, f) in out.iter_mut().zip(fins) {
+        c.fin_last = f.last() == Some(&true) && f.iter().filter(|x| **x).count() == 1;
+    }
+    out
+}
+
+/// Per cent of one core from CPU nanoseconds over a window.
+pub fn pct_core(ns: u64, window: Duration) -> f64 {
+    ns as f64 / 1e9 / window.as_secs_f64().max(1e-9) * 100.0
+}
+
 /// MiB with one decimal, from KiB.
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
@@ -289,6 +347,38 @@ mod tests {
         // Slice 1 has events, slice 2 follows it: both excluded.
         assert_eq!(quiet_slices(&v), (1 + 2 + 3, 3, 25_000));
         assert_eq!(quiet_slices(&[sl(7, 1)]), (0, 0, 0));
+    }
+
+    #[test]
+    fn tcs_frames_group_into_collections() {
+        let frame = |id: &str, idle: bool, fin: bool, tasks: &[&str]| {
+            let mut m =
+                serde_json::json!({"metadata": {"messageId": id, "idle": idle, "fin": fin}});
+            if !tasks.is_empty() {
+                m["taskMetrics"] = tasks
+                    .iter()
+                    .map(|t| serde_json::json!({"taskArn": t, "containerMetrics": []}))
+                    .collect();
+            }
+            serde_json::json!({"type": "PublishMetricsRequest", "message": m})
+        };
+        let frames = vec![
+            frame("a", false, false, &["t1", "t2"]),
+            serde_json::json!({"type": "PublishHealthRequest", "message": {}}),
+            frame("a", false, true, &["t3"]),
+            frame("b", true, true, &[]),
+            frame("c", false, true, &["t1"]),
+            frame("c", false, true, &["t2"]),
+        ];
+        let c = tcs_collections(&frames);
+        assert_eq!(c.len(), 3);
+        assert_eq!((c[0].frames, c[0].idle, c[0].fin_last), (2, false, true));
+        assert_eq!(c[0].tasks.iter().collect::<Vec<_>>(), ["t1", "t2", "t3"]);
+        assert_eq!((c[1].frames, c[1].idle, c[1].tasks.len()), (1, true, 0));
+        // Two frames with `fin`: not a well-formed collection.
+        assert!(!c[2].fin_last);
+        assert!(tcs_collections(&[]).is_empty());
+        assert!((pct_core(300_000_000, Duration::from_secs(60)) - 0.5).abs() < 1e-9);
     }
 
     #[test]
