@@ -1036,6 +1036,13 @@ struct TelemetryWindow {
     rss_kib: u64,
     /// The Docker stats calls that returned in the window (polling windows).
     calls: Vec<support::telemetry::Call>,
+    /// Docker events that wake the agent's engine (die, destroy, oom, health of containers with
+    /// an ECS task label) in the window: other processes' (the tasks run on throughout).
+    foreign_events: u64,
+    /// The agent's Docker calls in the window (its /metrics).
+    agent_docker_calls: u64,
+    /// Windows measured to get this one (agent windows with foreign events are repeated).
+    attempts: u32,
 }
 
 /// CPU counters of the processes a window compares, at one instant.
@@ -1107,6 +1114,9 @@ fn window(
         collections: Vec::new(),
         rss_kib: 0,
         calls,
+        foreign_events: 0,
+        agent_docker_calls: 0,
+        attempts: 1,
     }
 }
 
@@ -1381,34 +1391,69 @@ async fn telemetry(
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                 }
-                if plan.telemetry_settled {
-                    // 7.5 s past a publish: 2.5 s from any collector round, 12.5 s from the
-                    // next publish, so each window holds the same rounds of every periodic task.
-                    let start = support::telemetry::next_phase(
-                        support::telemetry::process_start(pid),
-                        publish,
-                        publish * 3 / 8,
-                        Instant::now(),
+                // Another process's ECS-labelled container that dies or goes (a CI run on this
+                // shared Docker) wakes the agent's engine, which re-lists Docker's containers:
+                // not telemetry's cost. Such a window is measured again, twice at most, and the
+                // one with the fewest of those events kept.
+                let events = support::EventCounter::start(docker);
+                let mut best: Option<TelemetryWindow> = None;
+                let mut made = 0;
+                let attempts = if plan.telemetry_settled { 3 } else { 1 };
+                for attempt in 1..=attempts {
+                    made = attempt;
+                    if plan.telemetry_settled {
+                        // 7.5 s past a publish: 2.5 s from any collector round, 12.5 s from the
+                        // next publish, so each window holds the same rounds of every periodic
+                        // task.
+                        let start = support::telemetry::next_phase(
+                            support::telemetry::process_start(pid),
+                            publish,
+                            publish * 3 / 8,
+                            Instant::now(),
+                        );
+                        tokio::time::sleep_until(start.into()).await;
+                    }
+                    let c0 = stats_counters(agent).await;
+                    let calls0: u64 = support::docker_calls(agent).iter().map(|(_, n)| n).sum();
+                    eprintln!(
+                        "budget bench: telemetry window {mode:?} begins: agent pid {pid} (attempt {attempt})"
                     );
-                    tokio::time::sleep_until(start.into()).await;
+                    let e0 = events.get();
+                    let a = Reading::start(pid, &stack);
+                    // The agent's CPU per tenth of the window, for stderr: a one-off burst shows
+                    // apart from a steady cost.
+                    let mut tenths = Vec::new();
+                    let mut last = a.agent_ns;
+                    for i in 1..=10u32 {
+                        tokio::time::sleep_until((a.at + plan.telemetry * i / 10).into()).await;
+                        let now = support::telemetry::process_ns(pid);
+                        tenths.push((now - last) / 10_000_000);
+                        last = now;
+                    }
+                    let b = Reading::end(pid, &stack);
+                    let foreign = events.get() - e0;
+                    let c1 = stats_counters(agent).await;
+                    let calls1: u64 = support::docker_calls(agent).iter().map(|(_, n)| n).sum();
+                    eprintln!(
+                        "budget bench: agent CPU ticks per tenth of the window: {tenths:?}; {foreign} foreign container events, {} agent Docker calls",
+                        calls1 - calls0
+                    );
+                    let mut w = window(mode, &a, &b, c0, c1, Vec::new());
+                    w.foreign_events = foreign;
+                    w.agent_docker_calls = calls1 - calls0;
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| w.foreign_events < b.foreign_events)
+                    {
+                        best = Some(w);
+                    }
+                    if foreign == 0 {
+                        break;
+                    }
                 }
-                let c0 = stats_counters(agent).await;
-                eprintln!("budget bench: telemetry window {mode:?} begins: agent pid {pid}");
-                let a = Reading::start(pid, &stack);
-                // The agent's CPU per tenth of the window, for stderr: a one-off burst (a late
-                // start-up task, a CI job's Docker storm) shows apart from a steady cost.
-                let mut tenths = Vec::new();
-                let mut last = a.agent_ns;
-                for i in 1..=10u32 {
-                    tokio::time::sleep_until((a.at + plan.telemetry * i / 10).into()).await;
-                    let now = support::telemetry::process_ns(pid);
-                    tenths.push((now - last) / 10_000_000);
-                    last = now;
-                }
-                let b = Reading::end(pid, &stack);
-                let c1 = stats_counters(agent).await;
-                eprintln!("budget bench: agent CPU ticks per tenth of the window: {tenths:?}");
-                window(mode, &a, &b, c0, c1, Vec::new())
+                let mut w = best.expect("at least one attempt");
+                w.attempts = made;
+                w
             }
             Mode::Poll | Mode::PollOneShot => {
                 // Loops spread over one interval before the window, so it sees the steady rate.
@@ -1422,23 +1467,31 @@ async fn telemetry(
                             .await
                     })
                 };
+                let events = support::EventCounter::start(docker);
                 tokio::time::sleep_until(from.into()).await;
+                let calls0: u64 = support::docker_calls(agent).iter().map(|(_, n)| n).sum();
+                let e0 = events.get();
                 let a = Reading::start(pid, &stack);
                 tokio::time::sleep_until(to.into()).await;
                 let b = Reading::end(pid, &stack);
+                let foreign = events.get() - e0;
+                let calls1: u64 = support::docker_calls(agent).iter().map(|(_, n)| n).sum();
                 let calls = poller
                     .await
                     .expect("the stats poller")
                     .into_iter()
                     .filter(|c| c.done >= a.at && c.done <= b.at)
                     .collect();
-                window(mode, &a, &b, (0, 0, 0.0), (0, 0, 0.0), calls)
+                let mut w = window(mode, &a, &b, (0, 0, 0.0), (0, 0, 0.0), calls);
+                w.foreign_events = foreign;
+                w.agent_docker_calls = calls1 - calls0;
+                w
             }
         };
         w.collections = collections_between(sim, instance_arn, w.from_unix, w.to_unix);
         let pct = |ns: u64| support::report::pct_core(ns, w.length);
         eprintln!(
-            "budget bench: telemetry window {mode:?}: agent {:.3} % (runtime thread {:.3}, {:.2} in the kernel; others {:.3}, {:.2} in the kernel), dockerd {:.3}, containerd {:.3}, shims {:.3}, bench {:.3}; load average {}",
+            "budget bench: telemetry window {mode:?}: agent {:.3} % (runtime thread {:.3}, {:.2} in the kernel; others {:.3}, {:.2} in the kernel), dockerd {:.3}, containerd {:.3}, shims {:.3}, bench {:.3}; {} foreign container events, {} agent Docker calls; load average {}",
             pct(w.agent_ns),
             pct(w.threads.main_ns),
             pct(w.threads.main_sys_ns),
@@ -1448,6 +1501,8 @@ async fn telemetry(
             pct(w.docker.containerd),
             pct(w.docker.shims),
             pct(w.bench_ns),
+            w.foreign_events,
+            w.agent_docker_calls,
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .split_whitespace()
@@ -1534,11 +1589,23 @@ fn telemetry_rows(
                 .all(|c| !c.idle && c.fin_last && c.tasks.len() == n)
     });
     let off_idle = of(Mode::Off).all(|w| w.collections.iter().all(|c| c.idle));
+    let quiet = |m: Mode| {
+        of(m)
+            .map(|w| {
+                format!(
+                    "{} ({} Docker calls)",
+                    w.foreign_events, w.agent_docker_calls
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let repeated: u32 = windows.iter().map(|w| w.attempts - 1).sum();
     let rss = |m: Mode| of(m).map(|w| mib(w.rss_kib)).collect::<Vec<_>>().join(", ");
     let mut rows = vec![Row {
         figure: format!("telemetry CPU with {n} running tasks (on − off)"),
         value: format!(
-            "{cost:.3} % of one core (on {on:.3} %: {}; off {off:.3} %: {}; of the difference, runtime thread {runtime:.3} % ({runtime_sys:.2} in the kernel), other threads {others:.3} % ({others_sys:.2} in the kernel)); on windows: {}; off windows: {}; RSS on {} vs off {}{placed}",
+            "{cost:.3} % of one core (on {on:.3} %: {}; off {off:.3} %: {}; of the difference, runtime thread {runtime:.3} % ({runtime_sys:.2} in the kernel), other threads {others:.3} % ({others_sys:.2} in the kernel)); on windows: {}; off windows: {}; other processes' container events in the windows kept, on {}, off {} ({repeated} windows measured again for them); RSS on {} vs off {}{placed}",
             list(Mode::On, &agent),
             list(Mode::Off, &agent),
             per_on.join("; "),
@@ -1547,6 +1614,8 @@ fn telemetry_rows(
             } else {
                 "TASK METRICS SENT WITH METRICS DISABLED".to_owned()
             },
+            quiet(Mode::On),
+            quiet(Mode::Off),
             rss(Mode::On),
             rss(Mode::Off),
         ),
@@ -1557,7 +1626,7 @@ fn telemetry_rows(
             Verdict::at_most(cost, 0.5)
         },
         method: format!(
-            "the agent's utime+stime (/proc/<pid>/stat, every thread, 10 ms ticks) over {secs} s windows, means of two each: on, off, two Docker polling windows (below), off, on; in that order a linear drift of the shared machine's load cancels. Before each kind the agent that placed the tasks is restarted on the same data directory and instance (SIGTERM; the containers keep running), on as by default, off with ECS_DISABLE_METRICS=true (no collector, idle TCS frames), so every window's agent has the same history (a first window of the agent that placed the tasks, before any restart, is shown beside them, outside the means). Each agent window starts ≥ {} s after the restart, with telemetry on after a TCS report of every task, and at 7.5 s past a 20 s point of the agent's grid (its periodic work counts from its start), so each holds the same rounds: 5 s collector, 20 s TCS publish, 60 s CloudWatch flush. Runtime thread vs others from /proc/<pid>/task/*/schedstat (the collector's file reads run on the blocking pool); rounds and reads from the agent's /metrics (ecs_hostd_stats_*), collections from ec2sim's /ec2sim/tcs/frames (frames sharing a messageId; miss if one leaves a task out). Single-container busybox tasks, every other subsystem on as in steps 3–7",
+            "the agent's utime+stime (/proc/<pid>/stat, every thread, 10 ms ticks) over {secs} s windows, means of two each: on, off, two Docker polling windows (below), off, on; in that order a linear drift of the shared machine's load cancels. Before each kind the agent that placed the tasks is restarted on the same data directory and instance (SIGTERM; the containers keep running), on as by default, off with ECS_DISABLE_METRICS=true (no collector, idle TCS frames), so every window's agent has the same history (a first window of the agent that placed the tasks, before any restart, is shown beside them, outside the means). Each agent window starts ≥ {} s after the restart, with telemetry on after a TCS report of every task, and at 7.5 s past a 20 s point of the agent's grid (its periodic work counts from its start), so each holds the same rounds: 5 s collector, 20 s TCS publish, 60 s CloudWatch flush. A window in which another process's ECS-labelled container died or went (Docker events the engine wakes on; on this shared Docker, a CI run's) is measured again, twice at most, and the one with the fewest kept: the engine re-lists Docker after each, which is no part of telemetry. Runtime thread vs others from /proc/<pid>/task/*/schedstat (the collector's file reads run on the blocking pool); rounds and reads from the agent's /metrics (ecs_hostd_stats_*), collections from ec2sim's /ec2sim/tcs/frames (frames sharing a messageId; miss if one leaves a task out). Single-container busybox tasks, every other subsystem on as in steps 3–7",
             if plan.telemetry_settled { 30 } else { 1 }
         ),
     }];

@@ -271,24 +271,26 @@ fn the_agent_installs_the_nat_at_start_and_removes_it_on_a_clean_stop() {
         .spawn()
         .unwrap();
     let agent_log = || std::fs::read_to_string(data.path().join("agent.log")).unwrap_or_default();
+    // The agent adds its rules one `iptables` call at a time: wait for the whole set (a
+    // loaded machine was seen between the PREROUTING DNAT and the OUTPUT REDIRECT).
+    let expected = [
+        "-A PREROUTING -d 169.254.170.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 127.0.0.1:51679",
+        "-A OUTPUT -d 169.254.170.2/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 51679",
+        "--dport 51678 -j DROP",
+    ];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !rules().contains("--to-destination 127.0.0.1:51679") {
+    loop {
+        let installed = rules();
+        if expected.iter().all(|r| installed.contains(r)) {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "no NAT after 30 s:\n{}\n{}",
-            rules(),
+            "not every NAT rule after 30 s (want {expected:?}):\n{installed}\n{}",
             agent_log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let installed = rules();
-    assert!(
-        installed.contains(
-            "-A OUTPUT -d 169.254.170.2/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 51679"
-        ),
-        "{installed}"
-    );
-    assert!(installed.contains("--dport 51678"), "{installed}");
     Command::new("kill")
         .args(["-TERM", &agent.id().to_string()])
         .status()
