@@ -644,3 +644,34 @@ impl World {
         }
     }
 }
+
+impl Drop for World {
+    /// Removes the containers of this world's cluster: the agent leaves its tasks running when
+    /// it goes (as on a real instance), and a busy test task would load the rest of the suite.
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=com.amazonaws.ecs.cluster",
+                "--format",
+                "{{.ID}} {{.Label \"com.amazonaws.ecs.cluster\"}}",
+            ])
+            .output();
+        let Ok(out) = out else { return };
+        let suffix = format!("/{}", self.cluster);
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, cluster)| cluster.ends_with(&suffix))
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
