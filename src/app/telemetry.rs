@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use crate::ecs::tcs;
-use crate::engine::introspection::EngineView;
+use crate::engine::introspection::{EngineView, Snapshot};
 use crate::health;
 use crate::stats::{self, Stats};
 use crate::task_endpoint::{ContainerFacts, TaskFacts};
@@ -18,37 +18,31 @@ fn started_at(c: &ContainerFacts) -> Option<SystemTime> {
     SystemTime::try_from(t).ok()
 }
 
-/// Running containers of tasks that are not stopped, with their task.
-fn running(view: &EngineView) -> Vec<(TaskFacts, Vec<ContainerFacts>)> {
-    let snap = view.snapshot();
+/// Running containers of tasks that are not stopped, with their task, borrowed from the
+/// snapshot (the collector asks every round: nothing of a task is copied but what it takes).
+fn running(snap: &Snapshot) -> impl Iterator<Item = (&TaskFacts, Vec<&ContainerFacts>)> {
     snap.metadata
         .tasks
         .iter()
         .filter(|t| t.known_status != "STOPPED" && !t.arn.is_empty())
         .filter_map(|t| {
-            let containers: Vec<ContainerFacts> = t
+            let containers: Vec<&ContainerFacts> = t
                 .containers
                 .iter()
                 .filter(|c| c.running && c.docker_id.is_some())
-                .cloned()
                 .collect();
-            (!containers.is_empty()).then(|| {
-                let mut task = t.clone();
-                task.containers = Vec::new();
-                (task, containers)
-            })
+            (!containers.is_empty()).then_some((t, containers))
         })
-        .collect()
 }
 
 /// What the collector samples: every running container of the engine's tasks.
 pub(super) fn sample_targets(view: &EngineView) -> Vec<stats::Running> {
-    running(view)
-        .into_iter()
+    let snap = view.snapshot();
+    running(&snap)
         .flat_map(|(_, cs)| cs)
         .filter_map(|c| {
             Some(stats::Running {
-                started_at: started_at(&c),
+                started_at: started_at(c),
                 docker_id: c.docker_id.clone()?,
                 name: c.docker_name.clone(),
             })
@@ -66,25 +60,25 @@ pub(super) struct TcsSource {
 
 impl tcs::Source for TcsSource {
     fn tasks(&self) -> Vec<tcs::TaskView> {
-        running(&self.view)
-            .into_iter()
+        let snap = self.view.snapshot();
+        running(&snap)
             .map(|(t, cs)| tcs::TaskView {
-                arn: t.arn,
-                family: t.family,
-                revision: t.revision,
+                arn: t.arn.clone(),
+                family: t.family.clone(),
+                revision: t.revision.clone(),
                 containers: cs
                     .into_iter()
                     .filter_map(|c| {
                         Some(tcs::ContainerView {
-                            started_at: started_at(&c),
+                            started_at: started_at(c),
                             // Bridge-mode containers report network stats (tcs.md §6.3).
                             network: c.networks.iter().any(|n| n.name == "bridge"),
                             health: c
                                 .health
                                 .as_ref()
                                 .map(|h| (h.status.as_str().to_owned(), h.since_ms)),
-                            docker_id: c.docker_id?,
-                            name: c.name,
+                            docker_id: c.docker_id.clone()?,
+                            name: c.name.clone(),
                         })
                     })
                     .collect(),

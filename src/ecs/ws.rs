@@ -10,6 +10,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use futures_util::SinkExt;
@@ -160,6 +161,15 @@ pub fn signed_headers(
         .into_iter()
         .map(|h| (h.name(), h.value().to_owned()))
         .collect())
+}
+
+/// The credentials to sign with, from the SDK configuration's provider (which caches them).
+pub async fn credentials(
+    provider: &SharedCredentialsProvider,
+) -> Result<aws_credential_types::Credentials, ConnectError> {
+    provider.provide_credentials().await.map_err(|e| {
+        ConnectError::Credentials(aws_sdk_ecs::error::DisplayErrorContext(e).to_string())
+    })
 }
 
 /// Opens the websocket at `url` with a signed upgrade, through a proxy when the environment

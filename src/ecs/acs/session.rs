@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -290,13 +290,7 @@ impl AcsSession {
             .await?;
         let send_credentials = self.first_connection.load(Ordering::Relaxed);
         let url = ws::ws_url(&endpoints.acs, &self.query(send_credentials))?;
-        let credentials = self
-            .credentials_provider
-            .provide_credentials()
-            .await
-            .map_err(|e| {
-                ConnectError::Credentials(aws_sdk_ecs::error::DisplayErrorContext(e).to_string())
-            })?;
+        let credentials = ws::credentials(&self.credentials_provider).await?;
         debug!(acs.endpoint = %endpoints.acs, send_credentials,
             proxy = ws::describe_route(&self.proxies, &url), "Connecting to ACS.");
         let ws = ws::open(

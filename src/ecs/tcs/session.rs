@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -479,7 +479,7 @@ impl TcsSession {
             .telemetry
             .ok_or(ConnectError::NoTelemetryEndpoint)?;
         let url = ws::ws_url(&endpoint, &self.query())?;
-        let credentials = self.credentials().await?;
+        let credentials = ws::credentials(&self.credentials_provider).await?;
         debug!(tcs.endpoint = %endpoint,
             proxy = ws::describe_route(&self.proxies, &url), "Connecting to TCS.");
         let ws = ws::open(
@@ -493,18 +493,11 @@ impl TcsSession {
         Ok((ws, url))
     }
 
-    async fn credentials(&self) -> Result<aws_credential_types::Credentials, ConnectError> {
-        self.credentials_provider
-            .provide_credentials()
-            .await
-            .map_err(|e| {
-                ConnectError::Credentials(aws_sdk_ecs::error::DisplayErrorContext(e).to_string())
-            })
-    }
-
     /// Writes one request as a signed frame.
     async fn send(&self, ws: &mut Ws, signing_url: &str, payload: &str) -> Result<(), String> {
-        let credentials = self.credentials().await.map_err(|e| e.to_string())?;
+        let credentials = ws::credentials(&self.credentials_provider)
+            .await
+            .map_err(|e| e.to_string())?;
         let frame = messages::signed_frame(
             signing_url,
             payload,
