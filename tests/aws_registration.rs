@@ -65,6 +65,23 @@ async fn registers_with_this_hosts_resources_and_the_configured_attributes() {
         attrs.contains(&json!({"name": "ecs.os-type", "value": "linux"})),
         "{desc}"
     );
+    // runtimePlatform.cpuArchitecture is placed by it; `uname -m` says what this host is.
+    let machine = String::from_utf8(
+        std::process::Command::new("uname")
+            .arg("-m")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let arch = match machine.trim() {
+        "aarch64" => "arm64",
+        other => other,
+    };
+    assert!(
+        attrs.contains(&json!({"name": "ecs.cpu-architecture", "value": arch})),
+        "{desc}"
+    );
     assert!(
         attrs
             .iter()

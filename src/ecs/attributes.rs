@@ -97,6 +97,16 @@ pub const IMPLEMENTED: Features = Features {
 };
 
 /// Parses a Docker API version such as `1.41`.
+/// The `ecs.cpu-architecture` value for a Rust target architecture, as the official agent
+/// registers it.
+pub fn cpu_architecture(rust_arch: &str) -> Option<&'static str> {
+    match rust_arch {
+        "x86_64" => Some("x86_64"),
+        "aarch64" => Some("arm64"),
+        _ => None,
+    }
+}
+
 pub fn parse_api_version(v: &str) -> Option<(u32, u32)> {
     let (major, minor) = v.trim().split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
@@ -116,6 +126,10 @@ pub fn attributes(
         Attribute::pair("ecs.os-family", "LINUX"),
         Attribute::pair("ecs.os-type-detailed", os_detailed),
     ];
+    // What `runtimePlatform.cpuArchitecture` is placed by (X86_64 / ARM64 in the API).
+    if let Some(arch) = cpu_architecture(std::env::consts::ARCH) {
+        out.push(Attribute::pair("ecs.cpu-architecture", arch));
+    }
     let daemon = docker_api_version.and_then(parse_api_version);
     if let Some(daemon) = daemon {
         for &(maj, min) in DOCKER_API_VERSIONS.iter().filter(|v| **v <= daemon) {
@@ -207,6 +221,13 @@ mod tests {
         let a = attributes(&c, "debian_12", Some("1.41"), IMPLEMENTED, true);
         assert!(a.contains(&Attribute::pair("ecs.os-type", "linux")));
         assert!(a.contains(&Attribute::pair("ecs.os-type-detailed", "debian_12")));
+        let arch = a
+            .iter()
+            .find(|x| x.name == "ecs.cpu-architecture")
+            .and_then(|x| x.value.as_deref());
+        assert_eq!(arch, cpu_architecture(std::env::consts::ARCH));
+        assert_eq!(cpu_architecture("aarch64"), Some("arm64"));
+        assert_eq!(cpu_architecture("x86_64"), Some("x86_64"));
         let n = names(&a);
         assert!(n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.32"));
         assert!(!n.contains(&"com.amazonaws.ecs.capability.docker-remote-api.1.26"));

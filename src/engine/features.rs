@@ -67,6 +67,20 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
     if present(task.get("roleCredentials")) && !roles_here {
         return at("task IAM roles", "taskRoleArn".into());
     }
+    // GPUs (`resourceRequirements` type GPU) and Elastic Inference accelerators reach the
+    // agent as task associations naming the containers they belong to.
+    for a in array(task.get("associations")) {
+        let kind = a.get("type").and_then(Value::as_str).unwrap_or("?");
+        let feature = match kind {
+            "gpu" => "GPUs",
+            "elastic-inference" => "Elastic Inference accelerators",
+            _ => "this kind of task association",
+        };
+        return at(feature, format!("associations: type {kind}"));
+    }
+    if task.get("enableFaultInjection") == Some(&Value::Bool(true)) {
+        return at("fault injection", "enableFaultInjection".into());
+    }
     if network_mode == Some("awsvpc") || present(task.get("elasticNetworkInterfaces")) {
         return at("the awsvpc network mode", "networkMode".into());
     }
@@ -298,6 +312,19 @@ mod tests {
                 ),
                 "task IAM roles",
                 "taskRoleArn",
+            ),
+            (
+                task(
+                    json!({"associations": [{"type": "gpu", "name": "0", "containers": ["app"]}]}),
+                    json!({}),
+                ),
+                "GPUs",
+                "associations: type gpu",
+            ),
+            (
+                task(json!({"enableFaultInjection": true}), json!({})),
+                "fault injection",
+                "enableFaultInjection",
             ),
             (
                 task(json!({"networkMode": "awsvpc"}), json!({})),
