@@ -69,7 +69,7 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
     }
     // GPUs (`resourceRequirements` type GPU) and Elastic Inference accelerators reach the
     // agent as task associations naming the containers they belong to.
-    for a in array(task.get("associations")) {
+    if let Some(a) = array(task.get("associations")).first() {
         let kind = a.get("type").and_then(Value::as_str).unwrap_or("?");
         let feature = match kind {
             "gpu" => "GPUs",
