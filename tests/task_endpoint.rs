@@ -80,6 +80,19 @@ fn running(view: &ecs_hostd::engine::introspection::EngineView) -> Vec<stats::Ru
         .collect()
 }
 
+/// The collector's targets: the engine's running containers, woken by its snapshots.
+struct EngineTargets(ecs_hostd::engine::introspection::EngineView);
+
+impl stats::Targets for EngineTargets {
+    fn running(&self) -> Vec<stats::Running> {
+        running(&self.0)
+    }
+
+    async fn changed(&mut self) -> bool {
+        self.0.changed().await
+    }
+}
+
 /// Serves the endpoint for `eng` on a free loopback port, with the cgroup stats collector
 /// sampling the engine's running containers every second.
 async fn serve(eng: &Running) -> (u16, CancellationToken) {
@@ -91,7 +104,7 @@ async fn serve(eng: &Running) -> (u16, CancellationToken) {
     tokio::spawn(stats::run(
         collector.clone(),
         Duration::from_secs(1),
-        move || running(&view),
+        EngineTargets(view),
         cancel.clone(),
     ));
     let state = EndpointState {

@@ -408,7 +408,7 @@ fn spawn_stats(start: &Start<'_>, engine: &Engine) -> Option<crate::stats::Stats
     start.supervisor.spawn("stats", move |token| {
         let (s, view) = (s.clone(), view.clone());
         async move {
-            crate::stats::run(s, interval, move || telemetry::sample_targets(&view), token).await;
+            crate::stats::run(s, interval, telemetry::EngineTargets(view), token).await;
             Ok(())
         }
     });

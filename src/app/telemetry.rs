@@ -35,6 +35,20 @@ fn running(snap: &Snapshot) -> impl Iterator<Item = (&TaskFacts, Vec<&ContainerF
         })
 }
 
+/// The collector's targets: the engine's running containers, and its snapshot channel to wake
+/// an idle collector when a task starts.
+pub(super) struct EngineTargets(pub(super) EngineView);
+
+impl stats::Targets for EngineTargets {
+    fn running(&self) -> Vec<stats::Running> {
+        sample_targets(&self.0)
+    }
+
+    async fn changed(&mut self) -> bool {
+        self.0.changed().await
+    }
+}
+
 /// What the collector samples: every running container of the engine's tasks.
 pub(super) fn sample_targets(view: &EngineView) -> Vec<stats::Running> {
     let snap = view.snapshot();

@@ -970,10 +970,11 @@ async fn run_samples_on_each_tick_and_stops_when_cancelled() {
     t.v1_container(&format!("docker/{ID_A}"), 4242, (0, 0));
     let stats = Stats::new(t.collector());
     let cancel = tokio_util::sync::CancellationToken::new();
+    let (targets, _set) = Shared::new(vec![running(ID_A, "a")]);
     let task = tokio::spawn(run(
         stats.clone(),
         Duration::from_secs(5),
-        || vec![running(ID_A, "a")],
+        targets,
         cancel.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -985,6 +986,67 @@ async fn run_samples_on_each_tick_and_stops_when_cancelled() {
     assert!(stats.tracks(ID_A));
     let sets = stats.sets(ID_A, false).unwrap();
     assert_eq!(sets.cpu_stats_set.max, 0.0, "the counters did not move");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Targets the test changes through a watch channel, counting how often the collector asks.
+struct Shared {
+    rx: tokio::sync::watch::Receiver<Vec<Running>>,
+    asked: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Shared {
+    fn new(initial: Vec<Running>) -> (Shared, tokio::sync::watch::Sender<Vec<Running>>) {
+        let (tx, rx) = tokio::sync::watch::channel(initial);
+        let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (Shared { rx, asked }, tx)
+    }
+}
+
+impl Targets for Shared {
+    fn running(&self) -> Vec<Running> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rx.borrow().clone()
+    }
+
+    async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
+/// Issue 23: with nothing running the collector neither ticks nor reads; a change wakes it and
+/// it samples at once, then ticks again while something runs.
+#[tokio::test(start_paused = true)]
+async fn an_idle_collector_waits_for_a_change_instead_of_ticking() {
+    let t = Tree::v1();
+    t.v1_container(&format!("docker/{ID_A}"), 4242, (0, 0));
+    let stats = Stats::new(t.collector());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (targets, set) = Shared::new(Vec::new());
+    let asked = targets.asked.clone();
+    let task = tokio::spawn(run(
+        stats.clone(),
+        Duration::from_secs(5),
+        targets,
+        cancel.clone(),
+    ));
+    let rounds = || {
+        stats
+            .counters()
+            .rounds
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Twelve ticks' worth of time: asked once (the first tick), no round, no timer left.
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(rounds(), 0);
+    set.send_replace(vec![running(ID_A, "a")]);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(rounds(), 1, "a change is sampled at once");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!((3..=4).contains(&rounds()), "{}", rounds());
     cancel.cancel();
     task.await.unwrap();
 }
