@@ -625,6 +625,17 @@ async fn task_pid_and_ipc_modes_and_privileged_reach_docker() {
     let mut privileged = sleeper("app");
     privileged["privileged"] = json!(true);
     let privileged_td = register(&w.sim, &unique("priv"), json!([privileged]), json!({}));
+    // startTimeout: db's first health check is a minute away, so it stays "starting"; web,
+    // which needs it HEALTHY, gives up after db's 2 s instead of waiting for ever.
+    let mut db = sleeper("db");
+    db["essential"] = json!(false);
+    db["startTimeout"] = json!(2);
+    db["healthCheck"] = json!({"command": ["CMD-SHELL", "exit 0"], "interval": 60, "timeout": 5,
+                               "retries": 1, "startPeriod": 60});
+    let mut web = sleeper("web");
+    web["dependsOn"] = json!([{"containerName": "db", "condition": "HEALTHY"}]);
+    let timeout_td = register(&w.sim, &unique("starttimeout"), json!([db, web]), json!({}));
+    let timeout_task = run_task(&w.sim, &w.cluster, &timeout_td).await;
     let host_task = run_task(&w.sim, &w.cluster, &host_td).await;
     let none_task = run_task(&w.sim, &w.cluster, &none_td).await;
     let privileged_task = run_task(&w.sim, &w.cluster, &privileged_td).await;
@@ -682,4 +693,26 @@ async fn task_pid_and_ipc_modes_and_privileged_reach_docker() {
     assert_eq!(inspect(id)["HostConfig"]["Privileged"], true);
     assert!(c.reason().is_some_and(|r| !r.is_empty()), "a reason: {c:?}");
     eprintln!("privileged container's reason: {:?}", c.reason());
+
+    // startTimeout: web was never created and says why; the task stopped (web is essential).
+    let t = wait_task_status(
+        &w.sim,
+        &w.cluster,
+        &timeout_task,
+        "STOPPED",
+        within,
+        &w.agent,
+    )
+    .await;
+    let web = t
+        .containers()
+        .iter()
+        .find(|c| c.name() == Some("web"))
+        .unwrap();
+    assert!(web.runtime_id().is_none(), "web was created: {web:?}");
+    let reason = web.reason().unwrap_or_default();
+    assert!(
+        reason.starts_with("DependencyConditionError") && reason.contains("startTimeout of 2 s"),
+        "{reason}"
+    );
 }
