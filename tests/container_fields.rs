@@ -90,7 +90,11 @@ fn host_cgroup_file(pid: u64, controller: &str, file: &str) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let path = cgroups
         .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            parts.next()?;
+            parts.next().zip(parts.next())
+        })
         .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
         .map(|(_, p)| p.to_owned())
         .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
