@@ -6,7 +6,8 @@
 //! machine's Docker with `ECS_HOSTD_BIN=target/release/ecs-hostd`). `BENCH_IDLE_SECS` sets the
 //! idle window (default 600 s with `--bench`); `BENCH_ONLY=idle` stops after the idle figures,
 //! `BENCH_ONLY=burst` leaves out the 200-task steps (RSS, telemetry) to iterate on the burst
-//! figures, `BENCH_ONLY=telemetry` goes straight to them (no idle figures, no burst).
+//! figures, `BENCH_ONLY=telemetry` goes straight to them (no idle figures, no burst),
+//! `BENCH_ONLY=fields` runs step 9 alone.
 //! `BENCH_TELEMETRY_SECS` sets the length of each telemetry window (default 60 s). Under `cargo
 //! test --all-targets` (no `--bench`) it runs a smoke pass with the debug binary (3 s idle, a
 //! handful of tasks, 2 s telemetry windows) so it keeps working.
@@ -19,7 +20,9 @@
 //!    7. 200 running tasks: RSS; 8. telemetry with the 200 running (issue 21): the agent's CPU
 //!    with telemetry on and, restarted on the same data directory, with `ECS_DISABLE_METRICS`,
 //!    in windows ordered on, off, Docker stats polling (as the official agent polls, then
-//!    one-shot), off, on, so that the machine's drift cancels; Docker's CPU for the polling.
+//!    one-shot), off, on, so that the machine's drift cancels; Docker's CPU for the polling;
+//! 9. (a fresh agent) a 10-container task with every Linux/runtime field set against a plain
+//!    one, alternating, RunTask → RUNNING (issue 20; `support::fields`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -55,6 +58,8 @@ struct Plan {
     /// phase of the agent's periodic work and wait for full TCS reports (the full run does).
     telemetry: Duration,
     telemetry_settled: bool,
+    /// Rounds of (plain, every-field) 10-container tasks in step 9.
+    field_rounds: usize,
 }
 
 #[tokio::main]
@@ -86,6 +91,7 @@ async fn main() {
                 .max(1),
         ),
         telemetry_settled: full,
+        field_rounds: if full { 5 } else { 1 },
     };
     let bin = agent_binary();
     let mut rows = Vec::new();
@@ -100,6 +106,11 @@ async fn main() {
     rows.push(binary_size(&bin));
     let sim = Ec2Sim::start();
     rows.push(registration(&sim, plan.registrations).await);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("fields") {
+        rows.extend(support::fields::start_latency(&sim, plan.field_rounds).await);
+        print!("{}", render(&rows));
+        return;
+    }
     if !matches!(
         std::env::var("BENCH_ONLY").as_deref(),
         Ok("burst" | "telemetry")
@@ -111,6 +122,9 @@ async fn main() {
         return;
     }
     rows.extend(main_agent(&sim, &plan).await);
+    if std::env::var("BENCH_ONLY").is_err() {
+        rows.extend(support::fields::start_latency(&sim, plan.field_rounds).await);
+    }
     issue_order(&mut rows);
 
     println!(
@@ -1769,6 +1783,7 @@ fn issue_order(rows: &mut [Row]) {
         "container exit",
         "-task stop burst",
         "PutMetricData",
+        "every Linux/runtime field",
     ];
     rows.sort_by_key(|r| order.iter().position(|o| r.figure.contains(o)));
 }

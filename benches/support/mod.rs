@@ -6,13 +6,15 @@
 //! own start milestones), the agent process's CPU and RSS from /proc, the direct-bollard
 //! baseline built from the agent's own container configuration, and exit → STOPPED timing
 //! against ec2sim's request journal. The arithmetic and the table live in [`report`]; idle counts
-//! in [`idle`]; telemetry's cost and the Docker stats polling it is compared with in [`telemetry`].
+//! in [`idle`]; telemetry's cost and the Docker stats polling it is compared with in [`telemetry`];
+//! what every mapped container-definition field costs a task's start in [`fields`].
 //!
 //! It never asserts anything about speed, and never touches a container that does not carry the
 //! run's `ecs-hostd.test=<run>` label.
 
 #![allow(dead_code)]
 
+pub mod fields;
 pub mod idle;
 pub mod report;
 pub mod telemetry;

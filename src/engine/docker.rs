@@ -211,8 +211,9 @@ pub fn create_body(
     if spec.pid_mode.as_deref() == Some("host") {
         host["PidMode"] = json!("host");
     }
-    if spec.ipc_mode.as_deref() == Some("host") {
-        host["IpcMode"] = json!("host");
+    // `none`: a private IPC namespace without /dev/shm (container-features.md §8).
+    if let Some(mode @ ("host" | "none")) = spec.ipc_mode.as_deref() {
+        host["IpcMode"] = json!(mode);
     }
     if c.privileged == Some(true) {
         host["Privileged"] = json!(true);

@@ -3,7 +3,8 @@
 Owns the mapping of spec §6: which task-definition fields become top-level payload fields and which
 are rendered into the ``dockerConfig.config`` / ``dockerConfig.hostConfig`` Docker JSON strings
 (memoryReservation, logConfiguration, healthCheck, ulimits, user, workingDirectory, dockerLabels,
-readonlyRootFilesystem, privileged, linuxParameters, ...), and what ECS adds: role credentials,
+readonlyRootFilesystem, privileged, interactive, pseudoTerminal, linuxParameters with devices and
+swap, ...), and what ECS adds: role credentials,
 ``containerArn``, ``logsAuthStrategy`` and the ``awslogs-stream`` rendered from
 ``awslogs-stream-prefix``. Pure functions; talks to nothing.
 """
@@ -23,11 +24,12 @@ _MIN_DOCKER_API = {
     "MemoryReservation": "1.21",
     "LogConfig": "1.18",
     "Ulimits": "1.18",
-    "Healthcheck": "1.24",
+    "HealthCheck": "1.24",
     "Init": "1.25",
     "Tmpfs": "1.22",
     "ShmSize": "1.22",
     "Sysctls": "1.24",
+    "MemorySwappiness": "1.20",
 }
 _BASE_DOCKER_API = "1.17"
 
@@ -169,6 +171,9 @@ def build_container(
     for key in ("stopTimeout", "startTimeout", "environmentFiles", "restartPolicy"):
         if key in definition:
             container[key] = definition[key]
+    linux = acs_linux_parameters(definition.get("linuxParameters") or {})
+    if linux:
+        container["linuxParameters"] = linux
     secrets = acs_secrets(definition, region)
     if secrets:
         container["secrets"] = secrets
@@ -181,6 +186,14 @@ def build_container(
             },
         }
     return container
+
+
+def acs_linux_parameters(params: dict) -> dict:
+    """The ACS ``linuxParameters`` object (api-2.json ``LinuxParameters``: capabilities,
+    devices, initProcessEnabled, sharedMemorySize). ECS sends it beside the rendered
+    ``hostConfig``; the agent ignores it (container-features.md §0)."""
+    keys = ("capabilities", "devices", "initProcessEnabled", "sharedMemorySize")
+    return {k: params[k] for k in keys if k in params}
 
 
 def acs_secrets(definition: dict, region: str) -> list[dict]:
@@ -244,9 +257,17 @@ def _docker_config_keys(definition: dict) -> dict:
         config["Hostname"] = definition["hostname"]
     if "dockerLabels" in definition:
         config["Labels"] = definition["dockerLabels"]
+    if definition.get("interactive"):
+        config["OpenStdin"] = True
+    if definition.get("pseudoTerminal"):
+        config["Tty"] = True
+    if definition.get("disableNetworking"):
+        config["NetworkDisabled"] = True
     if "healthCheck" in definition:
         check = definition["healthCheck"]
-        config["Healthcheck"] = {
+        # ECS's spelling (Docker's is ``Healthcheck``): real payloads carry it, and the agent
+        # must match keys case-insensitively (container-features.md §0).
+        config["HealthCheck"] = {
             "Test": check.get("command", []),
             "Interval": check.get("interval", 30) * NANOS,
             "Timeout": check.get("timeout", 5) * NANOS,
@@ -290,17 +311,43 @@ def _docker_host_config_keys(definition: dict, network_mode: str, task_id: str =
         host["ExtraHosts"] = [f"{h['hostname']}:{h['ipAddress']}" for h in definition["extraHosts"]]
     if definition.get("systemControls"):
         host["Sysctls"] = {s["namespace"]: s["value"] for s in definition["systemControls"]}
-    host.update(_linux_parameters(definition.get("linuxParameters") or {}))
+    host.update(_linux_parameters(definition))
     return host
 
 
-def _linux_parameters(params: dict) -> dict:
-    host: dict = {}
+#: ``linuxParameters.devices[].permissions`` → the letter Docker's ``CgroupPermissions`` uses.
+_DEVICE_PERMISSIONS = {"read": "r", "write": "w", "mknod": "m"}
+
+
+def _linux_parameters(definition: dict) -> dict:
+    """``HostConfig`` keys of ``linuxParameters`` (container-features.md §1). ``CapAdd`` and
+    ``CapDrop`` are always present, empty when unset, as in real payloads."""
+    params = definition.get("linuxParameters") or {}
     capabilities = params.get("capabilities") or {}
-    if capabilities.get("add"):
-        host["CapAdd"] = capabilities["add"]
-    if capabilities.get("drop"):
-        host["CapDrop"] = capabilities["drop"]
+    host: dict = {
+        "CapAdd": list(capabilities.get("add") or []),
+        "CapDrop": list(capabilities.get("drop") or []),
+    }
+    if params.get("devices"):
+        host["Devices"] = [
+            {
+                "PathOnHost": d["hostPath"],
+                "PathInContainer": d.get("containerPath") or d["hostPath"],
+                # Docker's own default (docker run --device) when none are named.
+                "CgroupPermissions": "".join(
+                    _DEVICE_PERMISSIONS[p] for p in d.get("permissions") or []
+                )
+                or "rwm",
+            }
+            for d in params["devices"]
+        ]
+    if "maxSwap" in params:
+        # Swap on top of the hard limit (memoryReservation when there is none); 0 turns swap
+        # off (MemorySwap = the memory limit). Swappiness defaults to 60, and only counts with
+        # maxSwap ("Managing container swap memory space").
+        memory = definition.get("memory") or definition.get("memoryReservation") or 0
+        host["MemorySwap"] = (memory + params["maxSwap"]) * MIB
+        host["MemorySwappiness"] = params.get("swappiness", 60)
     if params.get("initProcessEnabled"):
         host["Init"] = True
     if "sharedMemorySize" in params:

@@ -748,11 +748,12 @@ def test_run_and_stop_task_push_payloads(sim):
                 and config["WorkingDir"] == "/tmp"
                 and config["Labels"] == {"l": "v"}
             )
-            assert config["Healthcheck"]["Interval"] == 5_000_000_000
+            assert config["HealthCheck"]["Interval"] == 5_000_000_000
             assert host["MemoryReservation"] == 32 * 1024 * 1024 and host["ReadonlyRootfs"] is True
             assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m"}}
             assert host["Ulimits"] == [{"Name": "nofile", "Soft": 10, "Hard": 20}]
             assert host["NetworkMode"] == "bridge"
+            assert host["CapAdd"] == [] and host["CapDrop"] == []
 
             await asyncio.to_thread(
                 ecs.stop_task, cluster=cluster, task=task["taskArn"], reason="test"
@@ -775,6 +776,85 @@ def test_run_and_stop_task_push_payloads(sim):
     ][-1]
     assert not session["connected"] and session["query"]["protocolVersion"] == "2"
     assert [f["type"] for f in session["received"]] == ["AckRequest", "AckRequest"]
+
+
+def test_payload_renders_linux_and_runtime_parameters_as_ecs_does(sim):
+    """linuxParameters (capabilities, devices, init, shm, tmpfs, swap), interactive and
+    pseudoTerminal, systemControls and the task's pidMode/ipcMode, registered with boto3 and
+    pushed over ACS as ECS renders them (container-features.md §1, §11.1)."""
+    containers = [
+        {
+            "name": "app",
+            "image": "local/busybox:test",
+            "memory": 64,
+            "interactive": True,
+            "pseudoTerminal": True,
+            "systemControls": [{"namespace": "net.core.somaxconn", "value": "1024"}],
+            "startTimeout": 7,
+            "linuxParameters": {
+                "capabilities": {"add": ["NET_ADMIN"], "drop": ["CHOWN"]},
+                "devices": [
+                    {"hostPath": "/dev/zero", "containerPath": "/dev/z", "permissions": ["read"]},
+                    {"hostPath": "/dev/null"},
+                ],
+                "initProcessEnabled": True,
+                "sharedMemorySize": 32,
+                "tmpfs": [{"containerPath": "/scratch", "size": 8, "mountOptions": ["noexec"]}],
+                "maxSwap": 16,
+                "swappiness": 10,
+            },
+        },
+        # No swappiness: 60 once maxSwap is set; maxSwap 0 turns swap off.
+        {
+            "name": "noswap",
+            "image": "local/busybox:test",
+            "memory": 32,
+            "linuxParameters": {"maxSwap": 0},
+        },
+        # No linuxParameters at all: empty CapAdd/CapDrop as in real payloads, no swap keys.
+        {"name": "plain", "image": "local/busybox:test", "memoryReservation": 16},
+    ]
+    ecs, cluster, instance_arn, family = setup_cluster(
+        sim, containers=containers, pidMode="host", ipcMode="none"
+    )
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            await asyncio.to_thread(ecs.run_task, cluster=cluster, taskDefinition=family)
+            message = await next_frame(ws, "PayloadMessage")
+            await ack(ws, message)
+            return message["tasks"][0]
+
+    pushed = asyncio.run(scenario())
+    assert pushed["pidMode"] == "host" and pushed["ipcMode"] == "none"
+    app, noswap, plain = pushed["containers"]
+    config = json.loads(app["dockerConfig"]["config"])
+    host = json.loads(app["dockerConfig"]["hostConfig"])
+    assert config["OpenStdin"] is True and config["Tty"] is True
+    assert host["CapAdd"] == ["NET_ADMIN"] and host["CapDrop"] == ["CHOWN"]
+    assert host["Devices"] == [
+        {"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z", "CgroupPermissions": "r"},
+        {"PathOnHost": "/dev/null", "PathInContainer": "/dev/null", "CgroupPermissions": "rwm"},
+    ]
+    assert host["Init"] is True and host["ShmSize"] == 32 * 1024 * 1024
+    assert host["Tmpfs"] == {"/scratch": "size=8m,noexec"}
+    assert host["MemorySwap"] == (64 + 16) * 1024 * 1024 and host["MemorySwappiness"] == 10
+    assert host["Sysctls"] == {"net.core.somaxconn": "1024"}
+    assert app["startTimeout"] == 7
+    # ECS also sends the ACS LinuxParameters object (which the agent ignores): its four members.
+    assert app["linuxParameters"] == {
+        k: containers[0]["linuxParameters"][k]
+        for k in ("capabilities", "devices", "initProcessEnabled", "sharedMemorySize")
+    }
+    noswap_host = json.loads(noswap["dockerConfig"]["hostConfig"])
+    assert noswap_host["MemorySwap"] == 32 * 1024 * 1024
+    assert noswap_host["MemorySwappiness"] == 60
+    plain_config = json.loads(plain["dockerConfig"]["config"])
+    plain_host = json.loads(plain["dockerConfig"]["hostConfig"])
+    assert plain_host["CapAdd"] == [] and plain_host["CapDrop"] == []
+    assert "MemorySwap" not in plain_host and "Devices" not in plain_host
+    assert "OpenStdin" not in plain_config and "Tty" not in plain_config
+    assert "linuxParameters" not in plain
 
 
 def test_acs_refuses_bad_upgrades(sim):

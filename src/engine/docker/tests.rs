@@ -461,3 +461,28 @@ fn inspection_reads_health_status_and_the_last_probe() {
         HealthStatus::Unknown
     );
 }
+
+/// The task's `pidMode`/`ipcMode` `host` and `none` as Docker's `PidMode`/`IpcMode`; unset
+/// leaves Docker's default (tests/container_fields.rs proves the namespaces end to end).
+#[test]
+fn task_pid_and_ipc_modes_map_to_docker() {
+    let body = |pid: Option<&str>, ipc: Option<&str>| {
+        let spec = TaskSpec::from_json(&serde_json::json!({
+            "arn": "arn:aws:ecs:r:1:task/c/t1", "family": "fam", "version": "1",
+            "pidMode": pid, "ipcMode": ipc,
+            "containers": [{"name": "app", "image": "img:1"}]
+        }))
+        .unwrap();
+        let rec = TaskRecord::new(spec, 1, 0.0).unwrap();
+        let app = rec.spec_of("app").unwrap().clone();
+        let v = serde_json::to_value(create_body(&rec, &app, &MapCtx::default()).unwrap()).unwrap();
+        (
+            v["HostConfig"].get("PidMode").cloned(),
+            v["HostConfig"].get("IpcMode").cloned(),
+        )
+    };
+    let s = |m: &str| Some(serde_json::json!(m));
+    assert_eq!(body(Some("host"), Some("host")), (s("host"), s("host")));
+    assert_eq!(body(None, Some("none")), (None, s("none")));
+    assert_eq!(body(None, None), (None, None));
+}
