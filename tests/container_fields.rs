@@ -720,3 +720,126 @@ async fn task_pid_and_ipc_modes_and_privileged_reach_docker() {
         "{reason}"
     );
 }
+
+/// `networkMode: none`, `disableNetworking`, a UDP port, a container port range and the health
+/// check's timings: what Docker is asked for, what the process sees, and the bindings ECS is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_fields_ports_and_health_check_timings_reach_docker() {
+    let w = World::start("netfields", &[], "").await;
+    let sleeper = |name: &str| {
+        json!({"name": name, "image": image(), "memory": 16, "essential": true,
+               "command": ["sleep", "3600"]})
+    };
+    let none_td = register(
+        &w.sim,
+        &unique("netnone"),
+        json!([sleeper("app")]),
+        json!({"networkMode": "none"}),
+    );
+    let mut isolated = sleeper("isolated");
+    isolated["disableNetworking"] = json!(true);
+    let mut ports = sleeper("ports");
+    ports["portMappings"] = json!([
+        {"containerPort": 5353, "protocol": "udp"},
+        {"containerPortRange": "9000-9002", "protocol": "tcp"}
+    ]);
+    ports["healthCheck"] = json!({"command": ["CMD-SHELL", "exit 0"], "interval": 7,
+                                  "timeout": 3, "retries": 4, "startPeriod": 2});
+    let bridge_td = register(
+        &w.sim,
+        &unique("netbridge"),
+        json!([isolated, ports]),
+        json!({"networkMode": "bridge"}),
+    );
+    let none_task = run_task(&w.sim, &w.cluster, &none_td).await;
+    let bridge_task = run_task(&w.sim, &w.cluster, &bridge_td).await;
+    let within = Duration::from_secs(60);
+    let none_t =
+        wait_task_status(&w.sim, &w.cluster, &none_task, "RUNNING", within, &w.agent).await;
+    let bridge_t = wait_task_status(
+        &w.sim,
+        &w.cluster,
+        &bridge_task,
+        "RUNNING",
+        within,
+        &w.agent,
+    )
+    .await;
+
+    // The links a process sees: /proc/net/dev lists its namespace's interfaces.
+    let links = |id: &str| -> Vec<String> {
+        inside(id, "cat /proc/net/dev")
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(|s| s.trim().to_owned())
+            .collect()
+    };
+    // networkMode none: Docker's `none` network, only the loopback inside.
+    let app = runtime_id(&none_t, "app");
+    assert_eq!(inspect(&app)["HostConfig"]["NetworkMode"], "none");
+    assert_eq!(links(&app), ["lo"]);
+
+    // disableNetworking: Config.NetworkDisabled, only the loopback inside, in a bridge task.
+    let isolated = runtime_id(&bridge_t, "isolated");
+    assert_eq!(inspect(&isolated)["Config"]["NetworkDisabled"], true);
+    assert_eq!(links(&isolated), ["lo"]);
+
+    // The ports container has a real bridge interface; its UDP port and every port of the range
+    // are published on host ports Docker chose, and ECS is told the same bindings.
+    let ports = runtime_id(&bridge_t, "ports");
+    assert!(
+        links(&ports).iter().any(|l| l == "eth0"),
+        "{:?}",
+        links(&ports)
+    );
+    let i = inspect(&ports);
+    let published = &i["NetworkSettings"]["Ports"];
+    let host_port = |key: &str| -> u16 {
+        published[key][0]["HostPort"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{key} not published: {published}"))
+    };
+    let udp = host_port("5353/udp");
+    let range: Vec<u16> = (9000..=9002)
+        .map(|p| host_port(&format!("{p}/tcp")))
+        .collect();
+    let reported = bridge_t
+        .containers()
+        .iter()
+        .find(|c| c.name() == Some("ports"))
+        .unwrap()
+        .network_bindings()
+        .to_vec();
+    assert!(
+        reported.iter().any(|b| b.container_port() == Some(5353)
+            && b.host_port() == Some(i32::from(udp))
+            && b.protocol().map(|p| p.as_str()) == Some("udp")),
+        "{reported:?}"
+    );
+    // Each port of the range is reported with the host port Docker bound (one binding a port;
+    // the official agent collapses a contiguous host range into `hostPortRange`).
+    for (port, host) in (9000..=9002).zip(&range) {
+        assert!(
+            reported.iter().any(|b| b.container_port() == Some(port)
+                && b.host_port() == Some(i32::from(*host))
+                && b.protocol().map(|p| p.as_str()) == Some("tcp")),
+            "{port} → {host}: {reported:?}"
+        );
+    }
+
+    // The health check's timings, in nanoseconds as Docker keeps them.
+    let hc = &i["Config"]["Healthcheck"];
+    let s = 1_000_000_000u64;
+    assert_eq!(hc["Test"], json!(["CMD-SHELL", "exit 0"]));
+    assert_eq!(
+        (
+            &hc["Interval"],
+            &hc["Timeout"],
+            &hc["Retries"],
+            &hc["StartPeriod"]
+        ),
+        (&json!(7 * s), &json!(3 * s), &json!(4), &json!(2 * s))
+    );
+}
