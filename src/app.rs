@@ -330,14 +330,12 @@ impl<'a> Start<'a> {
             None
         };
         let root = std::path::Path::new(CGROUP_ROOT);
-        match TaskCgroups::detect(root, &driver, slices) {
-            Ok(layout) => {
-                info!(layout = ?layout, cgroup_driver = %driver, "Tasks get task-level CPU and memory limits.");
-                Some(TaskCgroups {
-                    layout,
-                    cpu_period: engine.cgroup_cpu_period,
-                    pids_limit: engine.task_pids_limit,
-                })
+        match TaskCgroups::configured(engine, root, &driver, slices) {
+            Ok(cgroups) => {
+                if let Some(c) = &cgroups {
+                    info!(layout = ?c.layout, cgroup_driver = %driver, "Tasks get task-level CPU and memory limits.");
+                }
+                cgroups
             }
             Err(e) => {
                 warn!(error = %e, "Tasks get no task-level CPU and memory limits here; the capability is not advertised.");

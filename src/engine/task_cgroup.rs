@@ -240,6 +240,25 @@ pub struct TaskCgroups {
 }
 
 impl TaskCgroups {
+    /// The task cgroups `engine`'s settings ask for on this host (`root`, Docker's
+    /// `cgroup_driver`): `None` with `ECS_ENABLE_TASK_CPU_MEM_LIMIT=false`, an error when the
+    /// host cannot have them.
+    pub fn configured(
+        engine: &crate::config::EngineConfig,
+        root: &Path,
+        cgroup_driver: &str,
+        slices: Option<Arc<dyn Slices>>,
+    ) -> Result<Option<TaskCgroups>, Error> {
+        if !engine.task_cpu_mem_limit {
+            return Ok(None);
+        }
+        Ok(Some(TaskCgroups {
+            layout: Self::detect(root, cgroup_driver, slices)?,
+            cpu_period: engine.cgroup_cpu_period,
+            pids_limit: engine.task_pids_limit,
+        }))
+    }
+
     /// The layout for this host: cgroup v2 if `root` has `cgroup.controllers` (with `cpu` and
     /// `memory` among them), else v1 (with `cpu` and `memory` hierarchies mounted); Docker's
     /// `cgroup_driver` (`docker info` `CgroupDriver`) `systemd` needs `slices`.

@@ -122,6 +122,20 @@ async fn v1_cgroupfs_writes_the_controllers_files_and_removes_every_hierarchy() 
     assert_eq!(at("pids", "pids.max"), "64");
     // runc makes the task's directory in the hierarchies it joins too.
     std::fs::create_dir_all(root.path().join("blkio/ecs/0123abcd")).unwrap();
+    // The fake's files make the directories non-empty; the kernel's vanish with rmdir.
+    for f in [
+        "cpu/ecs/0123abcd/cpu.cfs_period_us",
+        "cpu/ecs/0123abcd/cpu.cfs_quota_us",
+        "memory/ecs/0123abcd/memory.limit_in_bytes",
+        "pids/ecs/0123abcd/pids.max",
+    ] {
+        std::fs::remove_file(root.path().join(f)).unwrap();
+    }
+    // A busy cgroup (a container's left) is an error naming the path, and keeps the rest.
+    std::fs::create_dir_all(root.path().join("memory/ecs/0123abcd/c1")).unwrap();
+    let e = cg.remove("0123abcd").await.unwrap_err().to_string();
+    assert!(e.contains("rmdir") && e.contains("memory/ecs/0123abcd"), "{e}");
+    std::fs::remove_dir(root.path().join("memory/ecs/0123abcd/c1")).unwrap();
     cg.remove("0123abcd").await.unwrap();
     for h in ["cpu,cpuacct", "memory", "pids", "blkio", "systemd"] {
         assert!(!root.path().join(h).join("ecs/0123abcd").exists(), "{h}");
