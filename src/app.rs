@@ -308,11 +308,16 @@ impl<'a> Start<'a> {
         use crate::engine::task_cgroup::{CGROUP_ROOT, Slices, TaskCgroups};
         let engine = &self.config.engine;
         if !engine.task_cpu_mem_limit {
-            info!("ECS_ENABLE_TASK_CPU_MEM_LIMIT=false: tasks get no task-level CPU and memory limits.");
+            info!(
+                "ECS_ENABLE_TASK_CPU_MEM_LIMIT=false: tasks get no task-level CPU and memory limits."
+            );
             return None;
         }
         let driver = match docker.docker.info().await {
-            Ok(info) => info.cgroup_driver.map(|d| d.to_string()).unwrap_or_default(),
+            Ok(info) => info
+                .cgroup_driver
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
             Err(e) => {
                 warn!(error = %e, "Cannot read Docker's cgroup driver; tasks get no task-level CPU and memory limits.");
                 return None;

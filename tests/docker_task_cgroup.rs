@@ -36,9 +36,13 @@ fn settings_with(enabled: bool) -> Settings {
     config.engine.task_cpu_mem_limit = enabled;
     let mut s = settings();
     s.engine.task_cleanup_wait = Duration::from_secs(1);
-    s.task_cgroups =
-        TaskCgroups::configured(&config.engine, Path::new(CGROUP_ROOT), &cgroup_driver(), None)
-            .expect("this host (cgroup v1, cgroupfs) can have task cgroups");
+    s.task_cgroups = TaskCgroups::configured(
+        &config.engine,
+        Path::new(CGROUP_ROOT),
+        &cgroup_driver(),
+        None,
+    )
+    .expect("this host (cgroup v1, cgroupfs) can have task cgroups");
     assert_eq!(s.task_cgroups.is_some(), enabled);
     s
 }
@@ -102,7 +106,11 @@ fn runtime_id(eng: &Running, arn: &str, name: &str) -> String {
         .iter()
         .filter(|c| c.task_arn == arn)
         .flat_map(|c| c.containers.iter())
-        .find_map(|c| (c.container_name == name).then(|| c.runtime_id.clone()).flatten())
+        .find_map(|c| {
+            (c.container_name == name)
+                .then(|| c.runtime_id.clone())
+                .flatten()
+        })
         .unwrap_or_else(|| panic!("no runtime id for {name}"))
 }
 
@@ -127,16 +135,21 @@ async fn wait_until(what: &str, deadline: Duration, f: impl Fn() -> bool) {
 async fn task_limits_reach_the_kernel_and_leave_with_the_task() {
     let image = test_image();
     let run = run_id("cgroup");
-    let _cleanup = Cleanup::new(&run);
     let (arn, id) = task_arn();
+    // Dropped after the containers' cleanup below: a cgroup with containers cannot go.
     let _cgroups = CgroupCleanup(id.clone());
+    let _cleanup = Cleanup::new(&run);
     let eng = start(settings_with(true)).await;
 
     let app = container(
         &run,
         "app",
         &image,
-        &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        ],
         true,
         json!({}),
     );
@@ -228,7 +241,9 @@ async fn task_limits_reach_the_kernel_and_leave_with_the_task() {
     // and the task's usage never went past its 64 MiB.
     let failcnt: u64 = read(memory.join("memory.failcnt")).parse().unwrap();
     assert!(failcnt >= 1, "memory.failcnt {failcnt}");
-    let peak: u64 = read(memory.join("memory.max_usage_in_bytes")).parse().unwrap();
+    let peak: u64 = read(memory.join("memory.max_usage_in_bytes"))
+        .parse()
+        .unwrap();
     assert!(peak <= 64 << 20 && peak > 48 << 20, "peak {peak}");
     // The task itself runs on (the hog is not essential).
     assert!(!task_reached(&eng.changes(), &arn, ReportStatus::Stopped));
@@ -238,9 +253,11 @@ async fn task_limits_reach_the_kernel_and_leave_with_the_task() {
         task_reached(c, &arn, ReportStatus::Stopped)
     })
     .await;
-    wait_until("cleanup of containers and cgroups", Duration::from_secs(60), || {
-        labelled(&arn).is_empty() && cgroup_dirs(&id).is_empty()
-    })
+    wait_until(
+        "cleanup of containers and cgroups",
+        Duration::from_secs(60),
+        || labelled(&arn).is_empty() && cgroup_dirs(&id).is_empty(),
+    )
     .await;
     eng.shutdown().await;
 }
@@ -251,9 +268,10 @@ async fn task_limits_reach_the_kernel_and_leave_with_the_task() {
 async fn a_container_over_the_task_memory_stops_the_task_and_creates_nothing() {
     let image = test_image();
     let run = run_id("cgroup-big");
-    let _cleanup = Cleanup::new(&run);
     let (arn, id) = task_arn();
+    // Dropped after the containers' cleanup below: a cgroup with containers cannot go.
     let _cgroups = CgroupCleanup(id.clone());
+    let _cleanup = Cleanup::new(&run);
     let eng = start(settings_with(true)).await;
     let mut big = container(&run, "big", &image, &["sleep", "60"], true, json!({}));
     big["memory"] = json!(128);
@@ -289,9 +307,10 @@ async fn a_container_over_the_task_memory_stops_the_task_and_creates_nothing() {
 async fn disabled_limits_create_no_cgroup() {
     let image = test_image();
     let run = run_id("cgroup-off");
-    let _cleanup = Cleanup::new(&run);
     let (arn, id) = task_arn();
+    // Dropped after the containers' cleanup below: a cgroup with containers cannot go.
     let _cgroups = CgroupCleanup(id.clone());
+    let _cleanup = Cleanup::new(&run);
     let eng = start(settings_with(false)).await;
     let app = container(&run, "app", &image, &["sleep", "60"], true, json!({}));
     let mut t = task(&arn, "cgroup-off", vec![app]);

@@ -177,7 +177,9 @@ pub fn attributes(
     }
     if features.task_cpu_mem_limit && daemon.is_some_and(|d| d >= TASK_CGROUP_MIN_DOCKER_API) {
         out.push(Attribute::flag(format!("{CURRENT}task-cpu-mem-limit")));
-        out.push(Attribute::flag(format!("{CURRENT}increased-task-cpu-limit")));
+        out.push(Attribute::flag(format!(
+            "{CURRENT}increased-task-cpu-limit"
+        )));
     }
     if features.full_sync {
         out.push(Attribute::flag(format!("{CURRENT}full-sync")));

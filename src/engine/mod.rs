@@ -1500,16 +1500,16 @@ impl LoopState {
         &self,
         rec: &TaskRecord,
         body: Option<&mut bollard::models::ContainerCreateBody>,
-    ) -> Option<impl std::future::Future<Output = Result<(), RuntimeError>> + Send + 'static>
-    {
+    ) -> Option<impl std::future::Future<Output = Result<(), RuntimeError>> + Send + 'static> {
         let cgroups = self.settings().task_cgroups.clone()?;
         let task_id = rec.spec.task_id().to_owned();
         let planned = cgroups
             .limits(&rec.spec)
             .and_then(|limits| Ok((cgroups.parent(&task_id)?, limits)));
         if let (Ok((parent, _)), Some(body)) = (&planned, body) {
-            body.host_config.get_or_insert_with(Default::default).cgroup_parent =
-                Some(parent.clone());
+            body.host_config
+                .get_or_insert_with(Default::default)
+                .cgroup_parent = Some(parent.clone());
         }
         Some(async move {
             let (_, limits) = planned.map_err(|e| RuntimeError::Refused(e.to_string()))?;

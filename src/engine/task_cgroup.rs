@@ -140,7 +140,10 @@ pub fn limits(spec: &TaskSpec, period: Duration, pids: Option<u64>) -> Result<Li
         Some(task) => {
             let task_mib = task as u64;
             for c in &spec.containers {
-                let mib = c.memory.filter(|m| m.is_finite() && *m > 0.0).unwrap_or(0.0) as u64;
+                let mib = c
+                    .memory
+                    .filter(|m| m.is_finite() && *m > 0.0)
+                    .unwrap_or(0.0) as u64;
                 if mib > task_mib {
                     return Err(Error::ContainerOverTask {
                         container: c.name.clone(),

@@ -50,9 +50,14 @@ fn without_task_cpu_the_shares_are_summed_with_a_floor_and_a_cap() {
     assert_eq!(l.cpu, Cpu::Shares(102));
     let l = limits(&spec(json!({"cpu": 0})), PERIOD, None).unwrap();
     assert_eq!(l.cpu, Cpu::Shares(102));
-    let big = spec(json!({"containers": [{"name": "a", "image": "i", "cpu": 200000},
-                                         {"name": "b", "image": "i", "cpu": 100000}]}));
-    assert_eq!(limits(&big, PERIOD, None).unwrap().cpu, Cpu::Shares(MAX_SHARES));
+    let big = spec(
+        json!({"containers": [{"name": "a", "image": "i", "cpu": 200000},
+                                         {"name": "b", "image": "i", "cpu": 100000}]}),
+    );
+    assert_eq!(
+        limits(&big, PERIOD, None).unwrap().cpu,
+        Cpu::Shares(MAX_SHARES)
+    );
 }
 
 #[test]
@@ -81,7 +86,11 @@ fn limits_are_asked_for_by_cpu_or_memory() {
 fn fs_root(v2: bool) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     if v2 {
-        std::fs::write(d.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(
+            d.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
     } else {
         for h in ["cpu,cpuacct", "memory", "pids", "blkio", "systemd"] {
             std::fs::create_dir_all(d.path().join(h)).unwrap();
@@ -111,7 +120,9 @@ async fn v1_cgroupfs_writes_the_controllers_files_and_removes_every_hierarchy() 
     assert!(matches!(layout, Layout::V1 { .. }), "{layout:?}");
     let cg = cgroups(layout);
     assert_eq!(cg.parent("0123abcd").unwrap(), "/ecs/0123abcd");
-    let l = cg.limits(&spec(json!({"cpu": 0.25, "memory": 128}))).unwrap();
+    let l = cg
+        .limits(&spec(json!({"cpu": 0.25, "memory": 128})))
+        .unwrap();
     cg.ensure("0123abcd", &l).await.unwrap();
     // Twice: a second container, or a restarted agent.
     cg.ensure("0123abcd", &l).await.unwrap();
@@ -134,7 +145,10 @@ async fn v1_cgroupfs_writes_the_controllers_files_and_removes_every_hierarchy() 
     // A busy cgroup (a container's left) is an error naming the path, and keeps the rest.
     std::fs::create_dir_all(root.path().join("memory/ecs/0123abcd/c1")).unwrap();
     let e = cg.remove("0123abcd").await.unwrap_err().to_string();
-    assert!(e.contains("rmdir") && e.contains("memory/ecs/0123abcd"), "{e}");
+    assert!(
+        e.contains("rmdir") && e.contains("memory/ecs/0123abcd"),
+        "{e}"
+    );
     std::fs::remove_dir(root.path().join("memory/ecs/0123abcd/c1")).unwrap();
     cg.remove("0123abcd").await.unwrap();
     for h in ["cpu,cpuacct", "memory", "pids", "blkio", "systemd"] {
@@ -156,7 +170,12 @@ async fn v1_without_task_cpu_writes_shares() {
     cg.ensure("t1", &l).await.unwrap();
     assert_eq!(read(root.path().join("cpu/ecs/t1/cpu.shares")), "102");
     assert!(!root.path().join("cpu/ecs/t1/cpu.cfs_quota_us").exists());
-    assert!(!root.path().join("memory/ecs/t1/memory.limit_in_bytes").exists());
+    assert!(
+        !root
+            .path()
+            .join("memory/ecs/t1/memory.limit_in_bytes")
+            .exists()
+    );
     assert!(!root.path().join("pids/ecs/t1").exists());
 }
 
@@ -167,14 +186,22 @@ async fn v2_cgroupfs_delegates_the_controllers_and_writes_the_v2_files() {
     assert!(matches!(layout, Layout::V2 { .. }), "{layout:?}");
     let cg = cgroups(layout);
     assert_eq!(cg.parent("t2").unwrap(), "/ecstasks/t2");
-    let l = cg.limits(&spec(json!({"cpu": 1.5, "memory": 512}))).unwrap();
+    let l = cg
+        .limits(&spec(json!({"cpu": 1.5, "memory": 512})))
+        .unwrap();
     cg.ensure("t2", &l).await.unwrap();
     assert_eq!(
         read(root.path().join("ecstasks/cgroup.subtree_control")),
         "+cpu +memory +pids"
     );
-    assert_eq!(read(root.path().join("ecstasks/t2/cpu.max")), "150000 100000");
-    assert_eq!(read(root.path().join("ecstasks/t2/memory.max")), "536870912");
+    assert_eq!(
+        read(root.path().join("ecstasks/t2/cpu.max")),
+        "150000 100000"
+    );
+    assert_eq!(
+        read(root.path().join("ecstasks/t2/memory.max")),
+        "536870912"
+    );
     assert_eq!(read(root.path().join("ecstasks/t2/pids.max")), "64");
     let shares = cg.limits(&spec(json!({}))).unwrap();
     cg.ensure("t3", &shares).await.unwrap();
@@ -209,9 +236,18 @@ async fn a_task_id_that_would_leave_the_directory_is_refused() {
     let cg = cgroups(TaskCgroups::detect(root.path(), "cgroupfs", None).unwrap());
     let l = cg.limits(&spec(json!({}))).unwrap();
     for bad in ["", "..", "a/b", "../../etc", "x y"] {
-        assert!(matches!(cg.parent(bad), Err(Error::BadTaskId(_))), "{bad:?}");
-        assert!(matches!(cg.ensure(bad, &l).await, Err(Error::BadTaskId(_))), "{bad:?}");
-        assert!(matches!(cg.remove(bad).await, Err(Error::BadTaskId(_))), "{bad:?}");
+        assert!(
+            matches!(cg.parent(bad), Err(Error::BadTaskId(_))),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(cg.ensure(bad, &l).await, Err(Error::BadTaskId(_))),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(cg.remove(bad).await, Err(Error::BadTaskId(_))),
+            "{bad:?}"
+        );
     }
     assert!(!root.path().join("cpu/ecs").exists());
 }
@@ -247,10 +283,15 @@ async fn the_systemd_driver_gets_a_transient_slice_with_the_limits() {
         let root = fs_root(v2);
         let fake = Arc::new(FakeSlices::default());
         let layout = TaskCgroups::detect(root.path(), "systemd", Some(fake.clone())).unwrap();
-        assert!(matches!(layout, Layout::Systemd { v2: x, .. } if x == v2), "{layout:?}");
+        assert!(
+            matches!(layout, Layout::Systemd { v2: x, .. } if x == v2),
+            "{layout:?}"
+        );
         let cg = cgroups(layout);
         assert_eq!(cg.parent("abc").unwrap(), "ecstasks-abc.slice");
-        let quota = cg.limits(&spec(json!({"cpu": 0.5, "memory": 128}))).unwrap();
+        let quota = cg
+            .limits(&spec(json!({"cpu": 0.5, "memory": 128})))
+            .unwrap();
         cg.ensure("abc", &quota).await.unwrap();
         let shares = cg.limits(&spec(json!({}))).unwrap();
         cg.ensure("def", &shares).await.unwrap();
@@ -303,7 +344,10 @@ async fn a_systemd_refusal_names_the_slice() {
     let cg = cgroups(TaskCgroups::detect(root.path(), "systemd", Some(fake)).unwrap());
     let l = cg.limits(&spec(json!({}))).unwrap();
     let e = cg.ensure("abc", &l).await.unwrap_err().to_string();
-    assert!(e.contains("ecstasks-abc.slice") && e.contains("AccessDenied"), "{e}");
+    assert!(
+        e.contains("ecstasks-abc.slice") && e.contains("AccessDenied"),
+        "{e}"
+    );
 }
 
 #[test]
