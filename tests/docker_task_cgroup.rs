@@ -333,3 +333,108 @@ async fn disabled_limits_create_no_cgroup() {
     assert_eq!(cgroup_dirs(&id), Vec::<PathBuf>::new());
     eng.shutdown().await;
 }
+
+/// An engine on `store` and `sink` (a restarted agent keeps its store and its reporter's
+/// queue, which knows what was reported), with the settings' task cgroups.
+async fn engine_on(
+    store: ecs_hostd::store::Store,
+    sink: std::sync::Arc<GatedSink>,
+    settings: Settings,
+) -> (
+    ecs_hostd::engine::Engine,
+    std::sync::Arc<GatedSink>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::Arc;
+    let runtime = Arc::new(ecs_hostd::engine::docker::DockerRuntime::new(
+        docker().await,
+        ecs_hostd::engine::docker::Timeouts::default(),
+    ));
+    let engine = ecs_hostd::engine::Engine::new(ecs_hostd::engine::Parts {
+        settings,
+        store,
+        sink: sink.clone(),
+        credentials: Arc::new(ecs_hostd::tasks::CredentialsStore::default()),
+        runtime,
+        ecr: Arc::new(ecs_hostd::engine::pull::SdkEcr),
+        secrets: Arc::new(ecs_hostd::engine::secrets::SdkSecrets),
+        objects: Arc::new(ecs_hostd::engine::envfiles::S3Objects::default()),
+        hooks: ecs_hostd::engine::Hooks::default(),
+    })
+    .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (e, c) = (engine.clone(), cancel.clone());
+    let task = tokio::spawn(async move { e.run(c).await.expect("engine loop") });
+    (engine, sink, cancel, task)
+}
+
+/// A restart neither fails nor leaks: the agent stops after its task stopped and before the
+/// cleanup, the host loses the task's cgroup meanwhile (a reboot empties the hierarchies), and
+/// the restarted agent's cleanup still removes the containers and forgets the task (a cgroup
+/// removal that failed would keep the task for a retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_before_cleanup_with_the_cgroup_gone_cleans_up() {
+    let image = test_image();
+    let run = run_id("cgroup-restart");
+    let (arn, id) = task_arn();
+    let _cgroups = CgroupCleanup(id.clone());
+    let _cleanup = Cleanup::new(&run);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ecs_hostd::store::Store::open(&dir.path().join("state.redb")).unwrap();
+
+    let mut first = settings_with(true);
+    first.engine.task_cleanup_wait = Duration::from_secs(3600);
+    let sink = std::sync::Arc::new(GatedSink {
+        report: std::sync::Mutex::new(true),
+        ..GatedSink::default()
+    });
+    let (engine, _, cancel, loop_a) = engine_on(store.clone(), sink.clone(), first).await;
+    let app = container(&run, "app", &image, &["sleep", "600"], true, json!({}));
+    let mut t = task(&arn, "cgroup-restart", vec![app]);
+    t["cpu"] = json!(0.25);
+    engine.deliver(t).await.unwrap();
+    let until = |s: ReportStatus| {
+        let sink = sink.clone();
+        let arn = arn.clone();
+        async move {
+            let start = Instant::now();
+            while !task_reached(&sink.inner.changes(), &arn, s) {
+                assert!(start.elapsed() < Duration::from_secs(60), "no {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until(ReportStatus::Running).await;
+    let cpu = Path::new(CGROUP_ROOT).join("cpu/ecs").join(&id);
+    assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "25000");
+    engine.stop(&arn).await.unwrap();
+    until(ReportStatus::Stopped).await;
+    cancel.cancel();
+    loop_a.await.unwrap();
+
+    // The containers stopped (their own cgroups went with them); the task's go now.
+    assert!(!cgroup_dirs(&id).is_empty());
+    for d in cgroup_dirs(&id) {
+        std::fs::remove_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+    }
+    assert_eq!(labelled(&arn).len(), 1);
+
+    let mut second = settings_with(true);
+    second.engine.task_cleanup_wait = Duration::from_secs(1);
+    let (engine, _sink, cancel, loop_b) = engine_on(store, sink, second).await;
+    let view = engine.view();
+    let start = Instant::now();
+    while !(labelled(&arn).is_empty() && view.snapshot().tasks.is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the restarted agent did not clean the task up: containers {:?}, tasks {}",
+            labelled(&arn),
+            view.snapshot().tasks.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cgroup_dirs(&id), Vec::<PathBuf>::new());
+    cancel.cancel();
+    loop_b.await.unwrap();
+}
