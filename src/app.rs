@@ -124,6 +124,7 @@ async fn start_and_serve(
             task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
             execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
         };
+        docker.task_cgroups = start.task_cgroups(&docker).await;
         let instance = start.read_identity(&local).await?;
         start.wait_for_warm_pool(&instance).await?;
         let registered = start.register(&local, &docker, &instance).await?;
@@ -219,6 +220,8 @@ struct DockerReady {
     info: EngineInfo,
     /// What the host makes available to tasks (task roles once phase 2b's NAT is in place).
     available: crate::engine::features::Available,
+    /// Task cgroups (phase 2c), when enabled and possible here.
+    task_cgroups: Option<crate::engine::task_cgroup::TaskCgroups>,
 }
 
 /// Phase 3's result.
@@ -290,7 +293,60 @@ impl<'a> Start<'a> {
             docker,
             info,
             available: Default::default(),
+            task_cgroups: None,
         })
+    }
+
+    /// Phase 2c, task cgroups (container-features.md §7): with `ECS_ENABLE_TASK_CPU_MEM_LIMIT`,
+    /// where the tasks' cgroups go, from the host's cgroup version and Docker's cgroup driver
+    /// (`docker info`); the systemd driver needs the system bus. A host that cannot have them runs
+    /// on without (and does not advertise them), and says why.
+    async fn task_cgroups(
+        &self,
+        docker: &DockerReady,
+    ) -> Option<crate::engine::task_cgroup::TaskCgroups> {
+        use crate::engine::task_cgroup::{CGROUP_ROOT, Slices, TaskCgroups};
+        let engine = &self.config.engine;
+        if !engine.task_cpu_mem_limit {
+            info!(
+                "ECS_ENABLE_TASK_CPU_MEM_LIMIT=false: tasks get no task-level CPU and memory limits."
+            );
+            return None;
+        }
+        let driver = match docker.docker.info().await {
+            Ok(info) => info
+                .cgroup_driver
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            Err(e) => {
+                warn!(error = %e, "Cannot read Docker's cgroup driver; tasks get no task-level CPU and memory limits.");
+                return None;
+            }
+        };
+        let slices: Option<std::sync::Arc<dyn Slices>> = if driver == "systemd" {
+            match watchdog::systemd_dbus::DbusManager::connect().await {
+                Ok(m) => Some(std::sync::Arc::new(m)),
+                Err(e) => {
+                    warn!(error = %e, "Docker uses the systemd cgroup driver and systemd cannot be reached.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let root = std::path::Path::new(CGROUP_ROOT);
+        match TaskCgroups::configured(engine, root, &driver, slices) {
+            Ok(cgroups) => {
+                if let Some(c) = &cgroups {
+                    info!(layout = ?c.layout, cgroup_driver = %driver, "Tasks get task-level CPU and memory limits.");
+                }
+                cgroups
+            }
+            Err(e) => {
+                warn!(error = %e, "Tasks get no task-level CPU and memory limits here; the capability is not advertised.");
+                None
+            }
+        }
     }
 
     /// Phase 2b, host network (ecs-init's pre-start, task-credentials.md §6): `route_localnet`
@@ -442,6 +498,7 @@ impl<'a> Start<'a> {
                 task_iam_role: docker.available.task_roles,
                 task_iam_role_network_host: docker.available.task_roles_network_host,
                 execution_role_awslogs: docker.available.execution_role_awslogs,
+                task_cpu_mem_limit: docker.task_cgroups.is_some(),
                 ..attributes::IMPLEMENTED
             },
             retry: REGISTER_RETRY,

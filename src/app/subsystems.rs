@@ -268,6 +268,7 @@ fn spawn_engine(
         local.host.mem_total_bytes / (1024 * 1024),
     );
     settings.available = docker.available;
+    settings.task_cgroups = docker.task_cgroups.clone();
     let engine = Engine::new(crate::engine::Parts {
         settings,
         store: local.store.clone(),

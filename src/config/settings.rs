@@ -722,7 +722,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_ENABLE_TASK_CPU_MEM_LIMIT",
         None,
         "true",
-        "Task-level CPU and memory limits.",
+        "Task-level CPU and memory limits: a cgroup per task (v1 `/ecs/<task id>`, v2 `ecstasks`, or a systemd slice `ecstasks-<task id>.slice`) as every container's parent; `false` (or a host without them): task `cpu`/`memory` ignored with a warning, capability not advertised.",
         |c, v, _| {
             c.engine.task_cpu_mem_limit = boolean(v)?;
             Ok(())
@@ -732,7 +732,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_CGROUP_CPU_PERIOD",
         None,
         "100ms",
-        "Task CPU period (8ms–100ms).",
+        "CFS period of a task cgroup when the task has `cpu` (quota = cpu × period); 8ms–100ms.",
         |c, v, _| {
             let d = duration(v)?;
             if d < Duration::from_millis(8) || d > Duration::from_millis(100) {
@@ -748,7 +748,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_TASK_PIDS_LIMIT",
         None,
         "unset",
-        "Per-task pids limit.",
+        "`pids.max` of each task cgroup (> 0; unset or 0: no limit).",
         |c, v, _| {
             c.engine.task_pids_limit = Some(number(v)?);
             Ok(())

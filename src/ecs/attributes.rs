@@ -63,7 +63,15 @@ pub struct Features {
     /// Container health checks: Docker runs them, the engine tracks their status
     /// (`ecs.capability.container-health-check`; not with `ECS_DISABLE_DOCKER_HEALTH_CHECK`).
     pub container_health_check: bool,
+    /// Task-level CPU and memory limits in a task cgroup (`task-cpu-mem-limit`,
+    /// `increased-task-cpu-limit`): decided at start, true only when
+    /// `ECS_ENABLE_TASK_CPU_MEM_LIMIT` and the host can have task cgroups.
+    pub task_cpu_mem_limit: bool,
 }
+
+/// The Docker API version task cgroups need (`HostConfig.CgroupParent`; the official agent's
+/// condition).
+const TASK_CGROUP_MIN_DOCKER_API: (u32, u32) = (1, 22);
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
 /// the feature.
@@ -94,6 +102,9 @@ pub const IMPLEMENTED: Features = Features {
     // (engine::introspection::health_of) and TCS reports it: tested in engine::tests,
     // engine::reconcile::tests and end to end in tests/e2e_health.rs.
     container_health_check: true,
+    // Host-dependent: set at start by app (engine::task_cgroup detected the layout), tested in
+    // engine::task_cgroup::tests and against the kernel's files in tests/docker_task_cgroup.rs.
+    task_cpu_mem_limit: false,
 };
 
 /// Parses a Docker API version such as `1.41`.
@@ -178,6 +189,12 @@ pub fn attributes(
     {
         out.push(Attribute::flag(format!("{CURRENT}container-health-check")));
     }
+    if features.task_cpu_mem_limit && daemon.is_some_and(|d| d >= TASK_CGROUP_MIN_DOCKER_API) {
+        out.push(Attribute::flag(format!("{CURRENT}task-cpu-mem-limit")));
+        out.push(Attribute::flag(format!(
+            "{CURRENT}increased-task-cpu-limit"
+        )));
+    }
     if features.full_sync {
         out.push(Attribute::flag(format!("{CURRENT}full-sync")));
     }
@@ -250,6 +267,29 @@ mod tests {
         assert!(n.contains(&"ecs.capability.container-health-check"));
         for never in ["task-iam-role", "task-eni", "efs"] {
             assert!(!n.iter().any(|x| x.contains(never)), "{never} advertised");
+        }
+    }
+
+    /// Task cgroups are advertised only when the host has them (decided at start) and the
+    /// daemon speaks API 1.22.
+    #[test]
+    fn task_cpu_mem_limit_is_advertised_only_when_task_cgroups_are_on() {
+        let c = Config::default();
+        let flags = [
+            "ecs.capability.task-cpu-mem-limit",
+            "ecs.capability.increased-task-cpu-limit",
+        ];
+        let off = attributes(&c, "LINUX", Some("1.41"), IMPLEMENTED, false);
+        let on_features = Features {
+            task_cpu_mem_limit: true,
+            ..IMPLEMENTED
+        };
+        let on = attributes(&c, "LINUX", Some("1.41"), on_features, false);
+        let old = attributes(&c, "LINUX", Some("1.21"), on_features, false);
+        for f in flags {
+            assert!(!names(&off).contains(&f), "{f}");
+            assert!(names(&on).contains(&f), "{f}");
+            assert!(!names(&old).contains(&f), "{f}");
         }
     }
 

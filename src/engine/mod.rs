@@ -33,6 +33,7 @@ pub mod resources;
 pub mod runtime;
 pub mod secrets;
 pub mod store;
+pub mod task_cgroup;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -114,6 +115,9 @@ pub struct Settings {
     pub pull_retry: crate::backoff::Policy,
     /// What this host makes available (task roles once the NAT is in place).
     pub available: features::Available,
+    /// Task cgroups for task-level CPU and memory limits: set at start when
+    /// `ECS_ENABLE_TASK_CPU_MEM_LIMIT` and the host can have them; `None`: no task gets one.
+    pub task_cgroups: Option<task_cgroup::TaskCgroups>,
 }
 
 impl Settings {
@@ -139,6 +143,7 @@ impl Settings {
             resync: RESYNC,
             pull_retry: pull::PULL_RETRY,
             available: features::Available::default(),
+            task_cgroups: None,
         }
     }
 }
@@ -799,6 +804,14 @@ impl LoopState {
             warn!(task.arn = %arn, feature = why.feature, field = %why.field,
                 "Task asks for a feature this agent does not implement; stopping it.");
             rec.refuse(&why.to_string());
+        } else if let Some(cgroups) = &self.settings().task_cgroups {
+            if let Err(e) = cgroups.limits(&rec.spec) {
+                warn!(task.arn = %arn, error = %e, "Task cannot run within its task-level limits; stopping it.");
+                rec.refuse(&e.to_string());
+            }
+        } else if task_cgroup::asks_for_limits(&rec.spec) {
+            warn!(task.arn = %arn, cpu = ?rec.spec.cpu, memory_mib = ?rec.spec.memory,
+                "Ignoring the task-level CPU and memory limits: task cgroups are off (ECS_ENABLE_TASK_CPU_MEM_LIMIT=false, or this host cannot have them).");
         }
         info!(
             task.arn = %arn,
@@ -1339,7 +1352,8 @@ impl LoopState {
                 };
                 let name = crec.docker_name.clone();
                 let map = self.map_ctx(rec, spec);
-                let body = docker::create_body(rec, spec, &map);
+                let mut body = docker::create_body(rec, spec, &map);
+                let cgroup = self.task_cgroup(rec, body.as_mut().ok());
                 let volumes = docker::volume_requests(rec, spec);
                 if let Some(img) = self.images.get_mut(&spec.image) {
                     img.last_used_at = now;
@@ -1349,6 +1363,9 @@ impl LoopState {
                 Box::pin(async move {
                     let result = async {
                         let body = body.map_err(|e| RuntimeError::Refused(e.to_string()))?;
+                        if let Some(cgroup) = cgroup {
+                            cgroup.await?;
+                        }
                         for v in &volumes {
                             runtime.ensure_volume(v).await?;
                         }
@@ -1459,15 +1476,48 @@ impl LoopState {
                     .map(|c| (c.docker_name.clone(), c.docker_id.clone()))
                     .collect();
                 let volumes = docker::task_scoped_volumes(rec);
+                let cgroups = self.settings().task_cgroups.clone();
+                let task_id = rec.spec.task_id().to_owned();
                 info!(task.arn = %task_arn, "Cleaning up stopped task.");
                 Box::pin(async move {
-                    let result = remove_task(&*runtime, &task_arn, targets, volumes).await;
+                    let mut result = remove_task(&*runtime, &task_arn, targets, volumes).await;
+                    // The task's containers are gone: its cgroup can go.
+                    if let (Ok(()), Some(cgroups)) = (&result, cgroups) {
+                        result = cgroups.remove(&task_id).await.map_err(|e| e.to_string());
+                    }
                     Done::Action(key, Box::new(Outcome::Removed { task_arn, result }))
                 })
             }
         };
         self.in_flight.insert(flight_key);
         self.actions.spawn(fut);
+    }
+
+    /// The task's cgroup, when task cgroups are on: sets the container's `CgroupParent` in
+    /// `body` (the agent's override, after `dockerConfig.hostConfig`) and returns the creation
+    /// (idempotent) to await before the container's create.
+    fn task_cgroup(
+        &self,
+        rec: &TaskRecord,
+        body: Option<&mut bollard::models::ContainerCreateBody>,
+    ) -> Option<impl std::future::Future<Output = Result<(), RuntimeError>> + Send + 'static> {
+        let cgroups = self.settings().task_cgroups.clone()?;
+        let task_id = rec.spec.task_id().to_owned();
+        let planned = cgroups
+            .limits(&rec.spec)
+            .and_then(|limits| Ok((cgroups.parent(&task_id)?, limits)));
+        if let (Ok((parent, _)), Some(body)) = (&planned, body) {
+            body.host_config
+                .get_or_insert_with(Default::default)
+                .cgroup_parent = Some(parent.clone());
+        }
+        Some(async move {
+            let (_, limits) = planned.map_err(|e| RuntimeError::Refused(e.to_string()))?;
+            cgroups
+                .ensure(&task_id, &limits)
+                .await
+                .map_err(|e| RuntimeError::Refused(e.to_string()))
+        })
     }
 
     fn map_ctx(&self, rec: &TaskRecord, spec: &model::ContainerSpec) -> MapCtx {

@@ -93,6 +93,14 @@ trait Manager {
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, zbus::Variant<'_>)],
+        aux: &[(&str, &[(&str, zbus::Variant<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 }
 
 #[zbus::proxy(
@@ -249,6 +257,66 @@ impl ServiceManager for DbusManager {
     async fn reset_failed(&self, unit: &str) -> Result<(), Error> {
         let m = self.manager().await?;
         call("ResetFailedUnit", unit, m.reset_failed_unit(unit)).await
+    }
+}
+
+/// The task engine's slices (`engine::task_cgroup`, Docker's systemd cgroup driver): a transient
+/// slice per task, made with its limits and stopped at the task's cleanup, on the same bus
+/// connection kind as the watchdog's.
+#[async_trait]
+impl crate::engine::task_cgroup::Slices for DbusManager {
+    async fn start_slice(
+        &self,
+        slice: &str,
+        properties: &[crate::engine::task_cgroup::SliceProperty],
+    ) -> Result<(), String> {
+        use crate::engine::task_cgroup::SliceProperty as P;
+        use zbus::Variant as Value;
+        let props: Vec<(&str, Value<'_>)> = properties
+            .iter()
+            .map(|p| match p {
+                P::Description(d) => ("Description", Value::from(d.as_str())),
+                P::CpuQuotaPerSecUsec(v) => ("CPUQuotaPerSecUSec", Value::from(*v)),
+                P::CpuQuotaPeriodUsec(v) => ("CPUQuotaPeriodUSec", Value::from(*v)),
+                P::CpuWeight(v) => ("CPUWeight", Value::from(*v)),
+                P::CpuShares(v) => ("CPUShares", Value::from(*v)),
+                P::MemoryMax(v) => ("MemoryMax", Value::from(*v)),
+                P::TasksMax(v) => ("TasksMax", Value::from(*v)),
+            })
+            .collect();
+        let m = self.manager().await.map_err(|e| e.to_string())?;
+        match call(
+            "StartTransientUnit",
+            slice,
+            m.start_transient_unit(slice, "replace", &props, &[]),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            // A restarted agent, or a second container of the task: the slice is there.
+            Err(e) if method_error(&e) == Some("org.freedesktop.systemd1.UnitExists") => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn stop_slice(&self, slice: &str) -> Result<(), String> {
+        let m = self.manager().await.map_err(|e| e.to_string())?;
+        match call("StopUnit", slice, m.stop_unit(slice, "replace")).await {
+            Ok(_) => Ok(()),
+            Err(e) if method_error(&e) == Some("org.freedesktop.systemd1.NoSuchUnit") => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The D-Bus error name of a failed call (`org.freedesktop.systemd1.NoSuchUnit`...).
+fn method_error(e: &Error) -> Option<&str> {
+    match e {
+        Error::Call {
+            source: zbus::Error::MethodError(name, _, _),
+            ..
+        } => Some(name.as_str()),
+        _ => None,
     }
 }
 
