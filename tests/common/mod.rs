@@ -656,22 +656,41 @@ impl Drop for World {
                 "--filter",
                 "label=com.amazonaws.ecs.cluster",
                 "--format",
-                "{{.ID}} {{.Label \"com.amazonaws.ecs.cluster\"}}",
+                "{{.ID}} {{.Label \"com.amazonaws.ecs.cluster\"}} {{.Label \"com.amazonaws.ecs.task-arn\"}}",
             ])
             .output();
         let Ok(out) = out else { return };
         let suffix = format!("/{}", self.cluster);
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, cluster)| cluster.ends_with(&suffix))
-            .map(|(id, _)| id.to_owned())
-            .collect();
+        let mut ids = Vec::new();
+        let mut task_ids = std::collections::BTreeSet::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut f = line.split(' ');
+            let (Some(id), Some(cluster), task) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if cluster.ends_with(&suffix) {
+                ids.push(id.to_owned());
+                if let Some(t) = task.and_then(|t| t.rsplit('/').next()) {
+                    task_ids.insert(t.to_owned());
+                }
+            }
+        }
         if !ids.is_empty() {
             let _ = Command::new("docker")
                 .args(["rm", "-f"])
                 .args(&ids)
                 .output();
+        }
+        // The task cgroups the agent would have removed at cleanup (cgroup v1: `ecs/<task id>`
+        // in every hierarchy runc created it in).
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten();
+        for h in hierarchies {
+            for t in &task_ids {
+                let _ = std::fs::remove_dir(h.path().join("ecs").join(t));
+            }
         }
     }
 }
