@@ -124,6 +124,7 @@ async fn start_and_serve(
             task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
             execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
         };
+        docker.pause_image = start.find_pause_image(&docker).await;
         let instance = start.read_identity(&local).await?;
         start.wait_for_warm_pool(&instance).await?;
         let registered = start.register(&local, &docker, &instance).await?;
@@ -219,6 +220,8 @@ struct DockerReady {
     info: EngineInfo,
     /// What the host makes available to tasks (task roles once phase 2b's NAT is in place).
     available: crate::engine::features::Available,
+    /// Docker has the namespace pause image (`ECS_HOSTD_PAUSE_IMAGE`).
+    pause_image: bool,
 }
 
 /// Phase 3's result.
@@ -290,7 +293,21 @@ impl<'a> Start<'a> {
             docker,
             info,
             available: Default::default(),
+            pause_image: false,
         })
+    }
+
+    /// Phase 2c, the namespace pause image (container-features.md §8): ecs-hostd never pulls
+    /// it, so `pidMode`/`ipcMode` `task` is advertised only when Docker has it now.
+    async fn find_pause_image(&self, docker: &DockerReady) -> bool {
+        let image = &self.config.engine.pause_image;
+        match docker.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) => {
+                info!(image = %image, error = %e, "No pause image in Docker; task-scoped PID and IPC namespaces are not advertised.");
+                false
+            }
+        }
     }
 
     /// Phase 2b, host network (ecs-init's pre-start, task-credentials.md §6): `route_localnet`
@@ -442,6 +459,7 @@ impl<'a> Start<'a> {
                 task_iam_role: docker.available.task_roles,
                 task_iam_role_network_host: docker.available.task_roles_network_host,
                 execution_role_awslogs: docker.available.execution_role_awslogs,
+                pid_ipc_namespace_sharing: docker.pause_image,
                 ..attributes::IMPLEMENTED
             },
             retry: REGISTER_RETRY,

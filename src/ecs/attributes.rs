@@ -63,6 +63,9 @@ pub struct Features {
     /// Container health checks: Docker runs them, the engine tracks their status
     /// (`ecs.capability.container-health-check`; not with `ECS_DISABLE_DOCKER_HEALTH_CHECK`).
     pub container_health_check: bool,
+    /// `pidMode`/`ipcMode` `task` (`ecs.capability.pid-ipc-namespace-sharing`): decided at
+    /// start, true only when Docker has the pause image (`ECS_HOSTD_PAUSE_IMAGE`; never pulled).
+    pub pid_ipc_namespace_sharing: bool,
 }
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
@@ -94,6 +97,10 @@ pub const IMPLEMENTED: Features = Features {
     // (engine::introspection::health_of) and TCS reports it: tested in engine::tests,
     // engine::reconcile::tests and end to end in tests/e2e_health.rs.
     container_health_check: true,
+    // Host-dependent: set at start by app when Docker has the pause image. The namespace pause
+    // container (engine::model::internal), tested in engine::reconcile::tests, engine::tests
+    // (property test included) and against Docker in tests/docker_pid_ipc.rs.
+    pid_ipc_namespace_sharing: false,
 };
 
 /// Parses a Docker API version such as `1.41`.
@@ -185,6 +192,11 @@ pub fn attributes(
             "{CURRENT}private-registry-authentication.secretsmanager"
         )));
     }
+    if features.pid_ipc_namespace_sharing {
+        out.push(Attribute::flag(format!(
+            "{CURRENT}pid-ipc-namespace-sharing"
+        )));
+    }
     if first_registration {
         for (k, v) in &config.instance_attributes {
             out.push(Attribute::pair(k, v));
@@ -254,6 +266,23 @@ mod tests {
             with.iter().filter(|n| **n != flag).collect::<Vec<_>>(),
             without.iter().collect::<Vec<_>>()
         );
+    }
+
+    /// Task-scoped PID/IPC namespaces are advertised only when the pause image was found in
+    /// Docker at start (the build alone does not: ecs-hostd ships no pause image).
+    #[test]
+    fn pid_ipc_namespace_sharing_needs_the_pause_image() {
+        let flag = "ecs.capability.pid-ipc-namespace-sharing";
+        let c = Config::default();
+        let without = attributes(&c, "LINUX", Some("1.41"), IMPLEMENTED, false);
+        assert!(!names(&without).contains(&flag));
+        let with_image = Features {
+            pid_ipc_namespace_sharing: true,
+            ..IMPLEMENTED
+        };
+        let with = attributes(&c, "LINUX", Some("1.41"), with_image, false);
+        assert!(names(&with).contains(&flag));
+        assert_eq!(with.len(), without.len() + 1);
     }
 
     #[test]
