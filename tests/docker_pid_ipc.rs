@@ -55,7 +55,10 @@ impl Drop for TaskCleanup {
         for arn in &self.0 {
             let ids = containers_with(None, &format!("com.amazonaws.ecs.task-arn={arn}"));
             if !ids.is_empty() {
-                let _ = docker_cli(None).args(["rm", "-f", "-v"]).args(&ids).output();
+                let _ = docker_cli(None)
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .output();
             }
         }
     }
@@ -139,8 +142,22 @@ fn shared_task(run: &str, arn: &str, modes: Value, tags: [u32; 2]) -> Value {
     let b = args(tags[1]);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let b: Vec<&str> = b.iter().map(String::as_str).collect();
-    let one = container(run, "one", &image, &a, true, json!({"CapAdd": [], "CapDrop": []}));
-    let mut two = container(run, "two", &image, &b, true, json!({"CapAdd": [], "CapDrop": []}));
+    let one = container(
+        run,
+        "one",
+        &image,
+        &a,
+        true,
+        json!({"CapAdd": [], "CapDrop": []}),
+    );
+    let mut two = container(
+        run,
+        "two",
+        &image,
+        &b,
+        true,
+        json!({"CapAdd": [], "CapDrop": []}),
+    );
     two["dependsOn"] = json!([{"containerName": "one", "condition": "START"}]);
     let mut t = task(arn, "pidipc", vec![one, two]);
     for (k, v) in modes.as_object().unwrap() {
@@ -177,19 +194,27 @@ async fn task_pid_and_ipc_namespaces_are_shared_through_the_pause_container() {
     println!("two pid/ipc tasks RUNNING in {:?}", started.elapsed());
 
     let ids = |arn: &str| {
-        [NAMESPACE_PAUSE_NAME, "one", "two"].map(|n| {
-            id_of(arn, n).unwrap_or_else(|| panic!("{n} of {arn} not in Docker"))
-        })
+        [NAMESPACE_PAUSE_NAME, "one", "two"]
+            .map(|n| id_of(arn, n).unwrap_or_else(|| panic!("{n} of {arn} not in Docker")))
     };
     let [pause_a, one_a, two_a] = ids(&a);
     let [pause_b, one_b, _two_b] = ids(&b);
 
     // PID: one sees two's process and the pause as its PID 1; the other task's are invisible.
     let ps_one_a = exec(&one_a, &["ps", "-o", "pid,args"]);
-    assert!(ps_one_a.contains("sleep 1002"), "one does not see two: {ps_one_a}");
-    assert!(!ps_one_a.contains("sleep 1003"), "one sees task b: {ps_one_a}");
+    assert!(
+        ps_one_a.contains("sleep 1002"),
+        "one does not see two: {ps_one_a}"
+    );
+    assert!(
+        !ps_one_a.contains("sleep 1003"),
+        "one sees task b: {ps_one_a}"
+    );
     let init = exec(&two_a, &["sh", "-c", "tr '\\0' ' ' </proc/1/cmdline"]);
-    assert!(init.contains("2147483647"), "PID 1 of task a is not the pause: {init}");
+    assert!(
+        init.contains("2147483647"),
+        "PID 1 of task a is not the pause: {init}"
+    );
     let ps_one_b = exec(&one_b, &["ps", "-o", "pid,args"]);
     assert!(ps_one_b.contains("sleep 1004"), "{ps_one_b}");
     assert!(
@@ -240,7 +265,10 @@ async fn task_pid_and_ipc_namespaces_are_shared_through_the_pause_container() {
         .await;
     let pause = inspect(&pause_a);
     assert_eq!(pause["State"]["Running"], false, "pause runs after STOPPED");
-    assert_eq!(pause["State"]["ExitCode"], 0, "the pause image exits 0 on SIGTERM");
+    assert_eq!(
+        pause["State"]["ExitCode"], 0,
+        "the pause image exits 0 on SIGTERM"
+    );
     for user in [&one_a, &two_a] {
         let u = inspect(user);
         assert!(
@@ -257,7 +285,10 @@ async fn task_pid_and_ipc_namespaces_are_shared_through_the_pause_container() {
             .filter(|c| &c.task_arn == arn)
             .flat_map(|c| c.containers.iter().map(|c| c.container_name.as_str()))
             .collect();
-        assert!(names.contains(&"one") && names.contains(&"two"), "{names:?}");
+        assert!(
+            names.contains(&"one") && names.contains(&"two"),
+            "{names:?}"
+        );
     }
     assert_each_once(&changes);
 
@@ -290,7 +321,12 @@ async fn pid_mode_task_alone_leaves_ipc_private() {
     let _tasks = TaskCleanup(vec![a.clone()]);
     let eng = start(settings()).await;
     eng.engine
-        .deliver(shared_task(&run, &a, json!({"pidMode": "task"}), [1011, 1012]))
+        .deliver(shared_task(
+            &run,
+            &a,
+            json!({"pidMode": "task"}),
+            [1011, 1012],
+        ))
         .await
         .unwrap();
     eng.wait_changes("task RUNNING", Duration::from_secs(60), |c| {
@@ -302,8 +338,14 @@ async fn pid_mode_task_alone_leaves_ipc_private() {
     let two = id_of(&a, "two").unwrap();
     assert_ne!(inspect(&pause)["HostConfig"]["IpcMode"], "shareable");
     let u = inspect(&one);
-    assert_eq!(u["HostConfig"]["PidMode"], format!("container:{pause}").as_str());
-    assert_ne!(u["HostConfig"]["IpcMode"], format!("container:{pause}").as_str());
+    assert_eq!(
+        u["HostConfig"]["PidMode"],
+        format!("container:{pause}").as_str()
+    );
+    assert_ne!(
+        u["HostConfig"]["IpcMode"],
+        format!("container:{pause}").as_str()
+    );
     assert!(exec(&one, &["ps", "-o", "args"]).contains("sleep 1012"));
     let ipc = |id: &str| exec(id, &["readlink", "/proc/self/ns/ipc"]);
     assert_ne!(ipc(&one), ipc(&two));
@@ -339,7 +381,12 @@ async fn a_missing_pause_image_stops_the_task_and_creates_nothing() {
     let eng = start(s).await;
     let before = eng.calls.snapshot();
     eng.engine
-        .deliver(shared_task(&run, &a, json!({"ipcMode": "task"}), [1021, 1022]))
+        .deliver(shared_task(
+            &run,
+            &a,
+            json!({"ipcMode": "task"}),
+            [1021, 1022],
+        ))
         .await
         .unwrap();
     let changes = eng

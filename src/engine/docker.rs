@@ -95,7 +95,9 @@ pub fn create_body(
     ctx: &MapCtx,
 ) -> Result<ContainerCreateBody, MapError> {
     let spec = &rec.spec;
-    let kind = rec.container(&c.name).map_or(ContainerKind::Normal, |r| r.kind);
+    let kind = rec
+        .container(&c.name)
+        .map_or(ContainerKind::Normal, |r| r.kind);
     if kind.is_internal() {
         return internal_body(rec, c, kind, ctx);
     }

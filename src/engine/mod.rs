@@ -791,14 +791,14 @@ impl LoopState {
         let images = model::InternalImages {
             namespace_pause: self.settings().engine.pause_image.clone(),
         };
-        let mut rec = match TaskRecord::with_images(spec, self.next_seq, jitter.as_secs_f64(), &images)
-        {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(task.arn = %arn, error = %e, "Task refused.");
-                return Ok(Err(e.to_string()));
-            }
-        };
+        let mut rec =
+            match TaskRecord::with_images(spec, self.next_seq, jitter.as_secs_f64(), &images) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(task.arn = %arn, error = %e, "Task refused.");
+                    return Ok(Err(e.to_string()));
+                }
+            };
         if let Some(why) = unsupported {
             warn!(task.arn = %arn, feature = why.feature, field = %why.field,
                 "Task asks for a feature this agent does not implement; stopping it.");
@@ -1596,11 +1596,13 @@ impl LoopState {
             per_cycle: e.num_images_delete_per_cycle as usize,
             excluded: excluded.clone(),
         };
-        let untracked = e.untracked_image_cleanup.then(|| cleanup::UntrackedPolicy {
-            min_age: e.non_ecs_image_minimum_cleanup_age,
-            excluded,
-            budget: policy.per_cycle,
-        });
+        let untracked = e
+            .untracked_image_cleanup
+            .then_some(cleanup::UntrackedPolicy {
+                min_age: e.non_ecs_image_minimum_cleanup_age,
+                excluded,
+                budget: policy.per_cycle,
+            });
         let pressure = self.disk_pressure;
         let runtime = self.shared.parts.runtime.clone();
         let now = self.now();
@@ -1730,11 +1732,17 @@ fn log_transitions(old: &TaskRecord, new: &TaskRecord) {
 
 /// An internal container's image, which must be in Docker already (it is never pulled): its
 /// id, or the pull failure that stops the task, naming the image.
-async fn local_image(runtime: &dyn ContainerRuntime, image: &str) -> Result<Option<String>, String> {
+async fn local_image(
+    runtime: &dyn ContainerRuntime,
+    image: &str,
+) -> Result<Option<String>, String> {
     match runtime.image(image).await {
         Ok(Some(info)) => Ok(Some(info.id)),
         Ok(None) => {
-            warn!(image, "The pause image is not in Docker; tasks with pidMode or ipcMode task cannot run.");
+            warn!(
+                image,
+                "The pause image is not in Docker; tasks with pidMode or ipcMode task cannot run."
+            );
             Err(format!(
                 "CannotPullContainerError: the pause image {image} is not in Docker; ecs-hostd never pulls it (load it, or name a local image in ECS_HOSTD_PAUSE_IMAGE)"
             ))

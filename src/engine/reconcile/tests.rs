@@ -650,7 +650,11 @@ fn task_namespaces_add_one_internal_pause_container_first() {
         let spec = r.spec_of(PAUSE).unwrap();
         assert_eq!(spec.image, DEFAULT_PAUSE_IMAGE);
         assert!(spec.essential);
-        assert_eq!(r.spec.containers.len(), 2, "the delivered spec is untouched");
+        assert_eq!(
+            r.spec.containers.len(),
+            2,
+            "the delivered spec is untouched"
+        );
     }
     for modes in [
         serde_json::json!({}),
@@ -745,7 +749,11 @@ fn the_pause_is_stopped_after_every_user_container() {
     assert_eq!(names_of(&p.actions), [("stop", "a".to_owned())]);
     let p = run(&p.record, &step(&r, &["b", "a"]), &[], &ctx());
     assert_eq!(names_of(&p.actions), [("stop", PAUSE.to_owned())]);
-    assert_eq!(p.record.known, TaskStatus::Running, "not stopped before the pause");
+    assert_eq!(
+        p.record.known,
+        TaskStatus::Running,
+        "not stopped before the pause"
+    );
     let p = run(&p.record, &step(&r, &["b", "a", PAUSE]), &[], &ctx());
     assert_eq!(p.record.known, TaskStatus::Stopped);
 }
@@ -797,7 +805,8 @@ fn a_missing_pause_image_stops_the_task_before_any_user_container() {
     let r = pause_task(serde_json::json!({"pidMode": "task"}));
     let p = run(&r, &[], &[], &ctx());
     let mut r = p.record;
-    let why = format!("CannotPullContainerError: the pause image {DEFAULT_PAUSE_IMAGE} is not in Docker");
+    let why =
+        format!("CannotPullContainerError: the pause image {DEFAULT_PAUSE_IMAGE} is not in Docker");
     assert!(apply(
         &mut r,
         &Outcome::Pulled {
