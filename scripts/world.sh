@@ -10,6 +10,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${ECS_HOSTD_CACHE:-$HOME/.cache/ecs-hostd}"
 REQS="$ROOT/tests/ec2sim/requirements.txt"
 TEST_IMAGE="ecs-hostd-test/busybox:latest"
+# The official agent's namespace pause image name (ECS_HOSTD_PAUSE_IMAGE's default), built by world_images.
+PAUSE_IMAGE="amazon/amazon-ecs-pause:0.1.0"
 
 log() { printf '\033[1m[world]\033[0m %s\n' "$*" >&2; }
 
@@ -71,6 +73,16 @@ world_images() {
     rm -rf "$dir"
   fi
   export ECS_HOSTD_TEST_IMAGE="$TEST_IMAGE"
+  # The namespace pause image of pidMode/ipcMode task, under the official agent's name (ecs-hostd
+  # never pulls it): the test image, blocking in one sleep until SIGTERM, on which it exits 0.
+  if ! docker image inspect "$PAUSE_IMAGE" >/dev/null 2>&1; then
+    log "building $PAUSE_IMAGE from $TEST_IMAGE"
+    local cid
+    cid=$(docker create "$TEST_IMAGE")
+    docker commit --change 'ENTRYPOINT ["/bin/sh", "-c", "trap \"exit 0\" TERM; sleep 2147483647 & wait"]' \
+      --change 'CMD []' "$cid" "$PAUSE_IMAGE" >/dev/null
+    docker rm "$cid" >/dev/null
+  fi
 }
 
 # The booted-systemd "instance" image for tests/systemd_instance.rs (debootstrap, once per

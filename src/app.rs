@@ -125,6 +125,7 @@ async fn start_and_serve(
             execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
         };
         docker.task_cgroups = start.task_cgroups(&docker).await;
+        docker.pause_image = start.find_pause_image(&docker).await;
         let instance = start.read_identity(&local).await?;
         start.wait_for_warm_pool(&instance).await?;
         let registered = start.register(&local, &docker, &instance).await?;
@@ -222,6 +223,8 @@ struct DockerReady {
     available: crate::engine::features::Available,
     /// Task cgroups (phase 2c), when enabled and possible here.
     task_cgroups: Option<crate::engine::task_cgroup::TaskCgroups>,
+    /// Docker has the namespace pause image (`ECS_HOSTD_PAUSE_IMAGE`).
+    pause_image: bool,
 }
 
 /// Phase 3's result.
@@ -294,6 +297,7 @@ impl<'a> Start<'a> {
             info,
             available: Default::default(),
             task_cgroups: None,
+            pause_image: false,
         })
     }
 
@@ -345,6 +349,19 @@ impl<'a> Start<'a> {
             Err(e) => {
                 warn!(error = %e, "Tasks get no task-level CPU and memory limits here; the capability is not advertised.");
                 None
+            }
+        }
+    }
+
+    /// Phase 2c, the namespace pause image (container-features.md §8): ecs-hostd never pulls
+    /// it, so `pidMode`/`ipcMode` `task` is advertised only when Docker has it now.
+    async fn find_pause_image(&self, docker: &DockerReady) -> bool {
+        let image = &self.config.engine.pause_image;
+        match docker.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) => {
+                info!(image = %image, error = %e, "No pause image in Docker; task-scoped PID and IPC namespaces are not advertised.");
+                false
             }
         }
     }
@@ -499,6 +516,7 @@ impl<'a> Start<'a> {
                 task_iam_role_network_host: docker.available.task_roles_network_host,
                 execution_role_awslogs: docker.available.execution_role_awslogs,
                 task_cpu_mem_limit: docker.task_cgroups.is_some(),
+                pid_ipc_namespace_sharing: docker.pause_image,
                 ..attributes::IMPLEMENTED
             },
             retry: REGISTER_RETRY,

@@ -122,6 +122,10 @@ pub struct EngineConfig {
     /// Docker data filesystem is fuller than this, stopped tasks and unused images are cleaned at
     /// once instead of waiting (the official agent lets disks fill). 100 disables it.
     pub disk_cleanup_threshold_percent: f64,
+    /// `ECS_HOSTD_PAUSE_IMAGE` / `engine.pause_image`: the local image of the namespace pause
+    /// container that tasks with `pidMode`/`ipcMode` `task` get. Never pulled (ecs-init loads
+    /// the official one from a tarball; ecs-hostd ships none).
+    pub pause_image: String,
 }
 
 /// Docker watchdog settings (`[watchdog]` in config.toml).
@@ -347,6 +351,7 @@ impl Default for Config {
                 engine_auth_type: None,
                 engine_auth_data: None,
                 disk_cleanup_threshold_percent: 90.0,
+                pause_image: crate::engine::model::internal::DEFAULT_PAUSE_IMAGE.to_owned(),
             },
             metrics: MetricsConfig::default(),
             watchdog: WatchdogConfig {

@@ -966,6 +966,16 @@ pub static SETTINGS: &[Setting] = &[
         }
     ),
     s!(
+        "ECS_HOSTD_PAUSE_IMAGE",
+        Some("engine.pause_image"),
+        "amazon/amazon-ecs-pause:0.1.0",
+        "Local image of the namespace pause container of tasks with pidMode or ipcMode task; never pulled. ecs.capability.pid-ipc-namespace-sharing is advertised only if Docker has it at start.",
+        |c, v, _| {
+            c.engine.pause_image = nonempty(v)?;
+            Ok(())
+        }
+    ),
+    s!(
         "ECS_HOSTD_METRICS",
         Some("metrics.enabled"),
         "true",

@@ -67,6 +67,9 @@ pub struct Features {
     /// `increased-task-cpu-limit`): decided at start, true only when
     /// `ECS_ENABLE_TASK_CPU_MEM_LIMIT` and the host can have task cgroups.
     pub task_cpu_mem_limit: bool,
+    /// `pidMode`/`ipcMode` `task` (`ecs.capability.pid-ipc-namespace-sharing`): decided at
+    /// start, true only when Docker has the pause image (`ECS_HOSTD_PAUSE_IMAGE`; never pulled).
+    pub pid_ipc_namespace_sharing: bool,
 }
 
 /// The Docker API version task cgroups need (`HostConfig.CgroupParent`; the official agent's
@@ -105,9 +108,12 @@ pub const IMPLEMENTED: Features = Features {
     // Host-dependent: set at start by app (engine::task_cgroup detected the layout), tested in
     // engine::task_cgroup::tests and against the kernel's files in tests/docker_task_cgroup.rs.
     task_cpu_mem_limit: false,
+    // Host-dependent: set at start by app when Docker has the pause image. The namespace pause
+    // container (engine::model::internal), tested in engine::reconcile::tests, engine::tests
+    // (property test included) and against Docker in tests/docker_pid_ipc.rs.
+    pid_ipc_namespace_sharing: false,
 };
 
-/// Parses a Docker API version such as `1.41`.
 /// The `ecs.cpu-architecture` value for a Rust target architecture, as the official agent
 /// registers it.
 pub fn cpu_architecture(rust_arch: &str) -> Option<&'static str> {
@@ -118,6 +124,7 @@ pub fn cpu_architecture(rust_arch: &str) -> Option<&'static str> {
     }
 }
 
+/// Parses a Docker API version such as `1.41`.
 pub fn parse_api_version(v: &str) -> Option<(u32, u32)> {
     let (major, minor) = v.trim().split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
@@ -214,6 +221,11 @@ pub fn attributes(
     if features.private_registry_asm {
         out.push(Attribute::flag(format!(
             "{CURRENT}private-registry-authentication.secretsmanager"
+        )));
+    }
+    if features.pid_ipc_namespace_sharing {
+        out.push(Attribute::flag(format!(
+            "{CURRENT}pid-ipc-namespace-sharing"
         )));
     }
     if first_registration {
@@ -315,6 +327,23 @@ mod tests {
             with.iter().filter(|n| **n != flag).collect::<Vec<_>>(),
             without.iter().collect::<Vec<_>>()
         );
+    }
+
+    /// Task-scoped PID/IPC namespaces are advertised only when the pause image was found in
+    /// Docker at start (the build alone does not: ecs-hostd ships no pause image).
+    #[test]
+    fn pid_ipc_namespace_sharing_needs_the_pause_image() {
+        let flag = "ecs.capability.pid-ipc-namespace-sharing";
+        let c = Config::default();
+        let without = attributes(&c, "LINUX", Some("1.41"), IMPLEMENTED, false);
+        assert!(!names(&without).contains(&flag));
+        let with_image = Features {
+            pid_ipc_namespace_sharing: true,
+            ..IMPLEMENTED
+        };
+        let with = attributes(&c, "LINUX", Some("1.41"), with_image, false);
+        assert!(names(&with).contains(&flag));
+        assert_eq!(with.len(), without.len() + 1);
     }
 
     #[test]

@@ -26,8 +26,10 @@ use futures_util::stream::BoxStream;
 use serde_json::{Map, Value, json};
 
 use crate::engine::cleanup::DockerImage;
+use crate::engine::model::internal::NamespaceShare;
 use crate::engine::model::{
-    ContainerNetwork, ContainerSpec, HealthProbe, HealthStatus, TaskRecord, VolumeSource,
+    ContainerKind, ContainerNetwork, ContainerSpec, HealthProbe, HealthStatus, TaskRecord,
+    VolumeSource,
 };
 use crate::engine::runtime::{
     ContainerRuntime, ImageInfo, LABEL_CLUSTER, LABEL_CONTAINER_NAME, LABEL_FAMILY, LABEL_TASK_ARN,
@@ -93,6 +95,12 @@ pub fn create_body(
     ctx: &MapCtx,
 ) -> Result<ContainerCreateBody, MapError> {
     let spec = &rec.spec;
+    let kind = rec
+        .container(&c.name)
+        .map_or(ContainerKind::Normal, |r| r.kind);
+    if kind.is_internal() {
+        return internal_body(rec, c, kind, ctx);
+    }
     let docker_name_of = |name: &str| {
         rec.container(name)
             .map_or_else(|| name.to_owned(), |r| r.docker_name.clone())
@@ -219,6 +227,23 @@ pub fn create_body(
         host["Privileged"] = json!(true);
     }
     merge(&mut host, &c.raw_host_config());
+    // Agent overrides after the backend's JSON (container-features.md §0): task-scoped PID and
+    // IPC namespaces are the namespace pause container's.
+    let share = NamespaceShare::of(spec);
+    if share.any() {
+        let pause = rec
+            .internal_id(ContainerKind::NamespacePause)
+            .ok_or_else(|| {
+                MapError::Invalid("the task's namespace pause container does not exist yet".into())
+            })?;
+        let mode = json!(format!("container:{pause}"));
+        if share.pid {
+            host["PidMode"] = mode.clone();
+        }
+        if share.ipc {
+            host["IpcMode"] = mode;
+        }
+    }
     if let Some(h) = host.as_object_mut() {
         // The agent owns restarts (spec §6.4 step 8).
         h.remove("RestartPolicy");
@@ -262,6 +287,32 @@ pub fn create_body(
     config["Labels"] = Value::Object(labels);
     config["HostConfig"] = host;
     serde_json::from_value(config).map_err(|e| MapError::Invalid(e.to_string()))
+}
+
+/// The Docker create request of internal container `c` (of `kind`): its image, which blocks
+/// until stopped, our labels, no network of its own to speak of (its namespaces, not its
+/// network, are shared) and, for `ipcMode: task`, an IPC namespace others may join.
+fn internal_body(
+    rec: &TaskRecord,
+    c: &ContainerSpec,
+    kind: ContainerKind,
+    ctx: &MapCtx,
+) -> Result<ContainerCreateBody, MapError> {
+    let mut host = json!({ "NetworkMode": "none", "CpuShares": 2 });
+    match kind {
+        ContainerKind::NamespacePause => {
+            if NamespaceShare::of(&rec.spec).ipc {
+                host["IpcMode"] = json!("shareable");
+            }
+        }
+        ContainerKind::Normal => {}
+    }
+    let body = json!({
+        "Image": c.image,
+        "Labels": labels(rec, c, &ctx.cluster),
+        "HostConfig": host,
+    });
+    serde_json::from_value(body).map_err(|e| MapError::Invalid(e.to_string()))
 }
 
 /// What the agent adds to a container's log options (spec §9.7): `mode=non-blocking` without

@@ -87,14 +87,6 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
     if present(task.get("proxyConfiguration")) {
         return at("App Mesh proxy configuration", "proxyConfiguration".into());
     }
-    for mode in ["pidMode", "ipcMode"] {
-        if task.get(mode).and_then(Value::as_str) == Some("task") {
-            return at(
-                "task-scoped PID and IPC namespaces",
-                format!("{mode}: task"),
-            );
-        }
-    }
     for v in array(task.get("volumes")) {
         let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
         match v.get("type").and_then(Value::as_str) {
@@ -249,6 +241,16 @@ mod tests {
                    "registryAuthentication": {"type": "asm", "asmAuthData": {"credentialsParameter": "arn:aws:secretsmanager:us-east-1:1:secret:r", "region": "us-east-1"}}}),
         );
         assert_eq!(unsupported(&t, &Available::default()), None);
+        // Task-scoped PID and IPC namespaces: the engine's namespace pause container
+        // (engine::model::internal); whether its image is there decides at run time.
+        for modes in [
+            json!({"pidMode": "task"}),
+            json!({"ipcMode": "task"}),
+            json!({"pidMode": "task", "ipcMode": "task"}),
+        ] {
+            let t = task(modes.clone(), json!({}));
+            assert_eq!(unsupported(&t, &Available::default()), None, "{modes}");
+        }
     }
 
     /// Health checks run (issue: container health checks): `healthCheckType` `docker` in any
@@ -375,11 +377,6 @@ mod tests {
                 ),
                 "FireLens log routing",
                 "containers[app].firelensConfiguration",
-            ),
-            (
-                task(json!({"pidMode": "task"}), json!({})),
-                "task-scoped PID and IPC namespaces",
-                "pidMode: task",
             ),
             (
                 task(

@@ -35,9 +35,12 @@ pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTas
     } else {
         Some(desired.to_owned())
     };
+    // As the official introspection API: internal containers (the namespace pause) are not
+    // shown; operators find them in `docker ps` by the task's labels.
     let containers = rec
         .containers
         .iter()
+        .filter(|c| !c.kind.is_internal())
         .map(|c| {
             let spec = rec.spec_of(&c.name);
             let volumes = spec
@@ -159,10 +162,12 @@ pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Pa
         TaskStatus::Stopped => "STOPPED",
         _ => "RUNNING",
     };
+    // Internal containers are not the task's as ECS knows it: not in metadata, not in TCS.
     let containers = rec
         .containers
         .iter()
         .enumerate()
+        .filter(|(_, c)| !c.kind.is_internal())
         .map(|(i, c)| {
             let spec = rec.spec_of(&c.name);
             let fixed = fixed.get(i).cloned().unwrap_or_default();

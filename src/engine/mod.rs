@@ -793,13 +793,17 @@ impl LoopState {
             return Ok(Ok(()));
         }
         let jitter = crate::backoff::jitter(self.settings().engine.task_cleanup_wait_jitter);
-        let mut rec = match TaskRecord::new(spec, self.next_seq, jitter.as_secs_f64()) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(task.arn = %arn, error = %e, "Task refused.");
-                return Ok(Err(e.to_string()));
-            }
+        let images = model::InternalImages {
+            namespace_pause: self.settings().engine.pause_image.clone(),
         };
+        let mut rec =
+            match TaskRecord::with_images(spec, self.next_seq, jitter.as_secs_f64(), &images) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(task.arn = %arn, error = %e, "Task refused.");
+                    return Ok(Err(e.to_string()));
+                }
+            };
         if let Some(why) = unsupported {
             warn!(task.arn = %arn, feature = why.feature, field = %why.field,
                 "Task asks for a feature this agent does not implement; stopping it.");
@@ -938,10 +942,11 @@ impl LoopState {
                                 .insert(o.id.clone(), (state, o.health, o.clone()));
                         }
                     }
+                    // Internal images are the operator's (never pulled, never cleaned up).
                     Outcome::Pulled {
                         image,
                         result: Ok(id),
-                    } => {
+                    } if *image != self.settings().engine.pause_image => {
                         let r = self.images.entry(image.clone()).or_insert(ImageRecord {
                             image: image.clone(),
                             image_id: None,
@@ -1283,7 +1288,7 @@ impl LoopState {
             running_containers: recs
                 .iter()
                 .flat_map(|t| &t.containers)
-                .filter(|c| c.known == ContainerStatus::Running)
+                .filter(|c| c.known == ContainerStatus::Running && !c.kind.is_internal())
                 .count() as u64,
             metadata: Arc::new(metadata_index(
                 &recs,
@@ -1315,6 +1320,22 @@ impl LoopState {
         let runtime = shared.parts.runtime.clone();
         let hooks = shared.parts.hooks.clone();
         let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>> = match action {
+            Action::EnsurePulled {
+                image,
+                task_arn,
+                container,
+            } if self
+                .tasks
+                .get(&task_arn)
+                .and_then(|t| t.container(&container))
+                .is_some_and(|c| c.kind.is_internal()) =>
+            {
+                // Internal images are never pulled: Docker has the image, or the task stops.
+                Box::pin(async move {
+                    let result = local_image(&*runtime, &image).await;
+                    Done::Action(key, Box::new(Outcome::Pulled { image, result }))
+                })
+            }
             Action::EnsurePulled {
                 image,
                 task_arn,
@@ -1613,16 +1634,25 @@ impl LoopState {
             .filter(|t| t.known < TaskStatus::Stopped)
             .flat_map(|t| t.spec.containers.iter().map(|c| c.image.clone()))
             .collect();
+        // The pause image is never pulled, so never removed either.
+        let excluded: Vec<String> = e
+            .exclude_untracked_images
+            .iter()
+            .cloned()
+            .chain([e.pause_image.clone()])
+            .collect();
         let policy = ImagePolicy {
             min_age: e.image_minimum_cleanup_age,
             per_cycle: e.num_images_delete_per_cycle as usize,
-            excluded: e.exclude_untracked_images.clone(),
+            excluded: excluded.clone(),
         };
-        let untracked = e.untracked_image_cleanup.then(|| cleanup::UntrackedPolicy {
-            min_age: e.non_ecs_image_minimum_cleanup_age,
-            excluded: e.exclude_untracked_images.clone(),
-            budget: policy.per_cycle,
-        });
+        let untracked = e
+            .untracked_image_cleanup
+            .then_some(cleanup::UntrackedPolicy {
+                min_age: e.non_ecs_image_minimum_cleanup_age,
+                excluded,
+                budget: policy.per_cycle,
+            });
         let pressure = self.disk_pressure;
         let runtime = self.shared.parts.runtime.clone();
         let now = self.now();
@@ -1747,6 +1777,29 @@ fn log_transitions(old: &TaskRecord, new: &TaskRecord) {
     }
     if new.known != old.known {
         info!(task.arn = %arn, status = new.known.as_str(), reason = new.reason.as_deref().unwrap_or(""), "Task status.");
+    }
+}
+
+/// An internal container's image, which must be in Docker already (it is never pulled): its
+/// id, or the pull failure that stops the task, naming the image.
+async fn local_image(
+    runtime: &dyn ContainerRuntime,
+    image: &str,
+) -> Result<Option<String>, String> {
+    match runtime.image(image).await {
+        Ok(Some(info)) => Ok(Some(info.id)),
+        Ok(None) => {
+            warn!(
+                image,
+                "The pause image is not in Docker; tasks with pidMode or ipcMode task cannot run."
+            );
+            Err(format!(
+                "CannotPullContainerError: the pause image {image} is not in Docker; ecs-hostd never pulls it (load it, or name a local image in ECS_HOSTD_PAUSE_IMAGE)"
+            ))
+        }
+        Err(e) => Err(format!(
+            "CannotPullContainerError: cannot inspect the pause image {image}: {e}"
+        )),
     }
 }
 

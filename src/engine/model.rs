@@ -13,6 +13,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::engine::docker_json;
 use crate::tasks::{ContainerChange, NetworkBinding, ReportStatus, TaskChange};
 
+pub mod internal;
+
+pub use internal::{ContainerKind, InternalImages};
+
 /// Model errors: a task that cannot be accepted. Never retryable (the payload is wrong).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
@@ -1011,6 +1015,9 @@ pub struct ContainerRecord {
     /// declare the container vanished. Not persisted: after a restart every listing is later.
     #[serde(skip)]
     pub id_epoch: u64,
+    /// A container of the task definition, or one the engine added ([`internal`]).
+    #[serde(default, skip_serializing_if = "ContainerKind::is_normal")]
+    pub kind: ContainerKind,
 }
 
 /// The engine's persisted view of one task. Never contains credentials.
@@ -1042,27 +1049,57 @@ pub struct TaskRecord {
     pub cleanup_jitter: f64,
     /// Docker volume names of task volumes (fixed at delivery).
     pub volumes: BTreeMap<String, VolumeSource>,
-    /// Containers, in task order.
+    /// Containers: the internal ones first (in creation order), then the task's, in task order.
     pub containers: Vec<ContainerRecord>,
+    /// Specs of the internal containers the engine added (never part of `spec`, which stays
+    /// as ACS delivered it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal: Vec<ContainerSpec>,
 }
 
 impl TaskRecord {
-    /// A new record for a delivered task; names every container and task volume.
+    /// A new record for a delivered task, internal containers with the default images.
     pub fn new(spec: TaskSpec, seq: u64, cleanup_jitter: f64) -> Result<TaskRecord, ModelError> {
+        TaskRecord::with_images(spec, seq, cleanup_jitter, &InternalImages::default())
+    }
+
+    /// A new record for a delivered task; adds the internal containers it needs (with
+    /// `images`), names every container and task volume.
+    pub fn with_images(
+        spec: TaskSpec,
+        seq: u64,
+        cleanup_jitter: f64,
+        images: &InternalImages,
+    ) -> Result<TaskRecord, ModelError> {
         let desired = match spec.desired()? {
             TaskStatus::Stopped => TaskStatus::Stopped,
             _ => TaskStatus::Running,
         };
-        let containers = spec
+        let added = internal::needed(&spec, images);
+        if let Some(clash) = spec
             .containers
             .iter()
-            .map(|c| ContainerRecord {
-                name: c.name.clone(),
-                docker_name: docker_name(&spec.family, &spec.version, &c.name, &random_hex20()),
-                endpoint_id: uuid::Uuid::new_v4().to_string(),
-                ..ContainerRecord::default()
-            })
+            .find(|c| added.iter().any(|(_, a)| a.name == c.name))
+        {
+            return Err(ModelError::DuplicateContainer(clash.name.clone()));
+        }
+        let record = |kind: ContainerKind, name: &str| ContainerRecord {
+            name: name.to_owned(),
+            docker_name: docker_name(&spec.family, &spec.version, name, &random_hex20()),
+            endpoint_id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            ..ContainerRecord::default()
+        };
+        let containers = added
+            .iter()
+            .map(|(kind, c)| record(*kind, &c.name))
+            .chain(
+                spec.containers
+                    .iter()
+                    .map(|c| record(ContainerKind::Normal, &c.name)),
+            )
             .collect();
+        let internal = added.into_iter().map(|(_, c)| c).collect();
         let volumes = spec
             .volumes
             .iter()
@@ -1076,6 +1113,7 @@ impl TaskRecord {
             cleanup_jitter,
             volumes,
             containers,
+            internal,
             ..TaskRecord::default()
         })
     }
@@ -1093,9 +1131,28 @@ impl TaskRecord {
         }
     }
 
-    /// The spec of container `i`.
+    /// The spec of container `name` (of the task, or internal).
     pub fn spec_of(&self, name: &str) -> Option<&ContainerSpec> {
-        self.spec.containers.iter().find(|c| c.name == name)
+        self.spec
+            .containers
+            .iter()
+            .chain(&self.internal)
+            .find(|c| c.name == name)
+    }
+
+    /// Whether any internal container has not reached RUNNING yet (user containers wait).
+    pub fn internal_pending(&self) -> bool {
+        self.containers
+            .iter()
+            .any(|c| c.kind.is_internal() && c.known < ContainerStatus::Running)
+    }
+
+    /// The Docker id of the internal container of `kind`, once created.
+    pub fn internal_id(&self, kind: ContainerKind) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|c| c.kind == kind)
+            .and_then(|c| c.docker_id.as_deref())
     }
 
     /// The record of container `name`.
@@ -1305,7 +1362,8 @@ pub fn take_change(rec: &mut TaskRecord, default_cluster: &str) -> Option<TaskCh
     };
     let task_due = task_report.is_some() && task_report > rec.emitted;
     let mut containers = Vec::new();
-    for c in &mut rec.containers {
+    // Internal containers are never reported (ECS does not know them).
+    for c in rec.containers.iter_mut().filter(|c| !c.kind.is_internal()) {
         let Some(r) = c.known.report() else { continue };
         if Some(r) <= c.emitted {
             continue;

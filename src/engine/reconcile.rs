@@ -254,13 +254,20 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         let essential_stopped = r.containers.iter().find(|c| {
             c.known == ContainerStatus::Stopped && rec.spec_of(&c.name).is_some_and(|s| s.essential)
         });
-        if essential_stopped.is_some() {
+        if let Some(c) = essential_stopped {
+            // ECS never sees an internal container: the task's reason must say what happened.
+            let reason = if c.kind.is_internal() {
+                internal_stopped(c)
+            } else {
+                ESSENTIAL_EXITED.to_owned()
+            };
             r.desired = TaskStatus::Stopped;
-            r.reason.get_or_insert_with(|| ESSENTIAL_EXITED.to_owned());
+            r.reason.get_or_insert(reason);
             r.execution_stopped_at.get_or_insert(ctx.now);
         } else if r
             .containers
             .iter()
+            .filter(|c| !c.kind.is_internal())
             .all(|c| c.known == ContainerStatus::Stopped)
         {
             r.desired = TaskStatus::Stopped;
@@ -282,8 +289,16 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             })
             .flat_map(|d| d.depends_on.iter().map(|dep| dep.container_name.clone()))
             .collect();
+        // Internal containers go last: while a user container has not stopped, they stay.
+        let users_left = r
+            .containers
+            .iter()
+            .any(|c| !c.kind.is_internal() && c.known != ContainerStatus::Stopped);
         for c in &mut r.containers {
-            if c.known == ContainerStatus::Stopped || still_needed.contains(&c.name) {
+            if c.known == ContainerStatus::Stopped
+                || still_needed.contains(&c.name)
+                || (c.kind.is_internal() && users_left)
+            {
                 continue;
             }
             let key = ActionKey::Container(arn.clone(), c.name.clone());
@@ -333,8 +348,14 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         let mut resolve_asked = false;
         let failed = matches!(ctx.secrets, SecretsGate::Failed(_));
         let snapshot = r.clone();
+        // User containers are neither pulled nor created before every internal container runs
+        // (whose namespaces they join), whatever ECS_PULL_DEPENDENT_CONTAINERS_UPFRONT says.
+        let internal_pending = snapshot.internal_pending();
         for c in &mut r.containers {
             if failed || c.known >= ContainerStatus::Running || waiting.contains(&c.name) {
+                continue;
+            }
+            if internal_pending && !c.kind.is_internal() {
                 continue;
             }
             let key = ActionKey::Container(arn.clone(), c.name.clone());
@@ -459,6 +480,20 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         actions,
         requeue_at: requeue,
     }
+}
+
+/// The task's stop reason when its internal container `c` stopped.
+fn internal_stopped(c: &ContainerRecord) -> String {
+    let why = match (&c.reason, c.exit_code) {
+        (Some(r), _) => r.clone(),
+        (None, Some(code)) => format!("exit code {code}"),
+        (None, None) => "stopped".to_owned(),
+    };
+    format!(
+        "{ESSENTIAL_EXITED}: the task's {} ({}) stopped: {why}",
+        c.kind.describe(),
+        c.name
+    )
 }
 
 fn stop_action(arn: &str, c: &ContainerRecord, id: String, rec: &TaskRecord, ctx: &Ctx) -> Action {
@@ -616,13 +651,14 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
                 return false;
             }
             let mut touched = false;
-            let spec = rec.spec.clone();
+            let wanting: HashSet<String> = rec
+                .containers
+                .iter()
+                .filter(|c| rec.spec_of(&c.name).is_some_and(|s| &s.image == image))
+                .map(|c| c.name.clone())
+                .collect();
             for c in &mut rec.containers {
-                let wants = spec
-                    .containers
-                    .iter()
-                    .any(|s| s.name == c.name && &s.image == image);
-                if !wants || c.known >= ContainerStatus::Pulled {
+                if !wanting.contains(&c.name) || c.known >= ContainerStatus::Pulled {
                     continue;
                 }
                 touched = true;

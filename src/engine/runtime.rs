@@ -263,6 +263,32 @@ struct FakeInner {
     lists: u64,
     inspections: Vec<String>,
     data_root: Option<std::path::PathBuf>,
+    history: Vec<FakeEvent>,
+}
+
+/// What happened to a fake container, in order: `create`, `start`, `stop` (the engine's, of a
+/// running container), `exit` (behind the engine's back), `vanish`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeEvent {
+    /// What happened.
+    pub what: &'static str,
+    /// The container's task ARN label.
+    pub task_arn: String,
+    /// The container's name label.
+    pub container: String,
+}
+
+impl FakeInner {
+    fn record(&mut self, what: &'static str, name: &str) {
+        if let Some(c) = self.containers.get(name) {
+            let event = FakeEvent {
+                what,
+                task_arn: labels_get(&c.labels, LABEL_TASK_ARN),
+                container: labels_get(&c.labels, LABEL_CONTAINER_NAME),
+            };
+            self.history.push(event);
+        }
+    }
 }
 
 /// In-memory runtime: containers start and stop instantly; failures can be injected per call.
@@ -335,6 +361,11 @@ impl FakeRuntime {
         self.lock().created_labels.clone()
     }
 
+    /// Every create, start, stop, exit and vanishing, in order.
+    pub fn history(&self) -> Vec<FakeEvent> {
+        self.lock().history.clone()
+    }
+
     /// Images pulled, in order.
     pub fn pulls(&self) -> Vec<String> {
         self.lock().pulls.clone()
@@ -356,6 +387,7 @@ impl FakeRuntime {
                 c.observed.state = Some(State::Exited);
                 c.observed.exit_code = Some(code);
                 c.observed.finished_at = Some(t);
+                inner.record("exit", name);
             }
         }
         self.emit();
@@ -378,7 +410,10 @@ impl FakeRuntime {
 
     /// Removes a container behind the engine's back.
     pub fn vanish(&self, name: &str) {
-        self.lock().containers.remove(name);
+        let mut inner = self.lock();
+        inner.record("vanish", name);
+        inner.containers.remove(name);
+        drop(inner);
         self.emit();
     }
 
@@ -513,6 +548,7 @@ impl ContainerRuntime for FakeRuntime {
             },
         );
         inner.creates.push(name.to_owned());
+        inner.record("create", name);
         let key = (
             labels_get(&inner.containers[name].labels, LABEL_TASK_ARN),
             labels_get(&inner.containers[name].labels, LABEL_CONTAINER_NAME),
@@ -531,11 +567,12 @@ impl ContainerRuntime for FakeRuntime {
                 return Err(e);
             }
             let t = Self::now(&mut inner);
-            let c = inner
+            let (name, c) = inner
                 .containers
-                .values_mut()
-                .find(|c| c.observed.id == id)
+                .iter_mut()
+                .find(|(_, c)| c.observed.id == id)
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            let name = name.clone();
             match c.observed.state {
                 Some(State::Running) => return Ok(()),
                 Some(State::Created) | Some(State::Exited) => {
@@ -546,6 +583,7 @@ impl ContainerRuntime for FakeRuntime {
                 }
                 _ => return Err(RuntimeError::Refused("cannot start".into())),
             }
+            inner.record("start", &name);
         }
         // No event: a start is not among the real stream's `WAKE_EVENTS`.
         Ok(())
@@ -558,15 +596,17 @@ impl ContainerRuntime for FakeRuntime {
                 return Err(e);
             }
             let t = Self::now(&mut inner);
-            let c = inner
+            let (name, c) = inner
                 .containers
-                .values_mut()
-                .find(|c| c.observed.id == id)
+                .iter_mut()
+                .find(|(_, c)| c.observed.id == id)
                 .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+            let name = name.clone();
             if c.observed.state == Some(State::Running) {
                 c.observed.state = Some(State::Exited);
                 c.observed.exit_code = Some(143);
                 c.observed.finished_at = Some(t);
+                inner.record("stop", &name);
             }
         }
         self.emit();

@@ -602,11 +602,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..4usize).prop_map(Op::Deliver),
-        1 => (0..4usize).prop_map(Op::Stop),
-        2 => (0..4usize, 0..3usize, prop_oneof![Just(0), Just(1), Just(137)]).prop_map(|(t, c, x)| Op::Exit(t, c, x)),
-        1 => (0..4usize, 0..3usize).prop_map(|(t, c)| Op::Vanish(t, c)),
-        1 => (0..4usize, 0..3usize).prop_map(|(t, c)| Op::Healthy(t, c)),
+        3 => (0..TEMPLATES).prop_map(Op::Deliver),
+        1 => (0..TEMPLATES).prop_map(Op::Stop),
+        2 => (0..TEMPLATES, 0..4usize, prop_oneof![Just(0), Just(1), Just(137)]).prop_map(|(t, c, x)| Op::Exit(t, c, x)),
+        1 => (0..TEMPLATES, 0..4usize).prop_map(|(t, c)| Op::Vanish(t, c)),
+        1 => (0..TEMPLATES, 0..3usize).prop_map(|(t, c)| Op::Healthy(t, c)),
         1 => Just(Op::DockerRestart),
         2 => (0..7u8, 1..4u32).prop_map(|(o, n)| Op::Fail(o, n)),
         1 => any::<bool>().prop_map(Op::DockerDown),
@@ -616,10 +616,24 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Task templates: shapes with essential and non-essential containers and every condition.
+/// How many task templates there are.
+const TEMPLATES: usize = 5;
+
+/// The names the ops address containers by: the templates' (`d` only in template 2) and the
+/// namespace pause (template 4 only).
+const NAMES: [&str; 4] = ["a", "b", "d", model::internal::NAMESPACE_PAUSE_NAME];
+
+/// Task templates: shapes with essential and non-essential containers and every condition, and
+/// one with task-scoped PID and IPC namespaces (an internal pause container).
 fn template(i: usize) -> serde_json::Value {
     let arn = format!("arn:t{i}");
     match i {
+        4 => {
+            let mut t = task(&arn, serde_json::json!([c("a", true), c("b", false)]));
+            t["pidMode"] = serde_json::json!("task");
+            t["ipcMode"] = serde_json::json!("task");
+            t
+        }
         0 => task(&arn, serde_json::json!([c("a", true)])),
         1 => task(&arn, serde_json::json!([c("a", true), c("b", false)])),
         2 => {
@@ -696,6 +710,59 @@ impl Model {
         for (n, fc) in self.fake.containers() {
             prop_assert!(fc.starts <= 1, "{n} started {} times", fc.starts);
         }
+        // Internal containers: a user container of their task is created only after the pause
+        // started, and the engine stops the pause only when none of the task's user containers
+        // runs.
+        let pause = model::internal::NAMESPACE_PAUSE_NAME;
+        let mut running: HashSet<(String, String)> = HashSet::new();
+        let mut pause_started: HashSet<String> = HashSet::new();
+        for e in self.fake.history() {
+            let key = (e.task_arn.clone(), e.container.clone());
+            match e.what {
+                "create" if e.task_arn == "arn:t4" && e.container != pause => prop_assert!(
+                    pause_started.contains(&e.task_arn),
+                    "{} created before the pause of {} started",
+                    e.container,
+                    e.task_arn
+                ),
+                "start" => {
+                    if e.container == pause {
+                        pause_started.insert(e.task_arn.clone());
+                    }
+                    running.insert(key);
+                }
+                "stop" if e.container == pause => {
+                    let users: Vec<_> = running
+                        .iter()
+                        .filter(|(t, c)| *t == e.task_arn && c != pause)
+                        .collect();
+                    prop_assert!(
+                        users.is_empty(),
+                        "the pause of {} stopped while {users:?} ran",
+                        e.task_arn
+                    );
+                    running.remove(&key);
+                }
+                _ => {
+                    running.remove(&key);
+                }
+            }
+        }
+        prop_assert!(
+            !self
+                .fake
+                .pulls()
+                .iter()
+                .any(|i| i == model::internal::DEFAULT_PAUSE_IMAGE),
+            "the pause image was pulled"
+        );
+        // ECS never hears of the pause.
+        for ch in self.sink.changes() {
+            prop_assert!(
+                ch.containers.iter().all(|c| c.container_name != pause),
+                "the pause was reported: {ch:?}"
+            );
+        }
         // Reports: per task non-decreasing, each non-pending status once; per container
         // strictly increasing.
         let changes = self.sink.changes();
@@ -767,7 +834,10 @@ fn run_ops(ops: Vec<Op>, cleanup_zero: bool) -> Result<(), TestCaseError> {
     rt.block_on(async move {
         let dir = tmpdir();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let fake = Arc::new(FakeRuntime::with_images(&[]));
+        // The pause image is the operator's: there from the start, never pulled.
+        let fake = Arc::new(FakeRuntime::with_images(&[
+            model::internal::DEFAULT_PAUSE_IMAGE,
+        ]));
         let sink = Arc::new(RecordingSink::default());
         let s = settings(if cleanup_zero {
             Duration::ZERO
@@ -788,7 +858,7 @@ fn run_ops(ops: Vec<Op>, cleanup_zero: bool) -> Result<(), TestCaseError> {
         };
         let name_of = |m: &Model, t: usize, c: usize| -> Option<String> {
             let arn = format!("arn:t{t}");
-            let cname = ["a", "b", "d"][c];
+            let cname = NAMES[c];
             m.fake
                 .containers()
                 .values()
@@ -815,7 +885,7 @@ fn run_ops(ops: Vec<Op>, cleanup_zero: bool) -> Result<(), TestCaseError> {
                     if let Some(n) = name_of(&m, t, c) {
                         m.fake.vanish(&n);
                         m.vanished
-                            .insert((format!("arn:t{t}"), ["a", "b", "d"][c].to_string()));
+                            .insert((format!("arn:t{t}"), NAMES[c].to_string()));
                     }
                 }
                 Op::Healthy(t, c) => {

@@ -486,3 +486,75 @@ fn task_pid_and_ipc_modes_map_to_docker() {
     assert_eq!(body(None, Some("none")), (None, s("none")));
     assert_eq!(body(None, None), (None, None));
 }
+
+/// `pidMode`/`ipcMode` `task` (container-features.md §8): the user containers join the pause
+/// container's namespaces, over anything the backend's JSON says (agent overrides come last); the
+/// pause itself is `shareable` only for IPC, carries the task's labels, and nothing else.
+#[test]
+fn task_namespaces_map_to_the_pause_container() {
+    use crate::engine::model::internal::{DEFAULT_PAUSE_IMAGE, NAMESPACE_PAUSE_NAME};
+    let ctx = MapCtx {
+        cluster: "c".into(),
+        ..MapCtx::default()
+    };
+    for (pid, ipc) in [(true, true), (true, false), (false, true)] {
+        let mut t = serde_json::json!({
+            "arn": "arn:aws:ecs:r:1:task/c/t", "family": "f", "version": "1",
+            "containers": [{"name": "app", "image": "img",
+                "dockerConfig": {"hostConfig": "{\"PidMode\":\"host\",\"CapAdd\":[],\"CapDrop\":[]}"}}]
+        });
+        if pid {
+            t["pidMode"] = serde_json::json!("task");
+        }
+        if ipc {
+            t["ipcMode"] = serde_json::json!("task");
+        }
+        let mut rec = TaskRecord::new(TaskSpec::from_json(&t).unwrap(), 1, 0.0).unwrap();
+        let app = rec.spec_of("app").unwrap().clone();
+        // The pause must exist before a user container can be mapped.
+        assert!(matches!(
+            create_body(&rec, &app, &ctx),
+            Err(MapError::Invalid(m)) if m.contains("pause")
+        ));
+        rec.containers[0].docker_id = Some("pauseid".into());
+        let body = create_body(&rec, &app, &ctx).unwrap();
+        let host = body.host_config.unwrap();
+        let want = Some("container:pauseid".to_owned());
+        assert_eq!(
+            host.pid_mode,
+            if pid {
+                want.clone()
+            } else {
+                Some("host".into())
+            },
+            "{pid} {ipc}"
+        );
+        assert_eq!(host.ipc_mode, if ipc { want } else { None }, "{pid} {ipc}");
+
+        let pause = rec.spec_of(NAMESPACE_PAUSE_NAME).unwrap().clone();
+        let body = create_body(&rec, &pause, &ctx).unwrap();
+        assert_eq!(body.image.as_deref(), Some(DEFAULT_PAUSE_IMAGE));
+        assert_eq!(body.cmd, None, "the image's own entrypoint blocks");
+        assert_eq!(body.env, None);
+        let labels = body.labels.unwrap();
+        assert_eq!(
+            labels
+                .get(crate::engine::runtime::LABEL_CONTAINER_NAME)
+                .map(String::as_str),
+            Some(NAMESPACE_PAUSE_NAME)
+        );
+        assert_eq!(
+            labels
+                .get(crate::engine::runtime::LABEL_TASK_ARN)
+                .map(String::as_str),
+            Some("arn:aws:ecs:r:1:task/c/t")
+        );
+        let host = body.host_config.unwrap();
+        assert_eq!(
+            host.ipc_mode.as_deref(),
+            if ipc { Some("shareable") } else { None }
+        );
+        assert_eq!(host.pid_mode, None);
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+    }
+}

@@ -586,3 +586,245 @@ fn depends_on_healthy_waits_for_the_dependency_to_be_healthy() {
     assert_eq!(creates(&p), 0);
     assert_eq!(p.record.desired, TaskStatus::Stopped);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Internal containers: the namespace pause of `pidMode`/`ipcMode` `task`.
+
+use crate::engine::model::internal::{DEFAULT_PAUSE_IMAGE, NAMESPACE_PAUSE_NAME};
+use crate::engine::model::{ContainerKind, take_change};
+
+const PAUSE: &str = NAMESPACE_PAUSE_NAME;
+
+fn pause_task(modes: serde_json::Value) -> TaskRecord {
+    let mut t = serde_json::json!({
+        "arn": "t", "family": "f", "version": "1",
+        "containers": [
+            {"name": "a", "image": "i", "essential": true},
+            {"name": "b", "image": "j", "essential": false, "dependsOn": [{"containerName": "a", "condition": "START"}]}
+        ]
+    });
+    for (k, v) in modes.as_object().unwrap() {
+        t[k] = v.clone();
+    }
+    let mut r = TaskRecord::new(TaskSpec::from_json(&t).unwrap(), 1, 0.0).unwrap();
+    r.admitted = true;
+    r
+}
+
+fn names_of(actions: &[Action]) -> Vec<(&'static str, String)> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::EnsurePulled { container, .. } => ("pull", container.clone()),
+            Action::EnsureCreated { container, .. } => ("create", container.clone()),
+            Action::EnsureRunning { container, .. } => ("start", container.clone()),
+            Action::EnsureStopped { container, .. } => ("stop", container.clone()),
+            Action::EnsureResolved { .. } => ("resolve", String::new()),
+            Action::EnsureRemoved { .. } => ("remove", String::new()),
+        })
+        .collect()
+}
+
+#[test]
+fn task_namespaces_add_one_internal_pause_container_first() {
+    for modes in [
+        serde_json::json!({"pidMode": "task"}),
+        serde_json::json!({"ipcMode": "task"}),
+        serde_json::json!({"pidMode": "task", "ipcMode": "task"}),
+    ] {
+        let r = pause_task(modes.clone());
+        let kinds: Vec<(&str, ContainerKind)> = r
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (PAUSE, ContainerKind::NamespacePause),
+                ("a", ContainerKind::Normal),
+                ("b", ContainerKind::Normal)
+            ],
+            "{modes}"
+        );
+        let spec = r.spec_of(PAUSE).unwrap();
+        assert_eq!(spec.image, DEFAULT_PAUSE_IMAGE);
+        assert!(spec.essential);
+        assert_eq!(
+            r.spec.containers.len(),
+            2,
+            "the delivered spec is untouched"
+        );
+    }
+    for modes in [
+        serde_json::json!({}),
+        serde_json::json!({"pidMode": "host", "ipcMode": "host"}),
+        serde_json::json!({"ipcMode": "none"}),
+    ] {
+        let r = pause_task(modes.clone());
+        assert!(
+            r.containers.iter().all(|c| !c.kind.is_internal()),
+            "{modes}"
+        );
+    }
+    // A delivered container cannot take the internal name.
+    let t = serde_json::json!({"arn": "t", "pidMode": "task",
+        "containers": [{"name": PAUSE, "image": "i"}]});
+    assert!(TaskRecord::new(TaskSpec::from_json(&t).unwrap(), 1, 0.0).is_err());
+}
+
+#[test]
+fn user_containers_wait_for_the_pause_to_run_even_with_upfront_pulls() {
+    let upfront = Ctx {
+        pull_upfront: true,
+        ..ctx()
+    };
+    let r = pause_task(serde_json::json!({"pidMode": "task", "ipcMode": "task"}));
+    let p = run(&r, &[], &[], &upfront);
+    assert_eq!(names_of(&p.actions), [("pull", PAUSE.to_owned())]);
+    let mut r = p.record;
+    assert!(apply(
+        &mut r,
+        &Outcome::Pulled {
+            image: DEFAULT_PAUSE_IMAGE.into(),
+            result: Ok(Some("sha256:p".into()))
+        },
+        1001.0,
+        1
+    ));
+    let p = run(&r, &[], &[], &upfront);
+    assert_eq!(names_of(&p.actions), [("create", PAUSE.to_owned())]);
+    let mut r = p.record;
+    assert!(apply(
+        &mut r,
+        &Outcome::Created {
+            task_arn: "t".into(),
+            container: PAUSE.into(),
+            result: Ok("id-pause".into())
+        },
+        1001.0,
+        2
+    ));
+    // Created is not enough: the user containers wait for RUNNING.
+    let p = run(&r, &[obs(&r, PAUSE, State::Created, None)], &[], &upfront);
+    assert_eq!(names_of(&p.actions), [("start", PAUSE.to_owned())]);
+    let running = obs(&r, PAUSE, State::Running, None);
+    let p = run(&p.record, &[running], &[], &upfront);
+    assert_eq!(
+        names_of(&p.actions),
+        [("pull", "a".to_owned()), ("pull", "b".to_owned())],
+        "after the pause runs, the user containers are pulled (upfront: b too)"
+    );
+}
+
+#[test]
+fn the_pause_is_stopped_after_every_user_container() {
+    let mut r = pause_task(serde_json::json!({"pidMode": "task"}));
+    for c in &mut r.containers {
+        c.known = ContainerStatus::Running;
+        c.docker_id = Some(format!("id-{}", c.name));
+    }
+    r.known = TaskStatus::Running;
+    r.desired = TaskStatus::Stopped;
+    let all_running: Vec<Observed> = [PAUSE, "a", "b"]
+        .iter()
+        .map(|n| obs(&r, n, State::Running, None))
+        .collect();
+    // b depends on a: b first, then a, then the pause.
+    let p = run(&r, &all_running, &[], &ctx());
+    assert_eq!(names_of(&p.actions), [("stop", "b".to_owned())]);
+    let step = |r: &TaskRecord, stopped: &[&str]| -> Vec<Observed> {
+        [PAUSE, "a", "b"]
+            .iter()
+            .map(|n| {
+                if stopped.contains(n) {
+                    obs(r, n, State::Exited, Some(143))
+                } else {
+                    obs(r, n, State::Running, None)
+                }
+            })
+            .collect()
+    };
+    let p = run(&p.record, &step(&r, &["b"]), &[], &ctx());
+    assert_eq!(names_of(&p.actions), [("stop", "a".to_owned())]);
+    let p = run(&p.record, &step(&r, &["b", "a"]), &[], &ctx());
+    assert_eq!(names_of(&p.actions), [("stop", PAUSE.to_owned())]);
+    assert_eq!(
+        p.record.known,
+        TaskStatus::Running,
+        "not stopped before the pause"
+    );
+    let p = run(&p.record, &step(&r, &["b", "a", PAUSE]), &[], &ctx());
+    assert_eq!(p.record.known, TaskStatus::Stopped);
+}
+
+#[test]
+fn a_dead_pause_stops_the_task_with_a_reason_and_is_never_reported() {
+    let mut r = pause_task(serde_json::json!({"ipcMode": "task"}));
+    for c in &mut r.containers {
+        c.known = ContainerStatus::Running;
+        c.docker_id = Some(format!("id-{}", c.name));
+    }
+    r.known = TaskStatus::Running;
+    let mut rec = r.clone();
+    let first = take_change(&mut rec, "c").unwrap();
+    assert_eq!(
+        first
+            .containers
+            .iter()
+            .map(|c| c.container_name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let seen = [
+        obs(&rec, PAUSE, State::Exited, Some(137)),
+        obs(&rec, "a", State::Running, None),
+        obs(&rec, "b", State::Running, None),
+    ];
+    let p = run(&rec, &seen, &[], &ctx());
+    assert_eq!(p.record.desired, TaskStatus::Stopped);
+    let reason = p.record.reason.clone().unwrap();
+    assert!(
+        reason.contains("namespace pause container") && reason.contains("exit code 137"),
+        "{reason}"
+    );
+    // Its users are stopped (b first, it depends on a); the dead pause is never stopped again.
+    assert_eq!(names_of(&p.actions), [("stop", "b".to_owned())]);
+    let mut stopped = p.record;
+    for c in &mut stopped.containers {
+        c.known = ContainerStatus::Stopped;
+    }
+    stopped.known = TaskStatus::Stopped;
+    let last = take_change(&mut stopped, "c").unwrap();
+    assert!(last.reason.as_deref().unwrap().contains("namespace pause"));
+    assert!(last.containers.iter().all(|c| c.container_name != PAUSE));
+}
+
+#[test]
+fn a_missing_pause_image_stops_the_task_before_any_user_container() {
+    let r = pause_task(serde_json::json!({"pidMode": "task"}));
+    let p = run(&r, &[], &[], &ctx());
+    let mut r = p.record;
+    let why =
+        format!("CannotPullContainerError: the pause image {DEFAULT_PAUSE_IMAGE} is not in Docker");
+    assert!(apply(
+        &mut r,
+        &Outcome::Pulled {
+            image: DEFAULT_PAUSE_IMAGE.into(),
+            result: Err(why.clone())
+        },
+        1001.0,
+        1
+    ));
+    // One pass per dependsOn level (b depends on a), as for any task; nothing is pulled.
+    let p = run(&r, &[], &[], &ctx());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    let p = run(&p.record, &[], &[], &ctx());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.record.known, TaskStatus::Stopped);
+    assert!(p.record.reason.as_deref().unwrap().contains(&why));
+    for c in &p.record.containers {
+        assert_eq!(c.known, ContainerStatus::Stopped, "{}", c.name);
+        assert!(c.docker_id.is_none());
+    }
+}
