@@ -63,6 +63,10 @@ pub struct Features {
     /// Container health checks: Docker runs them, the engine tracks their status
     /// (`ecs.capability.container-health-check`; not with `ECS_DISABLE_DOCKER_HEALTH_CHECK`).
     pub container_health_check: bool,
+    /// Docker volumes (`dockerVolumeConfiguration`) with the `local` driver
+    /// (`ecs.capability.docker-plugin.local`); volume plugins are advertised by name on top
+    /// ([`volume_plugins`]).
+    pub docker_volumes: bool,
 }
 
 /// The features this build implements. Flip a flag in the same change that implements and tests
@@ -94,7 +98,32 @@ pub const IMPLEMENTED: Features = Features {
     // (engine::introspection::health_of) and TCS reports it: tested in engine::tests,
     // engine::reconcile::tests and end to end in tests/e2e_health.rs.
     container_health_check: true,
+    // engine::volumes, prepared once per task before the first create (task scope created and
+    // removed with the task; shared inspected, autoprovisioned, matched with
+    // ECS_SHARED_VOLUME_MATCH_FULL_CONFIG): tested in engine::volumes::tests,
+    // engine::reconcile::tests and against Docker in tests/docker_volumes.rs.
+    docker_volumes: true,
 };
+
+/// One attribute per enabled Docker volume plugin (Docker's `GET /plugins` with
+/// `enabled=true, capability=volumedriver`): `ecs.capability.docker-plugin.<name>` with `:`
+/// written `.` (`rexray/ebs:latest` → `ecs.capability.docker-plugin.rexray/ebs.latest`), as the
+/// official agent names them. `local` is built in and advertised by [`attributes`]; duplicates
+/// and empty names are left out.
+pub fn volume_plugins(names: &[String], features: Features) -> Vec<Attribute> {
+    if !features.docker_volumes {
+        return Vec::new();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty() && *n != "local")
+        .map(|n| n.replace(':', "."))
+        .filter(|n| seen.insert(n.clone()))
+        .map(|n| Attribute::flag(format!("{CURRENT}docker-plugin.{n}")))
+        .collect()
+}
 
 /// Parses a Docker API version such as `1.41`.
 pub fn parse_api_version(v: &str) -> Option<(u32, u32)> {
@@ -185,6 +214,9 @@ pub fn attributes(
             "{CURRENT}private-registry-authentication.secretsmanager"
         )));
     }
+    if features.docker_volumes {
+        out.push(Attribute::flag(format!("{CURRENT}docker-plugin.local")));
+    }
     if first_registration {
         for (k, v) in &config.instance_attributes {
             out.push(Attribute::pair(k, v));
@@ -254,6 +286,45 @@ mod tests {
             with.iter().filter(|n| **n != flag).collect::<Vec<_>>(),
             without.iter().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn docker_volumes_advertise_local_and_each_plugin_by_its_name() {
+        let n = names(&attributes(&Config::default(), "LINUX", None, IMPLEMENTED, false))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert!(n.contains(&"ecs.capability.docker-plugin.local".to_owned()));
+        let plugins = [
+            "rexray/ebs:latest".to_owned(),
+            "vieux/sshfs:next".to_owned(),
+            "vieux/sshfs:next".to_owned(),
+            "netshare".to_owned(),
+            "local".to_owned(),
+            " ".to_owned(),
+        ];
+        let got: Vec<String> = volume_plugins(&plugins, IMPLEMENTED)
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "ecs.capability.docker-plugin.rexray/ebs.latest",
+                "ecs.capability.docker-plugin.vieux/sshfs.next",
+                "ecs.capability.docker-plugin.netshare",
+            ]
+        );
+        let off = Features {
+            docker_volumes: false,
+            ..IMPLEMENTED
+        };
+        assert!(volume_plugins(&plugins, off).is_empty());
+        let n = names(&attributes(&Config::default(), "LINUX", None, off, false))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert!(!n.iter().any(|x| x.contains("docker-plugin")));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod resources;
 pub mod runtime;
 pub mod secrets;
 pub mod store;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -1340,7 +1341,6 @@ impl LoopState {
                 let name = crec.docker_name.clone();
                 let map = self.map_ctx(rec, spec);
                 let body = docker::create_body(rec, spec, &map);
-                let volumes = docker::volume_requests(rec, spec);
                 if let Some(img) = self.images.get_mut(&spec.image) {
                     img.last_used_at = now;
                     self.images_dirty.insert(spec.image.clone());
@@ -1349,9 +1349,6 @@ impl LoopState {
                 Box::pin(async move {
                     let result = async {
                         let body = body.map_err(|e| RuntimeError::Refused(e.to_string()))?;
-                        for v in &volumes {
-                            runtime.ensure_volume(v).await?;
-                        }
                         let created = runtime.create(&name, body).await;
                         hooks.at("create.after").await;
                         match created {
@@ -1447,6 +1444,26 @@ impl LoopState {
                         .fetch(&*source, &*objects, creds.as_ref(), &region)
                         .await;
                     Done::Secrets(key, task_arn, result, started.elapsed())
+                })
+            }
+            Action::EnsureTaskResources { task_arn } => {
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let wants = volumes::plan(rec);
+                let match_full = self.settings().engine.shared_volume_match_full_config;
+                info!(task.arn = %task_arn, volumes = wants.len(), "Preparing the task's volumes.");
+                Box::pin(async move {
+                    let result = volumes::prepare(&*runtime, &wants, match_full)
+                        .await
+                        .map_err(|e| {
+                            warn!(task.arn = %task_arn, error = %e, retryable = e.is_retryable(), "Task volumes not prepared.");
+                            reconcile::ResourceFailure {
+                                retryable: e.is_retryable(),
+                                message: e.to_string(),
+                            }
+                        });
+                    Done::Action(key, Box::new(Outcome::TaskResources { task_arn, result }))
                 })
             }
             Action::EnsureRemoved { task_arn } => {

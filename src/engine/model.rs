@@ -925,6 +925,8 @@ pub enum Step {
     Start,
     /// Container stop.
     Stop,
+    /// The task's resources (its Docker volumes), before the first create.
+    Resources,
 }
 
 /// The last failed attempt of a step, kept so the reconciler can retry with backoff or give up.
@@ -1042,8 +1044,24 @@ pub struct TaskRecord {
     pub cleanup_jitter: f64,
     /// Docker volume names of task volumes (fixed at delivery).
     pub volumes: BTreeMap<String, VolumeSource>,
+    /// The once-per-task step before the first create (its Docker volumes).
+    #[serde(default)]
+    pub resources: TaskResources,
     /// Containers, in task order.
     pub containers: Vec<ContainerRecord>,
+}
+
+/// The task's resources, prepared once per task before its first container create: its Docker
+/// volumes (`engine::volumes`; a task cgroup can join the same step). Persisted, so a restart
+/// does not prepare again what was prepared.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskResources {
+    /// Prepared: containers may be created.
+    #[serde(default)]
+    pub ready: bool,
+    /// The last failed attempt (retried with backoff while retryable, else the stop reason).
+    #[serde(default)]
+    pub failure: Option<Failure>,
 }
 
 impl TaskRecord {
@@ -1101,6 +1119,13 @@ impl TaskRecord {
     /// The record of container `name`.
     pub fn container(&self, name: &str) -> Option<&ContainerRecord> {
         self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Whether the task has resources to prepare before its first create (Docker volumes).
+    pub fn has_resources(&self) -> bool {
+        self.volumes
+            .values()
+            .any(|v| matches!(v, VolumeSource::Docker { .. }))
     }
 
     /// Whether it holds host resources (admitted and not yet stopped).
