@@ -82,9 +82,11 @@ impl VolumeError {
     }
 }
 
-/// The Docker volumes of `rec` to prepare, by name (host bind mounts need nothing).
+/// The Docker volumes of `rec` to prepare (host bind mounts need nothing): shared ones first, so
+/// a shared volume that must exist and does not stops the task before anything is created.
 pub fn plan(rec: &TaskRecord) -> Vec<Want> {
-    rec.volumes
+    let mut wants: Vec<Want> = rec
+        .volumes
         .values()
         .filter_map(|v| match v {
             VolumeSource::HostPath(_) => None,
@@ -112,7 +114,9 @@ pub fn plan(rec: &TaskRecord) -> Vec<Want> {
                 })
             }
         })
-        .collect()
+        .collect();
+    wants.sort_by_key(|w| matches!(w, Want::Create(_)));
+    wants
 }
 
 /// Prepares every volume of `wants`, in order; the first that cannot be had is the error.
