@@ -137,8 +137,8 @@ async fn stopped(eng: &Running, arn: &str, container: &str) -> (Option<String>, 
         .iter()
         .rfind(|c| c.task_arn == arn && c.status == ReportStatus::Stopped)
         .and_then(|c| c.reason.clone());
-    let exit = container_change(&changes, arn, container, ReportStatus::Stopped)
-        .and_then(|c| c.exit_code);
+    let exit =
+        container_change(&changes, arn, container, ReportStatus::Stopped).and_then(|c| c.exit_code);
     (reason, exit)
 }
 
@@ -416,7 +416,10 @@ async fn read_only_mounts_volumes_from_and_host_binds_reach_the_container() {
     assert!(ok && text == "hi\n", "{text}");
     for path in ["/data/y", "/host/y", "/hostro/y"] {
         let (ok, text) = exec(&r, &format!("touch {path}"));
-        assert!(!ok && text.contains("Read-only file system"), "{path}: {text}");
+        assert!(
+            !ok && text.contains("Read-only file system"),
+            "{path}: {text}"
+        );
     }
     // The same writes work in the writer: the refusal is the read-only mount's.
     let (ok, text) = exec(&w, "touch /data/y /host/y");
@@ -523,9 +526,8 @@ async fn a_ten_container_task_prepares_its_volumes_once() {
         task_reached(c, &arn, ReportStatus::Running)
     })
     .await;
-    let calls = |op: &str| {
-        eng.calls.get(op) - before.iter().find(|(o, _)| *o == op).map_or(0, |(_, n)| *n)
-    };
+    let calls =
+        |op: &str| eng.calls.get(op) - before.iter().find(|(o, _)| *o == op).map_or(0, |(_, n)| *n);
     let (inspected, created) = (calls("inspect_volume"), calls("create_volume"));
     println!("ten containers, three volumes: inspect_volume {inspected}, create_volume {created}");
     // The shared one: inspect, absent, create. The two task-scoped ones: one create each.

@@ -290,10 +290,16 @@ mod tests {
 
     #[test]
     fn docker_volumes_advertise_local_and_each_plugin_by_its_name() {
-        let n = names(&attributes(&Config::default(), "LINUX", None, IMPLEMENTED, false))
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
+        let n = names(&attributes(
+            &Config::default(),
+            "LINUX",
+            None,
+            IMPLEMENTED,
+            false,
+        ))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
         assert!(n.contains(&"ecs.capability.docker-plugin.local".to_owned()));
         let plugins = [
             "rexray/ebs:latest".to_owned(),

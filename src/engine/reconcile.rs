@@ -422,8 +422,7 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                 ContainerStatus::Pulled
                     if ready && ctx.secrets == SecretsGate::Ready && resources_ready =>
                 {
-                    actions
-                    .push(Action::EnsureCreated {
+                    actions.push(Action::EnsureCreated {
                         task_arn: arn.clone(),
                         container: c.name.clone(),
                     })
@@ -474,9 +473,7 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             .iter()
             .any(|a| matches!(a, Action::EnsureStopped { .. }));
         // A volume created after the cleanup listed the task's volumes would be left behind.
-        let preparing = world
-            .in_flight
-            .contains(&ActionKey::Resources(arn.clone()));
+        let preparing = world.in_flight.contains(&ActionKey::Resources(arn.clone()));
         if !world.in_flight.contains(&key) && !stopping && !preparing {
             if ctx.stopped_reported && (ctx.disk_pressure || ctx.now >= due) {
                 actions.push(Action::EnsureRemoved {

@@ -632,7 +632,11 @@ async fn task_volumes_are_prepared_once_per_task_not_per_container() {
     engine.deliver(volume_task("t")).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while statuses(&sink.changes(), "t") != vec![ReportStatus::Running] {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", sink.changes());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            sink.changes()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cancel.cancel();
@@ -653,7 +657,10 @@ async fn task_volumes_are_prepared_once_per_task_not_per_container() {
     let sink2 = Arc::new(RecordingSink::default());
     let (engine2, calls2) = counting_engine(&fake, &sink2, &store, Duration::from_secs(600));
     engine2.settle(10).await.unwrap();
-    assert_eq!(calls2.get("create_volume") + calls2.get("inspect_volume"), 0);
+    assert_eq!(
+        calls2.get("create_volume") + calls2.get("inspect_volume"),
+        0
+    );
 
     // Cleanup removes the task volume and keeps the shared one.
     stop(&engine2, "t").await.unwrap();

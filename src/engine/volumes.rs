@@ -264,7 +264,10 @@ mod tests {
         };
         let hex = scratch.name.rsplit('-').next().unwrap();
         assert_eq!(hex.len(), 20);
-        assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            hex.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_eq!(scratch.driver_opts["type"], "tmpfs");
         assert_eq!(scratch.labels["a"], "b");
         assert_eq!(
@@ -285,7 +288,9 @@ mod tests {
 
     #[test]
     fn task_scoped_names_survive_a_round_trip_through_the_store_format() {
-        let r = rec(json!([{"name": "s", "type": "docker", "dockerVolumeConfiguration": {"scope": "task"}}]));
+        let r = rec(
+            json!([{"name": "s", "type": "docker", "dockerVolumeConfiguration": {"scope": "task"}}]),
+        );
         let back: TaskRecord = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(plan(&back), plan(&r));
     }
