@@ -1154,7 +1154,10 @@ fn volume_source(spec: &TaskSpec, v: &VolumeSpec) -> Option<VolumeSource> {
                 } else {
                     task_scoped_name()
                 },
-                driver: c.driver.unwrap_or_else(|| "local".into()),
+                driver: c
+                    .driver
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "local".into()),
                 driver_opts: c.driver_opts,
                 labels: c.labels,
                 task_scoped: !shared,

@@ -245,7 +245,7 @@ mod tests {
                 {"scope": "task", "driver": "local", "driverOpts": {"type": "tmpfs"}, "labels": {"a": "b"}}},
             {"name": "data", "type": "docker", "dockerVolumeConfiguration":
                 {"scope": "shared", "autoprovision": true}},
-            {"name": "given", "type": "docker", "dockerVolumeConfiguration": {"scope": "shared"}},
+            {"name": "given", "type": "docker", "dockerVolumeConfiguration": {"scope": "shared", "driver": ""}},
         ]));
         let p = plan(&r);
         assert_eq!(p.len(), 4, "{p:?}");
@@ -277,13 +277,14 @@ mod tests {
                 autoprovision: true
             }
         );
-        assert!(matches!(
+        // An empty driver is Docker's default, `local` (as inspect then reports it).
+        assert_eq!(
             by_name("given"),
             Want::Shared {
-                autoprovision: false,
-                ..
+                want: req("given", "local", &[]),
+                autoprovision: false
             }
-        ));
+        );
     }
 
     #[test]
