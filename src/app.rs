@@ -150,6 +150,25 @@ async fn log_drivers(docker: &bollard::Docker) -> Option<Vec<String>> {
     }
 }
 
+/// The enabled Docker volume plugins (one `GET /plugins` at registration; container-features.md
+/// §6), advertised as `ecs.capability.docker-plugin.<name>`. None when Docker cannot say.
+async fn volume_plugins(docker: &bollard::Docker) -> Vec<String> {
+    let filters = std::collections::HashMap::from([
+        ("enabled".to_owned(), vec!["true".to_owned()]),
+        ("capability".to_owned(), vec!["volumedriver".to_owned()]),
+    ]);
+    let opts = bollard::query_parameters::ListPluginsOptions {
+        filters: Some(filters),
+    };
+    match docker.list_plugins(Some(opts)).await {
+        Ok(plugins) => plugins.into_iter().map(|p| p.name).collect(),
+        Err(e) => {
+            warn!(error = %e, "Cannot list Docker's volume plugins; advertising the local driver only.");
+            Vec::new()
+        }
+    }
+}
+
 /// The default bridge's interface name (`docker0`), from Docker's `bridge` network.
 async fn default_bridge(docker: &bollard::Docker) -> Option<String> {
     let n = docker
@@ -519,6 +538,7 @@ impl<'a> Start<'a> {
                 pid_ipc_namespace_sharing: docker.pause_image,
                 ..attributes::IMPLEMENTED
             },
+            volume_plugins: volume_plugins(&docker.docker).await,
             retry: REGISTER_RETRY,
             give_up_after: REGISTER_GIVE_UP,
         };

@@ -78,8 +78,11 @@ impl ContainerRuntime for Counting {
         *self.active.lock().unwrap().get_mut(image).unwrap() -= 1;
         r
     }
-    async fn ensure_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
-        self.inner.ensure_volume(v).await
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeRequest>, RuntimeError> {
+        self.inner.inspect_volume(name).await
+    }
+    async fn create_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
+        self.inner.create_volume(v).await
     }
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError> {
         self.inner.create(name, body).await

@@ -84,6 +84,9 @@ pub struct EngineConfig {
     pub image_pull_behavior: PullBehavior,
     /// `ECS_PULL_DEPENDENT_CONTAINERS_UPFRONT`.
     pub pull_dependent_containers_upfront: bool,
+    /// `ECS_SHARED_VOLUME_MATCH_FULL_CONFIG`: an existing autoprovisioned shared volume must
+    /// carry the task definition's driver, options and labels.
+    pub shared_volume_match_full_config: bool,
     /// `ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION` (values below 1 s are ignored).
     pub task_cleanup_wait: Duration,
     /// `ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION_JITTER`.
@@ -333,6 +336,7 @@ impl Default for Config {
                 image_pull_inactivity_timeout: Duration::from_secs(60),
                 image_pull_behavior: PullBehavior::Default,
                 pull_dependent_containers_upfront: false,
+                shared_volume_match_full_config: false,
                 task_cleanup_wait: Duration::from_secs(3 * 3600),
                 task_cleanup_wait_jitter: Duration::ZERO,
                 image_cleanup_disabled: false,

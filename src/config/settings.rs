@@ -87,11 +87,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "ECS Anywhere is not supported",
     ),
     (
-        "ECS_SHARED_VOLUME_MATCH_FULL_CONFIG",
-        &[],
-        "shared Docker volume matching uses the volume name only",
-    ),
-    (
         "ECS_OFFHOST_INTROSPECTION_INTERFACE_NAME",
         &[],
         "the local API binds to ECS_HOSTD_API_ADDR",
@@ -599,6 +594,16 @@ pub static SETTINGS: &[Setting] = &[
         "Pull images before dependsOn conditions are met.",
         |c, v, _| {
             c.engine.pull_dependent_containers_upfront = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_SHARED_VOLUME_MATCH_FULL_CONFIG",
+        None,
+        "false",
+        "An existing autoprovisioned shared Docker volume must have the task definition's driver, options and labels, else the task stops.",
+        |c, v, _| {
+            c.engine.shared_volume_match_full_config = boolean(v)?;
             Ok(())
         }
     ),

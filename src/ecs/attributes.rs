@@ -70,6 +70,10 @@ pub struct Features {
     /// `pidMode`/`ipcMode` `task` (`ecs.capability.pid-ipc-namespace-sharing`): decided at
     /// start, true only when Docker has the pause image (`ECS_HOSTD_PAUSE_IMAGE`; never pulled).
     pub pid_ipc_namespace_sharing: bool,
+    /// Docker volumes (`dockerVolumeConfiguration`) with the `local` driver
+    /// (`ecs.capability.docker-plugin.local`); volume plugins are advertised by name on top
+    /// ([`volume_plugins`]).
+    pub docker_volumes: bool,
 }
 
 /// The Docker API version task cgroups need (`HostConfig.CgroupParent`; the official agent's
@@ -112,6 +116,11 @@ pub const IMPLEMENTED: Features = Features {
     // container (engine::model::internal), tested in engine::reconcile::tests, engine::tests
     // (property test included) and against Docker in tests/docker_pid_ipc.rs.
     pid_ipc_namespace_sharing: false,
+    // engine::volumes, prepared once per task before the first create (task scope created and
+    // removed with the task; shared inspected, autoprovisioned, matched with
+    // ECS_SHARED_VOLUME_MATCH_FULL_CONFIG): tested in engine::volumes::tests,
+    // engine::reconcile::tests and against Docker in tests/docker_volumes.rs.
+    docker_volumes: true,
 };
 
 /// The `ecs.cpu-architecture` value for a Rust target architecture, as the official agent
@@ -122,6 +131,26 @@ pub fn cpu_architecture(rust_arch: &str) -> Option<&'static str> {
         "aarch64" => Some("arm64"),
         _ => None,
     }
+}
+
+/// One attribute per enabled Docker volume plugin (Docker's `GET /plugins` with
+/// `enabled=true, capability=volumedriver`): `ecs.capability.docker-plugin.<name>` with `:`
+/// written `.` (`rexray/ebs:latest` → `ecs.capability.docker-plugin.rexray/ebs.latest`), as the
+/// official agent names them. `local` is built in and advertised by [`attributes`]; duplicates
+/// and empty names are left out.
+pub fn volume_plugins(names: &[String], features: Features) -> Vec<Attribute> {
+    if !features.docker_volumes {
+        return Vec::new();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty() && *n != "local")
+        .map(|n| n.replace(':', "."))
+        .filter(|n| seen.insert(n.clone()))
+        .map(|n| Attribute::flag(format!("{CURRENT}docker-plugin.{n}")))
+        .collect()
 }
 
 /// Parses a Docker API version such as `1.41`.
@@ -227,6 +256,9 @@ pub fn attributes(
         out.push(Attribute::flag(format!(
             "{CURRENT}pid-ipc-namespace-sharing"
         )));
+    }
+    if features.docker_volumes {
+        out.push(Attribute::flag(format!("{CURRENT}docker-plugin.local")));
     }
     if first_registration {
         for (k, v) in &config.instance_attributes {
@@ -344,6 +376,51 @@ mod tests {
         let with = attributes(&c, "LINUX", Some("1.41"), with_image, false);
         assert!(names(&with).contains(&flag));
         assert_eq!(with.len(), without.len() + 1);
+    }
+
+    #[test]
+    fn docker_volumes_advertise_local_and_each_plugin_by_its_name() {
+        let n = names(&attributes(
+            &Config::default(),
+            "LINUX",
+            None,
+            IMPLEMENTED,
+            false,
+        ))
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        assert!(n.contains(&"ecs.capability.docker-plugin.local".to_owned()));
+        let plugins = [
+            "rexray/ebs:latest".to_owned(),
+            "vieux/sshfs:next".to_owned(),
+            "vieux/sshfs:next".to_owned(),
+            "netshare".to_owned(),
+            "local".to_owned(),
+            " ".to_owned(),
+        ];
+        let got: Vec<String> = volume_plugins(&plugins, IMPLEMENTED)
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "ecs.capability.docker-plugin.rexray/ebs.latest",
+                "ecs.capability.docker-plugin.vieux/sshfs.next",
+                "ecs.capability.docker-plugin.netshare",
+            ]
+        );
+        let off = Features {
+            docker_volumes: false,
+            ..IMPLEMENTED
+        };
+        assert!(volume_plugins(&plugins, off).is_empty());
+        let n = names(&attributes(&Config::default(), "LINUX", None, off, false))
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert!(!n.iter().any(|x| x.contains("docker-plugin")));
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct Registrar<'a> {
     pub docker_api_version: Option<String>,
     /// Features advertised.
     pub features: Features,
+    /// Enabled Docker volume plugins (`GET /plugins`, volumedriver), advertised by name.
+    pub volume_plugins: Vec<String>,
     /// Retry backoff for ECS.
     pub retry: Policy,
     /// Retry budget for ECS.
@@ -174,13 +176,17 @@ impl Registrar<'_> {
                 ))
             })?;
         let first = saved.is_none();
-        let sent_attributes = attributes::attributes(
+        let mut sent_attributes = attributes::attributes(
             self.config,
             &self.host.os_detailed,
             self.docker_api_version.as_deref(),
             self.features,
             first,
         );
+        sent_attributes.extend(attributes::volume_plugins(
+            &self.volume_plugins,
+            self.features,
+        ));
         let mut req = RegisterRequest {
             cluster: self.config.cluster.clone(),
             container_instance_arn: saved.as_ref().map(|s| s.container_instance_arn.clone()),

@@ -23,12 +23,13 @@ use crate::engine::runtime::{
 };
 
 /// The runtime's operations, in `/metrics` order.
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 16] = [
     "list",
     "inspect",
     "image",
     "pull",
-    "ensure_volume",
+    "inspect_volume",
+    "create_volume",
     "create",
     "start",
     "stop",
@@ -147,9 +148,13 @@ impl ContainerRuntime for Counting {
         self.calls.bump("pull");
         self.inner.pull(image, auth, limits).await
     }
-    async fn ensure_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
-        self.calls.bump("ensure_volume");
-        self.inner.ensure_volume(v).await
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeRequest>, RuntimeError> {
+        self.calls.bump("inspect_volume");
+        self.inner.inspect_volume(name).await
+    }
+    async fn create_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
+        self.calls.bump("create_volume");
+        self.inner.create_volume(v).await
     }
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError> {
         self.calls.bump("create");

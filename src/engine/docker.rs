@@ -826,7 +826,26 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn ensure_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeRequest>, RuntimeError> {
+        match deadline(
+            "inspect volume",
+            self.timeouts.inspect,
+            self.docker.inspect_volume(name),
+        )
+        .await
+        {
+            Ok(v) => Ok(Some(VolumeRequest {
+                name: v.name,
+                driver: v.driver,
+                driver_opts: v.options.into_iter().collect(),
+                labels: v.labels.into_iter().collect(),
+            })),
+            Err(RuntimeError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
         let body = bollard::models::VolumeCreateRequest {
             name: Some(v.name.clone()),
             driver: Some(v.driver.clone()),
@@ -974,30 +993,6 @@ impl ContainerRuntime for DockerRuntime {
             .map(|r| r.map(|_| ()).map_err(map_err))
             .boxed()
     }
-}
-
-/// Which volumes of the task container `c` needs created first.
-pub fn volume_requests(rec: &TaskRecord, c: &ContainerSpec) -> Vec<VolumeRequest> {
-    let mut out = Vec::new();
-    for m in &c.mount_points {
-        if let Some(VolumeSource::Docker {
-            name,
-            driver,
-            driver_opts,
-            labels,
-            create: true,
-            ..
-        }) = rec.volumes.get(&m.source_volume)
-        {
-            out.push(VolumeRequest {
-                name: name.clone(),
-                driver: driver.clone(),
-                driver_opts: driver_opts.clone(),
-                labels: labels.clone(),
-            });
-        }
-    }
-    out
 }
 
 /// Task-scoped Docker volumes to remove with the task.

@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod store;
 pub mod task_cgroup;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -1375,7 +1376,6 @@ impl LoopState {
                 let map = self.map_ctx(rec, spec);
                 let mut body = docker::create_body(rec, spec, &map);
                 let cgroup = self.task_cgroup(rec, body.as_mut().ok());
-                let volumes = docker::volume_requests(rec, spec);
                 if let Some(img) = self.images.get_mut(&spec.image) {
                     img.last_used_at = now;
                     self.images_dirty.insert(spec.image.clone());
@@ -1386,9 +1386,6 @@ impl LoopState {
                         let body = body.map_err(|e| RuntimeError::Refused(e.to_string()))?;
                         if let Some(cgroup) = cgroup {
                             cgroup.await?;
-                        }
-                        for v in &volumes {
-                            runtime.ensure_volume(v).await?;
                         }
                         let created = runtime.create(&name, body).await;
                         hooks.at("create.after").await;
@@ -1485,6 +1482,26 @@ impl LoopState {
                         .fetch(&*source, &*objects, creds.as_ref(), &region)
                         .await;
                     Done::Secrets(key, task_arn, result, started.elapsed())
+                })
+            }
+            Action::EnsureTaskResources { task_arn } => {
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let wants = volumes::plan(rec);
+                let match_full = self.settings().engine.shared_volume_match_full_config;
+                info!(task.arn = %task_arn, volumes = wants.len(), "Preparing the task's volumes.");
+                Box::pin(async move {
+                    let result = volumes::prepare(&*runtime, &wants, match_full)
+                        .await
+                        .map_err(|e| {
+                            warn!(task.arn = %task_arn, error = %e, retryable = e.is_retryable(), "Task volumes not prepared.");
+                            reconcile::ResourceFailure {
+                                retryable: e.is_retryable(),
+                                message: e.to_string(),
+                            }
+                        });
+                    Done::Action(key, Box::new(Outcome::TaskResources { task_arn, result }))
                 })
             }
             Action::EnsureRemoved { task_arn } => {

@@ -929,6 +929,8 @@ pub enum Step {
     Start,
     /// Container stop.
     Stop,
+    /// The task's resources (its Docker volumes), before the first create.
+    Resources,
 }
 
 /// The last failed attempt of a step, kept so the reconciler can retry with backoff or give up.
@@ -1049,12 +1051,28 @@ pub struct TaskRecord {
     pub cleanup_jitter: f64,
     /// Docker volume names of task volumes (fixed at delivery).
     pub volumes: BTreeMap<String, VolumeSource>,
+    /// The once-per-task step before the first create (its Docker volumes).
+    #[serde(default)]
+    pub resources: TaskResources,
     /// Containers: the internal ones first (in creation order), then the task's, in task order.
     pub containers: Vec<ContainerRecord>,
     /// Specs of the internal containers the engine added (never part of `spec`, which stays
     /// as ACS delivered it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub internal: Vec<ContainerSpec>,
+}
+
+/// The task's resources, prepared once per task before its first container create: its Docker
+/// volumes (`engine::volumes`; a task cgroup can join the same step). Persisted, so a restart
+/// does not prepare again what was prepared.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskResources {
+    /// Prepared: containers may be created.
+    #[serde(default)]
+    pub ready: bool,
+    /// The last failed attempt (retried with backoff while retryable, else the stop reason).
+    #[serde(default)]
+    pub failure: Option<Failure>,
 }
 
 impl TaskRecord {
@@ -1160,6 +1178,13 @@ impl TaskRecord {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// Whether the task has resources to prepare before its first create (Docker volumes).
+    pub fn has_resources(&self) -> bool {
+        self.volumes
+            .values()
+            .any(|v| matches!(v, VolumeSource::Docker { .. }))
+    }
+
     /// Whether it holds host resources (admitted and not yet stopped).
     pub fn holds_resources(&self) -> bool {
         self.admitted && self.known < TaskStatus::Stopped
@@ -1186,7 +1211,10 @@ fn volume_source(spec: &TaskSpec, v: &VolumeSpec) -> Option<VolumeSource> {
                 } else {
                     task_scoped_name()
                 },
-                driver: c.driver.unwrap_or_else(|| "local".into()),
+                driver: c
+                    .driver
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "local".into()),
                 driver_opts: c.driver_opts,
                 labels: c.labels,
                 task_scoped: !shared,

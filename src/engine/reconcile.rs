@@ -35,6 +35,8 @@ pub enum ActionKey {
     Cleanup(String),
     /// Fetching a task's secrets.
     Resolve(String),
+    /// Preparing a task's resources (its Docker volumes).
+    Resources(String),
 }
 
 /// An "ensure" step for the executor.
@@ -86,6 +88,12 @@ pub enum Action {
         /// Task.
         task_arn: String,
     },
+    /// Prepare the task's resources (its Docker volumes: `engine::volumes`), once per task,
+    /// before its first container create.
+    EnsureTaskResources {
+        /// Task.
+        task_arn: String,
+    },
 }
 
 impl Action {
@@ -109,6 +117,7 @@ impl Action {
             } => ActionKey::Container(task_arn.clone(), container.clone()),
             Action::EnsureRemoved { task_arn } => ActionKey::Cleanup(task_arn.clone()),
             Action::EnsureResolved { task_arn } => ActionKey::Resolve(task_arn.clone()),
+            Action::EnsureTaskResources { task_arn } => ActionKey::Resources(task_arn.clone()),
         }
     }
 }
@@ -335,18 +344,35 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         // Secrets that could not be fetched stop the task before anything is created
         // (task-credentials.md §9: the reason is the fetch's error).
         if let SecretsGate::Failed(why) = &ctx.secrets {
-            for c in &mut r.containers {
-                let key = ActionKey::Container(arn.clone(), c.name.clone());
-                if c.known < ContainerStatus::Created && !world.in_flight.contains(&key) {
-                    c.known = ContainerStatus::Stopped;
-                    c.reason.get_or_insert_with(|| why.clone());
+            stop_before_create(&mut r, world, why);
+        }
+        // The task's resources (its Docker volumes) are prepared once, beside the pulls, before
+        // the first create; one that cannot be had stops the task before anything is created.
+        let resources_ready = r.resources.ready || !r.has_resources();
+        let mut resources_failed = false;
+        if !resources_ready {
+            match r.resources.failure.clone() {
+                Some(f) if !f.retryable || f.attempts >= MAX_ATTEMPTS => {
+                    resources_failed = true;
+                    stop_before_create(&mut r, world, &f.message);
+                }
+                Some(f) if f.retry_at > ctx.now => requeue_at(f.retry_at),
+                _ => {
+                    let key = ActionKey::Resources(arn.clone());
+                    let uncreated = r
+                        .containers
+                        .iter()
+                        .any(|c| c.known < ContainerStatus::Created && c.docker_id.is_none());
+                    if uncreated && !world.in_flight.contains(&key) {
+                        actions.push(Action::EnsureTaskResources {
+                            task_arn: arn.clone(),
+                        });
+                    }
                 }
             }
-            r.desired = TaskStatus::Stopped;
-            r.reason.get_or_insert_with(|| why.clone());
         }
         let mut resolve_asked = false;
-        let failed = matches!(ctx.secrets, SecretsGate::Failed(_));
+        let failed = matches!(ctx.secrets, SecretsGate::Failed(_)) || resources_failed;
         let snapshot = r.clone();
         // User containers are neither pulled nor created before every internal container runs
         // (whose namespaces they join), whatever ECS_PULL_DEPENDENT_CONTAINERS_UPFRONT says.
@@ -414,11 +440,14 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
                         task_arn: arn.clone(),
                     });
                 }
-                ContainerStatus::Pulled if ready && ctx.secrets == SecretsGate::Ready => actions
-                    .push(Action::EnsureCreated {
+                ContainerStatus::Pulled
+                    if ready && ctx.secrets == SecretsGate::Ready && resources_ready =>
+                {
+                    actions.push(Action::EnsureCreated {
                         task_arn: arn.clone(),
                         container: c.name.clone(),
-                    }),
+                    })
+                }
                 ContainerStatus::Created if ready => {
                     if let Some(id) = &c.docker_id {
                         actions.push(Action::EnsureRunning {
@@ -464,7 +493,9 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         let stopping = actions
             .iter()
             .any(|a| matches!(a, Action::EnsureStopped { .. }));
-        if !world.in_flight.contains(&key) && !stopping {
+        // A volume created after the cleanup listed the task's volumes would be left behind.
+        let preparing = world.in_flight.contains(&ActionKey::Resources(arn.clone()));
+        if !world.in_flight.contains(&key) && !stopping && !preparing {
             if ctx.stopped_reported && (ctx.disk_pressure || ctx.now >= due) {
                 actions.push(Action::EnsureRemoved {
                     task_arn: arn.clone(),
@@ -494,6 +525,21 @@ fn internal_stopped(c: &ContainerRecord) -> String {
         c.kind.describe(),
         c.name
     )
+}
+
+/// Stops a task before anything more of it is created: every container not created yet (and
+/// without a create in flight) STOPPED with `why`, which is also the task's reason.
+fn stop_before_create(r: &mut TaskRecord, world: &World<'_>, why: &str) {
+    let arn = r.spec.arn.clone();
+    for c in &mut r.containers {
+        let key = ActionKey::Container(arn.clone(), c.name.clone());
+        if c.known < ContainerStatus::Created && !world.in_flight.contains(&key) {
+            c.known = ContainerStatus::Stopped;
+            c.reason.get_or_insert_with(|| why.to_owned());
+        }
+    }
+    r.desired = TaskStatus::Stopped;
+    r.reason.get_or_insert_with(|| why.to_owned());
 }
 
 fn stop_action(arn: &str, c: &ContainerRecord, id: String, rec: &TaskRecord, ctx: &Ctx) -> Action {
@@ -620,6 +666,22 @@ pub enum Outcome {
         /// Error text.
         result: Result<(), String>,
     },
+    /// The task's resources are prepared, or why not.
+    TaskResources {
+        /// Task.
+        task_arn: String,
+        /// The failure.
+        result: Result<(), ResourceFailure>,
+    },
+}
+
+/// Why a task's resources could not be prepared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceFailure {
+    /// The task's stop reason if it gives up.
+    pub message: String,
+    /// Worth another attempt (Docker unwell) rather than final (a volume that is not there).
+    pub retryable: bool,
 }
 
 fn retry_delay(attempts: u32) -> f64 {
@@ -627,19 +689,31 @@ fn retry_delay(attempts: u32) -> f64 {
 }
 
 fn fail(c: &mut ContainerRecord, step: Step, message: String, retryable: bool, now: f64) {
-    let attempts = c
-        .failure
-        .as_ref()
-        .filter(|f| f.step == step)
-        .map_or(0, |f| f.attempts)
-        + 1;
-    c.failure = Some(Failure {
+    c.failure = Some(next_failure(
+        c.failure.as_ref(),
+        step,
+        message,
+        retryable,
+        now,
+    ));
+}
+
+/// The failure after `last`: attempts of the same step count up.
+fn next_failure(
+    last: Option<&Failure>,
+    step: Step,
+    message: String,
+    retryable: bool,
+    now: f64,
+) -> Failure {
+    let attempts = last.filter(|f| f.step == step).map_or(0, |f| f.attempts) + 1;
+    Failure {
         step,
         message,
         retryable,
         attempts,
         retry_at: now + retry_delay(attempts),
-    });
+    }
 }
 
 /// Folds an action's outcome into a task record; returns whether it concerned this task.
@@ -773,6 +847,27 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             }
         }),
         Outcome::Removed { .. } => false,
+        Outcome::TaskResources { task_arn, result } => {
+            if rec.spec.arn != *task_arn {
+                return false;
+            }
+            match result {
+                Ok(()) => {
+                    rec.resources.ready = true;
+                    rec.resources.failure = None;
+                }
+                Err(f) => {
+                    rec.resources.failure = Some(next_failure(
+                        rec.resources.failure.as_ref(),
+                        Step::Resources,
+                        f.message.clone(),
+                        f.retryable,
+                        now,
+                    ));
+                }
+            }
+            true
+        }
     }
 }
 

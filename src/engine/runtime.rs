@@ -153,8 +153,8 @@ pub struct PullLimits {
     pub total: Duration,
 }
 
-/// A Docker volume to ensure.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A Docker volume: what the engine asks to create, and what Docker says of one that exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VolumeRequest {
     /// Name.
     pub name: String,
@@ -191,8 +191,10 @@ pub trait ContainerRuntime: Send + Sync {
         auth: Option<DockerCredentials>,
         limits: PullLimits,
     ) -> Result<(), RuntimeError>;
-    /// Creates a volume if absent (idempotent).
-    async fn ensure_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError>;
+    /// A volume as Docker has it (name, driver, options, labels); `None` when it does not exist.
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeRequest>, RuntimeError>;
+    /// Creates a volume (Docker answers an existing one of the same driver as created).
+    async fn create_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError>;
     /// Creates a container; `Conflict` when the name is taken.
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError>;
     /// Starts a container (already running is success).
@@ -233,6 +235,8 @@ pub enum FakeOp {
     Stop,
     /// remove.
     Remove,
+    /// create_volume.
+    CreateVolume,
 }
 
 /// A fake container.
@@ -263,6 +267,7 @@ struct FakeInner {
     lists: u64,
     inspections: Vec<String>,
     data_root: Option<std::path::PathBuf>,
+    volumes: BTreeMap<String, VolumeRequest>,
     history: Vec<FakeEvent>,
 }
 
@@ -427,6 +432,16 @@ impl FakeRuntime {
         self.inspect_held.send_replace(held);
     }
 
+    /// Every volume, by name.
+    pub fn volumes(&self) -> BTreeMap<String, VolumeRequest> {
+        self.lock().volumes.clone()
+    }
+
+    /// A volume that exists before the engine looks (made by an operator or another task).
+    pub fn add_volume(&self, v: VolumeRequest) {
+        self.lock().volumes.insert(v.name.clone(), v);
+    }
+
     /// How many times `list` was called (failed calls included).
     pub fn lists(&self) -> u64 {
         self.lock().lists
@@ -509,8 +524,30 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn ensure_volume(&self, _v: &VolumeRequest) -> Result<(), RuntimeError> {
-        Ok(())
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeRequest>, RuntimeError> {
+        let inner = self.lock();
+        if inner.down {
+            return Err(RuntimeError::Unavailable("fake docker down".into()));
+        }
+        Ok(inner.volumes.get(name).cloned())
+    }
+
+    async fn create_volume(&self, v: &VolumeRequest) -> Result<(), RuntimeError> {
+        let mut inner = self.lock();
+        if let Some(e) = Self::take_failure(&mut inner, FakeOp::CreateVolume) {
+            return Err(e);
+        }
+        match inner.volumes.get(&v.name) {
+            Some(have) if have.driver != v.driver => Err(RuntimeError::Refused(format!(
+                "volume {} already exists with driver {}",
+                v.name, have.driver
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                inner.volumes.insert(v.name.clone(), v.clone());
+                Ok(())
+            }
+        }
     }
 
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, RuntimeError> {
@@ -632,7 +669,8 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn remove_volume(&self, _name: &str) -> Result<(), RuntimeError> {
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.lock().volumes.remove(name);
         Ok(())
     }
 

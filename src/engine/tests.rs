@@ -582,6 +582,123 @@ async fn task_control_contract() {
     assert!(r.engine.desired_running().is_empty());
 }
 
+/// A task of ten containers that all mount one task-scoped and one shared volume, and its
+/// engine on a counting fake.
+fn volume_task(arn: &str) -> serde_json::Value {
+    let containers: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            let mut x = c(&format!("c{i}"), i == 0);
+            x["mountPoints"] = serde_json::json!([
+                {"sourceVolume": "scratch", "containerPath": "/scratch"},
+                {"sourceVolume": "data", "containerPath": "/data", "readOnly": i > 0},
+            ]);
+            x
+        })
+        .collect();
+    let mut t = task(arn, serde_json::json!(containers));
+    t["volumes"] = serde_json::json!([
+        {"name": "scratch", "type": "docker", "dockerVolumeConfiguration": {"scope": "task", "driver": "local"}},
+        {"name": "data", "type": "docker", "dockerVolumeConfiguration": {"scope": "shared", "autoprovision": true, "driver": "local"}},
+    ]);
+    t
+}
+
+fn counting_engine(
+    fake: &Arc<FakeRuntime>,
+    sink: &Arc<RecordingSink>,
+    store: &Store,
+    cleanup_wait: Duration,
+) -> (Engine, Arc<counting::DockerCalls>) {
+    let runtime = counting::Counting::new(fake.clone());
+    let calls = runtime.calls();
+    let mut p = parts(fake, sink, store, settings(cleanup_wait));
+    p.runtime = Arc::new(runtime);
+    (Engine::new(p).unwrap(), calls)
+}
+
+#[tokio::test]
+async fn task_volumes_are_prepared_once_per_task_not_per_container() {
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let dir = tmpdir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    let (engine, calls) = counting_engine(&fake, &sink, &store, Duration::from_secs(600));
+    // The real loop (settle's passes end without committing the last outcomes).
+    let cancel = CancellationToken::new();
+    let looping = {
+        let (e, c) = (engine.clone(), cancel.clone());
+        tokio::spawn(async move { e.run(c).await })
+    };
+    engine.deliver(volume_task("t")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while statuses(&sink.changes(), "t") != vec![ReportStatus::Running] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            sink.changes()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    looping.await.unwrap().unwrap();
+    assert_eq!(fake.creates().len(), 10);
+    // One VolumeCreate for the task volume; one inspect and one create for the shared one.
+    assert_eq!(calls.get("create_volume"), 2, "{:?}", calls.snapshot());
+    assert_eq!(calls.get("inspect_volume"), 1, "{:?}", calls.snapshot());
+    let vols = fake.volumes();
+    assert!(vols.contains_key("data"));
+    let scratch = vols
+        .keys()
+        .find(|n| n.starts_with("ecs-fam-1-scratch-"))
+        .cloned()
+        .expect("task volume created");
+
+    // A restarted engine on the same store does not prepare them again.
+    let sink2 = Arc::new(RecordingSink::default());
+    let (engine2, calls2) = counting_engine(&fake, &sink2, &store, Duration::from_secs(600));
+    engine2.settle(10).await.unwrap();
+    assert_eq!(
+        calls2.get("create_volume") + calls2.get("inspect_volume"),
+        0
+    );
+
+    // Cleanup removes the task volume and keeps the shared one.
+    stop(&engine2, "t").await.unwrap();
+    engine2.settle(10).await.unwrap();
+    engine2.advance_clock(601.0);
+    engine2.settle(10).await.unwrap();
+    assert!(fake.containers().is_empty());
+    let vols = fake.volumes();
+    assert!(!vols.contains_key(&scratch), "{vols:?}");
+    assert!(vols.contains_key("data"), "{vols:?}");
+}
+
+#[tokio::test]
+async fn a_missing_shared_volume_stops_the_task_before_anything_is_created() {
+    let r = rig();
+    let mut t = volume_task("t");
+    t["volumes"][1]["dockerVolumeConfiguration"]["autoprovision"] = serde_json::json!(false);
+    // Named so that it sorts after the task volume.
+    t["volumes"][1]["name"] = serde_json::json!("zdata");
+    for c in t["containers"].as_array_mut().unwrap() {
+        c["mountPoints"][1]["sourceVolume"] = serde_json::json!("zdata");
+    }
+    deliver(&r.engine, t).await.unwrap();
+    r.engine.settle(10).await.unwrap();
+    let changes = r.sink.changes();
+    assert_eq!(statuses(&changes, "t"), vec![ReportStatus::Stopped]);
+    let last = changes.last().unwrap();
+    assert_eq!(
+        last.reason.as_deref(),
+        Some(
+            "initialize volume: volume detection failed, volume 'zdata' does not exist and autoprovision is set to false"
+        )
+    );
+    assert!(r.fake.creates().is_empty());
+    // Shared volumes are checked before any is created: no volume was made either.
+    assert!(r.fake.volumes().is_empty(), "{:?}", r.fake.volumes());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model-based property test.
 

@@ -119,6 +119,7 @@ async fn register(w: &World, imds: &FakeImds, ecs: &FakeEcs) -> Result<Registrat
         host: &w.host,
         docker_api_version: Some("1.41".into()),
         features: attributes::IMPLEMENTED,
+        volume_plugins: Vec::new(),
         retry: REGISTER_RETRY,
         give_up_after: REGISTER_GIVE_UP,
     }

@@ -154,10 +154,10 @@ fn maps_every_field_of_spec_6_4() {
     assert_eq!(v["HostConfig"]["CpuShares"], 2);
     assert!(v["HostConfig"].get("Memory").is_none());
 
-    let vols = volume_requests(&rec, &web);
+    let vols = crate::engine::volumes::plan(&rec);
     assert_eq!(vols.len(), 1);
-    assert!(vols[0].name.starts_with("ecs-fam-3-scratch-"));
-    assert_eq!(task_scoped_volumes(&rec), vec![vols[0].name.clone()]);
+    assert!(vols[0].name().starts_with("ecs-fam-3-scratch-"));
+    assert_eq!(task_scoped_volumes(&rec), vec![vols[0].name().to_owned()]);
 }
 
 #[test]

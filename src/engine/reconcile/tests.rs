@@ -611,6 +611,18 @@ fn pause_task(modes: serde_json::Value) -> TaskRecord {
     r
 }
 
+fn with_volume(containers: serde_json::Value) -> TaskRecord {
+    let spec = TaskSpec::from_json(&serde_json::json!({
+        "arn": "t", "family": "f", "version": "1", "containers": containers,
+        "volumes": [{"name": "data", "type": "docker",
+            "dockerVolumeConfiguration": {"scope": "shared", "autoprovision": false}}]
+    }))
+    .unwrap();
+    let mut r = TaskRecord::new(spec, 1, 0.0).unwrap();
+    r.admitted = true;
+    r
+}
+
 fn names_of(actions: &[Action]) -> Vec<(&'static str, String)> {
     actions
         .iter()
@@ -620,6 +632,7 @@ fn names_of(actions: &[Action]) -> Vec<(&'static str, String)> {
             Action::EnsureRunning { container, .. } => ("start", container.clone()),
             Action::EnsureStopped { container, .. } => ("stop", container.clone()),
             Action::EnsureResolved { .. } => ("resolve", String::new()),
+            Action::EnsureTaskResources { .. } => ("resources", String::new()),
             Action::EnsureRemoved { .. } => ("remove", String::new()),
         })
         .collect()
@@ -827,4 +840,142 @@ fn a_missing_pause_image_stops_the_task_before_any_user_container() {
         assert_eq!(c.known, ContainerStatus::Stopped, "{}", c.name);
         assert!(c.docker_id.is_none());
     }
+}
+
+fn pulled(mut r: TaskRecord) -> TaskRecord {
+    for c in &mut r.containers {
+        c.known = ContainerStatus::Pulled;
+    }
+    r
+}
+
+#[test]
+fn task_resources_are_asked_once_beside_the_pulls_and_gate_every_create() {
+    let two = serde_json::json!([
+        {"name": "a", "image": "i", "essential": true,
+            "mountPoints": [{"sourceVolume": "data", "containerPath": "/d"}]},
+        {"name": "b", "image": "i", "essential": true,
+            "mountPoints": [{"sourceVolume": "data", "containerPath": "/d"}]},
+    ]);
+    let r = with_volume(two);
+    let p = run(&r, &[], &[], &ctx());
+    let asked = |p: &Plan| {
+        p.actions
+            .iter()
+            .filter(|a| matches!(a, Action::EnsureTaskResources { .. }))
+            .count()
+    };
+    assert_eq!(asked(&p), 1, "{:?}", p.actions);
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsurePulled { .. }))
+    );
+
+    // Pulled, resources not ready: no create, and no second ask while one is in flight.
+    let r = pulled(p.record);
+    let busy = [ActionKey::Resources("t".into())];
+    let p = run(&r, &[], &busy, &ctx());
+    assert_eq!(creates(&p), 0);
+    assert_eq!(asked(&p), 0);
+
+    // Prepared: both containers are created, nothing is prepared again.
+    let mut r = p.record;
+    assert!(apply(
+        &mut r,
+        &Outcome::TaskResources {
+            task_arn: "t".into(),
+            result: Ok(())
+        },
+        1000.0,
+        2
+    ));
+    assert!(r.resources.ready);
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!(creates(&p), 2);
+    assert_eq!(asked(&p), 0);
+}
+
+#[test]
+fn a_volume_that_cannot_be_had_stops_the_task_before_any_create() {
+    let r = pulled(with_volume(serde_json::json!([
+        {"name": "a", "image": "i", "essential": true,
+            "mountPoints": [{"sourceVolume": "data", "containerPath": "/d"}]}
+    ])));
+    let why = "initialize volume: volume detection failed, volume 'data' does not exist and autoprovision is set to false";
+    // Docker unwell first: retried after the delay, nothing stops.
+    let mut r = r;
+    apply(
+        &mut r,
+        &Outcome::TaskResources {
+            task_arn: "t".into(),
+            result: Err(ResourceFailure {
+                message: "initialize volume: inspect of volume 'data' failed: down".into(),
+                retryable: true,
+            }),
+        },
+        1000.0,
+        2,
+    );
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!(creates(&p), 0);
+    assert_eq!(p.record.desired, TaskStatus::Running);
+    assert_eq!(p.requeue_at, Some(1001.0));
+    let later = Ctx {
+        now: 1002.0,
+        ..ctx()
+    };
+    let p = run(&r, &[], &[], &later);
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureTaskResources { .. }))
+    );
+
+    // Then final: the task stops with the reason, nothing created.
+    apply(
+        &mut r,
+        &Outcome::TaskResources {
+            task_arn: "t".into(),
+            result: Err(ResourceFailure {
+                message: why.into(),
+                retryable: false,
+            }),
+        },
+        1002.0,
+        3,
+    );
+    let p = run(&r, &[], &[], &later);
+    assert_eq!(creates(&p), 0);
+    assert_eq!(p.record.known, TaskStatus::Stopped);
+    assert_eq!(p.record.reason.as_deref(), Some(why));
+    assert_eq!(p.record.containers[0].reason.as_deref(), Some(why));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn a_task_without_docker_volumes_has_no_resource_step() {
+    let spec = TaskSpec::from_json(&serde_json::json!({
+        "arn": "t", "family": "f", "version": "1",
+        "containers": [{"name": "a", "image": "i", "essential": true,
+            "mountPoints": [{"sourceVolume": "h", "containerPath": "/h"}]}],
+        "volumes": [{"name": "h", "type": "host", "host": {"sourcePath": "/srv"}}]
+    }))
+    .unwrap();
+    let mut r = TaskRecord::new(spec, 1, 0.0).unwrap();
+    r.admitted = true;
+    let p = run(&pulled(r), &[], &[], &ctx());
+    assert_eq!(creates(&p), 1);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EnsureTaskResources { .. }))
+    );
+}
+
+fn creates(p: &Plan) -> usize {
+    p.actions
+        .iter()
+        .filter(|a| matches!(a, Action::EnsureCreated { .. }))
+        .count()
 }
