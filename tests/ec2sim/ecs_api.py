@@ -432,6 +432,14 @@ class EcsApi:
                 f"Error retrieving subnet information for {missing}: "
                 f"The subnet ID '{missing[0]}' does not exist",
             )
+        count = body.get("count", 1) if isinstance(body.get("count", 1), int) else 1
+        if not self.enis.has_room(region, known[subnets[0]], count):
+            raise AwsError(
+                400,
+                "InvalidParameterException",
+                f"Subnet {subnets[0]} ({known[subnets[0]].cidr_block}) has no free IPv4 address "
+                f"left for {count} task ENI(s).",
+            )
         groups = config.get("securityGroups")
         if groups is None:
             vpc_id = known[subnets[0]].vpc_id

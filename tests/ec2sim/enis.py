@@ -14,6 +14,7 @@ ECS handlers (``ecs_api``) decide when, the ACS hub (``acs``) delivers.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import time
 import uuid
@@ -240,8 +241,8 @@ class TaskEnis:
         return record
 
     @staticmethod
-    def _free_address(ec2, subnet, own_eni_id: str) -> str:
-        """The lowest address of the subnet no other interface of it holds."""
+    def _free_addresses(ec2, subnet, own_eni_id: str = ""):
+        """The addresses of the subnet no other interface of it holds, lowest first."""
         network = ipaddress.ip_network(subnet.cidr_block)
         taken = {
             a.get("PrivateIpAddress")
@@ -249,11 +250,20 @@ class TaskEnis:
             if other.id != own_eni_id and getattr(other.subnet, "id", None) == subnet.id
             for a in other.private_ip_addresses
         }
-        hosts = list(network.hosts()) if network.num_addresses <= 65536 else []
-        for candidate in hosts[_RESERVED_LOW - 1 : -1] if len(hosts) > _RESERVED_LOW else []:
+        # hosts() already leaves out the network and broadcast addresses.
+        for candidate in itertools.islice(network.hosts(), _RESERVED_LOW - 1, None):
             if str(candidate) not in taken:
-                return str(candidate)
+                yield str(candidate)
+
+    def _free_address(self, ec2, subnet, own_eni_id: str) -> str:
+        for address in self._free_addresses(ec2, subnet, own_eni_id):
+            return address
         raise ValueError(f"subnet {subnet.id} ({subnet.cidr_block}) has no free address left")
+
+    def has_room(self, region: str, subnet, count: int) -> bool:
+        """Whether the subnet still has ``count`` free addresses (checked before RunTask)."""
+        free = self._free_addresses(self.moto.ec2_backend(region), subnet)
+        return len(list(itertools.islice(free, count))) == count
 
     # ------------------------------------------------------------------ attachments
 

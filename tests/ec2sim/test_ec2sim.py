@@ -2809,3 +2809,26 @@ def test_imds_vpc_paths_match_ec2(sim):
     assert state["vpc_id"] == vpc_id and state["mac"] == mine["mac"]
     status, _, body = sim.http("POST", "/ec2sim/instances", {"subnet_id": "subnet-0000nope"})
     assert status == 400 and b"subnet-0000nope" in body
+
+
+def test_awsvpc_addresses_fill_the_subnet_and_come_back_when_detached(sim):
+    _, _, subnet, group = make_vpc(sim, "10.40.0.0/16", "10.40.7.0/28")
+    ecs, cluster, _, family = awsvpc_cluster(sim)
+    network = awsvpc_config(subnet, group)
+    tasks = ecs.run_task(
+        cluster=cluster, taskDefinition=family, networkConfiguration=network, count=10
+    )["tasks"]
+    tasks += ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)[
+        "tasks"
+    ]
+    addresses = [details_of(attachment_of(t))["privateIPv4Address"] for t in tasks]
+    # EC2 keeps .0-.3 and .15 of a /28: eleven addresses, lowest first, each once.
+    assert addresses == [f"10.40.7.{n}" for n in range(4, 15)]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)
+    assert err.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert subnet in err.value.response["Error"]["Message"]
+    assert "no free IPv4 address" in err.value.response["Error"]["Message"]
+    ecs.submit_task_state_change(cluster=cluster, task=tasks[2]["taskArn"], status="STOPPED")
+    again = ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)
+    assert details_of(attachment_of(again["tasks"][0]))["privateIPv4Address"] == "10.40.7.6"
