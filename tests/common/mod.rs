@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod python;
+/// The awsvpc stand-ins: an ENI (veth end with the ENI's MAC) and the VPC subnet behind it.
+pub mod vpc;
 #[allow(unused_imports)] // not every test crate calls boto3
 pub use python::{boto, python};
 

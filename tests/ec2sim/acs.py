@@ -3,7 +3,8 @@
 Owns the sessions (one per websocket the agents open), each instance's delivery channel (the
 PayloadMessage/TaskManifestMessage sequence number and the payloads not yet acked, which are resent
 at the start of the instance's next session), the periodic HeartbeatMessage and TaskManifestMessage,
-answers to TaskStopVerificationMessage, the delivery of role credentials (IAMRoleCredentialsMessage:
+answers to TaskStopVerificationMessage, the delivery of other frames that want an ack (ENI attach
+messages, built by ``enis``), the delivery of role credentials (IAMRoleCredentialsMessage:
 refreshes every half lifetime or on request, and all sets again on a ``sendCredentials=true``
 connection; task-credentials.md §10) with a record of what was sent and acked, and the control
 operations tests use (drop, send, config). Envelope and messages follow protocol spec §5; the task
@@ -415,6 +416,28 @@ class Acs:
         )
         if session is not None:
             await self._send_payload(session, text)
+
+    async def deliver_acked(self, instance_arn: str, message_id: str, text: str) -> bool:
+        """Queue a frame that wants an ``AckRequest`` (e.g. AttachTaskNetworkInterfacesMessage).
+
+        Like a payload it stays unacked, and is resent at the start of the instance's next
+        session, until an AckRequest with its ``messageId`` arrives. Returns whether it was sent
+        now (False: queued for the next session).
+        """
+        self.channel(instance_arn).unacked[message_id] = text
+        session = self.live_session(instance_arn)
+        if session is not None:
+            await self._send(session, text)
+        return session is not None
+
+    def acks(self, message_ids: set[str]) -> dict[str, dict]:
+        """The first ``AckRequest`` received for each of these messageIds (with its session)."""
+        found: dict[str, dict] = {}
+        for frame in self.received(kind="AckRequest"):
+            message_id = (frame.get("message") or {}).get("messageId")
+            if message_id in message_ids and message_id not in found:
+                found[message_id] = frame
+        return found
 
     async def close_all(self, _app: web.Application | None = None) -> None:
         """Close every open session with 1001 (going away); used when ec2sim shuts down."""

@@ -1,8 +1,8 @@
 """The control surface tests use: JSON over HTTP under ``/ec2sim/`` (documented in README.md).
 
 Owns only request validation and the mapping of control routes onto the parts of the world
-(IMDS instances, fault table, denied resources, journals, ACS hub, TCS, ECR registry). Holds no
-state of its own.
+(IMDS instances, fault table, denied resources, journals, ACS hub, TCS, ECR registry, task ENIs).
+Holds no state of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiohttp import web
 from acs import Acs, envelope
 from credentials import TASK_ROLE_TYPES, Credentials
 from ecr_api import EcrRegistry
+from enis import TaskEnis
 from faults import Denials, FaultTable
 from imds import Imds
 from journal import Journal
@@ -37,6 +38,7 @@ class World:
     ecr: EcrRegistry
     credentials: Credentials
     denials: Denials
+    enis: TaskEnis
 
 
 def _bad_request(message: str) -> web.Response:
@@ -118,6 +120,10 @@ class Control:
             web.get("/ec2sim/tcs/metrics", self.get_tcs_metrics),
             web.get("/ec2sim/ecr", self.get_ecr),
             web.post("/ec2sim/ecr", self.set_ecr),
+            web.get("/ec2sim/enis", self.get_enis),
+            web.get("/ec2sim/enis/config", self.get_enis_config),
+            web.post("/ec2sim/enis/config", self.set_enis_config),
+            web.get("/ec2sim/acs/attach", self.get_attach_messages),
         ]
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -133,6 +139,7 @@ class Control:
                 instance_type=body.get("instance_type"),
                 lifecycle=body.get("lifecycle"),
                 asg=body.get("asg"),
+                subnet_id=body.get("subnet_id"),
             )
         except ValueError as err:
             return _bad_request(str(err))
@@ -384,3 +391,40 @@ class Control:
         except ValueError as err:
             return _bad_request(str(err))
         return web.json_response(self.world.ecr.describe())
+
+    # ------------------------------------------------------------------ awsvpc ENIs
+
+    async def get_enis(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"enis": self.world.enis.describe(task_arn=request.query.get("task_arn"))}
+        )
+
+    async def get_enis_config(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.world.enis.config.describe())
+
+    async def set_enis_config(self, request: web.Request) -> web.Response:
+        try:
+            self.world.enis.config.update(await _json_body(request))
+        except ValueError as err:
+            return _bad_request(str(err))
+        return web.json_response(self.world.enis.config.describe())
+
+    async def get_attach_messages(self, request: web.Request) -> web.Response:
+        """Attach messages built (sent, queued or withheld) and the AckRequests that answered."""
+        messages = self.world.enis.attach_messages.query(task_arn=request.query.get("task_arn"))
+        acks = self.world.acs.acks({m["message_id"] for m in messages})
+        return web.json_response(
+            {
+                "messages": [
+                    {
+                        **m,
+                        "acked": m["message_id"] in acks,
+                        "ack_time": acks[m["message_id"]]["time"]
+                        if m["message_id"] in acks
+                        else None,
+                        "ack_session": acks.get(m["message_id"], {}).get("session"),
+                    }
+                    for m in messages
+                ]
+            }
+        )

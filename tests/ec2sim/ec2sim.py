@@ -10,6 +10,7 @@ One process, bound to 127.0.0.1 only, serving on one port:
 - ``GET /ws``: the ACS websocket (acs.py) and the TCS websocket (tcs.py; admitted by acs.py)
 - ``/ec2sim/...``: the control API tests use (control.py, README.md)
 - anything else: the AWS APIs, moto in-process plus ec2sim's additions (gateway.py, ecs_api.py,
+  enis.py (awsvpc task ENIs),
   cloudwatch_cbor.py, autoscaling.py, ecr_api.py, sts_api.py, ssm_api.py, secretsmanager_api.py,
   s3_api.py; role credentials in credentials.py)
 
@@ -36,6 +37,7 @@ from control import Control, World
 from credentials import Credentials
 from ecr_api import EcrApi, EcrRegistry
 from ecs_api import EcsApi
+from enis import TaskEnis
 from faults import Denials, FaultTable
 from gateway import Gateway
 from imds import Imds
@@ -80,6 +82,7 @@ class Ec2Sim:
         self.moto = MotoHost()
         inactive: set[str] = set()
         credentials = Credentials()
+        enis = TaskEnis(self.moto)
         self.tcs = Tcs(self.moto)
         self.acs = Acs(self.moto, inactive, credentials, self.tcs)
         self.world = World(
@@ -94,6 +97,7 @@ class Ec2Sim:
             ecr=EcrRegistry(),
             credentials=credentials,
             denials=Denials(credentials.caller_arn),
+            enis=enis,
         )
         self.gateway = Gateway(self.moto, self.world.faults, self.world.requests, region)
         ecs = EcsApi(
@@ -104,6 +108,7 @@ class Ec2Sim:
             inactive,
             self.world.ecr,
             credentials,
+            enis,
         )
         self.gateway.handle_operations("ecs", ecs.handlers())
         sts = StsApi(self.moto, credentials, lambda: self.world.imds.default_id)

@@ -9,13 +9,16 @@ Owns ec2sim's handlers for these ECS operations:
 - Submit{Task,Container}StateChange / SubmitAttachmentStateChanges: recorded and written into
   moto's task so DescribeTasks shows the agent's truth (every container of the task).
 - RunTask / StartTask / StopTask / UpdateContainerInstancesState(DRAINING): moto, then the tasks are
-  pushed to the instance's agent over ACS (through the ``Acs`` hub).
+  pushed to the instance's agent over ACS (through the ``Acs`` hub). An awsvpc task gets its ENI
+  (``enis``) and an AttachTaskNetworkInterfacesMessage before its payload; attachment statuses the
+  agent reports (and its STOPPED, which detaches the ENI) show in DescribeTasks.
 
 Everything else goes to moto untouched. Reads and writes moto's backend objects directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
@@ -30,6 +33,7 @@ import payload
 from awsproto import AwsCall, AwsError, json_response
 from credentials import Credentials
 from ecr_api import EcrRegistry
+from enis import ATTACHMENT_STATUSES, TaskEni, TaskEnis
 from journal import Journal
 from motohost import MotoHost
 
@@ -124,6 +128,7 @@ class EcsApi:
         inactive: set[str],
         ecr: EcrRegistry | None = None,
         credentials: Credentials | None = None,
+        enis: TaskEnis | None = None,
     ) -> None:
         self.moto = moto
         self.acs = acs
@@ -135,6 +140,10 @@ class EcsApi:
         self.ecr = ecr
         #: Task role credentials (one credentialsId per task and role type).
         self.credentials = credentials or Credentials()
+        #: The ENIs of awsvpc tasks and the attach-message switches.
+        self.enis = enis or TaskEnis(moto)
+        #: Delayed attach messages in flight (kept so they are not garbage collected).
+        self._pending: set[asyncio.Task] = set()
 
     def handlers(self) -> dict:
         return {
@@ -256,8 +265,10 @@ class EcsApi:
             raise AwsError(400, "InvalidParameterException", "containers must be a list")
         for container in containers:
             _validate_container_change(container)
+        attachments = _validate_attachments(body.get("attachments"), required=False)
         self._record(call)
         task = find_task(self.moto.ecs_backend(call.region), body["task"])
+        self._apply_attachments(task, attachments)
         if task is not None:
             self._apply_task_change(call.region, task, body)
             for container in containers:
@@ -274,10 +285,16 @@ class EcsApi:
         return json_response(call, {"acknowledgment": "ACK"})
 
     async def submit_attachment_state_changes(self, call: AwsCall) -> web.StreamResponse:
-        if not isinstance(call.body.get("attachments"), list):
-            raise AwsError(400, "InvalidParameterException", "attachments is required")
+        attachments = _validate_attachments(call.body.get("attachments"), required=True)
         self._record(call)
+        self._apply_attachments(None, attachments)
         return json_response(call, {"acknowledgment": "ACK"})
+
+    def _apply_attachments(self, task, attachments: list[dict]) -> None:
+        for attachment in attachments:
+            arn, status = attachment["attachmentArn"], attachment["status"]
+            if not self.enis.report(task, arn, status):
+                LOG.warning("attachment %s (%s) names no task ENI; recorded only", arn, status)
 
     def _record(self, call: AwsCall) -> None:
         self.state_changes.record(operation=call.operation, region=call.region, body=call.body)
@@ -309,6 +326,7 @@ class EcsApi:
         task.last_status = "STOPPED"
         if reason and not task.stopped_reason:
             task.stopped_reason = reason
+        self.enis.task_stopped(task)
 
     def _apply_container_change(self, region: str, task, change: dict) -> None:
         self.ensure_containers(region, task)
@@ -347,20 +365,113 @@ class EcsApi:
                 "InvalidParameterException",
                 "No Container Instances were found in your cluster.",
             )
-        status, reply = await self.moto.ecs_call(call, call.operation, call.body)
+        body = self._check_awsvpc(call.region, call.body)
+        status, reply = await self.moto.ecs_call(call, call.operation, body)
         if status != 200:
             return json_response(call, reply, status)
         tasks = [find_task(backend, t["taskArn"]) for t in reply.get("tasks", [])]
         if ec2_run and len(tasks) < call.body.get("count", 1):
             reply["failures"] = _placement_failures(backend, cluster, call.body["taskDefinition"])
         now = time.time()
+        attach = []
         for task in tasks:
             task.last_status = "PENDING"
             task.createdAt = now
             self.ensure_containers(call.region, task)
+            record = self.enis.allocate(task)
+            if record is not None:
+                attach.append(record)
+        delay = self.enis.config.attach_delay
+        if not delay:
+            for record in attach:
+                await self._send_attach(record)
         await self.push(call.region, tasks, "RUNNING")
+        if delay:
+            for record in attach:
+                pending = asyncio.create_task(self._send_attach(record, delay))
+                self._pending.add(pending)
+                pending.add_done_callback(self._pending.discard)
         reply["tasks"] = await self._describe_tasks(call, tasks)
         return json_response(call, reply)
+
+    def _check_awsvpc(self, region: str, body: dict) -> dict:
+        """Validate an awsvpc task's ``awsvpcConfiguration`` as ECS does; the body moto gets.
+
+        Subnets and security groups must exist in EC2 (moto would invent a missing group);
+        without ``securityGroups`` the VPC's default group is used, as ECS does (moto needs one).
+        """
+        try:
+            definition = self.moto.ecs_backend(region).describe_task_definition(
+                body.get("taskDefinition", "")
+            )
+        except Exception:  # noqa: BLE001 - moto answers an unknown definition itself
+            return body
+        if definition.network_mode != "awsvpc" or "networkConfiguration" not in body:
+            return body
+        config = (body.get("networkConfiguration") or {}).get("awsvpcConfiguration")
+        if not isinstance(config, dict):
+            raise AwsError(
+                400,
+                "InvalidParameterException",
+                "networkConfiguration.awsvpcConfiguration is required.",
+            )
+        subnets = config.get("subnets")
+        if (
+            not isinstance(subnets, list)
+            or not subnets
+            or not all(isinstance(s, str) for s in subnets)
+        ):
+            raise AwsError(400, "InvalidParameterException", "subnets can not be empty.")
+        ec2 = self.moto.ec2_backend(region)
+        known = {subnet.id: subnet for zone in ec2.subnets.values() for subnet in zone.values()}
+        missing = [s for s in subnets if s not in known]
+        if missing:
+            raise AwsError(
+                400,
+                "InvalidParameterException",
+                f"Error retrieving subnet information for {missing}: "
+                f"The subnet ID '{missing[0]}' does not exist",
+            )
+        count = body.get("count", 1) if isinstance(body.get("count", 1), int) else 1
+        if not self.enis.has_room(region, known[subnets[0]], count):
+            raise AwsError(
+                400,
+                "InvalidParameterException",
+                f"Subnet {subnets[0]} ({known[subnets[0]].cidr_block}) has no free IPv4 address "
+                f"left for {count} task ENI(s).",
+            )
+        groups = config.get("securityGroups")
+        if groups is None:
+            vpc_id = known[subnets[0]].vpc_id
+            default = ec2.get_default_security_group(vpc_id)
+            groups = [default.id] if default is not None else []
+        elif not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise AwsError(
+                400, "InvalidParameterException", "securityGroups must be a list of ids."
+            )
+        unknown = [g for g in groups if ec2.get_security_group_from_id(g) is None]
+        if unknown:
+            raise AwsError(
+                400,
+                "InvalidParameterException",
+                f"Error retrieving security group information for {unknown}: "
+                f"The security group '{unknown[0]}' does not exist",
+            )
+        patched = copy.deepcopy(body)
+        patched["networkConfiguration"]["awsvpcConfiguration"]["securityGroups"] = groups
+        return patched
+
+    async def _send_attach(self, record: TaskEni, delay: float = 0) -> None:
+        """Send (or withhold) the task's AttachTaskNetworkInterfacesMessage, after ``delay`` s."""
+        if delay:
+            await asyncio.sleep(delay)
+        message_id, message = self.enis.attach_message(record)
+        if self.enis.config.withhold_attach:
+            self.enis.record_attach(record, message_id, message, "withheld")
+            return
+        text = json.dumps({"type": "AttachTaskNetworkInterfacesMessage", "message": message})
+        sent = await self.acs.deliver_acked(record.container_instance_arn, message_id, text)
+        self.enis.record_attach(record, message_id, message, "sent" if sent else "queued")
 
     async def stop_task(self, call: AwsCall) -> web.StreamResponse:
         """StopTask: desired STOPPED now; lastStatus stays what the agent last reported."""
@@ -413,7 +524,7 @@ class EcsApi:
         return json_response(call, reply, status)
 
     async def list_tags_for_resource(self, call: AwsCall) -> web.StreamResponse:
-        """Container instances and tasks answered here (moto knows neither's tags); the rest by moto."""
+        """Container instances and tasks: answered here (moto knows neither's tags); else moto."""
         arn = call.body.get("resourceArn")
         if not isinstance(arn, str) or not arn:
             raise AwsError(400, "InvalidParameterException", "resourceArn is required")
@@ -423,11 +534,15 @@ class EcsApi:
                 for instance in instances.values():
                     if instance.container_instance_arn == arn:
                         return json_response(call, {"tags": list(instance.tags or [])})
-            raise AwsError(400, "InvalidParameterException", "The specified container instance does not exist.")
+            raise AwsError(
+                400, "InvalidParameterException", "The specified container instance does not exist."
+            )
         if ":task/" in arn:
             task = find_task(backend, arn)
             if task is None:
-                raise AwsError(400, "InvalidParameterException", "The specified task does not exist.")
+                raise AwsError(
+                    400, "InvalidParameterException", "The specified task does not exist."
+                )
             return json_response(call, {"tags": list(task.tags or [])})
         status, reply = await self.moto.ecs_call(call, "ListTagsForResource", call.body)
         return json_response(call, reply, status)
@@ -460,10 +575,34 @@ class EcsApi:
                     desired_status,
                     ecr_auth,
                     self.credentials.for_task,
+                    self._enis_of(t),
                 )
                 for t in instance_tasks
             ]
             await self.acs.deliver(instance_arn, instance_tasks[0].cluster_arn, rendered)
+
+    def _enis_of(self, task) -> list[dict] | None:
+        record = self.enis.of_task(task.task_arn)
+        return [record.acs()] if record is not None else None
+
+
+def _validate_attachments(attachments, required: bool) -> list[dict]:
+    """``attachments[{attachmentArn, status}]`` of a state change, or a 400 saying what is wrong."""
+    if attachments is None and not required:
+        return []
+    if not isinstance(attachments, list):
+        raise AwsError(400, "InvalidParameterException", "attachments must be a list.")
+    for attachment in attachments:
+        if not isinstance(attachment, dict) or not isinstance(attachment.get("attachmentArn"), str):
+            raise AwsError(400, "InvalidParameterException", "attachmentArn is required.")
+        if attachment.get("status") not in ATTACHMENT_STATUSES:
+            raise AwsError(
+                400,
+                "InvalidParameterException",
+                f"invalid attachment status {attachment.get('status')!r} for "
+                f"{attachment['attachmentArn']}; one of {list(ATTACHMENT_STATUSES)}",
+            )
+    return attachments
 
 
 def _placement_failures(backend, cluster, task_definition: str) -> list[dict]:

@@ -57,6 +57,9 @@ class Instance:
     vpc_id: str
     subnet_id: str
     hostname: str
+    #: The VPC's IPv4 CIDR blocks (primary first) and the subnet's, from moto's EC2.
+    vpc_cidrs: list
+    subnet_cidr: str
     lifecycle: str
     pending_time: str
     asg: str | None = None
@@ -145,6 +148,10 @@ class Instance:
                             "subnet-id": self.subnet_id,
                             "local-ipv4s": self.private_ip,
                             "mac": self.mac,
+                            "device-number": "0",
+                            "vpc-ipv4-cidr-block": self.vpc_cidrs[0],
+                            "vpc-ipv4-cidr-blocks": "\n".join(self.vpc_cidrs),
+                            "subnet-ipv4-cidr-block": self.subnet_cidr,
                         }
                     }
                 }
@@ -195,6 +202,11 @@ class Instance:
             "instance_type": self.instance_type,
             "lifecycle": self.lifecycle,
             "asg": self.asg,
+            "mac": self.mac,
+            "vpc_id": self.vpc_id,
+            "subnet_id": self.subnet_id,
+            "vpc_cidrs": list(self.vpc_cidrs),
+            "subnet_cidr": self.subnet_cidr,
             "token_fault": self.token_fault,
             "get_fault": self.get_fault,
             "token_ttl_cap": self.token_ttl_cap,
@@ -265,15 +277,25 @@ class Imds:
         instance_type: str | None = None,
         lifecycle: str | None = None,
         asg: str | None = None,
+        subnet_id: str | None = None,
     ) -> Instance:
-        """RunInstances in moto, then give the new instance an IMDS identity."""
+        """RunInstances in moto (in ``subnet_id``, else the default VPC), then give the new
+        instance an IMDS identity."""
         region = region or self.default_region
         lifecycle = lifecycle or "on-demand"
         if lifecycle not in LIFECYCLES:
             raise ValueError(f"lifecycle must be one of {LIFECYCLES}")
         loop = asyncio.get_running_loop()
-        described = await loop.run_in_executor(
-            None, self._run_instance, region, instance_type or DEFAULT_INSTANCE_TYPE, lifecycle, asg
+        if subnet_id is not None and not isinstance(subnet_id, str):
+            raise ValueError("subnet_id must be a string")
+        described, vpc_cidrs, subnet_cidr = await loop.run_in_executor(
+            None,
+            self._run_instance,
+            region,
+            instance_type or DEFAULT_INSTANCE_TYPE,
+            lifecycle,
+            asg,
+            subnet_id,
         )
         instance = Instance(
             instance_id=described["InstanceId"],
@@ -285,6 +307,8 @@ class Imds:
             mac=described["NetworkInterfaces"][0]["MacAddress"],
             vpc_id=described["VpcId"],
             subnet_id=described["SubnetId"],
+            vpc_cidrs=vpc_cidrs,
+            subnet_cidr=subnet_cidr,
             hostname=described["PrivateDnsName"],
             lifecycle=lifecycle,
             pending_time=iso_z(described["LaunchTime"]),
@@ -295,7 +319,15 @@ class Imds:
         LOG.info("instance %s created in %s (%s)", instance.instance_id, region, lifecycle)
         return instance
 
-    def _run_instance(self, region: str, instance_type: str, lifecycle: str, asg: str | None):
+    def _run_instance(
+        self,
+        region: str,
+        instance_type: str,
+        lifecycle: str,
+        asg: str | None,
+        subnet_id: str | None,
+    ) -> tuple[dict, list[str], str]:
+        """The RunInstances record, its VPC's IPv4 CIDR blocks and its subnet's CIDR."""
         ec2 = self.moto.boto3_client("ec2", region)
         kwargs: dict = {
             "ImageId": DEFAULT_AMI,
@@ -312,7 +344,23 @@ class Imds:
                     "Tags": [{"Key": "aws:autoscaling:groupName", "Value": asg}],
                 }
             ]
-        return ec2.run_instances(**kwargs)["Instances"][0]
+        if subnet_id:
+            known = ec2.describe_subnets(Filters=[{"Name": "subnet-id", "Values": [subnet_id]}])[
+                "Subnets"
+            ]
+            if not known:
+                raise ValueError(f"unknown subnet {subnet_id} in {region}")
+            kwargs["SubnetId"] = subnet_id
+        described = ec2.run_instances(**kwargs)["Instances"][0]
+        vpc = ec2.describe_vpcs(VpcIds=[described["VpcId"]])["Vpcs"][0]
+        cidrs = [vpc["CidrBlock"]] + [
+            a["CidrBlock"]
+            for a in vpc.get("CidrBlockAssociationSet", [])
+            if a["CidrBlock"] != vpc["CidrBlock"]
+            and a.get("CidrBlockState", {}).get("State", "associated") == "associated"
+        ]
+        subnet = ec2.describe_subnets(SubnetIds=[described["SubnetId"]])["Subnets"][0]
+        return described, cidrs, subnet["CidrBlock"]
 
     async def create_default(self) -> Instance:
         instance = await self.create_instance()

@@ -15,6 +15,8 @@ import aiohttp
 import boto3
 from aiohttp import web
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.utils import generate_dns_from_ip
 from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
 from moto.moto_api import state_manager
 from moto.server import ThreadedMotoServer
@@ -44,6 +46,7 @@ class MotoHost:
         """Start moto and freeze its ECS task state machine (test-world.md §3.2)."""
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         _patch_dynamic_host_ports()
+        _patch_eni_dns_name()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
@@ -124,13 +127,33 @@ def _patch_dynamic_host_ports() -> None:
     """Make moto stop reserving host port 0 (a dynamic port) when it places a task.
 
     moto counts ``hostPort: 0`` as a reserved port "0", so a second task of a definition with a
-    dynamic port mapping never fits on the instance. ECS reserves only fixed host ports.
+    dynamic port mapping never fits on the instance. ECS reserves only fixed host ports, and none
+    for an awsvpc task (its ports are on its own ENI).
     """
     original = EC2ContainerServiceBackend._calculate_task_resource_requirements
 
     def requirements(task_definition):
         needs = original(task_definition)
-        needs["PORTS"] = [port for port in needs["PORTS"] if port]
+        awsvpc = getattr(task_definition, "network_mode", None) == "awsvpc"
+        needs["PORTS"] = [] if awsvpc else [port for port in needs["PORTS"] if port]
+        if awsvpc and "PORTS_UDP" in needs:
+            needs["PORTS_UDP"] = []
         return needs
 
     EC2ContainerServiceBackend._calculate_task_resource_requirements = staticmethod(requirements)
+
+
+def _patch_eni_dns_name() -> None:
+    """Give every moto ENI a ``private_dns_name``, as EC2 does.
+
+    moto sets it only in VPCs with DNS hostnames enabled, and its own awsvpc RunTask then fails
+    with an AttributeError for a subnet of a VPC created with CreateVpc (hostnames off).
+    """
+    original = NetworkInterface.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not hasattr(self, "private_dns_name") and self.private_ip_address:
+            self.private_dns_name = generate_dns_from_ip(self.private_ip_address)
+
+    NetworkInterface.__init__ = init

@@ -5,8 +5,9 @@ are rendered into the ``dockerConfig.config`` / ``dockerConfig.hostConfig`` Dock
 (memoryReservation, logConfiguration, healthCheck, ulimits, user, workingDirectory, dockerLabels,
 readonlyRootFilesystem, privileged, interactive, pseudoTerminal, linuxParameters with devices and
 swap, ...), and what ECS adds: role credentials,
-``containerArn``, ``logsAuthStrategy`` and the ``awslogs-stream`` rendered from
-``awslogs-stream-prefix``. Pure functions; talks to nothing.
+``containerArn``, ``logsAuthStrategy``, the ``awslogs-stream`` rendered from
+``awslogs-stream-prefix``, and for awsvpc tasks the task's ``elasticNetworkInterfaces`` (from
+``enis``) with host ports equal to container ports. Pure functions; talks to nothing.
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def build_task(
     desired_status: str,
     ecr_auth: EcrAuth | None = None,
     credentials: TaskCredentials | None = None,
+    elastic_network_interfaces: list[dict] | None = None,
 ) -> dict:
-    """The ``PayloadMessage.tasks[]`` entry for a moto ``Task`` and its ``TaskDefinition``."""
+    """The ``PayloadMessage.tasks[]`` entry for a moto ``Task`` and its ``TaskDefinition``.
+
+    ``elastic_network_interfaces``: the ACS ``ElasticNetworkInterface`` objects of an awsvpc
+    task (``enis.TaskEni.acs``), sent in every payload of the task as ECS does.
+    """
     overrides = task.overrides or {}
     container_overrides = {o.get("name"): o for o in overrides.get("containerOverrides", [])}
     network_mode = task_definition.network_mode or "bridge"
@@ -98,6 +104,8 @@ def build_task(
         ],
         "volumes": [build_volume(v) for v in task_definition.volumes],
     }
+    if elastic_network_interfaces:
+        entry["elasticNetworkInterfaces"] = elastic_network_interfaces
     if task.group:
         entry["group"] = task.group
     if task.started_by.startswith("ecs-svc/"):
@@ -153,7 +161,9 @@ def build_container(
         "command": definition.get("command", []),
         "entryPoint": definition.get("entryPoint", []),
         "environment": environment,
-        "portMappings": [_port_mapping(p) for p in definition.get("portMappings", [])],
+        "portMappings": [
+            _port_mapping(p, network_mode) for p in definition.get("portMappings", [])
+        ],
         "mountPoints": definition.get("mountPoints", []),
         "volumesFrom": definition.get("volumesFrom", []),
         "links": definition.get("links", []),
@@ -222,12 +232,15 @@ def acs_secrets(definition: dict, region: str) -> list[dict]:
     ]
 
 
-def _port_mapping(mapping: dict) -> dict:
+def _port_mapping(mapping: dict, network_mode: str = "bridge") -> dict:
     rendered = {
         "containerPort": mapping.get("containerPort"),
         "protocol": mapping.get("protocol", "tcp"),
     }
-    if "hostPort" in mapping:
+    if network_mode == "awsvpc" and "containerPort" in mapping:
+        # The task owns its ENI, so ECS sends every mapping with hostPort = containerPort.
+        rendered["hostPort"] = mapping["containerPort"]
+    elif "hostPort" in mapping:
         rendered["hostPort"] = mapping["hostPort"]
     if "containerPortRange" in mapping:
         rendered["containerPortRange"] = mapping["containerPortRange"]

@@ -2388,3 +2388,447 @@ def test_execution_role_reads_are_recorded_and_denied_per_resource(sim):
         sim.control("DELETE", "/deny")
     recorded = sim.control("GET", "/requests?service=s3&operation=GetObject")["requests"]
     assert {c["access_key_id"] for c in recorded} == {key_id}
+
+
+# ---- awsvpc: task ENIs, attach messages, attachments, IMDS VPC paths
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def make_vpc(sim: Sim, vpc_cidr: str = "10.0.0.0/16", subnet_cidr: str = "10.0.1.0/24"):
+    """A VPC, one subnet and one security group, created with boto3 as a user would."""
+    ec2 = sim.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=subnet_cidr)["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=unique("sg"), Description="t", VpcId=vpc)
+    return ec2, vpc, subnet, group["GroupId"]
+
+
+def awsvpc_cluster(sim: Sim):
+    containers = [
+        {
+            "name": "web",
+            "image": "local/busybox:test",
+            "memory": 64,
+            "portMappings": [{"containerPort": 8080}, {"containerPort": 53, "protocol": "udp"}],
+        },
+        {"name": "side", "image": "local/busybox:test", "memory": 32, "essential": False},
+    ]
+    return setup_cluster(sim, containers=containers, networkMode="awsvpc")
+
+
+def awsvpc_config(subnet: str, group: str | None) -> dict:
+    config = {"subnets": [subnet]}
+    if group is not None:
+        config["securityGroups"] = [group]
+    return {"awsvpcConfiguration": config}
+
+
+def attachment_of(described: dict) -> dict:
+    [attachment] = [a for a in described["attachments"] if a["type"] == "ElasticNetworkInterface"]
+    return attachment
+
+
+def details_of(attachment: dict) -> dict:
+    return {d["name"]: d["value"] for d in attachment["details"]}
+
+
+async def next_of(ws, kinds: tuple[str, ...], timeout: float = 5.0) -> tuple[str, dict]:
+    """The next frame whose type is one of ``kinds`` (heartbeats etc. skipped): (type, message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        if frame["type"] in kinds:
+            return frame["type"], frame["message"]
+
+
+KINDS = ("AttachTaskNetworkInterfacesMessage", "PayloadMessage")
+
+
+def test_awsvpc_run_task_sends_attach_then_payload_and_tracks_the_attachment(sim):
+    ec2, vpc, subnet, group = make_vpc(sim)
+    ecs, cluster, instance_arn, family = awsvpc_cluster(sim)
+    network = awsvpc_config(subnet, group)
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            run = await asyncio.to_thread(
+                ecs.run_task, cluster=cluster, taskDefinition=family, networkConfiguration=network
+            )
+            kind, attach = await next_of(ws, KINDS)
+            assert kind == "AttachTaskNetworkInterfacesMessage"
+            await ack(ws, attach)
+            kind, message = await next_of(ws, KINDS)
+            assert kind == "PayloadMessage"
+            await ack(ws, message)
+            # A second task of the same subnet: its own ENI, MAC and address.
+            second = await asyncio.to_thread(
+                ecs.run_task, cluster=cluster, taskDefinition=family, networkConfiguration=network
+            )
+            kind, attach2 = await next_of(ws, KINDS)
+            assert kind == "AttachTaskNetworkInterfacesMessage"
+            await ack(ws, attach2)
+            await ack(ws, (await next_of(ws, ("PayloadMessage",)))[1])
+            return run["tasks"][0], attach, message, second["tasks"][0], attach2
+
+    task, attach, message, second, attach2 = asyncio.run(scenario())
+    task_arn = task["taskArn"]
+    assert attach["taskArn"] == task_arn and attach["containerInstanceArn"] == instance_arn
+    assert attach["clusterArn"] == attach["taskClusterArn"] == task["clusterArn"]
+    assert attach["waitTimeoutMs"] == 30000 and isinstance(attach["generatedAt"], int)
+    [eni] = attach["elasticNetworkInterfaces"]
+    # What EC2 says about the interface: the same id, MAC and address, in the given subnet.
+    [described_eni] = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["ec2Id"]])[
+        "NetworkInterfaces"
+    ]
+    assert described_eni["SubnetId"] == subnet and described_eni["VpcId"] == vpc
+    assert described_eni["Groups"][0]["GroupId"] == group
+    assert eni["macAddress"] == described_eni["MacAddress"] and MAC_RE.match(eni["macAddress"])
+    assert int(eni["macAddress"][:2], 16) & 0b11 == 0b10  # locally administered, unicast
+    ip = eni["ipv4Addresses"][0]["privateAddress"]
+    assert eni["ipv4Addresses"] == [{"privateAddress": ip, "primary": True}]
+    assert described_eni["PrivateIpAddress"] == ip
+    assert ipaddress_in(ip, "10.0.1.0/24") and ip not in ("10.0.1.0", "10.0.1.1", "10.0.1.255")
+    assert eni["subnetGatewayIpv4Address"] == "10.0.1.1/24"
+    assert eni["domainNameServers"] == ["10.0.0.2"] and eni["domainName"] == ["ec2.internal"]
+    assert eni["privateDnsName"] == f"ip-{ip.replace('.', '-')}.ec2.internal"
+    assert eni["privateDnsName"] == described_eni["PrivateDnsName"]
+    assert eni["index"] == 0 and eni["interfaceAssociationProtocol"] == "default"
+    assert eni["attachmentArn"].startswith("arn:aws:ecs:us-east-1:123456789012:attachment/")
+    # The payload's task carries the same ENI; awsvpc host ports are the container ports.
+    [pushed] = message["tasks"]
+    assert pushed["arn"] == task_arn and pushed["networkMode"] == "awsvpc"
+    assert pushed["elasticNetworkInterfaces"] == [eni]
+    web = next(c for c in pushed["containers"] if c["name"] == "web")
+    assert web["portMappings"] == [
+        {"containerPort": 8080, "protocol": "tcp", "hostPort": 8080},
+        {"containerPort": 53, "protocol": "udp", "hostPort": 53},
+    ]
+    [eni2] = attach2["elasticNetworkInterfaces"]
+    assert attach2["taskArn"] == second["taskArn"]
+    assert eni2["ec2Id"] != eni["ec2Id"] and eni2["macAddress"] != eni["macAddress"]
+    ip2 = eni2["ipv4Addresses"][0]["privateAddress"]
+    assert ip2 != ip and ipaddress_in(ip2, "10.0.1.0/24")
+
+    # DescribeTasks before the agent confirms: ATTACHING, with EC2's details.
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"][0]
+    attachment = attachment_of(described)
+    assert attachment["status"] == "ATTACHING" and "connectivity" not in described
+    assert eni["attachmentArn"].endswith("/" + attachment["id"])
+    assert details_of(attachment) == {
+        "subnetId": subnet,
+        "networkInterfaceId": eni["ec2Id"],
+        "macAddress": eni["macAddress"],
+        "privateDnsName": eni["privateDnsName"],
+        "privateIPv4Address": ip,
+    }
+    for container in described["containers"]:
+        assert container["networkInterfaces"] == [
+            {"attachmentId": attachment["id"], "privateIpv4Address": ip}
+        ]
+
+    # The control API: the ENI, and the attach message with its ack.
+    [record] = sim.control("GET", f"/enis?task_arn={quote(task_arn)}")["enis"]
+    assert record["eni_id"] == eni["ec2Id"] and record["mac"] == eni["macAddress"]
+    assert record["ipv4_cidr"] == f"{ip}/24" and record["gateway_cidr"] == "10.0.1.1/24"
+    assert record["attachment_arn"] == eni["attachmentArn"] and record["status"] == "ATTACHING"
+    [sent] = sim.control("GET", f"/acs/attach?task_arn={quote(task_arn)}")["messages"]
+    assert sent["message_id"] == attach["messageId"] and sent["outcome"] == "sent"
+    assert sent["acked"] is True and sent["ack_time"] >= sent["time"]
+
+    # The agent reports the ENI attached, the task running.
+    ecs.submit_task_state_change(
+        cluster=cluster,
+        task=task_arn,
+        status="RUNNING",
+        attachments=[{"attachmentArn": eni["attachmentArn"], "status": "ATTACHED"}],
+    )
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"][0]
+    assert attachment_of(described)["status"] == "ATTACHED"
+    assert described["connectivity"] == "CONNECTED" and described["connectivityAt"]
+    # The second task's attachment is untouched.
+    other = ecs.describe_tasks(cluster=cluster, tasks=[second["taskArn"]])["tasks"][0]
+    assert attachment_of(other)["status"] == "ATTACHING"
+
+    async def stop():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            await asyncio.to_thread(ecs.stop_task, cluster=cluster, task=task_arn, reason="t")
+            kind, message = await next_of(ws, KINDS)
+            assert kind == "PayloadMessage"
+            await ack(ws, message)
+            return message
+
+    stopped = asyncio.run(stop())
+    assert stopped["tasks"][0]["desiredStatus"] == "STOPPED"
+    assert stopped["tasks"][0]["elasticNetworkInterfaces"] == [eni]
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"][0]
+    assert attachment_of(described)["status"] == "ATTACHED"  # until the agent reports STOPPED
+    ecs.submit_task_state_change(cluster=cluster, task=task_arn, status="STOPPED")
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn])["tasks"][0]
+    assert attachment_of(described)["status"] == "DETACHED"
+    # ECS deletes the detached interface: EC2 no longer knows it, its address is free again.
+    with pytest.raises(botocore.exceptions.ClientError):
+        ec2.describe_network_interfaces(NetworkInterfaceIds=[eni["ec2Id"]])
+    changes = sim.control("GET", "/state-changes?operation=SubmitTaskStateChange")
+    mine = [c["body"] for c in changes["state_changes"] if c["body"]["task"] == task_arn]
+    assert mine[0]["attachments"] == [{"attachmentArn": eni["attachmentArn"], "status": "ATTACHED"}]
+    history = [
+        h["status"]
+        for h in sim.control("GET", f"/enis?task_arn={quote(task_arn)}")["enis"][0][
+            "status_history"
+        ]
+    ]
+    assert history == ["ATTACHING", "ATTACHED", "DETACHED"]
+
+
+def ipaddress_in(ip: str, cidr: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+
+
+def test_awsvpc_attachment_reported_detached_and_bad_input(sim):
+    _, _, subnet, group = make_vpc(sim, "10.9.0.0/16", "10.9.4.0/22")
+    ecs, cluster, instance_arn, family = awsvpc_cluster(sim)
+    # Without securityGroups ECS uses the VPC's default group.
+    task = ecs.run_task(
+        cluster=cluster, taskDefinition=family, networkConfiguration=awsvpc_config(subnet, None)
+    )["tasks"][0]
+    attachment = attachment_of(task)
+    assert attachment["status"] == "ATTACHING"
+    ip = details_of(attachment)["privateIPv4Address"]
+    assert ipaddress_in(ip, "10.9.4.0/22")
+    [record] = sim.control("GET", f"/enis?task_arn={quote(task['taskArn'])}")["enis"]
+    assert record["gateway_cidr"] == "10.9.4.1/22" and record["dns_server"] == "10.9.0.2"
+    arn = record["attachment_arn"]
+
+    def refused(call, **kwargs) -> str:
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            call(**kwargs)
+        assert err.value.response["Error"]["Code"] == "InvalidParameterException"
+        return err.value.response["Error"]["Message"]
+
+    message = refused(
+        ecs.submit_task_state_change,
+        cluster=cluster,
+        task=task["taskArn"],
+        attachments=[{"attachmentArn": arn, "status": "GLUED"}],
+    )
+    assert "GLUED" in message and arn in message
+    before = len(sim.control("GET", "/state-changes")["state_changes"])
+    status, _, body = sim.http(
+        "POST",
+        "/",
+        json.dumps({"cluster": cluster, "task": task["taskArn"], "attachments": "x"}).encode(),
+        {
+            "X-Amz-Target": "AmazonEC2ContainerServiceV20141113.SubmitTaskStateChange",
+            "Content-Type": "application/x-amz-json-1.1",
+            "Authorization": FAKE_SIGV4,
+        },
+    )
+    assert status == 400 and b"attachments must be a list" in body
+    assert len(sim.control("GET", "/state-changes")["state_changes"]) == before  # not recorded
+    assert (
+        attachment_of(ecs.describe_tasks(cluster=cluster, tasks=[task["taskArn"]])["tasks"][0])[
+            "status"
+        ]
+        == "ATTACHING"
+    )
+
+    # The agent may also say DETACHED itself (SubmitAttachmentStateChanges, e.g. on expiry).
+    ecs.submit_attachment_state_changes(
+        cluster=cluster, attachments=[{"attachmentArn": arn, "status": "DETACHED"}]
+    )
+    described = ecs.describe_tasks(cluster=cluster, tasks=[task["taskArn"]])["tasks"][0]
+    assert attachment_of(described)["status"] == "DETACHED"
+    # An unknown attachment ARN is recorded, changes nothing, and is not an error.
+    ecs.submit_attachment_state_changes(
+        cluster=cluster,
+        attachments=[{"attachmentArn": arn + "-nope", "status": "ATTACHED"}],
+    )
+    # RunTask's own checks of awsvpcConfiguration.
+    message = refused(
+        ecs.run_task,
+        cluster=cluster,
+        taskDefinition=family,
+        networkConfiguration=awsvpc_config("subnet-0000nope", group),
+    )
+    assert "subnet-0000nope" in message and "does not exist" in message
+    message = refused(
+        ecs.run_task,
+        cluster=cluster,
+        taskDefinition=family,
+        networkConfiguration=awsvpc_config(subnet, "sg-0000nope"),
+    )
+    assert "sg-0000nope" in message
+    message = refused(ecs.run_task, cluster=cluster, taskDefinition=family)
+    assert "Network Configuration must be provided" in message
+
+
+def test_attach_message_switches_delay_withhold_wait_timeout_and_offline_queue(sim):
+    _, _, subnet, group = make_vpc(sim, "10.20.0.0/16", "10.20.3.0/24")
+    ecs, cluster, instance_arn, family = awsvpc_cluster(sim)
+    network = awsvpc_config(subnet, group)
+    for bad in (
+        {"wait_timeout_ms": 0},
+        {"wait_timeout_ms": "5"},
+        {"attach_delay": -1},
+        {"withhold_attach": "yes"},
+        {"nope": 1},
+    ):
+        status, _, body = sim.http("POST", "/ec2sim/enis/config", bad)
+        assert status == 400, bad
+        assert next(iter(bad)) in json.loads(body)["error"]
+    assert sim.control("GET", "/enis/config") == {
+        "wait_timeout_ms": 30000,
+        "attach_delay": None,
+        "withhold_attach": False,
+    }
+
+    async def scenario():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            # Delayed: the payload goes first, the attach message (short timeout) 0.5 s later.
+            sim.control("POST", "/enis/config", {"wait_timeout_ms": 1500, "attach_delay": 0.5})
+            started = time.monotonic()
+            delayed = (
+                await asyncio.to_thread(
+                    ecs.run_task,
+                    cluster=cluster,
+                    taskDefinition=family,
+                    networkConfiguration=network,
+                )
+            )["tasks"][0]
+            kind, first = await next_of(ws, KINDS)
+            assert kind == "PayloadMessage"
+            await ack(ws, first)
+            kind, attach = await next_of(ws, KINDS)
+            assert kind == "AttachTaskNetworkInterfacesMessage"
+            assert time.monotonic() - started >= 0.5
+            assert attach["waitTimeoutMs"] == 1500 and attach["taskArn"] == delayed["taskArn"]
+            assert (
+                attach["elasticNetworkInterfaces"] == first["tasks"][0]["elasticNetworkInterfaces"]
+            )
+            # Withheld: only the payload, never the attach message; it stays unacked here.
+            sim.control("POST", "/enis/config", {"withhold_attach": True, "attach_delay": None})
+            withheld = (
+                await asyncio.to_thread(
+                    ecs.run_task,
+                    cluster=cluster,
+                    taskDefinition=family,
+                    networkConfiguration=network,
+                )
+            )["tasks"][0]
+            kind, payload_only = await next_of(ws, KINDS)
+            assert kind == "PayloadMessage"
+            await ack(ws, payload_only)
+            await no_frame(ws, "AttachTaskNetworkInterfacesMessage", 1.0)
+            return delayed, withheld
+
+    try:
+        delayed, withheld = asyncio.run(scenario())
+    finally:
+        sim.control(
+            "POST",
+            "/enis/config",
+            {"wait_timeout_ms": 30000, "attach_delay": None, "withhold_attach": False},
+        )
+    [sent] = sim.control("GET", f"/acs/attach?task_arn={quote(delayed['taskArn'])}")["messages"]
+    assert sent["outcome"] == "sent" and sent["wait_timeout_ms"] == 1500 and not sent["acked"]
+    [held] = sim.control("GET", f"/acs/attach?task_arn={quote(withheld['taskArn'])}")["messages"]
+    assert held["outcome"] == "withheld" and not held["acked"]
+
+    # Agent offline: the attach message is queued and delivered, before the payload, on connect;
+    # the unacked delayed one from before comes again too.
+    queued = ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)[
+        "tasks"
+    ][0]
+
+    async def reconnect():
+        async with acs_connect(sim, cluster, instance_arn) as ws:
+            seen = []
+            while len(seen) < 3:
+                kind, message = await next_of(ws, KINDS)
+                seen.append((kind, message.get("taskArn") or message["tasks"][0]["arn"]))
+                await ack(ws, message)
+            return seen
+
+    seen = asyncio.run(reconnect())
+    assert ("AttachTaskNetworkInterfacesMessage", delayed["taskArn"]) in seen
+    mine = [kind for kind, arn in seen if arn == queued["taskArn"]]
+    assert mine == ["AttachTaskNetworkInterfacesMessage", "PayloadMessage"]
+    [record] = sim.control("GET", f"/acs/attach?task_arn={quote(queued['taskArn'])}")["messages"]
+    assert record["outcome"] == "queued" and record["acked"]
+
+
+def test_imds_vpc_paths_match_ec2(sim):
+    ec2 = sim.client("ec2")
+
+    def imds_vpc(prefix: str) -> dict:
+        token = sim.token(prefix)
+        mac = sim.imds_get("meta-data/mac", token, prefix)[2].decode()
+        base = f"meta-data/network/interfaces/macs/{mac}/"
+        got = {"mac": mac}
+        for key in (
+            "vpc-id",
+            "subnet-id",
+            "vpc-ipv4-cidr-block",
+            "vpc-ipv4-cidr-blocks",
+            "subnet-ipv4-cidr-block",
+            "local-ipv4s",
+        ):
+            status, _, body = sim.imds_get(base + key, token, prefix)
+            assert status == 200, key
+            got[key] = body.decode()
+        listing = sim.imds_get(base, token, prefix)[2].decode().split("\n")
+        assert "vpc-ipv4-cidr-blocks" in listing and "subnet-id" in listing
+        return got
+
+    # The default instance: moto's default VPC.
+    default = imds_vpc("")
+    instance_id = sim.control("GET", "/instances/default")["instance_id"]
+    [reservation] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    instance = reservation["Instances"][0]
+    assert default["mac"] == instance["NetworkInterfaces"][0]["MacAddress"]
+    assert default["vpc-id"] == instance["VpcId"] and default["subnet-id"] == instance["SubnetId"]
+    [vpc] = ec2.describe_vpcs(VpcIds=[instance["VpcId"]])["Vpcs"]
+    assert default["vpc-ipv4-cidr-block"] == vpc["CidrBlock"] == default["vpc-ipv4-cidr-blocks"]
+    [subnet] = ec2.describe_subnets(SubnetIds=[instance["SubnetId"]])["Subnets"]
+    assert default["subnet-ipv4-cidr-block"] == subnet["CidrBlock"]
+
+    # An instance launched into the test's own subnet (with a second VPC CIDR block).
+    _, vpc_id, subnet_id, _ = make_vpc(sim, "10.30.0.0/16", "10.30.2.0/24")
+    ec2.associate_vpc_cidr_block(VpcId=vpc_id, CidrBlock="10.31.0.0/16")
+    prefix = new_instance_prefix(sim, subnet_id=subnet_id)
+    mine = imds_vpc(prefix)
+    assert mine["vpc-id"] == vpc_id and mine["subnet-id"] == subnet_id
+    assert mine["vpc-ipv4-cidr-block"] == "10.30.0.0/16"
+    assert mine["vpc-ipv4-cidr-blocks"].split("\n") == ["10.30.0.0/16", "10.31.0.0/16"]
+    assert mine["subnet-ipv4-cidr-block"] == "10.30.2.0/24"
+    assert ipaddress_in(mine["local-ipv4s"], "10.30.2.0/24")
+    state = sim.control("GET", prefix.replace("/imds/", "/instances/") + "/imds")
+    assert state["vpc_id"] == vpc_id and state["mac"] == mine["mac"]
+    status, _, body = sim.http("POST", "/ec2sim/instances", {"subnet_id": "subnet-0000nope"})
+    assert status == 400 and b"subnet-0000nope" in body
+
+
+def test_awsvpc_addresses_fill_the_subnet_and_come_back_when_detached(sim):
+    _, _, subnet, group = make_vpc(sim, "10.40.0.0/16", "10.40.7.0/28")
+    ecs, cluster, _, family = awsvpc_cluster(sim)
+    network = awsvpc_config(subnet, group)
+    tasks = ecs.run_task(
+        cluster=cluster, taskDefinition=family, networkConfiguration=network, count=10
+    )["tasks"]
+    tasks += ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)[
+        "tasks"
+    ]
+    addresses = [details_of(attachment_of(t))["privateIPv4Address"] for t in tasks]
+    # EC2 keeps .0-.3 and .15 of a /28: eleven addresses, lowest first, each once.
+    assert addresses == [f"10.40.7.{n}" for n in range(4, 15)]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)
+    assert err.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert subnet in err.value.response["Error"]["Message"]
+    assert "no free IPv4 address" in err.value.response["Error"]["Message"]
+    ecs.submit_task_state_change(cluster=cluster, task=tasks[2]["taskArn"], status="STOPPED")
+    again = ecs.run_task(cluster=cluster, taskDefinition=family, networkConfiguration=network)
+    assert details_of(attachment_of(again["tasks"][0]))["privateIPv4Address"] == "10.40.7.6"
