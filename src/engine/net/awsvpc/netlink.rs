@@ -29,22 +29,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use async_trait::async_trait;
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use rustix::io::Errno;
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
+use super::rtnl::{
+    Link, LinkChange, NLM_F_CREATE, NLM_F_REPLACE, RTN_UNICAST, RTN_UNREACHABLE, Route, Rtnl,
+};
 use super::{
     BRIDGE_GATEWAY, BRIDGE_NAME, BRIDGE_NETWORK, BRIDGE_PREFIX, Eni, NetError, Provisioned,
     TASK_ENI_NAME, TASK_VETH_NAME, TaskNetConfig, TaskNetwork,
@@ -80,7 +70,7 @@ impl TaskNetwork for NetlinkTaskNetwork {
         let mac = parse_mac(mac)?;
         let accept = self.accept_virtual_links;
         tokio::task::spawn_blocking(move || {
-            let mut host = Rtnl::open("opening a netlink socket")?;
+            let mut host = Side::open("opening a netlink socket")?;
             Ok(host
                 .links()?
                 .into_iter()
@@ -290,10 +280,14 @@ impl Plan {
         let host_ifname = match task.links()?.into_iter().find(|l| l.mac == Some(self.mac)) {
             Some(eni) => {
                 if eni.name != TASK_ENI_NAME {
+                    let rename = LinkChange {
+                        up: Some(false),
+                        name: Some(TASK_ENI_NAME),
+                        ..Default::default()
+                    };
                     task.set_link(
                         eni.index,
-                        Some(false),
-                        vec![LinkAttribute::IfName(TASK_ENI_NAME.into())],
+                        &rename,
                         &format!("renaming the ENI {} to {TASK_ENI_NAME}", eni.name),
                     )?;
                 }
@@ -307,20 +301,24 @@ impl Plan {
                 else {
                     return Err(NetError::EniNotFound(fmt_mac(&self.mac)));
                 };
+                let alias = LinkChange {
+                    alias: Some(&eni.name),
+                    ..Default::default()
+                };
                 host.set_link(
                     eni.index,
-                    None,
-                    vec![LinkAttribute::IfAlias(eni.name.clone())],
+                    &alias,
                     &format!("recording the ENI {}'s host name in its alias", eni.name),
                 )?;
                 // The move and the new name in one message: the kernel renames while moving.
+                let into_task = LinkChange {
+                    netns_fd: Some(ns.task_fd.as_raw_fd()),
+                    name: Some(TASK_ENI_NAME),
+                    ..Default::default()
+                };
                 host.set_link(
                     eni.index,
-                    None,
-                    vec![
-                        LinkAttribute::NetNsFd(ns.task_fd.as_raw_fd()),
-                        LinkAttribute::IfName(TASK_ENI_NAME.into()),
-                    ],
+                    &into_task,
                     &format!(
                         "moving the ENI {} into the namespace of process {} as {TASK_ENI_NAME}",
                         eni.name, self.netns_pid
@@ -352,7 +350,7 @@ impl Plan {
                     prefix: 0,
                     gateway: Some(gw),
                     oif: Some(eni.index),
-                    kind: RouteType::Unicast,
+                    kind: RTN_UNICAST,
                 },
                 "the default route via the subnet gateway",
             )?;
@@ -362,10 +360,13 @@ impl Plan {
         let bridge = host.ensure_bridge()?;
         let veth = self.ensure_veth(&mut host, &mut task, &ns.task_fd)?;
         if veth.controller != Some(bridge.index) {
+            let attach = LinkChange {
+                controller: Some(bridge.index),
+                ..Default::default()
+            };
             host.set_link(
                 veth.index,
-                None,
-                vec![LinkAttribute::Controller(bridge.index)],
+                &attach,
                 &format!("attaching {} to {BRIDGE_NAME}", veth.name),
             )?;
         }
@@ -379,7 +380,12 @@ impl Plan {
         for (a, p) in task.addresses(inner.index)? {
             let stale = matches!(a, IpAddr::V4(v4) if v4 != self.bridge_ipv4);
             if stale {
-                task.del_address(inner.index, a, p, TASK_VETH_NAME)?;
+                task.0.del_address(inner.index, a, p).map_err(|e| {
+                    kernel(
+                        format!("removing the stale {a}/{p} from {TASK_VETH_NAME}"),
+                        e,
+                    )
+                })?;
             }
         }
         task.ensure_address(
@@ -395,7 +401,7 @@ impl Plan {
                 prefix: 32,
                 gateway: Some(BRIDGE_GATEWAY),
                 oif: Some(inner.index),
-                kind: RouteType::Unicast,
+                kind: RTN_UNICAST,
             },
             "the route to the task endpoint via the bridge",
         )?;
@@ -411,7 +417,7 @@ impl Plan {
             prefix: 32,
             gateway: None,
             oif: None,
-            kind: RouteType::Unreachable,
+            kind: RTN_UNREACHABLE,
         };
         if self.block_imds {
             task.ensure_route(imds, "the unreachable route for IMDS")?;
@@ -434,8 +440,8 @@ impl Plan {
     /// The veth pair, made when either end is missing or they are not each other's peer.
     fn ensure_veth(
         &self,
-        host: &mut Rtnl,
-        task: &mut Rtnl,
+        host: &mut Side,
+        task: &mut Side,
         task_fd: &File,
     ) -> Result<Link, NetError> {
         let outer = host.link_named(&self.host_veth)?;
@@ -452,30 +458,16 @@ impl Plan {
         if let Some(i) = task.link_named(TASK_VETH_NAME)? {
             task.del_link(i.index, TASK_VETH_NAME)?;
         }
-        let mut peer = LinkMessage::default();
-        peer.attributes = vec![
-            LinkAttribute::IfName(TASK_VETH_NAME.into()),
-            LinkAttribute::NetNsFd(task_fd.as_raw_fd()),
-        ];
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(self.host_veth.clone()),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-            ]),
-        ];
-        host.ack(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            &format!("creating the veth {} / {TASK_VETH_NAME}", self.host_veth),
-        )?;
-        host.link_named(&self.host_veth)?.ok_or_else(|| {
-            kernel(
-                format!("the veth {}", self.host_veth),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "gone after creation"),
-            )
-        })
+        host.0
+            .new_veth(&self.host_veth, TASK_VETH_NAME, task_fd.as_raw_fd())
+            .map_err(|e| {
+                kernel(
+                    format!("creating the veth {} / {TASK_VETH_NAME}", self.host_veth),
+                    e,
+                )
+            })?;
+        host.link_named(&self.host_veth)?
+            .ok_or_else(|| gone(format!("the veth {}", self.host_veth)))
     }
 }
 
@@ -499,13 +491,14 @@ fn release(
             let (mut host, mut task) = (ns.host, ns.task);
             if let Some(eni) = task.links()?.into_iter().find(|l| l.mac == Some(mac)) {
                 host_name_free(&mut host, &made.host_ifname, mac)?;
+                let home = LinkChange {
+                    netns_fd: Some(ns.host_fd.as_raw_fd()),
+                    name: Some(&made.host_ifname),
+                    ..Default::default()
+                };
                 task.set_link(
                     eni.index,
-                    None,
-                    vec![
-                        LinkAttribute::NetNsFd(ns.host_fd.as_raw_fd()),
-                        LinkAttribute::IfName(made.host_ifname.clone()),
-                    ],
+                    &home,
                     &format!(
                         "moving the ENI {} back to the host namespace as {}",
                         eni.name, made.host_ifname
@@ -515,7 +508,7 @@ fn release(
             host
         }
         // The namespace is gone: its veth went with it, a physical ENI came back by itself.
-        None => Rtnl::open("opening a netlink socket")?,
+        None => Side::open("opening a netlink socket")?,
     };
     if let Some(v) = host.link_named(&made.host_veth)? {
         host.del_link(v.index, &v.name)?;
@@ -527,18 +520,25 @@ fn release(
     {
         if eni.name != made.host_ifname {
             host_name_free(&mut host, &made.host_ifname, mac)?;
+            let rename = LinkChange {
+                up: Some(false),
+                name: Some(&made.host_ifname),
+                ..Default::default()
+            };
             host.set_link(
                 eni.index,
-                Some(false),
-                vec![LinkAttribute::IfName(made.host_ifname.clone())],
+                &rename,
                 &format!("renaming the ENI {} back to {}", eni.name, made.host_ifname),
             )?;
         }
         if eni.alias.as_deref().is_some_and(|a| !a.is_empty()) {
+            let clear = LinkChange {
+                alias: Some(""),
+                ..Default::default()
+            };
             host.set_link(
                 eni.index,
-                None,
-                vec![LinkAttribute::IfAlias(String::new())],
+                &clear,
                 &format!("clearing the alias of the ENI {}", made.host_ifname),
             )?;
         }
@@ -547,7 +547,7 @@ fn release(
 }
 
 /// Fails clearly when another link already holds the ENI's host name.
-fn host_name_free(host: &mut Rtnl, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+fn host_name_free(host: &mut Side, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
     match host.link_named(name)? {
         Some(other) if other.mac != Some(mac) => Err(kernel(
             format!("giving the ENI {} its host name back", fmt_mac(&mac)),
@@ -570,8 +570,8 @@ fn fmt_mac(mac: &[u8; 6]) -> String {
 /// The namespace thread's two sockets: one in the host namespace (where it started), one in the
 /// task's, and the namespace files links move to.
 struct Namespaces {
-    host: Rtnl,
-    task: Rtnl,
+    host: Side,
+    task: Side,
     host_fd: File,
     task_fd: File,
 }
@@ -598,7 +598,7 @@ impl Namespaces {
                 ));
             }
         };
-        let host = Rtnl::open("opening a netlink socket")?;
+        let host = Side::open("opening a netlink socket")?;
         move_into_link_name_space(task_fd.as_fd(), Some(LinkNameSpaceType::Network)).map_err(
             |e| {
                 kernel(
@@ -607,7 +607,7 @@ impl Namespaces {
                 )
             },
         )?;
-        let task = Rtnl::open("opening a netlink socket in the task namespace");
+        let task = Side::open("opening a netlink socket in the task namespace");
         let back = move_into_link_name_space(host_fd.as_fd(), Some(LinkNameSpaceType::Network));
         if let Err(e) = back {
             // The thread stays where it is and ends with this operation; report it.
@@ -622,273 +622,43 @@ impl Namespaces {
     }
 }
 
-/// What this module needs to know of a link.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Link {
-    index: u32,
-    name: String,
-    mac: Option<[u8; 6]>,
-    /// `IFLA_INFO_KIND` (`veth`, `bridge`, ...); `None` for a physical device.
-    kind: Option<String>,
-    loopback: bool,
-    up: bool,
-    /// The bridge it is attached to.
-    controller: Option<u32>,
-    /// A veth's peer's index (in the peer's namespace).
-    peer: Option<u32>,
-    alias: Option<String>,
-}
+/// An [`Rtnl`] whose failures are [`NetError`]s naming the step, and the "ensure" steps.
+struct Side(Rtnl);
 
-impl Link {
-    fn from_message(m: &LinkMessage) -> Self {
-        let mut l = Link {
-            index: m.header.index,
-            loopback: m.header.flags.contains(LinkFlags::Loopback),
-            up: m.header.flags.contains(LinkFlags::Up),
-            ..Default::default()
-        };
-        for a in &m.attributes {
-            match a {
-                LinkAttribute::IfName(n) => l.name = n.clone(),
-                LinkAttribute::Address(b) if b.len() == 6 => {
-                    let mut mac = [0u8; 6];
-                    mac.copy_from_slice(b);
-                    l.mac = Some(mac);
-                }
-                LinkAttribute::Controller(i) => l.controller = Some(*i),
-                LinkAttribute::Link(i) => l.peer = Some(*i),
-                LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        l
-    }
-}
-
-/// A route this module makes (main table, IPv4).
-#[derive(Clone, Copy, Debug)]
-struct Route {
-    dst: Ipv4Addr,
-    prefix: u8,
-    gateway: Option<Ipv4Addr>,
-    oif: Option<u32>,
-    kind: RouteType,
-}
-
-impl Route {
-    fn message(&self) -> RouteMessage {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
-        m.header.destination_prefix_length = self.prefix;
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Static;
-        m.header.scope = RouteScope::Universe;
-        m.header.kind = self.kind;
-        if self.prefix > 0 {
-            m.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(self.dst)));
-        }
-        if let Some(gw) = self.gateway {
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
-        }
-        if let Some(oif) = self.oif {
-            m.attributes.push(RouteAttribute::Oif(oif));
-        }
-        m
-    }
-
-    /// Whether the kernel's `m` is this route: same destination in the main table, same type,
-    /// gateway and device.
-    fn matches(&self, m: &RouteMessage) -> bool {
-        self.same_destination(m)
-            && m.header.kind == self.kind
-            && route_gateway(m) == self.gateway
-            && (self.oif.is_none() || route_oif(m) == self.oif)
-    }
-
-    fn same_destination(&self, m: &RouteMessage) -> bool {
-        m.header.address_family == AddressFamily::Inet
-            && route_table(m) == u32::from(RouteHeader::RT_TABLE_MAIN)
-            && m.header.destination_prefix_length == self.prefix
-            && (self.prefix == 0 || route_dst(m) == Some(self.dst))
-    }
-}
-
-fn route_table(m: &RouteMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table))
-}
-
-fn route_dst(m: &RouteMessage) -> Option<Ipv4Addr> {
-    m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
-        _ => None,
-    })
-}
-
-fn route_gateway(m: &RouteMessage) -> Option<Ipv4Addr> {
-    m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-        _ => None,
-    })
-}
-
-fn route_oif(m: &RouteMessage) -> Option<u32> {
-    m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(o) => Some(*o),
-        _ => None,
-    })
-}
-
-/// One blocking rtnetlink socket, in the namespace its thread was in when it was opened.
-struct Rtnl {
-    socket: Socket,
-    seq: u32,
-}
-
-impl Rtnl {
+impl Side {
     fn open(what: &str) -> Result<Self, NetError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| kernel(what, e))?;
-        socket.bind_auto().map_err(|e| kernel(what, e))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| kernel(what, e))?;
-        Ok(Self { socket, seq: 0 })
-    }
-
-    /// Sends one request and collects the answer: the messages of a dump, or nothing for an
-    /// acknowledged change.
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> std::io::Result<Vec<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut buf = vec![0; packet.header.length as usize];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(_) => Err(e.to_io()),
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// A change the kernel must acknowledge.
-    fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16, what: &str) -> Result<(), NetError> {
-        self.request(msg, NLM_F_ACK | flags)
-            .map(|_| ())
-            .map_err(|e| kernel(what, e))
+        Rtnl::open().map(Side).map_err(|e| kernel(what, e))
     }
 
     fn links(&mut self) -> Result<Vec<Link>, NetError> {
-        let got = self
-            .request(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )
-            .map_err(|e| kernel("listing links", e))?;
-        Ok(got
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })
-            .collect())
+        self.0.links().map_err(|e| kernel("listing links", e))
     }
 
     fn link_named(&mut self, name: &str) -> Result<Option<Link>, NetError> {
         Ok(self.links()?.into_iter().find(|l| l.name == name))
     }
 
-    /// RTM_SETLINK on `index` with `attrs`, and the up flag set or cleared when `up` says so.
-    fn set_link(
-        &mut self,
-        index: u32,
-        up: Option<bool>,
-        attrs: Vec<LinkAttribute>,
-        what: &str,
-    ) -> Result<(), NetError> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        if let Some(up) = up {
-            m.header.change_mask = LinkFlags::Up;
-            if up {
-                m.header.flags = LinkFlags::Up;
-            }
-        }
-        m.attributes = attrs;
-        self.ack(RouteNetlinkMessage::SetLink(m), 0, what)
+    fn set_link(&mut self, index: u32, change: &LinkChange, what: &str) -> Result<(), NetError> {
+        self.0.set_link(index, change).map_err(|e| kernel(what, e))
     }
 
     fn ensure_up(&mut self, link: &Link) -> Result<(), NetError> {
         if link.up {
             return Ok(());
         }
-        self.set_link(
-            link.index,
-            Some(true),
-            Vec::new(),
-            &format!("setting {} up", link.name),
-        )
+        let up = LinkChange {
+            up: Some(true),
+            ..Default::default()
+        };
+        self.set_link(link.index, &up, &format!("setting {} up", link.name))
     }
 
+    /// Removes a link; one that is gone meanwhile (a veth's peer, a namespace that died) is
+    /// what we wanted.
     fn del_link(&mut self, index: u32, name: &str) -> Result<(), NetError> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        match self.ack(
-            RouteNetlinkMessage::DelLink(m),
-            0,
-            &format!("removing {name}"),
-        ) {
-            // Gone meanwhile (a veth's peer, a namespace that died): what we wanted.
-            Err(NetError::Kernel { source, .. })
-                if source.raw_os_error() == Some(Errno::NODEV.raw_os_error()) =>
-            {
-                Ok(())
-            }
-            other => other,
+        match self.0.del_link(index) {
+            Err(e) if e.raw_os_error() == Some(Errno::NODEV.raw_os_error()) => Ok(()),
+            other => other.map_err(|e| kernel(format!("removing {name}"), e)),
         }
     }
 
@@ -898,26 +668,13 @@ impl Rtnl {
         let bridge = match self.link_named(BRIDGE_NAME)? {
             Some(b) => b,
             None => {
-                let mut m = LinkMessage::default();
-                m.attributes = vec![
-                    LinkAttribute::IfName(BRIDGE_NAME.into()),
-                    LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
-                ];
-                match self.ack(
-                    RouteNetlinkMessage::NewLink(m),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                    &format!("creating the bridge {BRIDGE_NAME}"),
-                ) {
-                    Err(NetError::Kernel { source, .. })
-                        if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    other => other?,
+                match self.0.new_bridge(BRIDGE_NAME) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    other => other
+                        .map_err(|e| kernel(format!("creating the bridge {BRIDGE_NAME}"), e))?,
                 }
-                self.link_named(BRIDGE_NAME)?.ok_or_else(|| {
-                    kernel(
-                        format!("the bridge {BRIDGE_NAME}"),
-                        std::io::Error::new(std::io::ErrorKind::NotFound, "gone after creation"),
-                    )
-                })?
+                self.link_named(BRIDGE_NAME)?
+                    .ok_or_else(|| gone(format!("the bridge {BRIDGE_NAME}")))?
             }
         };
         if bridge.kind.as_deref() != Some("bridge") {
@@ -943,43 +700,9 @@ impl Rtnl {
     }
 
     fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetError> {
-        let got = self
-            .request(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                NLM_F_DUMP,
-            )
-            .map_err(|e| kernel("listing addresses", e))?;
-        Ok(got
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
-                    a.attributes.iter().find_map(|at| match at {
-                        AddressAttribute::Address(ip) => Some((*ip, a.header.prefix_len)),
-                        _ => None,
-                    })
-                }
-                _ => None,
-            })
-            .collect())
-    }
-
-    fn address_message(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
-        let mut m = AddressMessage::default();
-        m.header.index = index;
-        m.header.prefix_len = prefix;
-        m.header.family = match ip {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        m.attributes.push(AddressAttribute::Local(ip));
-        m.attributes.push(AddressAttribute::Address(ip));
-        if ip.is_ipv6() {
-            // Usable at once: the VPC hands out unique addresses, so duplicate detection only
-            // delays the task.
-            m.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        m
+        self.0
+            .addresses(index)
+            .map_err(|e| kernel("listing addresses", e))
     }
 
     fn ensure_address(
@@ -992,74 +715,40 @@ impl Rtnl {
         if self.addresses(index)?.contains(&(ip, prefix)) {
             return Ok(());
         }
-        match self.ack(
-            RouteNetlinkMessage::NewAddress(Self::address_message(index, ip, prefix)),
-            NLM_F_CREATE | NLM_F_EXCL,
-            &format!("adding {ip}/{prefix} to {dev}"),
-        ) {
-            Err(NetError::Kernel { source, .. })
-                if source.kind() == std::io::ErrorKind::AlreadyExists =>
-            {
-                Ok(())
-            }
-            other => other,
+        match self.0.add_address(index, ip, prefix) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other.map_err(|e| kernel(format!("adding {ip}/{prefix} to {dev}"), e)),
         }
-    }
-
-    fn del_address(
-        &mut self,
-        index: u32,
-        ip: IpAddr,
-        prefix: u8,
-        dev: &str,
-    ) -> Result<(), NetError> {
-        self.ack(
-            RouteNetlinkMessage::DelAddress(Self::address_message(index, ip, prefix)),
-            0,
-            &format!("removing the stale {ip}/{prefix} from {dev}"),
-        )
-    }
-
-    fn routes(&mut self) -> Result<Vec<RouteMessage>, NetError> {
-        let mut q = RouteMessage::default();
-        q.header.address_family = AddressFamily::Inet;
-        let got = self
-            .request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)
-            .map_err(|e| kernel("listing routes", e))?;
-        Ok(got
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => Some(r),
-                _ => None,
-            })
-            .collect())
     }
 
     /// The route, replacing one to the same destination that differs.
     fn ensure_route(&mut self, route: Route, what: &str) -> Result<(), NetError> {
-        let routes = self.routes()?;
-        if routes.iter().any(|m| route.matches(m)) {
+        let routes = self.0.routes().map_err(|e| kernel("listing routes", e))?;
+        if routes.iter().any(|e| route.matches(e)) {
             return Ok(());
         }
-        self.ack(
-            RouteNetlinkMessage::NewRoute(route.message()),
-            NLM_F_CREATE | NLM_F_REPLACE,
-            &format!("adding {what}"),
-        )
+        self.0
+            .add_route(&route, NLM_F_CREATE | NLM_F_REPLACE)
+            .map_err(|e| kernel(format!("adding {what}"), e))
     }
 
     /// Removes the route when it is there.
     fn remove_route(&mut self, route: Route, what: &str) -> Result<(), NetError> {
-        let routes = self.routes()?;
-        if !routes.iter().any(|m| route.matches(m)) {
+        let routes = self.0.routes().map_err(|e| kernel("listing routes", e))?;
+        if !routes.iter().any(|e| route.matches(e)) {
             return Ok(());
         }
-        self.ack(
-            RouteNetlinkMessage::DelRoute(route.message()),
-            0,
-            &format!("removing {what}"),
-        )
+        self.0
+            .del_route(&route)
+            .map_err(|e| kernel(format!("removing {what}"), e))
     }
+}
+
+fn gone(what: String) -> NetError {
+    kernel(
+        what,
+        std::io::Error::new(std::io::ErrorKind::NotFound, "gone right after it was made"),
+    )
 }
 
 #[cfg(test)]
@@ -1147,37 +836,5 @@ mod tests {
         for bad in ["", "veth0123456789ab", "a/b", "a:b", "a b", ".", ".."] {
             assert!(check_ifname(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn routes_match_on_destination_type_gateway_and_device() {
-        let r = Route {
-            dst: TASK_ENDPOINT,
-            prefix: 32,
-            gateway: Some(BRIDGE_GATEWAY),
-            oif: Some(7),
-            kind: RouteType::Unicast,
-        };
-        let m = r.message();
-        assert!(r.matches(&m));
-        let other_dev = Route { oif: Some(8), ..r };
-        assert!(!other_dev.matches(&m));
-        let unreachable = Route {
-            kind: RouteType::Unreachable,
-            gateway: None,
-            oif: None,
-            ..r
-        };
-        assert!(!unreachable.matches(&m));
-        assert!(unreachable.matches(&unreachable.message()));
-        let default = Route {
-            dst: Ipv4Addr::UNSPECIFIED,
-            prefix: 0,
-            gateway: Some(Ipv4Addr::new(10, 0, 1, 1)),
-            oif: None,
-            kind: RouteType::Unicast,
-        };
-        assert!(default.matches(&default.message()));
-        assert!(!default.matches(&m));
     }
 }
