@@ -1,5 +1,5 @@
-//! The real [`TaskNetwork`]: the kernel's rtnetlink, spoken directly (`netlink-packet-route`
-//! messages over a blocking `netlink-sys` socket), no `ip` per step and no CNI binaries.
+//! The real [`TaskNetwork`]: the kernel's rtnetlink, spoken directly (the messages of
+//! [`super::rtnl`] over a blocking `netlink-sys` socket), no `ip` per step and no CNI binaries.
 //!
 //! Owns the links, addresses and routes of awsvpc: the ENI moved into the task's namespace as
 //! `eth0` and back, the host bridge `ecs-bridge` and its 169.254.172.1/22, one veth per task
@@ -762,8 +762,10 @@ mod tests {
         assert_eq!(a.len(), IFNAME_MAX);
         assert!(a.starts_with("veth"));
         assert!(a[4..].chars().all(|c| c.is_ascii_hexdigit()));
-        // Pinned: a rename between versions would orphan the veths of running tasks.
-        assert_eq!(host_veth_name(""), "veth84222325");
+        // Pinned to FNV-1a's published 64-bit vectors ("" → cbf29ce484222325, "a" →
+        // af63dc4c8601ec8c): a rename between versions would orphan running tasks' veths.
+        assert_eq!(host_veth_name(""), "vethce484222325");
+        assert_eq!(host_veth_name("a"), "vethc4c8601ec8c");
         assert_ne!(a, host_veth_name("0123456789abcdef0123456789abcdee"));
         let many: std::collections::HashSet<String> = (0..10_000)
             .map(|i| host_veth_name(&format!("task-{i}")))
