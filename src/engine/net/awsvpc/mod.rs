@@ -13,6 +13,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use async_trait::async_trait;
 
+pub mod netlink;
+mod rtnl;
+
 /// The host bridge task namespaces reach 169.254.170.2 through.
 pub const BRIDGE_NAME: &str = "ecs-bridge";
 /// The bridge's own address (the tasks' gateway to 169.254.170.2): the first of the /22.
