@@ -100,7 +100,9 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 }
 
 fn change(cluster: &str, task: &str, status: ReportStatus) -> TaskChange {
+    attachments: Vec::new(),
     TaskChange {
+        attachments: Vec::new(),
         cluster: cluster.into(),
         task_arn: task.into(),
         status,

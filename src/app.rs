@@ -123,6 +123,8 @@ async fn start_and_serve(
             task_roles: nat.is_some() && roles.task_iam_role,
             task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
             execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
+            // Set by the engine from its task network (none is wired yet: issue 22).
+            awsvpc: false,
         };
         docker.task_cgroups = start.task_cgroups(&docker).await;
         docker.pause_image = start.find_pause_image(&docker).await;

@@ -115,6 +115,19 @@ pub struct TaskChange {
     /// Container changes carried with this task change.
     #[serde(default)]
     pub containers: Vec<ContainerChange>,
+    /// Attachment changes carried with it (an awsvpc task's ENI ATTACHED, awsvpc.md §2.3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentChange>,
+}
+
+/// One attachment's change inside a task report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentChange {
+    /// The attachment's ARN (the ENI's `attachmentArn`).
+    pub attachment_arn: String,
+    /// `ATTACHED` (the only status the agent reports for a task ENI).
+    pub status: String,
 }
 
 /// Where the engine sends state changes.

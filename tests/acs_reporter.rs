@@ -80,7 +80,9 @@ fn container(name: &str, status: ReportStatus) -> ContainerChange {
 }
 
 fn change(cluster: &str, task: &str, status: ReportStatus) -> TaskChange {
+    attachments: Vec::new(),
     TaskChange {
+        attachments: Vec::new(),
         cluster: cluster.into(),
         task_arn: task.into(),
         status,

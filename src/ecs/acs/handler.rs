@@ -484,6 +484,7 @@ impl Handler {
                 let reason = format!("{UNRECOGNIZED_TASK}{why}");
                 warn!(task.arn = %arn, desired, reason = %reason, "The engine refused the task; reporting it STOPPED.");
                 let change = TaskChange {
+                    attachments: Vec::new(),
                     cluster: nonempty(&task.task_cluster_arn)
                         .unwrap_or(cluster)
                         .to_owned(),
