@@ -100,7 +100,6 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 }
 
 fn change(cluster: &str, task: &str, status: ReportStatus) -> TaskChange {
-    attachments: Vec::new(),
     TaskChange {
         attachments: Vec::new(),
         cluster: cluster.into(),

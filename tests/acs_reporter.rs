@@ -80,7 +80,6 @@ fn container(name: &str, status: ReportStatus) -> ContainerChange {
 }
 
 fn change(cluster: &str, task: &str, status: ReportStatus) -> TaskChange {
-    attachments: Vec::new(),
     TaskChange {
         attachments: Vec::new(),
         cluster: cluster.into(),

@@ -293,6 +293,7 @@ mod tests {
             task_roles: true,
             task_roles_network_host: true,
             execution_role_awslogs: false,
+            awsvpc: false,
         };
         assert_eq!(unsupported(&bridge, &both), None);
         assert_eq!(unsupported(&host, &both), None);
@@ -300,6 +301,7 @@ mod tests {
             task_roles: true,
             task_roles_network_host: false,
             execution_role_awslogs: false,
+            awsvpc: false,
         };
         assert_eq!(unsupported(&bridge, &bridge_only), None);
         assert_eq!(

@@ -637,7 +637,11 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_credentials: Option<CredentialsRef>,
     /// The task's elastic network interfaces (awsvpc), as ACS sent them.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub elastic_network_interfaces: Vec<eni::AcsEni>,
     /// The execution role: its ARN and credentials id.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -831,7 +831,14 @@ impl FakeTaskNetwork {
         self.lock().release_failures = times;
     }
 
-    fn record(&self, inner: &mut FakeNetInner, what: &'static str, mac: &str, pid: Option<u32>, bridge: Option<std::net::Ipv4Addr>) {
+    fn record(
+        &self,
+        inner: &mut FakeNetInner,
+        what: &'static str,
+        mac: &str,
+        pid: Option<u32>,
+        bridge: Option<std::net::Ipv4Addr>,
+    ) {
         let runtime_events = self.runtime.as_ref().map_or(0, |r| r.history().len());
         inner.calls.push(FakeNetCall {
             what,
@@ -845,7 +852,10 @@ impl FakeTaskNetwork {
 
 #[async_trait]
 impl crate::engine::net::awsvpc::TaskNetwork for FakeTaskNetwork {
-    async fn find(&self, mac: &str) -> Result<Option<String>, crate::engine::net::awsvpc::NetError> {
+    async fn find(
+        &self,
+        mac: &str,
+    ) -> Result<Option<String>, crate::engine::net::awsvpc::NetError> {
         let mut inner = self.lock();
         self.record(&mut inner, "find", mac, None, None);
         Ok(inner.links.get(mac).cloned())
@@ -856,12 +866,20 @@ impl crate::engine::net::awsvpc::TaskNetwork for FakeTaskNetwork {
         cfg: &crate::engine::net::awsvpc::TaskNetConfig,
     ) -> Result<crate::engine::net::awsvpc::Provisioned, crate::engine::net::awsvpc::NetError> {
         let mut inner = self.lock();
-        self.record(&mut inner, "provision", &cfg.eni.mac, Some(cfg.netns_pid), Some(cfg.bridge_ipv4));
+        self.record(
+            &mut inner,
+            "provision",
+            &cfg.eni.mac,
+            Some(cfg.netns_pid),
+            Some(cfg.bridge_ipv4),
+        );
         if !inner.provision_failures.is_empty() {
             return Err(inner.provision_failures.remove(0));
         }
         let Some(link) = inner.links.get(&cfg.eni.mac).cloned() else {
-            return Err(crate::engine::net::awsvpc::NetError::EniNotFound(cfg.eni.mac.clone()));
+            return Err(crate::engine::net::awsvpc::NetError::EniNotFound(
+                cfg.eni.mac.clone(),
+            ));
         };
         inner.in_task.insert(cfg.eni.mac.clone());
         Ok(crate::engine::net::awsvpc::Provisioned {

@@ -81,7 +81,6 @@ impl EcsApi for FakeEcs {
 }
 
 fn change(task: &str, status: ReportStatus) -> TaskChange {
-    attachments: Vec::new(),
     TaskChange {
         attachments: Vec::new(),
         cluster: "c".into(),

@@ -150,12 +150,9 @@ impl AcsEni {
         let mut ipv4 = Vec::new();
         for a in self.ipv4_addresses.iter().flatten() {
             let text = a.private_address.as_deref().unwrap_or_default();
-            let addr: Ipv4Addr = text.parse().map_err(|_| {
-                err(
-                    "ipv4Addresses",
-                    format!("{text:?} is not an IPv4 address"),
-                )
-            })?;
+            let addr: Ipv4Addr = text
+                .parse()
+                .map_err(|_| err("ipv4Addresses", format!("{text:?} is not an IPv4 address")))?;
             let cidr = Ipv4Cidr { addr, prefix };
             if a.primary == Some(true) {
                 ipv4.insert(0, cidr);
@@ -169,22 +166,17 @@ impl AcsEni {
         let mut ipv6 = Vec::new();
         for a in self.ipv6_addresses.iter().flatten() {
             let text = a.address.as_deref().unwrap_or_default();
-            let addr: std::net::Ipv6Addr = text.parse().map_err(|_| {
-                err(
-                    "ipv6Addresses",
-                    format!("{text:?} is not an IPv6 address"),
-                )
-            })?;
+            let addr: std::net::Ipv6Addr = text
+                .parse()
+                .map_err(|_| err("ipv6Addresses", format!("{text:?} is not an IPv6 address")))?;
             ipv6.push(addr.to_string());
         }
         let mut dns_servers = Vec::new();
         for s in self.domain_name_servers.iter().flatten() {
-            let ip: IpAddr = s.trim().parse().map_err(|_| {
-                err(
-                    "domainNameServers",
-                    format!("{s:?} is not an IP address"),
-                )
-            })?;
+            let ip: IpAddr = s
+                .trim()
+                .parse()
+                .map_err(|_| err("domainNameServers", format!("{s:?} is not an IP address")))?;
             dns_servers.push(ip);
         }
         Ok(Eni {
