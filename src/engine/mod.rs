@@ -268,6 +268,10 @@ enum Msg {
         oneshot::Sender<Result<(), Rejection>>,
     ),
     Stop(String, oneshot::Sender<Result<(), String>>),
+    Attach(
+        crate::tasks::EniAttachment,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 /// Why the loop did not take a delivered task.
@@ -514,6 +518,23 @@ impl TaskControl for Engine {
         rx.await
             .map_err(|_| "task engine stopped before accepting the stop".to_owned())?
     }
+
+    async fn attach_eni(
+        &self,
+        attachment: crate::tasks::EniAttachment,
+    ) -> Result<(), DeliverError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Attach(attachment, tx))
+            .map_err(|_| DeliverError::Unavailable("task engine is not running".to_owned()))?;
+        match rx.await {
+            Ok(r) => r.map_err(DeliverError::Unavailable),
+            Err(_) => Err(DeliverError::Unavailable(
+                "task engine stopped before recording the attachment".to_owned(),
+            )),
+        }
+    }
 }
 
 /// Inspections cached by container id, valid while Docker's listing shows the same state and
@@ -633,6 +654,8 @@ struct LoopState {
     /// Per task, its fetched secrets (memory only, until the task stops) or why they could not
     /// be fetched.
     secrets: HashMap<String, Result<Arc<secrets::Resolved>, String>>,
+    /// ENI attachments from ACS by attachment ARN (persisted; removed with their task).
+    attachments: HashMap<String, store::AttachmentRecord>,
 }
 
 impl LoopState {
@@ -688,6 +711,11 @@ impl LoopState {
             published: false,
             static_facts: HashMap::new(),
             secrets: HashMap::new(),
+            attachments: loaded
+                .attachments
+                .into_iter()
+                .map(|a| (a.attachment.attachment_arn.clone(), a))
+                .collect(),
             shared,
         })
     }
@@ -776,7 +804,54 @@ impl LoopState {
                 };
                 let _ = reply.send(r);
             }
+            Msg::Attach(a, reply) => {
+                let r = self.attach(a).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
         }
+        Ok(())
+    }
+
+    /// Records an ENI attachment (before ACS gets its ack) and gives a task that already has
+    /// this ENI the attachment's expiry. A duplicate changes nothing.
+    fn attach(&mut self, a: crate::tasks::EniAttachment) -> Result<(), Error> {
+        if self.attachments.contains_key(&a.attachment_arn) {
+            debug!(attachment.arn = %a.attachment_arn, "ENI attachment already recorded.");
+            return Ok(());
+        }
+        if self.tombstones.contains_key(&a.task_arn) {
+            debug!(task.arn = %a.task_arn, "ENI attachment for a task already cleaned up; ignoring it.");
+            return Ok(());
+        }
+        let now = self.now();
+        let wait = a
+            .wait_timeout_ms
+            .map_or(model::eni::DEFAULT_ENI_WAIT_SECS, |ms| ms as f64 / 1000.0);
+        let rec = store::AttachmentRecord {
+            attachment: a,
+            received_at: now,
+            expires_at: now + wait,
+        };
+        let arn = rec.attachment.attachment_arn.clone();
+        let mut joined = None;
+        if let Some(t) = self.tasks.get_mut(&rec.attachment.task_arn)
+            && let Some(n) = t.network.as_mut()
+            && n.eni.attachment_arn == arn
+            && n.found.is_none()
+        {
+            n.wait_from(now, wait);
+            joined = Some(t.clone());
+        }
+        self.shared.parts.store.transaction(|tx| {
+            store::put_attachment(tx, &rec)?;
+            if let Some(t) = &joined {
+                store::put_task(tx, t)?;
+            }
+            Ok(())
+        })?;
+        info!(attachment.arn = %arn, task.arn = %rec.attachment.task_arn, mac = %rec.attachment.mac, wait_s = wait, "ENI attachment recorded.");
+        self.attachments.insert(arn, rec);
+        self.published = false;
         Ok(())
     }
 
@@ -822,7 +897,12 @@ impl LoopState {
                 }
             };
         if let Some(n) = rec.network.as_mut() {
-            n.wait_from(self.now(), model::eni::DEFAULT_ENI_WAIT_SECS);
+            // The attachment's expiry when ACS announced it already; else a default, replaced
+            // by the attachment's when it comes.
+            match self.attachments.get(&n.eni.attachment_arn) {
+                Some(a) => n.wait_from(a.received_at, a.expires_at - a.received_at),
+                None => n.wait_from(self.now(), model::eni::DEFAULT_ENI_WAIT_SECS),
+            }
         }
         if let Some(why) = unsupported {
             warn!(task.arn = %arn, feature = why.feature, field = %why.field,
@@ -930,10 +1010,21 @@ impl LoopState {
                     Outcome::Removed { task_arn, result } => match result {
                         Ok(()) => {
                             if let Some(rec) = self.tasks.remove(task_arn) {
-                                self.shared
-                                    .parts
-                                    .store
-                                    .transaction(|tx| store::remove_task(tx, task_arn, now))?;
+                                let gone: Vec<String> = self
+                                    .attachments
+                                    .values()
+                                    .filter(|a| a.attachment.task_arn == *task_arn)
+                                    .map(|a| a.attachment.attachment_arn.clone())
+                                    .collect();
+                                self.shared.parts.store.transaction(|tx| {
+                                    for a in &gone {
+                                        store::remove_attachment(tx, a)?;
+                                    }
+                                    store::remove_task(tx, task_arn, now)
+                                })?;
+                                for a in &gone {
+                                    self.attachments.remove(a);
+                                }
                                 self.tombstones.insert(task_arn.clone(), now);
                                 for role in [RoleType::TaskApplication, RoleType::TaskExecution] {
                                     self.shared.parts.credentials.remove(task_arn, role);

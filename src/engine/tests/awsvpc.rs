@@ -408,3 +408,52 @@ async fn two_tasks_get_two_bridge_addresses() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_attachment_gives_the_wait_and_survives_a_restart_once() {
+    let n = net_rig();
+    let attachment = crate::tasks::EniAttachment {
+        attachment_arn: "arn:aws:ecs:us-east-1:1:attachment/t".into(),
+        task_arn: "t".into(),
+        mac: MAC.into(),
+        wait_timeout_ms: Some(5_000),
+    };
+    let (r, s) = tokio::join!(
+        n.r.engine.attach_eni(attachment.clone()),
+        n.r.engine.settle(1)
+    );
+    r.unwrap();
+    s.unwrap();
+    let stored: Vec<(String, store::AttachmentRecord)> =
+        n.r.store.list(store::ENI_ATTACHMENTS).unwrap();
+    assert_eq!(stored.len(), 1, "persisted before the answer");
+    let first = stored[0].1.clone();
+    assert_eq!(first.expires_at - first.received_at, 5.0);
+
+    // A restarted agent (same store) gets the duplicate: nothing changes.
+    let sink2 = Arc::new(RecordingSink::default());
+    let engine2 = build(&n.r.fake, &sink2, &n.r.store, net_settings(&n.net));
+    n.r.engine.advance_clock(0.0);
+    let (r, s) = tokio::join!(engine2.attach_eni(attachment), engine2.settle(1));
+    r.unwrap();
+    s.unwrap();
+    let stored: Vec<(String, store::AttachmentRecord)> =
+        n.r.store.list(store::ENI_ATTACHMENTS).unwrap();
+    assert_eq!(
+        stored,
+        vec![(first.attachment.attachment_arn.clone(), first)]
+    );
+
+    // The task, delivered after, waits the attachment's 5 s, not the default 30.
+    deliver(&engine2, awsvpc_task("t")).await.unwrap();
+    for _ in 0..8 {
+        engine2.advance_clock(1.0);
+        engine2.settle(5).await.unwrap();
+    }
+    let last = sink2.changes().pop().unwrap();
+    assert_eq!(last.status, ReportStatus::Stopped);
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("ENI eni-0abc (0a:1b:2c:3d:4e:5f) did not appear on this instance within 5 s")
+    );
+}
