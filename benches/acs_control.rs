@@ -101,6 +101,7 @@ fn summary(label: &str, mut samples: Vec<Duration>) {
 
 fn change(cluster: &str, task: &str, status: ReportStatus) -> TaskChange {
     TaskChange {
+        attachments: Vec::new(),
         cluster: cluster.into(),
         task_arn: task.into(),
         status,

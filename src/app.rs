@@ -123,7 +123,14 @@ async fn start_and_serve(
             task_roles: nat.is_some() && roles.task_iam_role,
             task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
             execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
+            // Set by the engine from its task network (none is wired yet: issue 22).
+            awsvpc: false,
         };
+        if start.config.awsvpc.test_accept_virtual_enis {
+            tracing::warn!(
+                "ECS_HOSTD_TEST_ACCEPT_VIRTUAL_ENIS is on: a virtual link with an ENI's MAC address would be taken for the ENI. This setting is for test worlds only; never set it on EC2."
+            );
+        }
         docker.task_cgroups = start.task_cgroups(&docker).await;
         docker.pause_image = start.find_pause_image(&docker).await;
         let instance = start.read_identity(&local).await?;

@@ -115,6 +115,19 @@ pub struct TaskChange {
     /// Container changes carried with this task change.
     #[serde(default)]
     pub containers: Vec<ContainerChange>,
+    /// Attachment changes carried with it (an awsvpc task's ENI ATTACHED, awsvpc.md §2.3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentChange>,
+}
+
+/// One attachment's change inside a task report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentChange {
+    /// The attachment's ARN (the ENI's `attachmentArn`).
+    pub attachment_arn: String,
+    /// `ATTACHED` (the only status the agent reports for a task ENI).
+    pub status: String,
 }
 
 /// Where the engine sends state changes.
@@ -147,6 +160,29 @@ pub trait TaskControl: Send + Sync {
 
     /// Sets a task's desired status to STOPPED (TaskStopVerificationAck).
     async fn stop(&self, task_arn: &str) -> Result<(), String>;
+
+    /// An ENI attachment from `AttachTaskNetworkInterfacesMessage`: recorded durably before
+    /// this returns `Ok` (the caller acknowledges only then); a duplicate is `Ok` and changes
+    /// nothing. Engines without awsvpc take it and keep nothing.
+    async fn attach_eni(&self, attachment: EniAttachment) -> Result<(), DeliverError> {
+        let _ = attachment;
+        Ok(())
+    }
+}
+
+/// A task ENI attachment as ACS announces it (`AttachTaskNetworkInterfacesMessage`, one per
+/// `elasticNetworkInterfaces[]` entry): joined with the task's ENI by its attachment ARN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EniAttachment {
+    /// `attachmentArn`.
+    pub attachment_arn: String,
+    /// The task it is for.
+    pub task_arn: String,
+    /// `macAddress` (lower case when it is one).
+    pub mac: String,
+    /// `waitTimeoutMs`: how long the ENI may take to appear from now.
+    pub wait_timeout_ms: Option<u64>,
 }
 
 /// Why a delivered task was not taken.

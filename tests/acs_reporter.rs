@@ -81,6 +81,7 @@ fn container(name: &str, status: ReportStatus) -> ContainerChange {
 
 fn change(cluster: &str, task: &str, status: ReportStatus) -> TaskChange {
     TaskChange {
+        attachments: Vec::new(),
         cluster: cluster.into(),
         task_arn: task.into(),
         status,

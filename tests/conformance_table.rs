@@ -300,6 +300,8 @@ fn every_refusal_in_the_table_is_refused_by_the_engine() {
         task_roles: true,
         task_roles_network_host: true,
         execution_role_awslogs: true,
+        // awsvpc stays refused until the app wires a task network (issue 22).
+        awsvpc: false,
     };
     let mut checked = 0;
     for (member, row) in &table {

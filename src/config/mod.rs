@@ -280,6 +280,8 @@ pub struct Config {
     pub available_logging_drivers: Vec<String>,
     /// `ECS_DISABLE_PRIVILEGED`.
     pub disable_privileged: bool,
+    /// The awsvpc network mode.
+    pub awsvpc: AwsvpcConfig,
     /// The task endpoint's host NAT (`engine::net::host_nat`).
     pub host_nat: HostNatConfig,
     /// `ECS_SELINUX_CAPABLE`.
@@ -300,6 +302,29 @@ pub struct Config {
     pub task_endpoint: TaskEndpointConfig,
     /// Task telemetry (TCS) and the container stats collector.
     pub telemetry: TelemetryConfig,
+}
+
+/// The awsvpc network mode's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsvpcConfig {
+    /// `ECS_ENABLE_TASK_ENI`: run awsvpc tasks when the host can.
+    pub enable_task_eni: bool,
+    /// `ECS_AWSVPC_BLOCK_IMDS`: 169.254.169.254 unreachable from awsvpc tasks.
+    pub block_imds: bool,
+    /// `ECS_HOSTD_TEST_ACCEPT_VIRTUAL_ENIS`: take a link of any kind (dummy, veth) with the
+    /// ENI's MAC for the ENI. Test worlds only: on EC2 an ENI is always a device.
+    pub test_accept_virtual_enis: bool,
+}
+
+impl Default for AwsvpcConfig {
+    fn default() -> Self {
+        AwsvpcConfig {
+            // ecs-init's default on EC2.
+            enable_task_eni: true,
+            block_imds: false,
+            test_accept_virtual_enis: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -323,6 +348,7 @@ impl Default for Config {
                 .map(String::from)
                 .to_vec(),
             disable_privileged: false,
+            awsvpc: AwsvpcConfig::default(),
             host_nat: HostNatConfig::default(),
             selinux_capable: false,
             apparmor_capable: false,

@@ -57,11 +57,6 @@ pub const UNSUPPORTED: &[(&str, &[&str], &str)] = &[
         "copying EC2 tags is not implemented; set ECS_CONTAINER_INSTANCE_TAGS",
     ),
     (
-        "ECS_ENABLE_TASK_ENI",
-        &["false", "0"],
-        "awsvpc networking is not implemented",
-    ),
-    (
         "ECS_ENABLE_GPU_SUPPORT",
         &["false", "0"],
         "GPUs are not implemented",
@@ -434,6 +429,36 @@ pub static SETTINGS: &[Setting] = &[
         "Refuse privileged containers and do not advertise them.",
         |c, v, _| {
             c.disable_privileged = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_ENABLE_TASK_ENI",
+        None,
+        "true",
+        "Run tasks in the awsvpc network mode (the task's ENI in its pause container's namespace) and advertise task-eni, when the instance is in a VPC and the host can move links; true as ecs-init on EC2.",
+        |c, v, _| {
+            c.awsvpc.enable_task_eni = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_AWSVPC_BLOCK_IMDS",
+        None,
+        "false",
+        "Make the instance metadata service (169.254.169.254) unreachable from awsvpc tasks and advertise task-eni-block-instance-metadata.",
+        |c, v, _| {
+            c.awsvpc.block_imds = boolean(v)?;
+            Ok(())
+        }
+    ),
+    s!(
+        "ECS_HOSTD_TEST_ACCEPT_VIRTUAL_ENIS",
+        Some("test.accept_virtual_enis"),
+        "false",
+        "TEST WORLDS ONLY: take a virtual link (dummy, veth) with an ENI's MAC address for the ENI. On EC2 an ENI is always a device; never set this in production (a warning is logged when it is on).",
+        |c, v, _| {
+            c.awsvpc.test_accept_virtual_enis = boolean(v)?;
             Ok(())
         }
     ),

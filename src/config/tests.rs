@@ -278,7 +278,7 @@ fn unknown_and_unsupported_keys_warn() {
     let f = Files::new();
     let ecs = f.write(
         "ecs.config",
-        "ECS_NOT_A_THING=1\nECS_ENABLE_TASK_ENI=true\nECS_ENABLE_TASK_IAM_ROLE=false\n",
+        "ECS_NOT_A_THING=1\nECS_ENABLE_GPU_SUPPORT=true\nECS_ENABLE_TASK_IAM_ROLE=false\n",
     );
     let toml = f.write("config.toml", "[metrics]\nnot_a_thing = 1\n");
     let loaded = Config::load(&opts(&f, Some(ecs), Some(toml))).unwrap();
@@ -287,7 +287,7 @@ fn unknown_and_unsupported_keys_warn() {
         keys,
         vec![
             "ECS_NOT_A_THING",
-            "ECS_ENABLE_TASK_ENI",
+            "ECS_ENABLE_GPU_SUPPORT",
             "metrics.not_a_thing"
         ]
     );

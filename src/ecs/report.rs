@@ -142,7 +142,7 @@ pub fn unsent_part(change: &TaskChange, sent: &Sent) -> Option<TaskChange> {
         })
         .cloned()
         .collect();
-    if sent.task == Some(change.status) && containers.is_empty() {
+    if sent.task == Some(change.status) && containers.is_empty() && change.attachments.is_empty() {
         return None;
     }
     Some(TaskChange {

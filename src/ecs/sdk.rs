@@ -335,6 +335,28 @@ impl EcsApi for SdkEcs {
             } else {
                 Some(change.containers.iter().map(sdk_container).collect())
             })
+            .set_attachments(if change.attachments.is_empty() {
+                None
+            } else {
+                Some(
+                    change
+                        .attachments
+                        .iter()
+                        .map(|a| {
+                            aws_sdk_ecs::types::AttachmentStateChange::builder()
+                                .attachment_arn(&a.attachment_arn)
+                                .status(&a.status)
+                                .build()
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| ApiError {
+                            operation: "SubmitTaskStateChange",
+                            kind: crate::aws::ErrorKind::Client,
+                            code: None,
+                            message: format!("attachments: {e}"),
+                        })?,
+                )
+            })
             .send()
             .await
             .map_err(|e| classify("SubmitTaskStateChange", e))?;

@@ -244,6 +244,27 @@ pub fn create_body(
             host["IpcMode"] = mode;
         }
     }
+    if rec.is_awsvpc() {
+        // awsvpc: the task's network namespace is the network pause container's, which holds
+        // the ENI, the DNS settings and the host name (awsvpc.md §2.5). Docker refuses these
+        // with a container network mode, and nothing is published on the host.
+        let pause = rec
+            .internal_id(ContainerKind::NetworkPause)
+            .ok_or_else(|| {
+                MapError::Invalid("the task's network pause container does not exist yet".into())
+            })?;
+        host["NetworkMode"] = json!(format!("container:{pause}"));
+        if let Some(h) = host.as_object_mut() {
+            for k in AWSVPC_HOST_REFUSED {
+                h.remove(*k);
+            }
+        }
+        if let Some(cfg) = config.as_object_mut() {
+            for k in AWSVPC_CONFIG_REFUSED {
+                cfg.remove(*k);
+            }
+        }
+    }
     if let Some(h) = host.as_object_mut() {
         // The agent owns restarts (spec §6.4 step 8).
         h.remove("RestartPolicy");
@@ -289,6 +310,20 @@ pub fn create_body(
     serde_json::from_value(config).map_err(|e| MapError::Invalid(e.to_string()))
 }
 
+/// `HostConfig` members Docker refuses with `NetworkMode: container:<id>` (runconfig's
+/// `validateNetContainerMode`): an awsvpc task's user containers never carry them.
+const AWSVPC_HOST_REFUSED: &[&str] = &[
+    "PortBindings",
+    "PublishAllPorts",
+    "Dns",
+    "DnsSearch",
+    "DnsOptions",
+    "ExtraHosts",
+    "Links",
+];
+/// `Config` members Docker refuses with a container network mode.
+const AWSVPC_CONFIG_REFUSED: &[&str] = &["Hostname", "Domainname", "ExposedPorts", "MacAddress"];
+
 /// The Docker create request of internal container `c` (of `kind`): its image, which blocks
 /// until stopped, our labels, no network of its own to speak of (its namespaces, not its
 /// network, are shared) and, for `ipcMode: task`, an IPC namespace others may join.
@@ -305,13 +340,41 @@ fn internal_body(
                 host["IpcMode"] = json!("shareable");
             }
         }
+        ContainerKind::NetworkPause => {
+            // The ENI's DNS and name live here; the task's containers join this namespace
+            // (and, with it, Docker's resolv.conf, hosts and UTS namespace of this container).
+            if let Some(eni) = rec.network.as_ref().map(|n| &n.eni) {
+                if !eni.dns_servers.is_empty() {
+                    host["Dns"] = json!(
+                        eni.dns_servers
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                    );
+                }
+                if !eni.dns_search.is_empty() {
+                    host["DnsSearch"] = json!(eni.dns_search);
+                }
+                if let (Some(name), Some(ip)) = (&eni.private_dns_name, eni.ipv4.first()) {
+                    host["ExtraHosts"] = json!([format!("{name}:{}", ip.addr)]);
+                }
+            }
+        }
         ContainerKind::Normal => {}
     }
-    let body = json!({
+    let mut body = json!({
         "Image": c.image,
         "Labels": labels(rec, c, &ctx.cluster),
         "HostConfig": host,
     });
+    if kind == ContainerKind::NetworkPause
+        && let Some(name) = rec
+            .network
+            .as_ref()
+            .and_then(|n| n.eni.private_dns_name.as_deref())
+    {
+        body["Hostname"] = json!(name);
+    }
     serde_json::from_value(body).map_err(|e| MapError::Invalid(e.to_string()))
 }
 
@@ -672,6 +735,10 @@ pub fn observed_from_inspect(i: bollard::models::ContainerInspectResponse) -> Ob
         ports,
         image_id: i.image,
         networks,
+        pid: st
+            .pid
+            .filter(|p| *p > 0 && state == Some(State::Running))
+            .and_then(|p| u32::try_from(p).ok()),
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Available {
     /// dockerd's awslogs driver with the execution role's credentials (it reaches the endpoint
     /// through the NAT; `ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE`).
     pub execution_role_awslogs: bool,
+    /// The awsvpc network mode: the engine has a task network (`Settings::task_network`).
+    pub awsvpc: bool,
 }
 
 /// The first feature `task` asks for that the engine does not implement (or this host does not
@@ -81,7 +83,9 @@ pub fn unsupported(task: &Value, available: &Available) -> Option<Unsupported> {
     if task.get("enableFaultInjection") == Some(&Value::Bool(true)) {
         return at("fault injection", "enableFaultInjection".into());
     }
-    if network_mode == Some("awsvpc") || present(task.get("elasticNetworkInterfaces")) {
+    if (network_mode == Some("awsvpc") || present(task.get("elasticNetworkInterfaces")))
+        && !available.awsvpc
+    {
         return at("the awsvpc network mode", "networkMode".into());
     }
     if present(task.get("proxyConfiguration")) {
@@ -289,6 +293,7 @@ mod tests {
             task_roles: true,
             task_roles_network_host: true,
             execution_role_awslogs: false,
+            awsvpc: false,
         };
         assert_eq!(unsupported(&bridge, &both), None);
         assert_eq!(unsupported(&host, &both), None);
@@ -296,6 +301,7 @@ mod tests {
             task_roles: true,
             task_roles_network_host: false,
             execution_role_awslogs: false,
+            awsvpc: false,
         };
         assert_eq!(unsupported(&bridge, &bridge_only), None);
         assert_eq!(

@@ -52,7 +52,8 @@ use crate::credentials::{CredentialsStore, RoleType};
 use crate::engine::cleanup::{ImagePolicy, ImageRecord};
 use crate::engine::docker::MapCtx;
 use crate::engine::introspection::{EngineView, Snapshot};
-use crate::engine::model::{ContainerStatus, TaskRecord, TaskSpec, TaskStatus};
+use crate::engine::model::{ContainerKind, ContainerStatus, TaskRecord, TaskSpec, TaskStatus};
+use crate::engine::net::awsvpc::{NetError, TaskNetwork};
 use crate::engine::pull::{EcrTokens, Puller};
 use crate::engine::reconcile::{Action, ActionKey, Ctx, Outcome, World};
 use crate::engine::resources::Capacity;
@@ -119,6 +120,17 @@ pub struct Settings {
     /// Task cgroups for task-level CPU and memory limits: set at start when
     /// `ECS_ENABLE_TASK_CPU_MEM_LIMIT` and the host can have them; `None`: no task gets one.
     pub task_cgroups: Option<task_cgroup::TaskCgroups>,
+    /// The kernel side of the awsvpc network mode: set at start when `ECS_ENABLE_TASK_ENI`
+    /// and the host can have it; `None`: awsvpc tasks are refused (`features`).
+    pub task_network: Option<Arc<dyn TaskNetwork>>,
+    /// `ECS_AWSVPC_BLOCK_IMDS`: 169.254.169.254 unreachable from awsvpc tasks.
+    pub block_imds: bool,
+}
+
+impl std::fmt::Debug for dyn TaskNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskNetwork")
+    }
 }
 
 impl Settings {
@@ -145,6 +157,8 @@ impl Settings {
             pull_retry: pull::PULL_RETRY,
             available: features::Available::default(),
             task_cgroups: None,
+            task_network: None,
+            block_imds: config.awsvpc.block_imds,
         }
     }
 }
@@ -254,6 +268,10 @@ enum Msg {
         oneshot::Sender<Result<(), Rejection>>,
     ),
     Stop(String, oneshot::Sender<Result<(), String>>),
+    Attach(
+        crate::tasks::EniAttachment,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 /// Why the loop did not take a delivered task.
@@ -307,7 +325,9 @@ fn now_secs() -> f64 {
 
 impl Engine {
     /// Builds the engine; nothing runs until [`Engine::run`].
-    pub fn new(parts: Parts) -> Result<Engine, pull::PullError> {
+    pub fn new(mut parts: Parts) -> Result<Engine, pull::PullError> {
+        // awsvpc tasks run only with a task network to put them in.
+        parts.settings.available.awsvpc = parts.settings.task_network.is_some();
         let e = &parts.settings.engine;
         let engine_auth =
             pull::parse_engine_auth(e.engine_auth_type.as_deref(), e.engine_auth_data.as_deref())?;
@@ -498,6 +518,23 @@ impl TaskControl for Engine {
         rx.await
             .map_err(|_| "task engine stopped before accepting the stop".to_owned())?
     }
+
+    async fn attach_eni(
+        &self,
+        attachment: crate::tasks::EniAttachment,
+    ) -> Result<(), DeliverError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Attach(attachment, tx))
+            .map_err(|_| DeliverError::Unavailable("task engine is not running".to_owned()))?;
+        match rx.await {
+            Ok(r) => r.map_err(DeliverError::Unavailable),
+            Err(_) => Err(DeliverError::Unavailable(
+                "task engine stopped before recording the attachment".to_owned(),
+            )),
+        }
+    }
 }
 
 /// Inspections cached by container id, valid while Docker's listing shows the same state and
@@ -617,6 +654,8 @@ struct LoopState {
     /// Per task, its fetched secrets (memory only, until the task stops) or why they could not
     /// be fetched.
     secrets: HashMap<String, Result<Arc<secrets::Resolved>, String>>,
+    /// ENI attachments from ACS by attachment ARN (persisted; removed with their task).
+    attachments: HashMap<String, store::AttachmentRecord>,
 }
 
 impl LoopState {
@@ -672,6 +711,11 @@ impl LoopState {
             published: false,
             static_facts: HashMap::new(),
             secrets: HashMap::new(),
+            attachments: loaded
+                .attachments
+                .into_iter()
+                .map(|a| (a.attachment.attachment_arn.clone(), a))
+                .collect(),
             shared,
         })
     }
@@ -760,7 +804,54 @@ impl LoopState {
                 };
                 let _ = reply.send(r);
             }
+            Msg::Attach(a, reply) => {
+                let r = self.attach(a).map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
         }
+        Ok(())
+    }
+
+    /// Records an ENI attachment (before ACS gets its ack) and gives a task that already has
+    /// this ENI the attachment's expiry. A duplicate changes nothing.
+    fn attach(&mut self, a: crate::tasks::EniAttachment) -> Result<(), Error> {
+        if self.attachments.contains_key(&a.attachment_arn) {
+            debug!(attachment.arn = %a.attachment_arn, "ENI attachment already recorded.");
+            return Ok(());
+        }
+        if self.tombstones.contains_key(&a.task_arn) {
+            debug!(task.arn = %a.task_arn, "ENI attachment for a task already cleaned up; ignoring it.");
+            return Ok(());
+        }
+        let now = self.now();
+        let wait = a
+            .wait_timeout_ms
+            .map_or(model::eni::DEFAULT_ENI_WAIT_SECS, |ms| ms as f64 / 1000.0);
+        let rec = store::AttachmentRecord {
+            attachment: a,
+            received_at: now,
+            expires_at: now + wait,
+        };
+        let arn = rec.attachment.attachment_arn.clone();
+        let mut joined = None;
+        if let Some(t) = self.tasks.get_mut(&rec.attachment.task_arn)
+            && let Some(n) = t.network.as_mut()
+            && n.eni.attachment_arn == arn
+            && n.found.is_none()
+        {
+            n.wait_from(now, wait);
+            joined = Some(t.clone());
+        }
+        self.shared.parts.store.transaction(|tx| {
+            store::put_attachment(tx, &rec)?;
+            if let Some(t) = &joined {
+                store::put_task(tx, t)?;
+            }
+            Ok(())
+        })?;
+        info!(attachment.arn = %arn, task.arn = %rec.attachment.task_arn, mac = %rec.attachment.mac, wait_s = wait, "ENI attachment recorded.");
+        self.attachments.insert(arn, rec);
+        self.published = false;
         Ok(())
     }
 
@@ -805,6 +896,14 @@ impl LoopState {
                     return Ok(Err(e.to_string()));
                 }
             };
+        if let Some(n) = rec.network.as_mut() {
+            // The attachment's expiry when ACS announced it already; else a default, replaced
+            // by the attachment's when it comes.
+            match self.attachments.get(&n.eni.attachment_arn) {
+                Some(a) => n.wait_from(a.received_at, a.expires_at - a.received_at),
+                None => n.wait_from(self.now(), model::eni::DEFAULT_ENI_WAIT_SECS),
+            }
+        }
         if let Some(why) = unsupported {
             warn!(task.arn = %arn, feature = why.feature, field = %why.field,
                 "Task asks for a feature this agent does not implement; stopping it.");
@@ -911,10 +1010,21 @@ impl LoopState {
                     Outcome::Removed { task_arn, result } => match result {
                         Ok(()) => {
                             if let Some(rec) = self.tasks.remove(task_arn) {
-                                self.shared
-                                    .parts
-                                    .store
-                                    .transaction(|tx| store::remove_task(tx, task_arn, now))?;
+                                let gone: Vec<String> = self
+                                    .attachments
+                                    .values()
+                                    .filter(|a| a.attachment.task_arn == *task_arn)
+                                    .map(|a| a.attachment.attachment_arn.clone())
+                                    .collect();
+                                self.shared.parts.store.transaction(|tx| {
+                                    for a in &gone {
+                                        store::remove_attachment(tx, a)?;
+                                    }
+                                    store::remove_task(tx, task_arn, now)
+                                })?;
+                                for a in &gone {
+                                    self.attachments.remove(a);
+                                }
                                 self.tombstones.insert(task_arn.clone(), now);
                                 for role in [RoleType::TaskApplication, RoleType::TaskExecution] {
                                     self.shared.parts.credentials.remove(task_arn, role);
@@ -1150,6 +1260,8 @@ impl LoopState {
             }
         }
 
+        self.choose_bridge_addresses();
+
         // Reconcile every task.
         let mut requeue: Option<f64> = None;
         let mut to_start: Vec<Action> = Vec::new();
@@ -1202,6 +1314,49 @@ impl LoopState {
         }
         self.publish();
         Ok(progress)
+    }
+
+    /// Gives each awsvpc task whose ENI was found and whose network pause runs its address on
+    /// the host bridge, before the reconciler asks for the provision: here, one task after
+    /// the other, so no two live tasks share one. Persisted with the record before the
+    /// provision starts, so a crash after it leaves a release owed, not forgotten.
+    fn choose_bridge_addresses(&mut self) {
+        let mut taken: HashSet<std::net::Ipv4Addr> = self
+            .tasks
+            .values()
+            .filter_map(|t| t.network.as_ref())
+            .filter(|n| !n.released)
+            .filter_map(|n| n.bridge_ipv4)
+            .collect();
+        for (arn, t) in &mut self.tasks {
+            let pause_runs = t.containers.iter().any(|c| {
+                c.kind == ContainerKind::NetworkPause
+                    && c.known == ContainerStatus::Running
+                    && c.pid.is_some()
+            });
+            let wants = t.desired == TaskStatus::Running && pause_runs;
+            let Some(n) = t.network.as_mut() else {
+                continue;
+            };
+            if !wants || n.found.is_none() || n.bridge_ipv4.is_some() || n.failure.is_some() {
+                continue;
+            }
+            match net::awsvpc::bridge_address(&taken) {
+                Some(a) => {
+                    taken.insert(a);
+                    n.bridge_ipv4 = Some(a);
+                }
+                None => {
+                    n.failure = Some(format!(
+                        "{}: no free address left on the task bridge {}/{}",
+                        n.describe(),
+                        net::awsvpc::BRIDGE_NETWORK,
+                        net::awsvpc::BRIDGE_PREFIX
+                    ));
+                }
+            }
+            self.dirty.insert(arn.clone());
+        }
     }
 
     /// Persists every dirty record and the changes they owe, in one transaction; then notifies.
@@ -1502,6 +1657,113 @@ impl LoopState {
                             }
                         });
                     Done::Action(key, Box::new(Outcome::TaskResources { task_arn, result }))
+                })
+            }
+            Action::EnsureEniFound { task_arn } => {
+                let (Some(net), Some(n)) = (
+                    self.settings().task_network.clone(),
+                    self.tasks.get(&task_arn).and_then(|t| t.network.clone()),
+                ) else {
+                    return;
+                };
+                Box::pin(async move {
+                    let result = net.find(&n.eni.mac).await.map_err(|e| {
+                        debug!(task.arn = %task_arn, eni = %n.eni.ec2_id, error = %e, "Cannot look for the ENI yet.");
+                        e.to_string()
+                    });
+                    if let Ok(Some(link)) = &result {
+                        info!(task.arn = %task_arn, eni = %n.eni.ec2_id, mac = %n.eni.mac, link = %link, "Task ENI found.");
+                    }
+                    Done::Action(
+                        key,
+                        Box::new(Outcome::Network {
+                            task_arn,
+                            result: reconcile::NetOutcome::Found(result),
+                        }),
+                    )
+                })
+            }
+            Action::EnsureNetwork { task_arn } => {
+                let Some(net) = self.settings().task_network.clone() else {
+                    return;
+                };
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let pid = rec
+                    .containers
+                    .iter()
+                    .find(|c| c.kind == ContainerKind::NetworkPause)
+                    .and_then(|c| c.pid);
+                let (Some(n), Some(pid)) = (rec.network.clone(), pid) else {
+                    return;
+                };
+                let Some(bridge_ipv4) = n.bridge_ipv4 else {
+                    return;
+                };
+                let cfg = net::awsvpc::TaskNetConfig {
+                    task_id: rec.spec.task_id().to_owned(),
+                    eni: n.eni.clone(),
+                    netns_pid: pid,
+                    bridge_ipv4,
+                    block_imds: self.settings().block_imds,
+                };
+                info!(task.arn = %task_arn, eni = %n.eni.ec2_id, pid, bridge = %bridge_ipv4, "Provisioning the task's network.");
+                Box::pin(async move {
+                    hooks.at("network.before").await;
+                    let result = match net.provision(&cfg).await {
+                        Ok(made) => Ok((made, pid)),
+                        Err(e) => {
+                            warn!(task.arn = %task_arn, eni = %cfg.eni.ec2_id, error = %e, "Task network not provisioned.");
+                            let retryable = matches!(e, NetError::Kernel { .. });
+                            Err((e.to_string(), retryable))
+                        }
+                    };
+                    hooks.at("network.after").await;
+                    Done::Action(
+                        key,
+                        Box::new(Outcome::Network {
+                            task_arn,
+                            result: reconcile::NetOutcome::Provisioned(result),
+                        }),
+                    )
+                })
+            }
+            Action::EnsureNetworkReleased { task_arn } => {
+                let Some(net) = self.settings().task_network.clone() else {
+                    warn!(task.arn = %task_arn, "An awsvpc task's network is owed a release, but this agent runs without awsvpc; its ENI may stay in the task namespace until the pause container is removed.");
+                    return;
+                };
+                let Some(rec) = self.tasks.get(&task_arn) else {
+                    return;
+                };
+                let Some(n) = rec.network.clone() else {
+                    return;
+                };
+                // The namespace is reached through the pause container while it runs; once it
+                // is gone the ENI is looked up by MAC in the host namespace.
+                let pid = rec
+                    .containers
+                    .iter()
+                    .find(|c| c.kind == ContainerKind::NetworkPause)
+                    .filter(|c| c.known == ContainerStatus::Running)
+                    .and_then(|c| c.pid);
+                info!(task.arn = %task_arn, eni = %n.eni.ec2_id, "Releasing the task's network.");
+                Box::pin(async move {
+                    let result = net
+                        .release(&n.eni, pid, &n.made())
+                        .await
+                        .map_err(|e| {
+                            warn!(task.arn = %task_arn, eni = %n.eni.ec2_id, error = %e, "Task network not released; will retry.");
+                            e.to_string()
+                        });
+                    Done::Action(
+                        key,
+                        Box::new(Outcome::Network {
+                            task_arn,
+                            result: reconcile::NetOutcome::Released(result),
+                        }),
+                    )
                 })
             }
             Action::EnsureRemoved { task_arn } => {

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::engine::docker_json;
-use crate::tasks::{ContainerChange, NetworkBinding, ReportStatus, TaskChange};
+use crate::tasks::{AttachmentChange, ContainerChange, NetworkBinding, ReportStatus, TaskChange};
 
+pub mod eni;
 pub mod internal;
 
 pub use internal::{ContainerKind, InternalImages};
@@ -53,6 +54,9 @@ pub enum ModelError {
     /// A status string is not one of ours.
     #[error("unknown status {0}")]
     Status(String),
+    /// An awsvpc task's elastic network interface cannot be used.
+    #[error("invalid awsvpc task: {0}")]
+    Eni(#[from] eni::EniError),
 }
 
 impl ModelError {
@@ -632,6 +636,13 @@ pub struct TaskSpec {
     /// in-memory store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_credentials: Option<CredentialsRef>,
+    /// The task's elastic network interfaces (awsvpc), as ACS sent them.
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub elastic_network_interfaces: Vec<eni::AcsEni>,
     /// The execution role: its ARN and credentials id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_role_credentials: Option<CredentialsRef>,
@@ -1020,6 +1031,10 @@ pub struct ContainerRecord {
     /// A container of the task definition, or one the engine added ([`internal`]).
     #[serde(default, skip_serializing_if = "ContainerKind::is_normal")]
     pub kind: ContainerKind,
+    /// Its main process while it runs (Docker's `State.Pid`), from the inspection that saw it
+    /// running: the awsvpc network is provisioned into `/proc/<pid>/ns/net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// The engine's persisted view of one task. Never contains credentials.
@@ -1060,6 +1075,9 @@ pub struct TaskRecord {
     /// as ACS delivered it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub internal: Vec<ContainerSpec>,
+    /// An awsvpc task's network: its ENI and how far the engine got with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<eni::TaskNet>,
 }
 
 /// The task's resources, prepared once per task before its first container create: its Docker
@@ -1118,6 +1136,14 @@ impl TaskRecord {
             )
             .collect();
         let internal = added.into_iter().map(|(_, c)| c).collect();
+        // The engine sets the expiry when it accepts the task (the model reads no clock).
+        let network = match spec.network_mode.as_deref() {
+            Some("awsvpc") => Some(eni::TaskNet::new(
+                eni::task_eni(&spec.elastic_network_interfaces)?,
+                0.0,
+            )),
+            _ => None,
+        };
         let volumes = spec
             .volumes
             .iter()
@@ -1132,6 +1158,7 @@ impl TaskRecord {
             volumes,
             containers,
             internal,
+            network,
             ..TaskRecord::default()
         })
     }
@@ -1158,11 +1185,21 @@ impl TaskRecord {
             .find(|c| c.name == name)
     }
 
-    /// Whether any internal container has not reached RUNNING yet (user containers wait).
+    /// Whether any internal container has not reached its steady state yet (user containers
+    /// wait): RUNNING, and for the network pause also the task's network provisioned.
     pub fn internal_pending(&self) -> bool {
         self.containers
             .iter()
             .any(|c| c.kind.is_internal() && c.known < ContainerStatus::Running)
+            || self
+                .network
+                .as_ref()
+                .is_some_and(|n| n.provisioned.is_none())
+    }
+
+    /// Whether the task runs in the awsvpc network mode.
+    pub fn is_awsvpc(&self) -> bool {
+        self.network.is_some()
     }
 
     /// The Docker id of the internal container of `kind`, once created.
@@ -1415,7 +1452,19 @@ pub fn take_change(rec: &mut TaskRecord, default_cluster: &str) -> Option<TaskCh
             network_bindings: c.ports.clone(),
         });
     }
-    if !task_due && containers.is_empty() {
+    // An awsvpc task's ENI: ATTACHED once found (awsvpc.md §2.3).
+    let mut attachments = Vec::new();
+    if let Some(n) = rec.network.as_mut()
+        && n.found.is_some()
+        && !n.attached_emitted
+    {
+        n.attached_emitted = true;
+        attachments.push(AttachmentChange {
+            attachment_arn: n.eni.attachment_arn.clone(),
+            status: "ATTACHED".into(),
+        });
+    }
+    if !task_due && containers.is_empty() && attachments.is_empty() {
         return None;
     }
     let status = task_report.unwrap_or(ReportStatus::Pending);
@@ -1444,6 +1493,7 @@ pub fn take_change(rec: &mut TaskRecord, default_cluster: &str) -> Option<TaskCh
             None
         },
         containers,
+        attachments,
     })
 }
 
@@ -1504,6 +1554,7 @@ mod ipv6_binding_tests {
             host_port_range: None,
         };
         let mut change = TaskChange {
+            attachments: Vec::new(),
             cluster: "c".into(),
             task_arn: "t".into(),
             status: ReportStatus::Running,

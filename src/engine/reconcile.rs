@@ -10,9 +10,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::engine::model::eni::{ENI_POLL_SECS, Provisioned};
 use crate::engine::model::{
-    ContainerRecord, ContainerStatus, DepState, Failure, HealthStatus, Step, TaskRecord,
-    TaskStatus, dependencies, dependency_deadline, task_known,
+    ContainerKind, ContainerRecord, ContainerStatus, DepState, Failure, HealthStatus, Step,
+    TaskRecord, TaskStatus, dependencies, dependency_deadline, task_known,
 };
 use crate::engine::runtime::{Observed, RuntimeError, State};
 use crate::tasks::NetworkBinding;
@@ -37,6 +38,8 @@ pub enum ActionKey {
     Resolve(String),
     /// Preparing a task's resources (its Docker volumes).
     Resources(String),
+    /// An awsvpc task's network: finding, provisioning or releasing it (one at a time).
+    Network(String),
 }
 
 /// An "ensure" step for the executor.
@@ -94,6 +97,23 @@ pub enum Action {
         /// Task.
         task_arn: String,
     },
+    /// Look once for the task's ENI on the host (`TaskNetwork::find`).
+    EnsureEniFound {
+        /// Task.
+        task_arn: String,
+    },
+    /// Move the task's ENI into its network pause container's namespace, with the bridge
+    /// address the record holds (`TaskNetwork::provision`).
+    EnsureNetwork {
+        /// Task.
+        task_arn: String,
+    },
+    /// Give the ENI back to the host and remove the veth (`TaskNetwork::release`): after every
+    /// user container stopped, before the network pause container stops.
+    EnsureNetworkReleased {
+        /// Task.
+        task_arn: String,
+    },
 }
 
 impl Action {
@@ -118,6 +138,9 @@ impl Action {
             Action::EnsureRemoved { task_arn } => ActionKey::Cleanup(task_arn.clone()),
             Action::EnsureResolved { task_arn } => ActionKey::Resolve(task_arn.clone()),
             Action::EnsureTaskResources { task_arn } => ActionKey::Resources(task_arn.clone()),
+            Action::EnsureEniFound { task_arn }
+            | Action::EnsureNetwork { task_arn }
+            | Action::EnsureNetworkReleased { task_arn } => ActionKey::Network(task_arn.clone()),
         }
     }
 }
@@ -303,10 +326,32 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             .containers
             .iter()
             .any(|c| !c.kind.is_internal() && c.known != ContainerStatus::Stopped);
+        // The awsvpc network is released after the user containers stopped and before the
+        // network pause stops (its namespace holds the ENI).
+        let net_key = ActionKey::Network(arn.clone());
+        let net_busy = world.in_flight.contains(&net_key);
+        let net_held = r
+            .network
+            .as_ref()
+            .is_some_and(|n| n.owes_release() || net_busy);
+        if !users_left
+            && !net_busy
+            && let Some(n) = &r.network
+            && n.owes_release()
+        {
+            if n.not_before > ctx.now {
+                requeue_at(n.not_before);
+            } else {
+                actions.push(Action::EnsureNetworkReleased {
+                    task_arn: arn.clone(),
+                });
+            }
+        }
         for c in &mut r.containers {
             if c.known == ContainerStatus::Stopped
                 || still_needed.contains(&c.name)
                 || (c.kind.is_internal() && users_left)
+                || (c.kind == ContainerKind::NetworkPause && net_held)
             {
                 continue;
             }
@@ -336,10 +381,27 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             }
         }
     } else if r.admitted {
+        let net = r.network.clone();
         for c in &mut r.containers {
             if c.known >= ContainerStatus::Running && c.running_since.is_none() {
                 c.running_since = Some(ctx.now);
             }
+            // awsvpc publishes nothing on the host: the ports are the ENI's.
+            if let Some(n) = &net
+                && !c.kind.is_internal()
+                && c.known == ContainerStatus::Running
+                && c.ports.is_empty()
+                && let Some(spec) = rec.spec_of(&c.name)
+            {
+                c.ports = n.bindings(spec);
+            }
+        }
+        // The awsvpc network: the ENI found, then provisioned into the network pause's
+        // namespace; a network that cannot be had stops the task, naming the ENI.
+        let mut net_failed = false;
+        if let Some(why) = network_step(&mut r, world, ctx, &mut actions, &mut requeue_at) {
+            net_failed = true;
+            stop_before_create(&mut r, world, &why);
         }
         // Secrets that could not be fetched stop the task before anything is created
         // (task-credentials.md §9: the reason is the fetch's error).
@@ -372,7 +434,8 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
             }
         }
         let mut resolve_asked = false;
-        let failed = matches!(ctx.secrets, SecretsGate::Failed(_)) || resources_failed;
+        let failed =
+            matches!(ctx.secrets, SecretsGate::Failed(_)) || resources_failed || net_failed;
         let snapshot = r.clone();
         // User containers are neither pulled nor created before every internal container runs
         // (whose namespaces they join), whatever ECS_PULL_DEPENDENT_CONTAINERS_UPFRONT says.
@@ -493,8 +556,11 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         let stopping = actions
             .iter()
             .any(|a| matches!(a, Action::EnsureStopped { .. }));
-        // A volume created after the cleanup listed the task's volumes would be left behind.
-        let preparing = world.in_flight.contains(&ActionKey::Resources(arn.clone()));
+        // A volume created after the cleanup listed the task's volumes would be left behind;
+        // an ENI must be back on the host before its pause container goes.
+        let preparing = world.in_flight.contains(&ActionKey::Resources(arn.clone()))
+            || world.in_flight.contains(&ActionKey::Network(arn.clone()))
+            || r.network.as_ref().is_some_and(|n| n.owes_release());
         if !world.in_flight.contains(&key) && !stopping && !preparing {
             if ctx.stopped_reported && (ctx.disk_pressure || ctx.now >= due) {
                 actions.push(Action::EnsureRemoved {
@@ -511,6 +577,60 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         actions,
         requeue_at: requeue,
     }
+}
+
+/// The awsvpc steps of a running task (desired RUNNING, admitted): look for the ENI until it
+/// appears or its attachment expires, then provision it once the network pause runs (the
+/// engine chose the bridge address before this pass). Returns the task's stop reason when the
+/// network cannot be had.
+fn network_step(
+    r: &mut TaskRecord,
+    world: &World<'_>,
+    ctx: &Ctx,
+    actions: &mut Vec<Action>,
+    requeue_at: &mut impl FnMut(f64),
+) -> Option<String> {
+    let arn = r.spec.arn.clone();
+    let pause = r
+        .containers
+        .iter()
+        .find(|c| c.kind == ContainerKind::NetworkPause)
+        .map(|c| (c.known, c.pid));
+    let n = r.network.as_mut()?;
+    if let Some(why) = &n.failure {
+        return Some(why.clone());
+    }
+    if world.in_flight.contains(&ActionKey::Network(arn.clone())) || n.provisioned.is_some() {
+        return None;
+    }
+    if n.found.is_none() {
+        if ctx.now >= n.expires_at {
+            let why = format!(
+                "{} did not appear on this instance within {} s",
+                n.describe(),
+                n.wait_secs.round()
+            );
+            n.failure = Some(why.clone());
+            return Some(why);
+        }
+        if n.not_before > ctx.now {
+            requeue_at(n.not_before.min(n.expires_at));
+        } else {
+            actions.push(Action::EnsureEniFound { task_arn: arn });
+        }
+        return None;
+    }
+    match pause {
+        Some((ContainerStatus::Running, Some(_))) if n.bridge_ipv4.is_some() => {
+            if n.not_before > ctx.now {
+                requeue_at(n.not_before);
+            } else {
+                actions.push(Action::EnsureNetwork { task_arn: arn });
+            }
+        }
+        _ => {}
+    }
+    None
 }
 
 /// The task's stop reason when its internal container `c` stopped.
@@ -568,6 +688,9 @@ pub fn observe(c: &mut ContainerRecord, o: &Observed, health_checked: bool, now:
     }
     if c.created_at.is_none() {
         c.created_at = o.created_at.clone();
+    }
+    if o.state == Some(State::Running) && o.pid.is_some() {
+        c.pid = o.pid;
     }
     if o.image_id.is_some() {
         c.image_id = o.image_id.clone();
@@ -666,6 +789,13 @@ pub enum Outcome {
         /// Error text.
         result: Result<(), String>,
     },
+    /// A step of the task's awsvpc network finished.
+    Network {
+        /// Task.
+        task_arn: String,
+        /// What finished.
+        result: NetOutcome,
+    },
     /// The task's resources are prepared, or why not.
     TaskResources {
         /// Task.
@@ -673,6 +803,18 @@ pub enum Outcome {
         /// The failure.
         result: Result<(), ResourceFailure>,
     },
+}
+
+/// The outcome of an awsvpc step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetOutcome {
+    /// A look for the ENI: the host link's name, not there yet, or why the look failed.
+    Found(Result<Option<String>, String>),
+    /// Provisioned (what was made, through which process), or why not and whether another
+    /// attempt may work.
+    Provisioned(Result<(Provisioned, u32), (String, bool)>),
+    /// Released, or why not (retried).
+    Released(Result<(), String>),
 }
 
 /// Why a task's resources could not be prepared.
@@ -847,6 +989,48 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
             }
         }),
         Outcome::Removed { .. } => false,
+        Outcome::Network { task_arn, result } => {
+            if rec.spec.arn != *task_arn {
+                return false;
+            }
+            let Some(n) = rec.network.as_mut() else {
+                return false;
+            };
+            match result {
+                NetOutcome::Found(Ok(Some(link))) => {
+                    n.found = Some(link.clone());
+                    n.not_before = 0.0;
+                }
+                NetOutcome::Found(Ok(None)) | NetOutcome::Found(Err(_)) => {
+                    n.not_before = now + ENI_POLL_SECS;
+                }
+                NetOutcome::Provisioned(Ok((made, pid))) => {
+                    n.provisioned = Some(made.clone());
+                    n.netns_pid = Some(*pid);
+                    n.attempts = 0;
+                    n.not_before = 0.0;
+                }
+                NetOutcome::Provisioned(Err((why, retryable))) => {
+                    n.attempts += 1;
+                    if !retryable || n.attempts >= MAX_ATTEMPTS {
+                        n.failure = Some(format!("{} could not be set up: {why}", n.describe()));
+                    } else {
+                        n.not_before = now + retry_delay(n.attempts);
+                    }
+                }
+                NetOutcome::Released(Ok(())) => {
+                    n.released = true;
+                    n.attempts = 0;
+                    n.not_before = 0.0;
+                }
+                NetOutcome::Released(Err(_)) => {
+                    // Retried until it works: the ENI must go back before the pause goes.
+                    n.attempts += 1;
+                    n.not_before = now + retry_delay(n.attempts);
+                }
+            }
+            true
+        }
         Outcome::TaskResources { task_arn, result } => {
             if rec.spec.arn != *task_arn {
                 return false;

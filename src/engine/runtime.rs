@@ -133,6 +133,9 @@ pub struct Observed {
     pub image_id: Option<String>,
     /// Docker networks and the container's addresses on them.
     pub networks: Vec<ContainerNetwork>,
+    /// The container's main process (`State.Pid`) while it runs: its `/proc/<pid>/ns/*` are the
+    /// container's namespaces (the awsvpc network pause's netns gets the task's ENI).
+    pub pid: Option<u32>,
 }
 
 impl Observed {
@@ -250,6 +253,14 @@ pub struct FakeContainer {
     pub starts: u32,
     /// `Env` given at create.
     pub env: Vec<String>,
+    /// `HostConfig.NetworkMode` given at create.
+    pub network_mode: Option<String>,
+    /// `HostConfig.PortBindings` given at create (non-empty).
+    pub port_bindings: bool,
+    /// `Hostname` given at create.
+    pub hostname: Option<String>,
+    /// `HostConfig.Dns` given at create.
+    pub dns: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -390,6 +401,7 @@ impl FakeRuntime {
                 && c.observed.state == Some(State::Running)
             {
                 c.observed.state = Some(State::Exited);
+                c.observed.pid = None;
                 c.observed.exit_code = Some(code);
                 c.observed.finished_at = Some(t);
                 inner.record("exit", name);
@@ -582,6 +594,21 @@ impl ContainerRuntime for FakeRuntime {
                 labels,
                 starts: 0,
                 env: body.env.clone().unwrap_or_default(),
+                network_mode: body
+                    .host_config
+                    .as_ref()
+                    .and_then(|h| h.network_mode.clone()),
+                port_bindings: body
+                    .host_config
+                    .as_ref()
+                    .and_then(|h| h.port_bindings.as_ref())
+                    .is_some_and(|p| !p.is_empty()),
+                hostname: body.hostname.clone(),
+                dns: body
+                    .host_config
+                    .as_ref()
+                    .and_then(|h| h.dns.clone())
+                    .unwrap_or_default(),
             },
         );
         inner.creates.push(name.to_owned());
@@ -614,6 +641,7 @@ impl ContainerRuntime for FakeRuntime {
                 Some(State::Running) => return Ok(()),
                 Some(State::Created) | Some(State::Exited) => {
                     c.observed.state = Some(State::Running);
+                    c.observed.pid = Some(10_000 + c.starts);
                     c.observed.started_at = Some(t);
                     c.observed.exit_code = None;
                     c.starts += 1;
@@ -641,6 +669,7 @@ impl ContainerRuntime for FakeRuntime {
             let name = name.clone();
             if c.observed.state == Some(State::Running) {
                 c.observed.state = Some(State::Exited);
+                c.observed.pid = None;
                 c.observed.exit_code = Some(143);
                 c.observed.finished_at = Some(t);
                 inner.record("stop", &name);
@@ -722,5 +751,159 @@ impl ContainerRuntime for FakeRuntime {
         Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|()| (Ok(()), rx))
         }))
+    }
+}
+
+/// One call the fake task network saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeNetCall {
+    /// `find`, `provision` or `release`.
+    pub what: &'static str,
+    /// The ENI's MAC address.
+    pub mac: String,
+    /// The namespace's process (provision; release while the pause runs).
+    pub pid: Option<u32>,
+    /// The bridge address (provision).
+    pub bridge: Option<std::net::Ipv4Addr>,
+    /// How many events the paired [`FakeRuntime`]'s history held when the call came (orders
+    /// network calls among container creates, starts and stops).
+    pub runtime_events: usize,
+}
+
+#[derive(Debug, Default)]
+struct FakeNetInner {
+    links: HashMap<String, String>,
+    calls: Vec<FakeNetCall>,
+    provision_failures: Vec<crate::engine::net::awsvpc::NetError>,
+    release_failures: u32,
+    in_task: HashSet<String>,
+}
+
+/// In-memory `TaskNetwork` for unit tests: ENIs appear when a test says so, provision and
+/// release move them in and out of "the task namespace", failures can be injected, and every
+/// call is recorded with its place among the paired runtime's container events.
+#[derive(Debug, Default)]
+pub struct FakeTaskNetwork {
+    inner: Mutex<FakeNetInner>,
+    runtime: Option<std::sync::Arc<FakeRuntime>>,
+}
+
+impl FakeTaskNetwork {
+    /// A fake whose calls are ordered against `runtime`'s history.
+    pub fn paired(runtime: std::sync::Arc<FakeRuntime>) -> FakeTaskNetwork {
+        FakeTaskNetwork {
+            inner: Mutex::default(),
+            runtime: Some(runtime),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeNetInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A link with `mac` appears on the host as `name` (ECS attached the ENI).
+    pub fn appear(&self, mac: &str, name: &str) {
+        self.lock().links.insert(mac.to_owned(), name.to_owned());
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<FakeNetCall> {
+        self.lock().calls.clone()
+    }
+
+    /// How many calls of `what` were made.
+    pub fn count(&self, what: &str) -> usize {
+        self.lock().calls.iter().filter(|c| c.what == what).count()
+    }
+
+    /// Whether the ENI with `mac` is in a task namespace now.
+    pub fn in_task(&self, mac: &str) -> bool {
+        self.lock().in_task.contains(mac)
+    }
+
+    /// The next provisions fail with these errors, in order.
+    pub fn fail_provision(&self, errors: Vec<crate::engine::net::awsvpc::NetError>) {
+        self.lock().provision_failures = errors;
+    }
+
+    /// The next `times` releases fail.
+    pub fn fail_release(&self, times: u32) {
+        self.lock().release_failures = times;
+    }
+
+    fn record(
+        &self,
+        inner: &mut FakeNetInner,
+        what: &'static str,
+        mac: &str,
+        pid: Option<u32>,
+        bridge: Option<std::net::Ipv4Addr>,
+    ) {
+        let runtime_events = self.runtime.as_ref().map_or(0, |r| r.history().len());
+        inner.calls.push(FakeNetCall {
+            what,
+            mac: mac.to_owned(),
+            pid,
+            bridge,
+            runtime_events,
+        });
+    }
+}
+
+#[async_trait]
+impl crate::engine::net::awsvpc::TaskNetwork for FakeTaskNetwork {
+    async fn find(
+        &self,
+        mac: &str,
+    ) -> Result<Option<String>, crate::engine::net::awsvpc::NetError> {
+        let mut inner = self.lock();
+        self.record(&mut inner, "find", mac, None, None);
+        Ok(inner.links.get(mac).cloned())
+    }
+
+    async fn provision(
+        &self,
+        cfg: &crate::engine::net::awsvpc::TaskNetConfig,
+    ) -> Result<crate::engine::net::awsvpc::Provisioned, crate::engine::net::awsvpc::NetError> {
+        let mut inner = self.lock();
+        self.record(
+            &mut inner,
+            "provision",
+            &cfg.eni.mac,
+            Some(cfg.netns_pid),
+            Some(cfg.bridge_ipv4),
+        );
+        if !inner.provision_failures.is_empty() {
+            return Err(inner.provision_failures.remove(0));
+        }
+        let Some(link) = inner.links.get(&cfg.eni.mac).cloned() else {
+            return Err(crate::engine::net::awsvpc::NetError::EniNotFound(
+                cfg.eni.mac.clone(),
+            ));
+        };
+        inner.in_task.insert(cfg.eni.mac.clone());
+        Ok(crate::engine::net::awsvpc::Provisioned {
+            host_ifname: link,
+            host_veth: format!("veth{}", &cfg.task_id[..cfg.task_id.len().min(8)]),
+        })
+    }
+
+    async fn release(
+        &self,
+        eni: &crate::engine::net::awsvpc::Eni,
+        netns_pid: Option<u32>,
+        _made: &crate::engine::net::awsvpc::Provisioned,
+    ) -> Result<(), crate::engine::net::awsvpc::NetError> {
+        let mut inner = self.lock();
+        self.record(&mut inner, "release", &eni.mac, netns_pid, None);
+        if inner.release_failures > 0 {
+            inner.release_failures -= 1;
+            return Err(crate::engine::net::awsvpc::NetError::Kernel {
+                what: "fake release".into(),
+                source: std::io::Error::other("injected"),
+            });
+        }
+        inner.in_task.remove(&eni.mac);
+        Ok(())
     }
 }

@@ -17,6 +17,20 @@ pub const IMAGES: Table = Table("engine_images");
 pub const TOMBSTONES: Table = Table("engine_tombstones");
 /// Counters.
 pub const META: Table = Table("engine_meta");
+/// Task ENI attachments from ACS, by attachment ARN (the official agent's `eniattachments`
+/// bucket).
+pub const ENI_ATTACHMENTS: Table = Table("eniattachments");
+
+/// A recorded ENI attachment: what ACS said and until when the ENI may take to appear.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttachmentRecord {
+    /// What ACS sent.
+    pub attachment: crate::tasks::EniAttachment,
+    /// Epoch seconds it was first received.
+    pub received_at: f64,
+    /// Epoch seconds after which the ENI will not appear (`received_at` + `waitTimeoutMs`).
+    pub expires_at: f64,
+}
 const SEQ_KEY: &str = "next_seq";
 
 /// Tombstones older than this are forgotten (ACS stops re-sending a task long before).
@@ -33,6 +47,8 @@ pub struct Loaded {
     pub tombstones: Vec<(String, f64)>,
     /// Next delivery sequence number.
     pub next_seq: u64,
+    /// ENI attachments.
+    pub attachments: Vec<AttachmentRecord>,
 }
 
 /// Reads the engine's state.
@@ -50,6 +66,11 @@ pub fn load(store: &Store) -> Result<Loaded, Error> {
             .collect(),
         tombstones: store.list::<f64>(TOMBSTONES)?,
         next_seq: store.get::<u64>(META, SEQ_KEY)?.unwrap_or(1),
+        attachments: store
+            .list::<AttachmentRecord>(ENI_ATTACHMENTS)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect(),
     })
 }
 
@@ -72,6 +93,16 @@ pub fn remove_task(tx: &Transaction<'_>, arn: &str, now: f64) -> Result<(), Erro
 /// Forgets a tombstone.
 pub fn drop_tombstone(tx: &Transaction<'_>, arn: &str) -> Result<(), Error> {
     tx.remove(TOMBSTONES, arn)
+}
+
+/// Writes an ENI attachment.
+pub fn put_attachment(tx: &Transaction<'_>, a: &AttachmentRecord) -> Result<(), Error> {
+    tx.put(ENI_ATTACHMENTS, &a.attachment.attachment_arn, a)
+}
+
+/// Forgets an ENI attachment.
+pub fn remove_attachment(tx: &Transaction<'_>, attachment_arn: &str) -> Result<(), Error> {
+    tx.remove(ENI_ATTACHMENTS, attachment_arn)
 }
 
 /// Writes an image record.

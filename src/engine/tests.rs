@@ -1820,3 +1820,5 @@ async fn secrets_are_fetched_once_before_create_and_a_failure_stops_the_task_unc
     let raw = std::fs::read(dir.path().join("s.redb")).unwrap();
     assert!(!raw.windows(9).any(|w| w == b"value-of-"));
 }
+
+mod awsvpc;

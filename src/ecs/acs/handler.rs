@@ -16,16 +16,16 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::messages::{
-    self, AckRequest, HeartbeatAckRequest, IamRoleCredentials, IamRoleCredentialsAckRequest,
-    IamRoleCredentialsMessage, Inbound, NackRequest, Outbound, PayloadMessage, PayloadTask,
-    TaskIdentifier, TaskManifestMessage, TaskStopVerificationAck, TaskStopVerificationMessage,
-    UpdateMessage,
+    self, AckRequest, AttachTaskNetworkInterfacesMessage, HeartbeatAckRequest, IamRoleCredentials,
+    IamRoleCredentialsAckRequest, IamRoleCredentialsMessage, Inbound, NackRequest, Outbound,
+    PayloadMessage, PayloadTask, TaskIdentifier, TaskManifestMessage, TaskStopVerificationAck,
+    TaskStopVerificationMessage, UpdateMessage,
 };
 use crate::ecs::report::Milestones;
 use crate::store::{self, Store, Table};
 use crate::tasks::{
-    CredentialsStore, DeliverError, ReportStatus, RoleCredentials, RoleType, StateChangeSink,
-    TaskChange, TaskControl,
+    CredentialsStore, DeliverError, EniAttachment, ReportStatus, RoleCredentials, RoleType,
+    StateChangeSink, TaskChange, TaskControl,
 };
 
 /// The ACS session's durable state.
@@ -236,13 +236,7 @@ impl Handler {
             Inbound::Credentials(m) => self.credentials_message(m),
             Inbound::TaskManifest(m) => self.manifest(m)?,
             Inbound::TaskStopVerificationAck(m) => self.stop_verification_ack(m).await,
-            Inbound::AttachTaskNetworkInterfaces(m) => {
-                warn!(
-                    task.arn = m.task_arn.as_deref().unwrap_or(""),
-                    "ACS sent network interfaces for an awsvpc task; awsvpc is not supported. Acknowledging."
-                );
-                self.ack(&m.message_id, &m.cluster_arn, &m.container_instance_arn)
-            }
+            Inbound::AttachTaskNetworkInterfaces(m) => self.attach_task_enis(m).await,
             Inbound::AttachInstanceNetworkInterfaces(m) => {
                 warn!(
                     "ACS sent instance network interfaces; ENI trunking is not supported. Acknowledging."
@@ -484,6 +478,7 @@ impl Handler {
                 let reason = format!("{UNRECOGNIZED_TASK}{why}");
                 warn!(task.arn = %arn, desired, reason = %reason, "The engine refused the task; reporting it STOPPED.");
                 let change = TaskChange {
+                    attachments: Vec::new(),
                     cluster: nonempty(&task.task_cluster_arn)
                         .unwrap_or(cluster)
                         .to_owned(),
@@ -586,6 +581,41 @@ impl Handler {
             ));
         }
         Ok(handled)
+    }
+
+    /// `AttachTaskNetworkInterfacesMessage` (awsvpc.md §2.1): each ENI's attachment is
+    /// recorded by the engine before the ack; an engine that cannot record it now gets no ack,
+    /// so ACS sends it again. An ENI without attachment ARN is logged naming the field and not
+    /// recorded (the task's own ENI list is validated when the task is delivered).
+    async fn attach_task_enis(&mut self, m: AttachTaskNetworkInterfacesMessage) -> Handled {
+        let Some(task_arn) = nonempty(&m.task_arn).map(str::to_owned) else {
+            warn!("Ignoring an AttachTaskNetworkInterfacesMessage without taskArn.");
+            return Handled::default();
+        };
+        for (i, raw) in m.elastic_network_interfaces.iter().enumerate() {
+            let text = |k: &str| {
+                raw.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+            };
+            let Some(attachment_arn) = text("attachmentArn") else {
+                warn!(task.arn = %task_arn, "ACS sent a task ENI without elasticNetworkInterfaces[{i}].attachmentArn; it cannot be recorded.");
+                continue;
+            };
+            let attachment = EniAttachment {
+                attachment_arn: attachment_arn.to_owned(),
+                task_arn: task_arn.clone(),
+                mac: text("macAddress").unwrap_or_default().to_ascii_lowercase(),
+                wait_timeout_ms: m.wait_timeout_ms.and_then(|w| u64::try_from(w).ok()),
+            };
+            if let Err(e) = self.engine.attach_eni(attachment).await {
+                warn!(task.arn = %task_arn, error = %e, "The engine could not record the ENI attachment; not acknowledging (ACS sends it again).");
+                return Handled::default();
+            }
+        }
+        info!(task.arn = %task_arn, enis = m.elastic_network_interfaces.len(), "Task ENI attachment recorded.");
+        self.ack(&m.message_id, &m.cluster_arn, &m.container_instance_arn)
     }
 
     async fn stop_verification_ack(&mut self, m: TaskStopVerificationAck) -> Handled {

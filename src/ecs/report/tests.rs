@@ -82,6 +82,7 @@ impl EcsApi for FakeEcs {
 
 fn change(task: &str, status: ReportStatus) -> TaskChange {
     TaskChange {
+        attachments: Vec::new(),
         cluster: "c".into(),
         task_arn: task.into(),
         status,

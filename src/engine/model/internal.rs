@@ -1,5 +1,5 @@
 //! Internal containers: containers the engine adds to a task for its own needs, beside the ones
-//! ACS delivered (container-features.md §8; next, awsvpc's network pause, awsvpc.md).
+//! ACS delivered (container-features.md §8; awsvpc's network pause, awsvpc.md §2.4).
 //!
 //! Owns: the container kinds ([`ContainerKind`]), which internal containers a task needs and
 //! their specs ([`needed`]), their fixed names and images, and what user containers borrow from
@@ -20,6 +20,9 @@ pub const DEFAULT_PAUSE_IMAGE: &str = "amazon/amazon-ecs-pause:0.1.0";
 /// names look the same as on an ECS-optimized AMI).
 pub const NAMESPACE_PAUSE_NAME: &str = "~internal~ecs~pause~namespace";
 
+/// The network pause container's name in the task (upstream's `CNI_PAUSE` container name).
+pub const NETWORK_PAUSE_NAME: &str = "~internal~ecs~pause";
+
 /// What a container of a task is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -30,6 +33,11 @@ pub enum ContainerKind {
     /// Holds the task's PID and/or IPC namespace (`pidMode`/`ipcMode` `task`); upstream's
     /// `NAMESPACE_PAUSE`.
     NamespacePause,
+    /// Holds an awsvpc task's network namespace, which gets the task's ENI; upstream's
+    /// `CNI_PAUSE`. Its steady state is "network provisioned" (the record's
+    /// `TaskNet::provisioned`), not just RUNNING. A task that is both awsvpc and
+    /// `pidMode`/`ipcMode` `task` has both pauses: each kind keeps one job.
+    NetworkPause,
 }
 
 impl ContainerKind {
@@ -48,6 +56,7 @@ impl ContainerKind {
         match self {
             ContainerKind::Normal => "container",
             ContainerKind::NamespacePause => "namespace pause container",
+            ContainerKind::NetworkPause => "network pause container",
         }
     }
 }
@@ -94,6 +103,18 @@ impl NamespaceShare {
 /// The internal containers task `spec` needs, in creation order, with their specs.
 pub fn needed(spec: &TaskSpec, images: &InternalImages) -> Vec<(ContainerKind, ContainerSpec)> {
     let mut out = Vec::new();
+    if spec.network_mode.as_deref() == Some("awsvpc") {
+        out.push((
+            ContainerKind::NetworkPause,
+            ContainerSpec {
+                name: NETWORK_PAUSE_NAME.to_owned(),
+                image: images.namespace_pause.clone(),
+                // If it dies the task's network namespace (and its ENI) is gone.
+                essential: true,
+                ..ContainerSpec::default()
+            },
+        ));
+    }
     if NamespaceShare::of(spec).any() {
         out.push((
             ContainerKind::NamespacePause,

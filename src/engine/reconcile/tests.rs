@@ -634,6 +634,9 @@ fn names_of(actions: &[Action]) -> Vec<(&'static str, String)> {
             Action::EnsureResolved { .. } => ("resolve", String::new()),
             Action::EnsureTaskResources { .. } => ("resources", String::new()),
             Action::EnsureRemoved { .. } => ("remove", String::new()),
+            Action::EnsureEniFound { .. } => ("find-eni", String::new()),
+            Action::EnsureNetwork { .. } => ("provision", String::new()),
+            Action::EnsureNetworkReleased { .. } => ("release", String::new()),
         })
         .collect()
 }

@@ -17,6 +17,7 @@ struct FakeEngine {
     refuse: Mutex<HashSet<String>>,
     unavailable: Mutex<HashSet<String>>,
     running: Mutex<Vec<String>>,
+    attached: Mutex<Vec<crate::tasks::EniAttachment>>,
 }
 
 impl FakeEngine {
@@ -62,6 +63,13 @@ impl TaskControl for FakeEngine {
     }
     async fn stop(&self, task_arn: &str) -> Result<(), String> {
         self.stopped.lock().unwrap().push(task_arn.to_owned());
+        Ok(())
+    }
+    async fn attach_eni(&self, a: crate::tasks::EniAttachment) -> Result<(), DeliverError> {
+        if self.unavailable.lock().unwrap().contains(&a.task_arn) {
+            return Err(DeliverError::Unavailable("engine restarting".into()));
+        }
+        self.attached.lock().unwrap().push(a);
         Ok(())
     }
 }
@@ -599,4 +607,62 @@ async fn seq_num_survives_a_new_handler() {
     })
     .unwrap();
     assert_eq!(again.latest_seq_num(), 42);
+}
+
+/// awsvpc.md §2.1: each ENI's attachment goes to the engine (joined later by attachment ARN)
+/// before the ack; an engine that cannot record it gets no ack, so ACS sends it again.
+#[tokio::test]
+async fn task_eni_attachments_are_recorded_before_the_ack() {
+    let w = world();
+    let mut w = w;
+    let msg = |id: &str, task: &str| {
+        frame(
+            "AttachTaskNetworkInterfacesMessage",
+            json!({"messageId": id, "clusterArn": "arn:cluster", "containerInstanceArn": "arn:ci",
+                   "taskArn": task, "waitTimeoutMs": 5000,
+                   "elasticNetworkInterfaces": [{
+                       "attachmentArn": "arn:att/1", "ec2Id": "eni-1",
+                       "macAddress": "0A:1B:2C:3D:4E:5F",
+                       "ipv4Addresses": [{"privateAddress": "10.0.1.23", "primary": true}],
+                       "subnetGatewayIpv4Address": "10.0.1.1/24"}]}),
+        )
+    };
+    w.engine
+        .unavailable
+        .lock()
+        .unwrap()
+        .insert("arn:task/busy".into());
+    let h = w
+        .handler
+        .handle_frame(&msg("m0", "arn:task/busy"))
+        .await
+        .unwrap();
+    assert!(h.replies.is_empty(), "no ack without a record: {h:?}");
+    assert!(w.engine.attached.lock().unwrap().is_empty());
+
+    let h = w
+        .handler
+        .handle_frame(&msg("m1", "arn:task/1"))
+        .await
+        .unwrap();
+    assert_eq!(h.replies, vec![ack("m1")]);
+    assert_eq!(
+        *w.engine.attached.lock().unwrap(),
+        vec![crate::tasks::EniAttachment {
+            attachment_arn: "arn:att/1".into(),
+            task_arn: "arn:task/1".into(),
+            mac: "0a:1b:2c:3d:4e:5f".into(),
+            wait_timeout_ms: Some(5000),
+        }]
+    );
+    // Without a task ARN nothing can be joined: no record, no ack.
+    let h = w
+        .handler
+        .handle_frame(&frame(
+            "AttachTaskNetworkInterfacesMessage",
+            json!({"messageId": "m2", "elasticNetworkInterfaces": []}),
+        ))
+        .await
+        .unwrap();
+    assert!(h.replies.is_empty());
 }
