@@ -888,14 +888,18 @@ impl LoopState {
         let images = model::InternalImages {
             namespace_pause: self.settings().engine.pause_image.clone(),
         };
-        let mut rec =
-            match TaskRecord::with_images(spec, self.next_seq, jitter.as_secs_f64(), &images) {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(task.arn = %arn, error = %e, "Task refused.");
-                    return Ok(Err(e.to_string()));
-                }
-            };
+        let build = if unsupported.is_some() {
+            TaskRecord::refused
+        } else {
+            TaskRecord::with_images
+        };
+        let mut rec = match build(spec, self.next_seq, jitter.as_secs_f64(), &images) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(task.arn = %arn, error = %e, "Task refused.");
+                return Ok(Err(e.to_string()));
+            }
+        };
         if let Some(n) = rec.network.as_mut() {
             // The attachment's expiry when ACS announced it already; else a default, replaced
             // by the attachment's when it comes.

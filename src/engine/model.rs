@@ -1107,6 +1107,28 @@ impl TaskRecord {
         cleanup_jitter: f64,
         images: &InternalImages,
     ) -> Result<TaskRecord, ModelError> {
+        Self::build(spec, seq, cleanup_jitter, images, true)
+    }
+
+    /// The record of a task refused at delivery for a feature this host lacks
+    /// (`features::unsupported`): it is stopped before anything runs, so its network is not
+    /// planned (an awsvpc task refused for want of awsvpc is refused for that, not for its ENI).
+    pub fn refused(
+        spec: TaskSpec,
+        seq: u64,
+        cleanup_jitter: f64,
+        images: &InternalImages,
+    ) -> Result<TaskRecord, ModelError> {
+        Self::build(spec, seq, cleanup_jitter, images, false)
+    }
+
+    fn build(
+        spec: TaskSpec,
+        seq: u64,
+        cleanup_jitter: f64,
+        images: &InternalImages,
+        plan_network: bool,
+    ) -> Result<TaskRecord, ModelError> {
         let desired = match spec.desired()? {
             TaskStatus::Stopped => TaskStatus::Stopped,
             _ => TaskStatus::Running,
@@ -1138,7 +1160,7 @@ impl TaskRecord {
         let internal = added.into_iter().map(|(_, c)| c).collect();
         // The engine sets the expiry when it accepts the task (the model reads no clock).
         let network = match spec.network_mode.as_deref() {
-            Some("awsvpc") => Some(eni::TaskNet::new(
+            Some("awsvpc") if plan_network => Some(eni::TaskNet::new(
                 eni::task_eni(&spec.elastic_network_interfaces)?,
                 0.0,
             )),
