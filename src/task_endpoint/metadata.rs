@@ -10,6 +10,10 @@
 //!   policies are refused by the engine).
 //! - `Health` (v4 and v3) is shown for containers with a task-definition health check, from the
 //!   engine's tracking ([`ContainerHealth`]); the task object has no health of its own.
+//! - An awsvpc task's containers show one `Networks` entry, its ENI ([`AwsvpcFacts`]), in place
+//!   of Docker's networks (they have none of their own): v4 with upstream's
+//!   `NetworkInterfaceProperties` (`AttachmentIndex` 0, one ENI per task), v3 the addresses only.
+//!   `SubnetGatewayIpv6Address` (IPv6-only ENIs upstream) never appears: ours need IPv4.
 //!
 //! Never reads engine internals: only the published index.
 
