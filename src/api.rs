@@ -85,6 +85,9 @@ pub struct IntrospectionContainer {
     /// Port bindings.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub ports: Vec<IntrospectionPort>,
+    /// The task's ENI, for awsvpc tasks only (upstream shows no Docker networks here).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub networks: Vec<IntrospectionNetwork>,
     /// Volumes.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub volumes: Vec<IntrospectionVolume>,
@@ -100,6 +103,28 @@ pub struct IntrospectionPort {
     pub protocol: String,
     /// Host port.
     pub host_port: u16,
+}
+
+/// A network of a container (spec §12.1: awsvpc only): the ENI's addresses.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IntrospectionNetwork {
+    /// `awsvpc`.
+    pub network_mode: String,
+    /// IPv4 addresses, the primary first.
+    #[serde(
+        rename = "IPv4Addresses",
+        skip_serializing_if = "Vec::is_empty",
+        default
+    )]
+    pub ipv4_addresses: Vec<String>,
+    /// IPv6 addresses.
+    #[serde(
+        rename = "IPv6Addresses",
+        skip_serializing_if = "Vec::is_empty",
+        default
+    )]
+    pub ipv6_addresses: Vec<String>,
 }
 
 /// A volume.

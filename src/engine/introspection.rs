@@ -12,15 +12,60 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::api::{
-    IntrospectionContainer, IntrospectionPort, IntrospectionTask, IntrospectionVolume, TaskView,
+    IntrospectionContainer, IntrospectionNetwork, IntrospectionPort, IntrospectionTask,
+    IntrospectionVolume, TaskView,
 };
 use crate::engine::docker;
+use crate::engine::model::eni::Eni;
 use crate::engine::model::{
     ContainerRecord, ContainerSpec, ContainerStatus, TaskRecord, TaskStatus, VolumeSource,
 };
 use crate::task_endpoint::{
-    ContainerFacts, ContainerHealth, MetadataIndex, MetadataView, TaskFacts,
+    AwsvpcFacts, ContainerFacts, ContainerHealth, MetadataIndex, MetadataView, TaskFacts,
 };
+use crate::tasks::NetworkBinding;
+
+/// An awsvpc task's ENI as task metadata shows it (upstream `NetworkInterfaceProperties`): the
+/// subnet from the gateway and its prefix (none without a gateway), the IPv6 subnet as the
+/// first IPv6 address's /64 (upstream's fixed dual-stack prefix), the gateway as ACS wrote it.
+pub fn awsvpc_facts(eni: &Eni) -> AwsvpcFacts {
+    // `AcsEni::to_eni` gives every address the gateway's prefix (32 without a gateway).
+    let prefix = eni.ipv4.first().map_or(32, |a| a.prefix);
+    let mask = |bits: u8| u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    let gateway = eni.gateway_ipv4;
+    AwsvpcFacts {
+        ipv4: eni.ipv4.iter().map(|a| a.addr.to_string()).collect(),
+        ipv6: eni.ipv6.clone(),
+        mac: eni.mac.clone(),
+        ipv4_subnet_cidr: gateway.map(|g| {
+            let net = std::net::Ipv4Addr::from(u32::from(g) & mask(prefix));
+            format!("{net}/{prefix}")
+        }),
+        ipv6_subnet_cidr: eni
+            .ipv6
+            .first()
+            .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
+            .map(|a| {
+                let net = std::net::Ipv6Addr::from(u128::from(a) & (u128::MAX << 64));
+                format!("{net}/64")
+            }),
+        dns_servers: eni.dns_servers.iter().map(ToString::to_string).collect(),
+        dns_search: eni.dns_search.clone(),
+        private_dns_name: eni.private_dns_name.clone(),
+        subnet_gateway_ipv4: gateway.map(|g| format!("{g}/{prefix}")),
+    }
+}
+
+/// A task container's port bindings: what Docker reported, or for an awsvpc task (whose
+/// containers publish nothing on the host) its port mappings on the ENI, host port = container
+/// port, until the engine recorded them at RUNNING (upstream `/v1/tasks` falls back on the
+/// mappings ACS sent the same way).
+fn ports_of(rec: &TaskRecord, c: &ContainerRecord) -> Vec<NetworkBinding> {
+    match (&rec.network, rec.spec_of(&c.name)) {
+        (Some(n), Some(spec)) if c.ports.is_empty() && !c.kind.is_internal() => n.bindings(spec),
+        _ => c.ports.clone(),
+    }
+}
 
 /// Converts one record.
 pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTask {
@@ -35,6 +80,16 @@ pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTas
     } else {
         Some(desired.to_owned())
     };
+    // awsvpc: every container shows the task's ENI addresses (spec §12.1).
+    let networks: Vec<IntrospectionNetwork> = rec
+        .network
+        .iter()
+        .map(|n| IntrospectionNetwork {
+            network_mode: "awsvpc".into(),
+            ipv4_addresses: n.eni.ipv4.iter().map(|a| a.addr.to_string()).collect(),
+            ipv6_addresses: n.eni.ipv6.clone(),
+        })
+        .collect();
     // As the official introspection API: internal containers (the namespace pause) are not
     // shown; operators find them in `docker ps` by the task's labels.
     let containers = rec
@@ -54,8 +109,7 @@ pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTas
                 image_id: c.image_id.clone(),
                 created_at: c.created_at.clone(),
                 started_at: c.started_at.clone(),
-                ports: c
-                    .ports
+                ports: ports_of(rec, c)
                     .iter()
                     .filter_map(|p| {
                         Some(IntrospectionPort {
@@ -65,6 +119,7 @@ pub fn task_json(rec: &TaskRecord, data_root: Option<&Path>) -> IntrospectionTas
                         })
                     })
                     .collect(),
+                networks: networks.clone(),
                 volumes,
             }
         })
@@ -162,6 +217,7 @@ pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Pa
         TaskStatus::Stopped => "STOPPED",
         _ => "RUNNING",
     };
+    let awsvpc = rec.network.as_ref().map(|n| Arc::new(awsvpc_facts(&n.eni)));
     // Internal containers are not the task's as ECS knows it: not in metadata, not in TCS.
     let containers = rec
         .containers
@@ -182,7 +238,7 @@ pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Pa
                 docker_name: c.docker_name.clone(),
                 image: spec.map(|s| s.image.clone()).unwrap_or_default(),
                 image_id: c.image_id.clone(),
-                ports: c.ports.clone(),
+                ports: ports_of(rec, c),
                 labels: fixed.labels,
                 desired_status: if c.known == ContainerStatus::Stopped {
                     "STOPPED"
@@ -216,6 +272,7 @@ pub fn task_facts(rec: &TaskRecord, fixed: &[StaticFacts], data_root: Option<&Pa
                         ContainerStatus::ManifestPulled | ContainerStatus::Pulled
                     ),
                 health: spec.filter(|s| s.health_checked()).map(|_| health_of(c)),
+                awsvpc: awsvpc.clone(),
             }
         })
         .collect();
@@ -346,5 +403,177 @@ impl MetadataView for EngineView {
 impl TaskView for EngineView {
     fn tasks(&self) -> Vec<IntrospectionTask> {
         self.snapshot().tasks.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::TaskSpec;
+    use crate::engine::model::internal::NETWORK_PAUSE_NAME;
+
+    /// A task as ACS sends it; awsvpc with an ENI in a /20 when `awsvpc`, else bridge.
+    fn record(awsvpc: bool) -> TaskRecord {
+        let mut t = serde_json::json!({
+            "arn": "arn:aws:ecs:us-east-1:1:task/c/t1", "family": "web", "version": "3",
+            "desiredStatus": "RUNNING",
+            "containers": [
+                {"name": "web", "image": "local/busybox:test", "essential": true, "memory": 64,
+                 "portMappings": [{"containerPort": 8080, "hostPort": 8080, "protocol": "tcp"},
+                                  {"containerPort": 5353, "hostPort": 5353, "protocol": "udp"}]},
+                {"name": "side", "image": "local/busybox:test", "essential": false, "memory": 64}
+            ]
+        });
+        if awsvpc {
+            t["networkMode"] = "awsvpc".into();
+            t["elasticNetworkInterfaces"] = serde_json::json!([{
+                "attachmentArn": "arn:aws:ecs:us-east-1:1:attachment/a1",
+                "ec2Id": "eni-0abc",
+                "macAddress": "0A:1B:2C:3D:4E:5F",
+                "ipv4Addresses": [{"privateAddress": "10.0.17.24", "primary": false},
+                                  {"privateAddress": "10.0.17.23", "primary": true}],
+                "ipv6Addresses": [{"address": "2600:1f18:4a3b:7d00:0:0:0:17"}],
+                "subnetGatewayIpv4Address": "10.0.16.1/20",
+                "domainNameServers": ["10.0.0.2", "10.0.0.3"],
+                "domainName": ["ec2.internal", "corp.example"],
+                "privateDnsName": "ip-10-0-17-23.ec2.internal"
+            }]);
+        }
+        let spec = TaskSpec::from_json(&t).unwrap();
+        let mut rec = TaskRecord::new(spec, 0, 0.0).unwrap();
+        for (i, c) in rec.containers.iter_mut().enumerate() {
+            c.docker_id = Some(format!("{i:064x}"));
+            c.known = ContainerStatus::Created;
+        }
+        rec
+    }
+
+    #[test]
+    fn awsvpc_facts_compute_the_subnets_from_the_acs_eni() {
+        let rec = record(true);
+        let f = awsvpc_facts(&rec.network.as_ref().unwrap().eni);
+        assert_eq!(
+            f,
+            AwsvpcFacts {
+                ipv4: vec!["10.0.17.23".into(), "10.0.17.24".into()],
+                ipv6: vec!["2600:1f18:4a3b:7d00::17".into()],
+                mac: "0a:1b:2c:3d:4e:5f".into(),
+                ipv4_subnet_cidr: Some("10.0.16.0/20".into()),
+                ipv6_subnet_cidr: Some("2600:1f18:4a3b:7d00::/64".into()),
+                dns_servers: vec!["10.0.0.2".into(), "10.0.0.3".into()],
+                dns_search: vec!["ec2.internal".into(), "corp.example".into()],
+                private_dns_name: Some("ip-10-0-17-23.ec2.internal".into()),
+                subnet_gateway_ipv4: Some("10.0.16.1/20".into()),
+            }
+        );
+        // Without a gateway there is no subnet to tell, and no IPv6 without an address.
+        let mut eni = rec.network.unwrap().eni;
+        eni.gateway_ipv4 = None;
+        eni.ipv6.clear();
+        let f = awsvpc_facts(&eni);
+        assert_eq!(
+            (
+                f.ipv4_subnet_cidr,
+                f.subnet_gateway_ipv4,
+                f.ipv6_subnet_cidr
+            ),
+            (None, None, None)
+        );
+        // A /0 and a /32 subnet: the mask's edges.
+        let mut eni = record(true).network.unwrap().eni;
+        for a in &mut eni.ipv4 {
+            a.prefix = 0;
+        }
+        assert_eq!(
+            awsvpc_facts(&eni).ipv4_subnet_cidr.as_deref(),
+            Some("0.0.0.0/0")
+        );
+        for a in &mut eni.ipv4 {
+            a.prefix = 32;
+        }
+        assert_eq!(
+            awsvpc_facts(&eni).ipv4_subnet_cidr.as_deref(),
+            Some("10.0.16.1/32")
+        );
+    }
+
+    #[test]
+    fn task_facts_of_an_awsvpc_task_carry_the_eni_and_never_the_pause() {
+        let rec = record(true);
+        assert_eq!(rec.containers[0].name, NETWORK_PAUSE_NAME);
+        let facts = task_facts(&rec, &static_facts(&rec, "c"), None);
+        let names: Vec<&str> = facts.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["web", "side"]);
+        let want = awsvpc_facts(&rec.network.as_ref().unwrap().eni);
+        for c in &facts.containers {
+            assert_eq!(c.awsvpc.as_deref(), Some(&want), "{}", c.name);
+        }
+        // Created, not yet RUNNING: the mappings on the ENI, host port = container port.
+        let ports: Vec<(Option<u16>, Option<u16>, &str, &str)> = facts.containers[0]
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    p.container_port,
+                    p.host_port,
+                    p.protocol.as_str(),
+                    p.bind_ip.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (Some(8080), Some(8080), "tcp", "10.0.17.23"),
+                (Some(5353), Some(5353), "udp", "10.0.17.23")
+            ]
+        );
+        assert!(facts.containers[1].ports.is_empty());
+        // A bridge task has none of it.
+        let rec = record(false);
+        let facts = task_facts(&rec, &static_facts(&rec, "c"), None);
+        assert!(facts.containers.iter().all(|c| c.awsvpc.is_none()));
+        assert!(facts.containers[0].ports.is_empty(), "Docker's, none yet");
+    }
+
+    #[test]
+    fn v1_tasks_show_the_enis_addresses_per_container_after_the_ports() {
+        let rec = record(true);
+        let t = task_json(&rec, None);
+        let names: Vec<&str> = t.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["web", "side"], "the pause is never shown");
+        let v = serde_json::to_value(&t).unwrap();
+        for c in v["Containers"].as_array().unwrap() {
+            assert_eq!(
+                c["Networks"],
+                serde_json::json!([{"NetworkMode": "awsvpc",
+                    "IPv4Addresses": ["10.0.17.23", "10.0.17.24"],
+                    "IPv6Addresses": ["2600:1f18:4a3b:7d00::17"]}])
+            );
+        }
+        let web = serde_json::to_string(&t.containers[0]).unwrap();
+        assert!(
+            web.contains(
+                r#""Ports":[{"ContainerPort":8080,"Protocol":"tcp","HostPort":8080},{"ContainerPort":5353,"Protocol":"udp","HostPort":5353}],"Networks":[{"NetworkMode":"awsvpc""#
+            ),
+            "{web}"
+        );
+        // Recorded bindings win over the mappings once the engine has them.
+        let mut rec = rec;
+        let web = rec.containers.iter_mut().find(|c| c.name == "web").unwrap();
+        web.ports = vec![NetworkBinding {
+            bind_ip: "10.0.17.23".into(),
+            container_port: Some(8080),
+            host_port: Some(8080),
+            protocol: "tcp".into(),
+            container_port_range: None,
+            host_port_range: None,
+        }];
+        assert_eq!(task_json(&rec, None).containers[0].ports.len(), 1);
+
+        // A bridge task shows no Networks (as upstream), its output unchanged.
+        let rec = record(false);
+        let text = serde_json::to_string(&task_json(&rec, None)).unwrap();
+        assert!(!text.contains("Networks"), "{text}");
     }
 }

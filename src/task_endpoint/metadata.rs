@@ -10,6 +10,10 @@
 //!   policies are refused by the engine).
 //! - `Health` (v4 and v3) is shown for containers with a task-definition health check, from the
 //!   engine's tracking ([`ContainerHealth`]); the task object has no health of its own.
+//! - An awsvpc task's containers show one `Networks` entry, its ENI ([`AwsvpcFacts`]), in place
+//!   of Docker's networks (they have none of their own): v4 with upstream's
+//!   `NetworkInterfaceProperties` (`AttachmentIndex` 0, one ENI per task), v3 the addresses only.
+//!   `SubnetGatewayIpv6Address` (IPv6-only ENIs upstream) never appears: ours need IPv4.
 //!
 //! Never reads engine internals: only the published index.
 
@@ -108,6 +112,33 @@ pub struct ContainerFacts {
     /// Its health, only when the task definition gives it a health check
     /// (`healthCheckType` `docker`).
     pub health: Option<ContainerHealth>,
+    /// The task's ENI when the task is in awsvpc network mode: its one `Networks` entry
+    /// replaces Docker's (a container sharing the pause's namespace has none of its own).
+    pub awsvpc: Option<Arc<AwsvpcFacts>>,
+}
+
+/// An awsvpc task's elastic network interface as task metadata shows it (the `Networks` entry
+/// of every container of the task; upstream `NetworkInterfaceProperties`). Text as rendered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AwsvpcFacts {
+    /// IPv4 addresses, the primary first.
+    pub ipv4: Vec<String>,
+    /// IPv6 addresses.
+    pub ipv6: Vec<String>,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The subnet, `10.0.1.0/24` (from the gateway and its prefix), when ACS gave a gateway.
+    pub ipv4_subnet_cidr: Option<String>,
+    /// The IPv6 subnet: the first IPv6 address's /64, as upstream (dual stack).
+    pub ipv6_subnet_cidr: Option<String>,
+    /// DNS servers.
+    pub dns_servers: Vec<String>,
+    /// DNS search domains.
+    pub dns_search: Vec<String>,
+    /// The task's host name.
+    pub private_dns_name: Option<String>,
+    /// The gateway with the subnet's prefix, as ACS sends it: `10.0.1.1/24`.
+    pub subnet_gateway_ipv4: Option<String>,
 }
 
 /// What the engine publishes about one task.
@@ -258,14 +289,93 @@ struct ContainerLimits {
     memory: u64,
 }
 
+/// One `Networks` item: upstream's `response.Network` (v3 stops there) and, for awsvpc in v4,
+/// its `NetworkInterfaceProperties` (each omitted when empty, as Go's `omitempty`).
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct NetworkJson<'a> {
     network_mode: &'a str,
     #[serde(rename = "IPv4Addresses")]
-    ipv4_addresses: [&'a str; 1],
-    #[serde(rename = "IPv6Addresses", skip_serializing_if = "Option::is_none")]
-    ipv6_addresses: Option<[&'a str; 1]>,
+    ipv4_addresses: Vec<&'a str>,
+    #[serde(rename = "IPv6Addresses", skip_serializing_if = "Vec::is_empty")]
+    ipv6_addresses: Vec<&'a str>,
+    /// Always 0 for an awsvpc task (one ENI per task), as upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attachment_index: Option<u32>,
+    #[serde(rename = "MACAddress", skip_serializing_if = "str::is_empty")]
+    mac_address: &'a str,
+    #[serde(
+        rename = "IPv4SubnetCIDRBlock",
+        skip_serializing_if = "Option::is_none"
+    )]
+    ipv4_subnet_cidr_block: Option<&'a str>,
+    #[serde(
+        rename = "IPv6SubnetCIDRBlock",
+        skip_serializing_if = "Option::is_none"
+    )]
+    ipv6_subnet_cidr_block: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    domain_name_servers: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    domain_name_search_list: &'a [String],
+    #[serde(rename = "PrivateDNSName", skip_serializing_if = "Option::is_none")]
+    private_dns_name: Option<&'a str>,
+    #[serde(
+        rename = "SubnetGatewayIpv4Address",
+        skip_serializing_if = "Option::is_none"
+    )]
+    subnet_gateway_ipv4_address: Option<&'a str>,
+}
+
+impl<'a> NetworkJson<'a> {
+    /// A Docker network (bridge, host, a user network): the same in v3 and v4.
+    fn docker(n: &'a ContainerNetwork) -> NetworkJson<'a> {
+        NetworkJson {
+            network_mode: &n.name,
+            ipv4_addresses: vec![&n.ipv4],
+            ipv6_addresses: if n.ipv6.is_empty() {
+                Vec::new()
+            } else {
+                vec![&n.ipv6]
+            },
+            attachment_index: None,
+            mac_address: "",
+            ipv4_subnet_cidr_block: None,
+            ipv6_subnet_cidr_block: None,
+            domain_name_servers: &[],
+            domain_name_search_list: &[],
+            private_dns_name: None,
+            subnet_gateway_ipv4_address: None,
+        }
+    }
+
+    /// The task's ENI: addresses in v3; the interface's properties too in v4.
+    fn awsvpc(e: &'a AwsvpcFacts, v4: bool) -> NetworkJson<'a> {
+        let mut n = NetworkJson {
+            network_mode: "awsvpc",
+            ipv4_addresses: e.ipv4.iter().map(String::as_str).collect(),
+            ipv6_addresses: e.ipv6.iter().map(String::as_str).collect(),
+            attachment_index: None,
+            mac_address: "",
+            ipv4_subnet_cidr_block: None,
+            ipv6_subnet_cidr_block: None,
+            domain_name_servers: &[],
+            domain_name_search_list: &[],
+            private_dns_name: None,
+            subnet_gateway_ipv4_address: None,
+        };
+        if v4 {
+            n.attachment_index = Some(0);
+            n.mac_address = &e.mac;
+            n.ipv4_subnet_cidr_block = e.ipv4_subnet_cidr.as_deref();
+            n.ipv6_subnet_cidr_block = e.ipv6_subnet_cidr.as_deref();
+            n.domain_name_servers = &e.dns_servers;
+            n.domain_name_search_list = &e.dns_search;
+            n.private_dns_name = e.private_dns_name.as_deref().filter(|s| !s.is_empty());
+            n.subnet_gateway_ipv4_address = e.subnet_gateway_ipv4.as_deref();
+        }
+        n
+    }
 }
 
 /// `Health` (task-metadata.md §4): Go's `omitempty` on every key, so `{}` while UNKNOWN.
@@ -443,15 +553,10 @@ fn container_json<'a>(c: &'a ContainerFacts, v4: bool) -> ContainerJson<'a> {
         started_at: nonempty(&c.started_at),
         finished_at: nonempty(&c.finished_at),
         kind: "NORMAL",
-        networks: c
-            .networks
-            .iter()
-            .map(|n| NetworkJson {
-                network_mode: &n.name,
-                ipv4_addresses: [&n.ipv4],
-                ipv6_addresses: (!n.ipv6.is_empty()).then_some([n.ipv6.as_str()]),
-            })
-            .collect(),
+        networks: match &c.awsvpc {
+            Some(e) => vec![NetworkJson::awsvpc(e, v4)],
+            None => c.networks.iter().map(NetworkJson::docker).collect(),
+        },
         health: c.health.as_ref().map(HealthJson::of),
         volumes: &c.volumes,
         log_driver: if v4 { c.log_driver.as_deref() } else { None },

@@ -42,7 +42,8 @@ use tracing::{debug, info, warn};
 use crate::credentials::CredentialsStore;
 
 pub use metadata::{
-    ContainerFacts, ContainerHealth, HealthStatus, MetadataIndex, MetadataView, TaskFacts,
+    AwsvpcFacts, ContainerFacts, ContainerHealth, HealthStatus, MetadataIndex, MetadataView,
+    TaskFacts,
 };
 pub use stats::StatsSource;
 

@@ -86,6 +86,7 @@ fn container(endpoint: &str, name: &str, docker_id: Option<&str>) -> ContainerFa
         running: docker_id.is_some(),
         listed: docker_id.is_some(),
         health: None,
+        awsvpc: None,
     }
 }
 
@@ -748,4 +749,171 @@ async fn the_real_server_sees_the_peer_and_stops_on_cancel() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A container of an awsvpc task: no Docker network of its own (it shares the pause's
+/// namespace), its port on the ENI with host port = container port.
+fn awsvpc_container(ipv6: bool) -> ContainerFacts {
+    let mut c = container(ENDPOINT, "web", Some("3c1de9"));
+    c.networks = Vec::new();
+    c.ports = vec![NetworkBinding {
+        bind_ip: "10.0.17.23".into(),
+        container_port: Some(8080),
+        host_port: Some(8080),
+        protocol: "tcp".into(),
+        container_port_range: None,
+        host_port_range: None,
+    }];
+    c.awsvpc = Some(Arc::new(AwsvpcFacts {
+        ipv4: vec!["10.0.17.23".into(), "10.0.17.24".into()],
+        ipv6: if ipv6 {
+            vec!["2600:1f18:4a3b:7d00::17".into()]
+        } else {
+            Vec::new()
+        },
+        mac: "0a:1b:2c:3d:4e:5f".into(),
+        ipv4_subnet_cidr: Some("10.0.16.0/20".into()),
+        ipv6_subnet_cidr: ipv6.then(|| "2600:1f18:4a3b:7d00::/64".into()),
+        dns_servers: vec!["10.0.0.2".into()],
+        dns_search: vec!["ec2.internal".into()],
+        private_dns_name: Some("ip-10-0-17-23.ec2.internal".into()),
+        subnet_gateway_ipv4: Some("10.0.16.1/20".into()),
+    }));
+    c
+}
+
+/// Keys of the first `Networks` item, in order (read from the text: a `Value` sorts them).
+fn network_keys(body: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(body).unwrap();
+    let at = text.find(r#""Networks":["#).expect("a Networks key") + r#""Networks":["#.len();
+    keys_in_order(&text[at..])
+}
+
+#[test]
+fn awsvpc_networks_in_v4_carry_the_enis_properties_in_upstreams_order() {
+    let c = awsvpc_container(true);
+    let body = metadata::container_body(&c, true);
+    let text = String::from_utf8(body.clone()).unwrap();
+    assert_eq!(
+        network_keys(&body),
+        [
+            "NetworkMode",
+            "IPv4Addresses",
+            "IPv6Addresses",
+            "AttachmentIndex",
+            "MACAddress",
+            "IPv4SubnetCIDRBlock",
+            "IPv6SubnetCIDRBlock",
+            "DomainNameServers",
+            "DomainNameSearchList",
+            "PrivateDNSName",
+            "SubnetGatewayIpv4Address"
+        ],
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["Networks"],
+        serde_json::json!([{
+            "NetworkMode": "awsvpc",
+            "IPv4Addresses": ["10.0.17.23", "10.0.17.24"],
+            "IPv6Addresses": ["2600:1f18:4a3b:7d00::17"],
+            "AttachmentIndex": 0,
+            "MACAddress": "0a:1b:2c:3d:4e:5f",
+            "IPv4SubnetCIDRBlock": "10.0.16.0/20",
+            "IPv6SubnetCIDRBlock": "2600:1f18:4a3b:7d00::/64",
+            "DomainNameServers": ["10.0.0.2"],
+            "DomainNameSearchList": ["ec2.internal"],
+            "PrivateDNSName": "ip-10-0-17-23.ec2.internal",
+            "SubnetGatewayIpv4Address": "10.0.16.1/20"
+        }])
+    );
+    assert!(
+        text.contains(
+            r#""Ports":[{"ContainerPort":8080,"Protocol":"tcp","HostPort":8080,"HostIp":"10.0.17.23"}]"#
+        ),
+        "{text}"
+    );
+
+    // Without IPv6, its two keys are left out (Go's omitempty), nothing else moves.
+    let c = awsvpc_container(false);
+    let keys = network_keys(&metadata::container_body(&c, true));
+    assert!(!keys.iter().any(|k| k.starts_with("IPv6")), "{keys:?}");
+    assert_eq!(keys.len(), 9, "{keys:?}");
+}
+
+#[test]
+fn awsvpc_networks_in_v3_are_the_addresses_only() {
+    for ipv6 in [true, false] {
+        let c = awsvpc_container(ipv6);
+        let body = metadata::container_body(&c, false);
+        let text = String::from_utf8(body.clone()).unwrap();
+        let want: &[&str] = if ipv6 {
+            &["NetworkMode", "IPv4Addresses", "IPv6Addresses"]
+        } else {
+            &["NetworkMode", "IPv4Addresses"]
+        };
+        assert_eq!(network_keys(&body), want, "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["Networks"][0]["NetworkMode"], "awsvpc");
+        assert_eq!(
+            v["Networks"][0]["IPv4Addresses"],
+            serde_json::json!(["10.0.17.23", "10.0.17.24"])
+        );
+        // v3 has no HostIp; the host port is the container port.
+        assert!(
+            text.contains(r#""Ports":[{"ContainerPort":8080,"Protocol":"tcp","HostPort":8080}]"#),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn bridge_and_host_networks_are_unchanged_by_awsvpc() {
+    let mut c = container(ENDPOINT, "web", Some("3c1de9"));
+    c.networks.push(ContainerNetwork {
+        name: "host".into(),
+        ipv4: String::new(),
+        ipv6: String::new(),
+    });
+    for v4 in [true, false] {
+        let text = String::from_utf8(metadata::container_body(&c, v4)).unwrap();
+        assert!(
+            text.contains(
+                r#""Networks":[{"NetworkMode":"bridge","IPv4Addresses":["172.17.0.3"]},{"NetworkMode":"host","IPv4Addresses":[""]}]"#
+            ),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_awsvpc_task_object_lists_each_container_with_the_eni() {
+    let mut idx = index();
+    idx.tasks[0].containers[0] = awsvpc_container(false);
+    let mut later = awsvpc_container(false);
+    later.endpoint_id = "22222222-2222-4333-8444-555555555555".into();
+    later.name = "side".into();
+    later.docker_id = Some("4d2ef0".into());
+    later.ports = Vec::new();
+    idx.tasks[0].containers[1] = later;
+    let mut w = world(40, 60);
+    w.state.tasks = Arc::new(Arc::new(MetadataIndex::new(idx.tasks)));
+    let g = get(&w.state, &format!("/v4/{ENDPOINT}/task"), PEER).await;
+    assert_eq!(g.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+    let containers = v["Containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "{}", g.body);
+    for c in containers {
+        assert_eq!(c["Networks"][0]["MACAddress"], "0a:1b:2c:3d:4e:5f", "{c}");
+        assert_eq!(c["Networks"][0]["IPv4Addresses"][0], "10.0.17.23");
+    }
+    let g = get(&w.state, "/v3/22222222-2222-4333-8444-555555555555", PEER).await;
+    assert_eq!(g.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+    assert_eq!(
+        v["Networks"],
+        serde_json::json!([{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.17.23", "10.0.17.24"]}])
+    );
+    assert!(v.get("Ports").is_none(), "{}", g.body);
 }

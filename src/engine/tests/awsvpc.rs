@@ -457,3 +457,92 @@ async fn the_attachment_gives_the_wait_and_survives_a_restart_once() {
         Some("ENI eni-0abc (0a:1b:2c:3d:4e:5f) did not appear on this instance within 5 s")
     );
 }
+
+/// What the engine publishes for an awsvpc task driven through the fake network: every user
+/// container's metadata and `/v1/tasks` entry carry the ENI (v4: its properties; v3 and
+/// `/v1/tasks`: its addresses), its ports are on the ENI with host port = container port, and
+/// the network pause appears nowhere.
+#[tokio::test]
+async fn a_running_awsvpc_task_publishes_its_eni_in_metadata_and_v1_tasks() {
+    let n = net_rig();
+    n.net.appear(MAC, "eth1");
+    deliver(&n.r.engine, awsvpc_task("t")).await.unwrap();
+    n.r.engine.settle(20).await.unwrap();
+    assert_eq!(
+        statuses(&n.r.sink.changes(), "t"),
+        vec![ReportStatus::Running]
+    );
+
+    let index = n.r.engine.view().snapshot().metadata.clone();
+    assert_eq!(index.tasks.len(), 1);
+    let task = &index.tasks[0];
+    let names: Vec<&str> = task.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["web", "side"], "the pause is not the task's");
+    assert_eq!(
+        index.by_endpoint.len(),
+        2,
+        "no endpoint id for the pause either"
+    );
+    for c in &task.containers {
+        let f = c
+            .awsvpc
+            .as_deref()
+            .unwrap_or_else(|| panic!("{}: no ENI", c.name));
+        assert_eq!(f.ipv4, vec!["10.0.1.23".to_owned()]);
+        assert_eq!(f.mac, MAC);
+        assert_eq!(f.ipv4_subnet_cidr.as_deref(), Some("10.0.1.0/24"));
+        assert_eq!(f.subnet_gateway_ipv4.as_deref(), Some("10.0.1.1/24"));
+        assert_eq!(f.dns_servers, vec!["10.0.0.2".to_owned()]);
+        assert_eq!(
+            f.private_dns_name.as_deref(),
+            Some("ip-10-0-1-23.ec2.internal")
+        );
+        assert!(
+            c.networks.is_empty(),
+            "{}: no Docker network of its own",
+            c.name
+        );
+    }
+
+    // Rendered as a container sees it through its own endpoint id.
+    let web = &task.containers[0];
+    let (_, found) = index.find(&web.endpoint_id).unwrap();
+    let v4: serde_json::Value =
+        serde_json::from_slice(&crate::task_endpoint::metadata::container_body(found, true))
+            .unwrap();
+    assert_eq!(
+        v4["Networks"],
+        serde_json::json!([{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.1.23"],
+            "AttachmentIndex": 0, "MACAddress": MAC, "IPv4SubnetCIDRBlock": "10.0.1.0/24",
+            "DomainNameServers": ["10.0.0.2"], "PrivateDNSName": "ip-10-0-1-23.ec2.internal",
+            "SubnetGatewayIpv4Address": "10.0.1.1/24"}])
+    );
+    assert_eq!(
+        v4["Ports"],
+        serde_json::json!([{"ContainerPort": 8080, "Protocol": "tcp", "HostPort": 8080,
+            "HostIp": "10.0.1.23"}])
+    );
+    let v3: serde_json::Value = serde_json::from_slice(
+        &crate::task_endpoint::metadata::container_body(found, false),
+    )
+    .unwrap();
+    assert_eq!(
+        v3["Networks"],
+        serde_json::json!([{"NetworkMode": "awsvpc", "IPv4Addresses": ["10.0.1.23"]}])
+    );
+
+    let tasks = n.r.engine.view().tasks();
+    let shown: Vec<&str> = tasks[0]
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(shown, ["web", "side"]);
+    for c in &tasks[0].containers {
+        assert_eq!(c.networks.len(), 1, "{}", c.name);
+        assert_eq!(c.networks[0].network_mode, "awsvpc");
+        assert_eq!(c.networks[0].ipv4_addresses, vec!["10.0.1.23".to_owned()]);
+    }
+    assert_eq!(tasks[0].containers[0].ports.len(), 1);
+    assert_eq!(tasks[0].containers[0].ports[0].host_port, 8080);
+}
