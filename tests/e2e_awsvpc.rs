@@ -46,6 +46,9 @@ const PAUSE_IMAGE: &str = "amazon/amazon-ecs-pause:0.1.0";
 const NETWORK_PAUSE: &str = "~internal~ecs~pause";
 const LABEL_TASK: &str = "com.amazonaws.ecs.task-arn";
 const LABEL_CONTAINER: &str = "com.amazonaws.ecs.container-name";
+/// `get URL`: an HTTP/1.0 GET with busybox `nc` (the world image's static busybox `wget`
+/// segfaults on any URL, in every network mode), the body on stdout when the answer is 200.
+const GET: &str = r#"get() { u=${1#http://}; hp=${u%%/*}; p=/${u#*/}; h=${hp%:*}; port=80; [ "$hp" != "$h" ] && port=${hp#*:}; printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$p" "$hp" | nc -w 3 "$h" "$port" | tr -d '\r' > /tmp/get.out; head -n 1 /tmp/get.out | grep -q ' 200 ' || { echo "no 200 from $1:" >&2; cat /tmp/get.out >&2; return 1; }; sed '1,/^$/d' /tmp/get.out; }; "#;
 /// What the IMDS stand-in in the VPC answers (so "unreachable" can be told from "not there").
 const IMDS_TOKEN: &str = "imds-standin-5c1e";
 const GATEWAY_TOKEN: &str = "gateway-91d0";
@@ -243,15 +246,25 @@ impl W {
     fn fetch(&self, task: &str, name: &str, url: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let out = self.exec(task, name, &format!("wget -q -T 3 -O - {url}"));
+            let out = self.exec(task, name, &format!("{GET}get {url}"));
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).into_owned();
             }
-            assert!(
-                Instant::now() < deadline,
-                "{url} from {name} of {task}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            if Instant::now() > deadline {
+                let inside = self.exec(task, name, "ip addr; ip route; ip neigh");
+                let vpc = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/proc/{}/ns/net", self.vpc.pid()))
+                    .args(["--", "sh", "-c", "ip addr; ip neigh; busybox netstat -ltn"])
+                    .output()
+                    .unwrap();
+                let vpc = String::from_utf8_lossy(&vpc.stdout);
+                panic!(
+                    "{url} from {name} of {task}: {:?} {}\ninside the task:\n{}\nin the VPC:\n{vpc}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&inside.stdout),
+                );
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -530,7 +543,8 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
         // The VPC's gateway answers, and the side container reaches its web neighbour on
         // localhost.
         assert_eq!(
-            w.fetch(&t.arn, "side", "http://10.0.1.1:8081/").trim(),
+            w.fetch(&t.arn, "side", "http://10.0.1.1:8081/index.html")
+                .trim(),
             GATEWAY_TOKEN
         );
         assert_eq!(
@@ -562,7 +576,8 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
         // Without ECS_AWSVPC_BLOCK_IMDS the instance metadata service is reachable (the control
         // for the blocked run below).
         assert_eq!(
-            w.fetch(&t.arn, "side", "http://169.254.169.254/").trim(),
+            w.fetch(&t.arn, "side", "http://169.254.169.254/index.html")
+                .trim(),
             IMDS_TOKEN
         );
     }
@@ -711,7 +726,8 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
     let addr = w.exec_ok(&c.arn, "web", "ip -o -4 addr show dev eth0");
     assert!(addr.contains(&format!("inet {}", c.cidr())), "{addr}");
     assert_eq!(
-        w.fetch(&c.arn, "side", "http://10.0.1.1:8081/").trim(),
+        w.fetch(&c.arn, "side", "http://10.0.1.1:8081/index.html")
+            .trim(),
         GATEWAY_TOKEN
     );
     assert_eq!(
@@ -747,14 +763,19 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
     )
     .await;
     assert_eq!(
-        w.fetch(&d.arn, "side", "http://10.0.1.1:8081/").trim(),
+        w.fetch(&d.arn, "side", "http://10.0.1.1:8081/index.html")
+            .trim(),
         GATEWAY_TOKEN
     );
     let meta = w.fetch(&d.arn, "side", "$ECS_CONTAINER_METADATA_URI_V4/task");
     assert!(meta.contains(&d.arn), "{meta}");
-    let blocked = w.exec(&d.arn, "side", "wget -q -T 3 -O - http://169.254.169.254/");
+    let blocked = w.exec(
+        &d.arn,
+        "side",
+        &format!("{GET}get http://169.254.169.254/index.html"),
+    );
     assert!(
-        !blocked.status.success(),
+        !blocked.status.success() && !String::from_utf8_lossy(&blocked.stdout).contains(IMDS_TOKEN),
         "IMDS answered a task with ECS_AWSVPC_BLOCK_IMDS=true: {}",
         String::from_utf8_lossy(&blocked.stdout)
     );
