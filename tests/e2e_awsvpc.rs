@@ -188,8 +188,7 @@ impl W {
     /// RunTask of an awsvpc task, then its ENI (ec2sim's) plugged into the VPC as `ifname`.
     async fn place(&mut self, td: &str, ifname: &str) -> Task {
         let arn = self.run_awsvpc(td).await;
-        let task = self.plug(&arn, ifname);
-        task
+        self.plug(&arn, ifname)
     }
 
     fn plug(&mut self, arn: &str, ifname: &str) -> Task {
@@ -713,7 +712,7 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
         "only the pause runs at network.after"
     );
     agent.kill9();
-    let agent = w.agent(&[]);
+    let mut agent = w.agent(&[]);
     wait_task_status(
         &w.sim,
         &w.cluster,
@@ -736,7 +735,6 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
         "pause, web and side, no duplicate"
     );
     w.stop_and_check_released(&[&c], &agent).await;
-    let mut agent = agent;
     agent.terminate();
 
     // ECS_AWSVPC_BLOCK_IMDS=true: the instance metadata service is unreachable from the task,
