@@ -31,10 +31,12 @@ use crate::docker::EngineInfo;
 use crate::ecs::attributes;
 use crate::ecs::register::{self, REGISTER_GIVE_UP, REGISTER_RETRY, Registrar, Registration};
 use crate::ecs::sdk::SdkEcs;
+use crate::engine::net::awsvpc::TaskNetwork;
+use crate::engine::net::awsvpc::netlink::NetlinkTaskNetwork;
 use crate::engine::net::host_nat::{Host, HostNat, NatSettings};
 use crate::health;
 use crate::host::HostFacts;
-use crate::imds::{Identity, ImdsClient};
+use crate::imds::{Identity, ImdsClient, VpcFacts};
 use crate::lifecycle;
 use crate::lifecycle::warmpool::{self, WarmPoolWait};
 use crate::store::Store;
@@ -123,17 +125,13 @@ async fn start_and_serve(
             task_roles: nat.is_some() && roles.task_iam_role,
             task_roles_network_host: nat.is_some() && roles.task_iam_role_network_host,
             execution_role_awslogs: nat.is_some() && roles.execution_role_awslogs,
-            // Set by the engine from its task network (none is wired yet: issue 22).
+            // Set by the engine from its task network (phase 3b).
             awsvpc: false,
         };
-        if start.config.awsvpc.test_accept_virtual_enis {
-            tracing::warn!(
-                "ECS_HOSTD_TEST_ACCEPT_VIRTUAL_ENIS is on: a virtual link with an ENI's MAC address would be taken for the ENI. This setting is for test worlds only; never set it on EC2."
-            );
-        }
         docker.task_cgroups = start.task_cgroups(&docker).await;
         docker.pause_image = start.find_pause_image(&docker).await;
         let instance = start.read_identity(&local).await?;
+        docker.task_network = start.task_network(&docker, &instance);
         start.wait_for_warm_pool(&instance).await?;
         let registered = start.register(&local, &docker, &instance).await?;
         start.announce_ready(&docker, &registered);
@@ -196,6 +194,23 @@ async fn default_bridge(docker: &bollard::Docker) -> Option<String> {
     options.get("com.docker.network.bridge.name").cloned()
 }
 
+/// Why the awsvpc network mode stays off, if it does: the setting, the pause image, the VPC.
+fn awsvpc_off(
+    c: &crate::config::AwsvpcConfig,
+    pause_image: bool,
+    vpc: Option<&VpcFacts>,
+) -> Option<&'static str> {
+    if !c.enable_task_eni {
+        Some("ECS_ENABLE_TASK_ENI=false")
+    } else if !pause_image {
+        Some("Docker has no pause image (ECS_HOSTD_PAUSE_IMAGE); ecs-hostd never pulls it")
+    } else if vpc.is_none() {
+        Some("IMDS says this instance is not in a VPC (no mac, vpc-id or subnet-id)")
+    } else {
+        None
+    }
+}
+
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
@@ -251,12 +266,16 @@ struct DockerReady {
     task_cgroups: Option<crate::engine::task_cgroup::TaskCgroups>,
     /// Docker has the namespace pause image (`ECS_HOSTD_PAUSE_IMAGE`).
     pause_image: bool,
+    /// The awsvpc network mode's kernel side (phase 3b); `None`: awsvpc refused, not advertised.
+    task_network: Option<Arc<dyn TaskNetwork>>,
 }
 
 /// Phase 3's result.
 struct Instance {
     imds: Arc<ImdsClient>,
     identity: Identity,
+    /// The instance's VPC, when IMDS says it is in one.
+    vpc: Option<VpcFacts>,
 }
 
 /// Phase 5's result.
@@ -324,6 +343,7 @@ impl<'a> Start<'a> {
             available: Default::default(),
             task_cgroups: None,
             pause_image: false,
+            task_network: None,
         })
     }
 
@@ -386,7 +406,7 @@ impl<'a> Start<'a> {
         match docker.docker.inspect_image(image).await {
             Ok(_) => true,
             Err(e) => {
-                info!(image = %image, error = %e, "No pause image in Docker; task-scoped PID and IPC namespaces are not advertised.");
+                info!(image = %image, error = %e, "No pause image in Docker; task-scoped PID and IPC namespaces and awsvpc are not advertised.");
                 false
             }
         }
@@ -451,7 +471,46 @@ impl<'a> Start<'a> {
             Ok(None) => {}
             Err(e) => return Err(Outcome::Error(e.to_string())),
         }
-        Ok(Instance { imds, identity })
+        let vpc = match crate::imds::vpc_facts(&*imds).await {
+            Ok(vpc) => vpc,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the instance's VPC from IMDS; ecs.vpc-id is not advertised and awsvpc is off.");
+                None
+            }
+        };
+        Ok(Instance {
+            imds,
+            identity,
+            vpc,
+        })
+    }
+
+    /// Phase 3b, awsvpc (awsvpc.md §1): the engine gets a task network when
+    /// `ECS_ENABLE_TASK_ENI`, Docker has the pause image and the instance is in a VPC; otherwise
+    /// awsvpc tasks are refused and task-eni is not advertised, and the log says why.
+    fn task_network(
+        &self,
+        docker: &DockerReady,
+        instance: &Instance,
+    ) -> Option<Arc<dyn TaskNetwork>> {
+        let c = &self.config.awsvpc;
+        if let Some(why) = awsvpc_off(c, docker.pause_image, instance.vpc.as_ref()) {
+            info!(reason = %why, "The awsvpc network mode is off; task-eni is not advertised.");
+            return None;
+        }
+        if c.test_accept_virtual_enis {
+            warn!(
+                "ECS_HOSTD_TEST_ACCEPT_VIRTUAL_ENIS is on: a virtual link with an ENI's MAC address will be taken for the ENI. This setting is for test worlds only; never set it on EC2."
+            );
+        }
+        info!(
+            vpc = ?instance.vpc.as_ref().map(|v| &v.vpc_id),
+            block_imds = c.block_imds,
+            "The awsvpc network mode is on: task ENIs go into their pause containers' namespaces."
+        );
+        Some(Arc::new(NetlinkTaskNetwork::new(
+            c.test_accept_virtual_enis,
+        )))
     }
 
     /// Phase 4, warm pool (spec §2 step 5, §13.2; `ECS_WARM_POOLS_CHECK` only): never registers
@@ -543,9 +602,12 @@ impl<'a> Start<'a> {
                 execution_role_awslogs: docker.available.execution_role_awslogs,
                 task_cpu_mem_limit: docker.task_cgroups.is_some(),
                 pid_ipc_namespace_sharing: docker.pause_image,
+                task_eni: docker.task_network.is_some(),
+                task_eni_block_imds: docker.task_network.is_some() && config.awsvpc.block_imds,
                 ..attributes::IMPLEMENTED
             },
             volume_plugins: volume_plugins(&docker.docker).await,
+            vpc: instance.vpc.clone(),
             retry: REGISTER_RETRY,
             give_up_after: REGISTER_GIVE_UP,
         };
@@ -619,5 +681,36 @@ impl Signals {
         }
         warn!("Second signal: exiting without waiting.");
         std::process::exit(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn awsvpc_is_on_only_with_the_setting_the_pause_image_and_a_vpc() {
+        let vpc = VpcFacts {
+            mac: "0e:aa:bb:cc:dd:01".into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-1".into(),
+        };
+        let on = crate::config::AwsvpcConfig::default();
+        assert_eq!(awsvpc_off(&on, true, Some(&vpc)), None);
+        let off = crate::config::AwsvpcConfig {
+            enable_task_eni: false,
+            ..on.clone()
+        };
+        assert!(
+            awsvpc_off(&off, true, Some(&vpc))
+                .unwrap()
+                .contains("ECS_ENABLE_TASK_ENI")
+        );
+        assert!(
+            awsvpc_off(&on, false, Some(&vpc))
+                .unwrap()
+                .contains("pause image")
+        );
+        assert!(awsvpc_off(&on, true, None).unwrap().contains("VPC"));
     }
 }

@@ -142,6 +142,40 @@ pub trait InstanceMetadata: Send + Sync {
     }
 }
 
+/// The instance's VPC as IMDS tells it (awsvpc.md §1): what the awsvpc network mode needs to be
+/// on, and what registration advertises as `ecs.vpc-id` / `ecs.subnet-id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VpcFacts {
+    /// The primary interface's MAC (`meta-data/mac`).
+    pub mac: String,
+    /// `vpc-...`
+    pub vpc_id: String,
+    /// `subnet-...`
+    pub subnet_id: String,
+}
+
+/// Reads `mac`, then `network/interfaces/macs/<mac>/vpc-id` and `.../subnet-id`. `Ok(None)` when
+/// the instance is not in a VPC (any of them absent or empty: EC2-Classic, or an IMDS that does
+/// not serve them); `Err` when IMDS does not answer.
+pub async fn vpc_facts(imds: &dyn InstanceMetadata) -> Result<Option<VpcFacts>, Error> {
+    let value = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let Some(mac) = value(imds.get("latest/meta-data/mac").await?) else {
+        return Ok(None);
+    };
+    let base = format!("latest/meta-data/network/interfaces/macs/{mac}");
+    let Some(vpc_id) = value(imds.get(&format!("{base}/vpc-id")).await?) else {
+        return Ok(None);
+    };
+    let Some(subnet_id) = value(imds.get(&format!("{base}/subnet-id")).await?) else {
+        return Ok(None);
+    };
+    Ok(Some(VpcFacts {
+        mac,
+        vpc_id,
+        subnet_id,
+    }))
+}
+
 struct Token {
     value: String,
     expires: Instant,

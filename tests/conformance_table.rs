@@ -300,7 +300,8 @@ fn every_refusal_in_the_table_is_refused_by_the_engine() {
         task_roles: true,
         task_roles_network_host: true,
         execution_role_awslogs: true,
-        // awsvpc stays refused until the app wires a task network (issue 22).
+        // awsvpc is refused where the app wired no task network (not in a VPC, no pause
+        // image, ECS_ENABLE_TASK_ENI=false): the table's fragment is that case (issue 22).
         awsvpc: false,
     };
     let mut checked = 0;

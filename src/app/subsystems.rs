@@ -269,6 +269,11 @@ fn spawn_engine(
     );
     settings.available = docker.available;
     settings.task_cgroups = docker.task_cgroups.clone();
+    settings.task_network = docker.task_network.clone();
+    let hooks = crate::engine::Hooks::from_env();
+    if let Some(phase) = &hooks.pause_at {
+        warn!(phase = %phase, hook = crate::engine::PAUSE_AT_ENV, "Test hook armed: the engine will pause at this phase.");
+    }
     let engine = Engine::new(crate::engine::Parts {
         settings,
         store: local.store.clone(),
@@ -291,7 +296,7 @@ fn spawn_engine(
         )),
         secrets: Arc::new(crate::engine::secrets::SdkSecrets),
         objects: Arc::new(crate::engine::envfiles::S3Objects::default()),
-        hooks: crate::engine::Hooks::default(),
+        hooks,
     })
     .map_err(|e| Outcome::Terminal(e.to_string()))?;
     let engine_task = engine.clone();

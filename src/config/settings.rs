@@ -436,7 +436,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_ENABLE_TASK_ENI",
         None,
         "true",
-        "Run tasks in the awsvpc network mode (the task's ENI in its pause container's namespace) and advertise task-eni, when the instance is in a VPC and the host can move links; true as ecs-init on EC2.",
+        "Run tasks in the awsvpc network mode (the task's ENI in its network pause container's namespace) and advertise task-eni, when Docker has the pause image (ECS_HOSTD_PAUSE_IMAGE) and IMDS says the instance is in a VPC; true as ecs-init on EC2.",
         |c, v, _| {
             c.awsvpc.enable_task_eni = boolean(v)?;
             Ok(())
@@ -446,7 +446,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_AWSVPC_BLOCK_IMDS",
         None,
         "false",
-        "Make the instance metadata service (169.254.169.254) unreachable from awsvpc tasks and advertise task-eni-block-instance-metadata.",
+        "Make the instance metadata service (169.254.169.254) unreachable from awsvpc tasks (an unreachable route in each task's namespace) and advertise task-eni-block-instance-metadata (with task-eni only).",
         |c, v, _| {
             c.awsvpc.block_imds = boolean(v)?;
             Ok(())
@@ -999,7 +999,7 @@ pub static SETTINGS: &[Setting] = &[
         "ECS_HOSTD_PAUSE_IMAGE",
         Some("engine.pause_image"),
         "amazon/amazon-ecs-pause:0.1.0",
-        "Local image of the namespace pause container of tasks with pidMode or ipcMode task; never pulled. ecs.capability.pid-ipc-namespace-sharing is advertised only if Docker has it at start.",
+        "Local image of the pause containers (pidMode/ipcMode task, and the awsvpc network pause); never pulled. ecs.capability.pid-ipc-namespace-sharing and task-eni are advertised only if Docker has it at start.",
         |c, v, _| {
             c.engine.pause_image = nonempty(v)?;
             Ok(())

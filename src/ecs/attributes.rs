@@ -74,6 +74,14 @@ pub struct Features {
     /// (`ecs.capability.docker-plugin.local`); volume plugins are advertised by name on top
     /// ([`volume_plugins`]).
     pub docker_volumes: bool,
+    /// The awsvpc network mode (`ecs.capability.task-eni`): decided at start, true only when
+    /// the engine got a task network (`ECS_ENABLE_TASK_ENI`, the pause image in Docker, the
+    /// instance in a VPC).
+    pub task_eni: bool,
+    /// 169.254.169.254 unreachable from awsvpc tasks
+    /// (`ecs.capability.task-eni-block-instance-metadata`): `task_eni` and
+    /// `ECS_AWSVPC_BLOCK_IMDS`.
+    pub task_eni_block_imds: bool,
 }
 
 /// The Docker API version task cgroups need (`HostConfig.CgroupParent`; the official agent's
@@ -121,6 +129,14 @@ pub const IMPLEMENTED: Features = Features {
     // ECS_SHARED_VOLUME_MATCH_FULL_CONFIG): tested in engine::volumes::tests,
     // engine::reconcile::tests and against Docker in tests/docker_volumes.rs.
     docker_volumes: true,
+    // Host-dependent: set at start by app when the engine gets engine::net::awsvpc's
+    // NetlinkTaskNetwork. The ENI into the pause container's namespace and back, tested in
+    // tests/awsvpc_netlink.rs (private namespaces), the engine's steps in engine::tests::awsvpc,
+    // end to end against ec2sim and a private Docker in tests/e2e_awsvpc.rs.
+    task_eni: false,
+    // The namespace's unreachable route for 169.254.169.254 (net::awsvpc::netlink), proven from
+    // inside a task in tests/e2e_awsvpc.rs.
+    task_eni_block_imds: false,
 };
 
 /// The `ecs.cpu-architecture` value for a Rust target architecture, as the official agent
@@ -151,6 +167,19 @@ pub fn volume_plugins(names: &[String], features: Features) -> Vec<Attribute> {
         .filter(|n| seen.insert(n.clone()))
         .map(|n| Attribute::flag(format!("{CURRENT}docker-plugin.{n}")))
         .collect()
+}
+
+/// `ecs.vpc-id` and `ecs.subnet-id` of the instance, as the official agent sends them whenever
+/// IMDS has them (awsvpc.md §1), whether or not awsvpc is on.
+pub fn vpc(facts: Option<&crate::imds::VpcFacts>) -> Vec<Attribute> {
+    facts
+        .map(|f| {
+            vec![
+                Attribute::pair("ecs.vpc-id", &f.vpc_id),
+                Attribute::pair("ecs.subnet-id", &f.subnet_id),
+            ]
+        })
+        .unwrap_or_default()
 }
 
 /// Parses a Docker API version such as `1.41`.
@@ -259,6 +288,14 @@ pub fn attributes(
     }
     if features.docker_volumes {
         out.push(Attribute::flag(format!("{CURRENT}docker-plugin.local")));
+    }
+    if features.task_eni {
+        out.push(Attribute::flag(format!("{CURRENT}task-eni")));
+        if features.task_eni_block_imds {
+            out.push(Attribute::flag(format!(
+                "{CURRENT}task-eni-block-instance-metadata"
+            )));
+        }
     }
     if first_registration {
         for (k, v) in &config.instance_attributes {
@@ -376,6 +413,57 @@ mod tests {
         let with = attributes(&c, "LINUX", Some("1.41"), with_image, false);
         assert!(names(&with).contains(&flag));
         assert_eq!(with.len(), without.len() + 1);
+    }
+
+    /// awsvpc is advertised only when the engine got a task network; blocking IMDS only on top
+    /// of it; the VPC pairs whenever IMDS has them.
+    #[test]
+    fn task_eni_needs_a_task_network_and_block_imds_needs_task_eni() {
+        let (eni, block) = (
+            "ecs.capability.task-eni",
+            "ecs.capability.task-eni-block-instance-metadata",
+        );
+        let c = Config::default();
+        let of = |f: Features| {
+            names(&attributes(&c, "LINUX", Some("1.41"), f, false))
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let off = of(IMPLEMENTED);
+        assert!(!off.iter().any(|n| n.contains("task-eni")), "{off:?}");
+        let on = of(Features {
+            task_eni: true,
+            ..IMPLEMENTED
+        });
+        assert!(on.contains(&eni.to_owned()) && !on.contains(&block.to_owned()));
+        assert_eq!(on.len(), off.len() + 1);
+        let blocked = of(Features {
+            task_eni: true,
+            task_eni_block_imds: true,
+            ..IMPLEMENTED
+        });
+        assert!(blocked.contains(&eni.to_owned()) && blocked.contains(&block.to_owned()));
+        // ECS_AWSVPC_BLOCK_IMDS without a task network advertises nothing.
+        let block_only = of(Features {
+            task_eni_block_imds: true,
+            ..IMPLEMENTED
+        });
+        assert_eq!(block_only, off);
+
+        assert!(vpc(None).is_empty());
+        let facts = crate::imds::VpcFacts {
+            mac: "0e:aa:bb:cc:dd:01".into(),
+            vpc_id: "vpc-1234".into(),
+            subnet_id: "subnet-5678".into(),
+        };
+        assert_eq!(
+            vpc(Some(&facts)),
+            vec![
+                Attribute::pair("ecs.vpc-id", "vpc-1234"),
+                Attribute::pair("ecs.subnet-id", "subnet-5678"),
+            ]
+        );
     }
 
     #[test]

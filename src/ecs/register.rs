@@ -112,6 +112,8 @@ pub struct Registrar<'a> {
     pub features: Features,
     /// Enabled Docker volume plugins (`GET /plugins`, volumedriver), advertised by name.
     pub volume_plugins: Vec<String>,
+    /// The instance's VPC from IMDS, advertised as `ecs.vpc-id` / `ecs.subnet-id`.
+    pub vpc: Option<crate::imds::VpcFacts>,
     /// Retry backoff for ECS.
     pub retry: Policy,
     /// Retry budget for ECS.
@@ -187,6 +189,7 @@ impl Registrar<'_> {
             &self.volume_plugins,
             self.features,
         ));
+        sent_attributes.extend(attributes::vpc(self.vpc.as_ref()));
         let mut req = RegisterRequest {
             cluster: self.config.cluster.clone(),
             container_instance_arn: saved.as_ref().map(|s| s.container_instance_arn.clone()),

@@ -165,7 +165,7 @@ impl Settings {
 
 /// Test hooks: pause forever at a phase (after writing a marker file) so a test can kill -9 the
 /// process there. Phases: `pull.before`, `pull.after`, `create.after`, `start.after`,
-/// `stop.before`.
+/// `stop.before`, `network.before`, `network.after`.
 #[derive(Clone, Debug, Default)]
 pub struct Hooks {
     /// Phase to pause at.
@@ -174,7 +174,25 @@ pub struct Hooks {
     pub marker_dir: Option<PathBuf>,
 }
 
+/// The agent binary's way to arm [`Hooks`] (debug builds only, like `ECS_HOSTD_TEST_WEDGE_AFTER`):
+/// the phase to pause at, e.g. `network.after`.
+pub const PAUSE_AT_ENV: &str = "ECS_HOSTD_TEST_PAUSE_AT";
+/// Where the marker file of [`PAUSE_AT_ENV`] is written.
+pub const MARKER_DIR_ENV: &str = "ECS_HOSTD_TEST_MARKER_DIR";
+
 impl Hooks {
+    /// The hooks [`PAUSE_AT_ENV`] and [`MARKER_DIR_ENV`] arm in a debug build; none in a
+    /// release build, whatever the environment says.
+    pub fn from_env() -> Hooks {
+        if !cfg!(debug_assertions) {
+            return Hooks::default();
+        }
+        Hooks {
+            pause_at: std::env::var(PAUSE_AT_ENV).ok().filter(|p| !p.is_empty()),
+            marker_dir: std::env::var_os(MARKER_DIR_ENV).map(PathBuf::from),
+        }
+    }
+
     async fn at(&self, phase: &str) {
         if self.pause_at.as_deref() != Some(phase) {
             return;

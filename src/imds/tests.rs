@@ -246,3 +246,73 @@ async fn unreachable_endpoint_fails_within_the_deadline() {
     let e = c.get("latest/meta-data/instance-id").await.unwrap_err();
     assert!(matches!(e, Error::Unreachable { .. }), "{e}");
 }
+
+/// A map of paths, for [`vpc_facts`]: what a VPC instance, an instance outside any VPC and a
+/// broken IMDS look like.
+struct Paths(HashMap<&'static str, &'static str>, bool);
+
+#[async_trait]
+impl InstanceMetadata for Paths {
+    async fn get(&self, path: &str) -> Result<Option<String>, Error> {
+        if self.1 {
+            return Err(Error::Unreachable {
+                endpoint: "fake".into(),
+                path: path.into(),
+                attempts: 1,
+                elapsed: Duration::ZERO,
+                last: "down".into(),
+            });
+        }
+        Ok(self.0.get(path).map(|v| (*v).to_owned()))
+    }
+}
+
+#[tokio::test]
+async fn vpc_facts_come_from_the_primary_macs_paths_or_are_absent() {
+    let base = "latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:01";
+    let in_vpc = HashMap::from([
+        ("latest/meta-data/mac", "0e:aa:bb:cc:dd:01\n"),
+        (
+            "latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:01/vpc-id",
+            "vpc-1234",
+        ),
+        (
+            "latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:01/subnet-id",
+            "subnet-5678",
+        ),
+        // Another interface's paths must not be read.
+        (
+            "latest/meta-data/network/interfaces/macs/0e:aa:bb:cc:dd:02/vpc-id",
+            "vpc-other",
+        ),
+    ]);
+    let got = vpc_facts(&Paths(in_vpc.clone(), false)).await.unwrap();
+    assert_eq!(
+        got,
+        Some(VpcFacts {
+            mac: "0e:aa:bb:cc:dd:01".into(),
+            vpc_id: "vpc-1234".into(),
+            subnet_id: "subnet-5678".into(),
+        })
+    );
+    // Not in a VPC: any of the three missing (or empty) means none.
+    for missing in [
+        "latest/meta-data/mac".to_owned(),
+        format!("{base}/vpc-id"),
+        format!("{base}/subnet-id"),
+    ] {
+        let mut paths = in_vpc.clone();
+        paths.retain(|k, _| *k != missing);
+        assert_eq!(
+            vpc_facts(&Paths(paths, false)).await.unwrap(),
+            None,
+            "{missing}"
+        );
+    }
+    let mut empty = in_vpc.clone();
+    empty.insert("latest/meta-data/mac", " ");
+    assert_eq!(vpc_facts(&Paths(empty, false)).await.unwrap(), None);
+    // IMDS not answering is an error, not "no VPC".
+    let e = vpc_facts(&Paths(in_vpc, true)).await.unwrap_err();
+    assert!(matches!(e, Error::Unreachable { .. }), "{e}");
+}

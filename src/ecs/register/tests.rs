@@ -120,6 +120,7 @@ async fn register(w: &World, imds: &FakeImds, ecs: &FakeEcs) -> Result<Registrat
         docker_api_version: Some("1.41".into()),
         features: attributes::IMPLEMENTED,
         volume_plugins: Vec::new(),
+        vpc: None,
         retry: REGISTER_RETRY,
         give_up_after: REGISTER_GIVE_UP,
     }
