@@ -554,6 +554,22 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
         let meta = w.fetch(&t.arn, "side", "$ECS_CONTAINER_METADATA_URI_V4/task");
         let meta: Value = serde_json::from_str(&meta).unwrap_or_else(|e| panic!("{e}: {meta}"));
         assert_eq!(meta["TaskARN"], t.arn.as_str(), "{meta}");
+        // Its containers (never the pause) with the ENI as their network, as the kernel showed it.
+        let containers = meta["Containers"].as_array().unwrap();
+        let mut names: Vec<&str> = containers
+            .iter()
+            .filter_map(|c| c["Name"].as_str())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["side", "web"], "{meta}");
+        for c in containers {
+            let net = &c["Networks"][0];
+            assert_eq!(net["NetworkMode"], "awsvpc", "{c}");
+            assert_eq!(net["IPv4Addresses"], serde_json::json!([t.ip()]), "{c}");
+            assert_eq!(net["MACAddress"], t.mac(), "{c}");
+            assert_eq!(net["SubnetGatewayIpv4Address"], "10.0.1.1/24", "{c}");
+            assert_eq!(net["IPv4SubnetCIDRBlock"], "10.0.1.0/24", "{c}");
+        }
         // The task role's credentials, the very keys ec2sim issued for this task.
         let creds = w.fetch(
             &t.arn,
