@@ -23,6 +23,7 @@ fn ctx() -> Ctx {
         disk_pressure: false,
         stopped_reported: false,
         secrets: SecretsGate::Ready,
+        link_events: None,
     }
 }
 
