@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! TaskControl (ACS) ─► Msg ─┐                        ┌─► ContainerRuntime (pull, create, start, stop, remove)
-//! Docker events ─► wake ────┼─► loop ─► reconcile() ─┤
+//! Docker events ─► wake ────┤                        │
+//! host link events ─────────┼─► loop ─► reconcile() ─┤
 //! action outcomes ──────────┘   (one writer)         └─► store txn { record, StateChangeSink::enqueue } ─► notify
 //! ```
 //!
 //! One loop owns every task record: it applies deliveries and action outcomes, lists Docker when
-//! woken (events, periodic resync, requeue deadlines), runs the pure [`reconcile::reconcile`] for
+//! woken (events, periodic resync, requeue deadlines), reconciles again when the task network
+//! announces a host link change (so a waiting ENI is looked for at once), runs the pure [`reconcile::reconcile`] for
 //! each task, persists changed records together with the state changes they owe in one store
 //! transaction, and spawns the returned "ensure" actions, at most one per key. Credentials are
 //! read from the in-memory [`CredentialsStore`] at pull time and never stored.
