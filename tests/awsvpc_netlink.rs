@@ -668,3 +668,93 @@ fn bad_input_and_missing_things_are_refused_before_anything_changes() {
         },
     );
 }
+
+/// The thread ids of this process named `name`, with their voluntary context switches.
+fn threads_named(name: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap();
+        out.push((
+            dir.file_name().unwrap().to_string_lossy().into_owned(),
+            switches,
+        ));
+    }
+    out
+}
+
+#[test]
+fn link_events_move_when_a_link_appears_here_and_only_here() {
+    in_own_netns(
+        "link_events_move_when_a_link_appears_here_and_only_here",
+        || async {
+            let net = NetlinkTaskNetwork::new(true);
+            let mut rx = net.link_events().expect("link events are offered");
+            let start = *rx.borrow_and_update();
+
+            // One thread, shared by every subscriber (and clones), asleep in recv: while nothing
+            // happens it is not woken at all.
+            let mut again = net.clone().link_events().expect("a second subscriber");
+            // Let the new thread reach its first `recv` (that first sleep is a switch too).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let threads = threads_named("awsvpc-links");
+            assert_eq!(threads.len(), 1, "{threads:?}");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(
+                threads_named("awsvpc-links"),
+                threads,
+                "the idle thread woke up"
+            );
+            assert!(!rx.has_changed().unwrap(), "the counter moved by itself");
+
+            // A link in another namespace (a task's) is not the host's business.
+            let other = Holder::start();
+            other.sh("ip link add ev0 address 0a:58:0a:00:01:40 type veth peer name ev0p");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !rx.has_changed().unwrap(),
+                "an event from another namespace"
+            );
+
+            // A link with a MAC appears here: the counter moves within 1 s, the link is found.
+            let before = Instant::now();
+            sh("ip link add eni5 address 0a:58:0a:00:01:41 type veth peer name eni5p");
+            tokio::time::timeout(Duration::from_secs(1), rx.changed())
+                .await
+                .expect("the counter moved within 1 s")
+                .expect("the events still run");
+            let took = before.elapsed();
+            println!(
+                "link event seen {} ms after `ip link add` began",
+                took.as_millis()
+            );
+            assert!(*rx.borrow_and_update() > start);
+            tokio::time::timeout(Duration::from_secs(1), again.changed())
+                .await
+                .expect("every subscriber sees it")
+                .unwrap();
+            assert_eq!(
+                net.find("0a:58:0a:00:01:41").await.unwrap().as_deref(),
+                Some("eni5")
+            );
+            // A change of an existing link (up) is announced too; a removal is not counted.
+            let seen = *rx.borrow_and_update();
+            sh("ip link set eni5 up");
+            tokio::time::timeout(Duration::from_secs(1), rx.changed())
+                .await
+                .expect("link up announced")
+                .unwrap();
+            assert!(*rx.borrow_and_update() > seen);
+            assert_eq!(threads_named("awsvpc-links").len(), 1);
+        },
+    );
+}

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! TaskControl (ACS) ─► Msg ─┐                        ┌─► ContainerRuntime (pull, create, start, stop, remove)
-//! Docker events ─► wake ────┼─► loop ─► reconcile() ─┤
+//! Docker events ─► wake ────┤                        │
+//! host link events ─────────┼─► loop ─► reconcile() ─┤
 //! action outcomes ──────────┘   (one writer)         └─► store txn { record, StateChangeSink::enqueue } ─► notify
 //! ```
 //!
 //! One loop owns every task record: it applies deliveries and action outcomes, lists Docker when
-//! woken (events, periodic resync, requeue deadlines), runs the pure [`reconcile::reconcile`] for
+//! woken (events, periodic resync, requeue deadlines), reconciles again when the task network
+//! announces a host link change (so a waiting ENI is looked for at once), runs the pure [`reconcile::reconcile`] for
 //! each task, persists changed records together with the state changes they owe in one store
 //! transaction, and spawns the returned "ensure" actions, at most one per key. Credentials are
 //! read from the in-memory [`CredentialsStore`] at pull time and never stored.
@@ -410,7 +412,20 @@ impl Engine {
             self.shared.wake.clone(),
             cancel.clone(),
         ));
-        info!(tasks = state.tasks.len(), "Task engine started.");
+        // Host link events wake the loop so a waiting ENI is looked for at once.
+        let mut links = self
+            .shared
+            .parts
+            .settings
+            .task_network
+            .as_ref()
+            .and_then(|n| n.link_events());
+        state.link_events = links.as_mut().map(|rx| *rx.borrow_and_update());
+        info!(
+            tasks = state.tasks.len(),
+            link_events = links.is_some(),
+            "Task engine started."
+        );
         state.request_listing();
         state.tick()?;
         loop {
@@ -445,6 +460,16 @@ impl Engine {
                 _ = self.shared.wake.notified() => {
                     state.request_listing();
                     state.schedule_rechecks();
+                }
+                changed = link_changed(&mut links) => {
+                    match changed {
+                        Some(counter) => state.link_events = Some(counter),
+                        None => {
+                            warn!("Host link events ended; looking for ENIs by polling.");
+                            links = None;
+                            state.link_events = None;
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     if state.resync_due() || state.recheck_due() {
@@ -490,6 +515,18 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// The link-event counter's next value; `None` when its sender is gone. Never resolves without
+/// a receiver.
+async fn link_changed(links: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    match links {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -674,6 +711,9 @@ struct LoopState {
     secrets: HashMap<String, Result<Arc<secrets::Resolved>, String>>,
     /// ENI attachments from ACS by attachment ARN (persisted; removed with their task).
     attachments: HashMap<String, store::AttachmentRecord>,
+    /// The host link-event counter while the task network offers events (`None`: it does not,
+    /// or they stopped; waiting ENIs are then polled for).
+    link_events: Option<u64>,
 }
 
 impl LoopState {
@@ -734,6 +774,7 @@ impl LoopState {
                 .into_iter()
                 .map(|a| (a.attachment.attachment_arn.clone(), a))
                 .collect(),
+            link_events: None,
             shared,
         })
     }
@@ -1222,6 +1263,7 @@ impl LoopState {
             disk_pressure: self.disk_pressure,
             stopped_reported: stopped && self.shared.parts.sink.stopped_reported(arn),
             secrets: self.secrets_gate(arn),
+            link_events: self.link_events,
         }
     }
 

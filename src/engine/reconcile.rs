@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::engine::model::eni::{ENI_POLL_SECS, Provisioned};
+use crate::engine::model::eni::{ENI_POLL_SECS, ENI_RECONCILE_SECS, Provisioned};
 use crate::engine::model::{
     ContainerKind, ContainerRecord, ContainerStatus, DepState, Failure, HealthStatus, Step,
     TaskRecord, TaskStatus, dependencies, dependency_deadline, task_known,
@@ -191,6 +191,10 @@ pub struct Ctx {
     pub stopped_reported: bool,
     /// The task's secrets, as the engine holds them.
     pub secrets: SecretsGate,
+    /// The host link-event counter when the task network offers link events (a waiting ENI is
+    /// looked for again whenever it moved, else every [`ENI_RECONCILE_SECS`]); `None`: no
+    /// events, look every [`ENI_POLL_SECS`].
+    pub link_events: Option<u64>,
 }
 
 /// Whether a task's containers may be created as far as its secrets go.
@@ -613,10 +617,23 @@ fn network_step(
             n.failure = Some(why.clone());
             return Some(why);
         }
-        if n.not_before > ctx.now {
-            requeue_at(n.not_before.min(n.expires_at));
-        } else {
+        // One look per link event (coalesced: the counter may have moved several times) and
+        // one per period; a link that appears while a look runs moves the counter again.
+        let every = match ctx.link_events {
+            Some(_) => ENI_RECONCILE_SECS,
+            None => ENI_POLL_SECS,
+        };
+        let due = n.looked_at + every;
+        let moved = ctx.link_events.is_some() && ctx.link_events != n.links_seen;
+        if moved || ctx.now >= due {
+            // Actions start only once Docker was listed: until then the look stays due.
+            if world.listed {
+                n.looked_at = ctx.now;
+                n.links_seen = ctx.link_events;
+            }
             actions.push(Action::EnsureEniFound { task_arn: arn });
+        } else {
+            requeue_at(due.min(n.expires_at));
         }
         return None;
     }
@@ -1002,7 +1019,8 @@ pub fn apply(rec: &mut TaskRecord, outcome: &Outcome, now: f64, epoch: u64) -> b
                     n.not_before = 0.0;
                 }
                 NetOutcome::Found(Ok(None)) | NetOutcome::Found(Err(_)) => {
-                    n.not_before = now + ENI_POLL_SECS;
+                    // The next look is due a period after this one started (the reconciler's
+                    // `looked_at`), or at the next link event.
                 }
                 NetOutcome::Provisioned(Ok((made, pid))) => {
                     n.provisioned = Some(made.clone());

@@ -777,6 +777,8 @@ struct FakeNetInner {
     provision_failures: Vec<crate::engine::net::awsvpc::NetError>,
     release_failures: u32,
     in_task: HashSet<String>,
+    /// The host link-event counter, when this fake offers events.
+    link_events: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 /// In-memory `TaskNetwork` for unit tests: ENIs appear when a test says so, provision and
@@ -799,6 +801,24 @@ impl FakeTaskNetwork {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeNetInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This fake offers host link events ([`FakeTaskNetwork::link_event`] bumps them).
+    pub fn with_link_events(self) -> FakeTaskNetwork {
+        self.lock().link_events = Some(tokio::sync::watch::channel(0).0);
+        self
+    }
+
+    /// The kernel announces a link change (the counter moves; nothing else happens).
+    pub fn link_event(&self) {
+        if let Some(tx) = &self.lock().link_events {
+            tx.send_modify(|c| *c += 1);
+        }
+    }
+
+    /// The link events end (their sender goes, as when the real socket fails).
+    pub fn end_link_events(&self) {
+        self.lock().link_events = None;
     }
 
     /// A link with `mac` appears on the host as `name` (ECS attached the ENI).
@@ -905,5 +925,9 @@ impl crate::engine::net::awsvpc::TaskNetwork for FakeTaskNetwork {
         }
         inner.in_task.remove(&eni.mac);
         Ok(())
+    }
+
+    fn link_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.lock().link_events.as_ref().map(|tx| tx.subscribe())
     }
 }

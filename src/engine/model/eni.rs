@@ -18,9 +18,13 @@ pub use crate::engine::net::awsvpc::{Eni, Ipv4Cidr, Provisioned};
 /// said otherwise (its `waitTimeoutMs` replaces this once it arrives).
 pub const DEFAULT_ENI_WAIT_SECS: f64 = 30.0;
 
-/// How often the engine looks for an ENI that has not appeared yet, seconds (a bounded poll
-/// until the attachment expires; upstream adds udev events, awsvpc.md §2.2).
+/// How often the engine looks for an ENI that has not appeared yet when the task network offers
+/// no host link events, seconds (a bounded poll until the attachment expires).
 pub const ENI_POLL_SECS: f64 = 1.0;
+
+/// How often the engine looks for a waiting ENI when host link events are offered, seconds:
+/// the spec's periodic reconcile (awsvpc.md §2 step 2); each link event looks at once.
+pub const ENI_RECONCILE_SECS: f64 = 30.0;
 
 /// An ENI whose ACS description cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,6 +268,13 @@ pub struct TaskNet {
     /// persisted: a restarted agent looks at once.
     #[serde(skip)]
     pub not_before: f64,
+    /// Epoch seconds when the last look for the ENI started (0: never). Not persisted: a
+    /// restarted agent looks at once.
+    #[serde(skip)]
+    pub looked_at: f64,
+    /// The host link-event counter when the last look started (`None`: no events then).
+    #[serde(skip)]
+    pub links_seen: Option<u64>,
 }
 
 impl TaskNet {
@@ -282,6 +293,8 @@ impl TaskNet {
             failure: None,
             attempts: 0,
             not_before: 0.0,
+            looked_at: 0.0,
+            links_seen: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn ctx() -> Ctx {
         disk_pressure: false,
         stopped_reported: false,
         secrets: SecretsGate::Ready,
+        link_events: None,
     }
 }
 
@@ -981,4 +982,78 @@ fn creates(p: &Plan) -> usize {
         .iter()
         .filter(|a| matches!(a, Action::EnsureCreated { .. }))
         .count()
+}
+
+/// A task waiting for its ENI (expiring at epoch 2000).
+fn waiting_for_eni() -> TaskRecord {
+    let mut r = rec(serde_json::json!([{"name": "web", "image": "busybox", "essential": true}]));
+    let acs: crate::engine::model::eni::AcsEni = serde_json::from_value(serde_json::json!({
+        "attachmentArn": "arn:aws:ecs:us-east-1:1:attachment/a",
+        "ec2Id": "eni-0abc",
+        "macAddress": "0a:1b:2c:3d:4e:5f",
+        "ipv4Addresses": [{"privateAddress": "10.0.1.23", "primary": true}]
+    }))
+    .unwrap();
+    r.network = Some(crate::engine::model::eni::TaskNet::new(
+        acs.to_eni(0).unwrap(),
+        2000.0,
+    ));
+    r
+}
+
+fn finds(p: &Plan) -> usize {
+    p.actions
+        .iter()
+        .filter(|a| matches!(a, Action::EnsureEniFound { .. }))
+        .count()
+}
+
+#[test]
+fn with_link_events_an_eni_is_looked_for_per_counter_change_and_every_30_s() {
+    let at = |now: f64, links: Option<u64>| Ctx {
+        now,
+        link_events: links,
+        ..ctx()
+    };
+    let first = run(&waiting_for_eni(), &[], &[], &at(1000.0, Some(5)));
+    assert_eq!(finds(&first), 1, "a new task looks at once");
+    let r = first.record;
+    let n = r.network.as_ref().unwrap();
+    assert_eq!((n.looked_at, n.links_seen), (1000.0, Some(5)));
+
+    // Nothing moved: the next look is the 30 s reconcile.
+    let quiet = run(&r, &[], &[], &at(1010.0, Some(5)));
+    assert_eq!(finds(&quiet), 0);
+    assert_eq!(quiet.requeue_at, Some(1030.0));
+    assert_eq!(finds(&run(&r, &[], &[], &at(1030.0, Some(5)))), 1);
+
+    // The counter moved (once or many times): one look at once, none while one runs.
+    let moved = run(&r, &[], &[], &at(1010.0, Some(9)));
+    assert_eq!(finds(&moved), 1);
+    assert_eq!(
+        finds(&run(&moved.record, &[], &[], &at(1010.0, Some(9)))),
+        0,
+        "the same counter looks once"
+    );
+    let busy = [ActionKey::Network("t".into())];
+    assert_eq!(finds(&run(&r, &[], &busy, &at(1010.0, Some(12)))), 0);
+
+    // Without events: every second.
+    let poll = run(&r, &[], &[], &at(1000.5, None));
+    assert_eq!(finds(&poll), 0);
+    assert_eq!(poll.requeue_at, Some(1001.0));
+    assert_eq!(finds(&run(&r, &[], &[], &at(1001.0, None))), 1);
+
+    // Before Docker was listed no action starts: the look stays due.
+    let unlisted = reconcile(
+        &waiting_for_eni(),
+        &World {
+            observed: &HashMap::new(),
+            listed: false,
+            listed_epoch: 0,
+            in_flight: &HashSet::new(),
+        },
+        &at(1000.0, Some(5)),
+    );
+    assert_eq!(unlisted.record.network.as_ref().unwrap().looked_at, 0.0);
 }

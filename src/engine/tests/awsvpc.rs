@@ -546,3 +546,135 @@ async fn a_running_awsvpc_task_publishes_its_eni_in_metadata_and_v1_tasks() {
     assert_eq!(tasks[0].containers[0].ports.len(), 1);
     assert_eq!(tasks[0].containers[0].ports[0].host_port, 8080);
 }
+
+/// The running loop with a task network that does (or does not) offer host link events, an
+/// awsvpc task waiting for its ENI for 300 s, and the loop's first look done.
+async fn waiting_loop(events: bool) -> (Net, CancellationToken, tokio::task::JoinHandle<()>) {
+    let fake = Arc::new(FakeRuntime::with_images(&[DEFAULT_PAUSE_IMAGE]));
+    let mut net = FakeTaskNetwork::paired(fake.clone());
+    if events {
+        net = net.with_link_events();
+    }
+    let net = Arc::new(net);
+    let n = Net {
+        r: rig_with(fake, net_settings(&net)),
+        net,
+    };
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (e, c) = (n.r.engine.clone(), cancel.clone());
+        async move { e.run(c).await.unwrap() }
+    });
+    n.r.engine
+        .attach_eni(crate::tasks::EniAttachment {
+            attachment_arn: "arn:aws:ecs:us-east-1:1:attachment/t".into(),
+            task_arn: "t".into(),
+            mac: MAC.into(),
+            wait_timeout_ms: Some(300_000),
+        })
+        .await
+        .unwrap();
+    n.r.engine.deliver(awsvpc_task("t")).await.unwrap();
+    within(Duration::from_secs(5), "the first look", || {
+        n.net.count("find") >= 1
+    })
+    .await;
+    (n, cancel, run)
+}
+
+/// Waits (tokio time) until `f` holds, at most `limit`.
+async fn within(limit: Duration, what: &str, f: impl Fn() -> bool) {
+    tokio::time::timeout(limit, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within {limit:?}: {what}"));
+}
+
+/// `secs` seconds pass, on the engine's clock and on tokio's together, one at a time.
+async fn pass(n: &Net, secs: u32) {
+    for _ in 0..secs {
+        n.r.engine.advance_clock(1.0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_link_events_the_eni_is_found_at_the_event_and_otherwise_looked_for_every_30_s() {
+    let (n, cancel, run) = waiting_loop(true).await;
+    // A long wait with no link change: the 30 s reconcile, not a look per second.
+    pass(&n, 100).await;
+    let finds = n.net.count("find");
+    assert!((3..=5).contains(&finds), "{finds} looks in 100 s");
+
+    // The link is there but no event came (yet): the next reconcile is more than 5 s away.
+    n.net.appear(MAC, "eth1");
+    pass(&n, 5).await;
+    assert_eq!(n.net.count("find"), finds, "no poll");
+    assert!(!n.net.in_task(MAC));
+
+    // The event: looked for at once (the engine's clock stands still) and provisioned.
+    n.net.link_event();
+    within(Duration::from_secs(1), "found at the event", || {
+        n.net.in_task(MAC)
+    })
+    .await;
+    assert_eq!(n.net.count("find"), finds + 1, "one look for one event");
+    assert_eq!(
+        attachments(&n.r.sink.changes()),
+        vec![(
+            "arn:aws:ecs:us-east-1:1:attachment/t".to_owned(),
+            "ATTACHED".to_owned()
+        )]
+    );
+    cancel.cancel();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_link_events_costs_a_bounded_number_of_looks() {
+    let (n, cancel, run) = waiting_loop(true).await;
+    let before = n.net.count("find");
+    // 200 unrelated link changes (other tasks' veths, links going up and down) in 10 s.
+    for _ in 0..10 {
+        for _ in 0..20 {
+            n.net.link_event();
+        }
+        pass(&n, 1).await;
+    }
+    let looks = n.net.count("find") - before;
+    assert!(
+        (1..=20).contains(&looks),
+        "{looks} looks for 200 events in 10 s: at most one per wake-up"
+    );
+    cancel.cancel();
+    run.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_link_events_or_once_they_end_the_eni_is_polled_for_every_second() {
+    let (n, cancel, run) = waiting_loop(false).await;
+    let before = n.net.count("find");
+    pass(&n, 20).await;
+    let polls = n.net.count("find") - before;
+    assert!((15..=25).contains(&polls), "{polls} looks in 20 s");
+    cancel.cancel();
+    run.await.unwrap();
+
+    let (n, cancel, run) = waiting_loop(true).await;
+    n.net.end_link_events();
+    let before = n.net.count("find");
+    pass(&n, 20).await;
+    let polls = n.net.count("find") - before;
+    assert!(
+        (15..=25).contains(&polls),
+        "{polls} looks in 20 s after the events ended"
+    );
+    n.net.appear(MAC, "eth1");
+    pass(&n, 2).await;
+    assert!(n.net.in_task(MAC), "the poll finds it");
+    cancel.cancel();
+    run.await.unwrap();
+}

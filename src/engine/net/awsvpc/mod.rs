@@ -126,6 +126,13 @@ pub trait TaskNetwork: Send + Sync {
         netns_pid: Option<u32>,
         made: &Provisioned,
     ) -> Result<(), NetError>;
+    /// Host link events: a counter bumped whenever a link appears or changes in the host
+    /// namespace (`RTM_NEWLINK`), so a waiting ENI is looked for at once (awsvpc.md §2 step 2).
+    /// `None`: no events are offered and the engine polls. A receiver whose sender is gone
+    /// means the events stopped; the engine then polls again.
+    fn link_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The lowest free address of the bridge subnet for a new task: not the network, the gateway or

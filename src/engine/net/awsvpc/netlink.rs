@@ -19,6 +19,13 @@
 //! come back would run unrelated work in the task's network), and a thread that cannot return
 //! ends with the operation. `find` reads only the host namespace, on the blocking pool.
 //!
+//! Link events ([`TaskNetwork::link_events`]): on first use, one socket subscribed to the host
+//! namespace's link announcements is opened on the caller's thread (an engine thread, in the
+//! host namespace) and read by one dedicated `awsvpc-links` thread that blocks in `recv`: no
+//! wake-up while nothing happens. It bumps a `watch` counter per `RTM_NEWLINK`; when the socket
+//! fails it logs, drops the sender and ends (receivers see the sender gone and the engine
+//! polls; the next `link_events` call starts a new one).
+//!
 //! The ENI's host name travels with it: before the move its `ifalias` is set to that name, so a
 //! provision that resumes after a crash (the ENI already `eth0` in the task namespace) still
 //! reports it, and `release` clears it again. An alias the ENI had before is lost (real ENIs
@@ -27,13 +34,15 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rustix::io::Errno;
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 use super::rtnl::{
-    Link, LinkChange, NLM_F_CREATE, NLM_F_REPLACE, RTN_UNICAST, RTN_UNREACHABLE, Route, Rtnl,
+    Link, LinkChange, LinkMonitor, NLM_F_CREATE, NLM_F_REPLACE, RTN_UNICAST, RTN_UNREACHABLE,
+    Route, Rtnl,
 };
 use super::{
     BRIDGE_GATEWAY, BRIDGE_NAME, BRIDGE_NETWORK, BRIDGE_PREFIX, Eni, NetError, Provisioned,
@@ -48,11 +57,13 @@ const IMDS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 const IFNAME_MAX: usize = 15;
 
 /// [`TaskNetwork`] over rtnetlink.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct NetlinkTaskNetwork {
     /// Test-only: a link of any kind (veth, dummy) may be an ENI. On EC2 only physical devices
     /// (no `IFLA_INFO_KIND`, not loopback) are, as the official agent's ENI watcher decides.
     pub accept_virtual_links: bool,
+    /// The link-event counter once its thread started (shared by clones).
+    links: Arc<Mutex<Option<tokio::sync::watch::Receiver<u64>>>>,
 }
 
 impl NetlinkTaskNetwork {
@@ -60,8 +71,31 @@ impl NetlinkTaskNetwork {
     pub fn new(accept_virtual_links: bool) -> Self {
         Self {
             accept_virtual_links,
+            links: Arc::default(),
         }
     }
+}
+
+/// Starts the link-event thread: the socket is opened here, on the caller's thread, so it
+/// listens in the caller's namespace; the thread only reads it.
+fn start_link_events() -> std::io::Result<tokio::sync::watch::Receiver<u64>> {
+    let mut monitor = LinkMonitor::open()?;
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    std::thread::Builder::new()
+        .name("awsvpc-links".into())
+        .spawn(move || {
+            loop {
+                match monitor.wait() {
+                    Ok(0) => {}
+                    Ok(n) => tx.send_modify(|c| *c = c.wrapping_add(n)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Host link events stopped; ENIs are looked for by polling.");
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
 }
 
 #[async_trait]
@@ -98,6 +132,25 @@ impl TaskNetwork for NetlinkTaskNetwork {
         check_ifname(&made.host_veth)?;
         let (made, accept) = (made.clone(), self.accept_virtual_links);
         on_own_thread(move || release(mac, netns_pid, &made, accept)).await
+    }
+
+    fn link_events(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        // A running thread is shared; one that ended (its sender is gone) is replaced.
+        if let Some(rx) = links.as_ref().filter(|rx| rx.has_changed().is_ok()) {
+            return Some(rx.clone());
+        }
+        match start_link_events() {
+            Ok(rx) => {
+                *links = Some(rx.clone());
+                Some(rx)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot subscribe to host link events; ENIs are looked for by polling.");
+                *links = None;
+                None
+            }
+        }
     }
 }
 

@@ -33,6 +33,10 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
+// linux/rtnetlink.h: the multicast group of link announcements.
+const RTMGRP_LINK: u32 = 1;
+// linux/netlink.h: the size of `nlmsghdr`.
+const NLMSG_HDRLEN: usize = 16;
 // linux/if_link.h: link attributes.
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
@@ -526,6 +530,51 @@ impl Rtnl {
     }
 }
 
+/// A socket subscribed to the kernel's link announcements (`RTMGRP_LINK`) in the namespace its
+/// thread was in when it was opened. It only listens: it sends nothing and asks for nothing.
+pub(super) struct LinkMonitor {
+    socket: Socket,
+}
+
+impl LinkMonitor {
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        Ok(Self { socket })
+    }
+
+    /// Blocks until the kernel announces something, then says how many links appeared or
+    /// changed (`RTM_NEWLINK`; removals count 0). Announcements the kernel dropped because we
+    /// were slow (`ENOBUFS`) count as one change: something happened that we did not see.
+    pub fn wait(&mut self) -> io::Result<u64> {
+        match self.socket.recv_from_full() {
+            Ok((data, _)) => count_new_links(&data),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOBUFS.raw_os_error()) => Ok(1),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The `RTM_NEWLINK` messages in one datagram of netlink messages.
+fn count_new_links(mut data: &[u8]) -> io::Result<u64> {
+    let mut n = 0;
+    while !data.is_empty() {
+        let len = u32_at(data, 0).ok_or_else(|| bad("link announcement"))? as usize;
+        let kind = data
+            .get(4..6)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+            .ok_or_else(|| bad("link announcement"))?;
+        if len < NLMSG_HDRLEN || len > data.len() {
+            return Err(bad("link announcement"));
+        }
+        if kind == RTM_NEWLINK {
+            n += 1;
+        }
+        data = data.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,5 +653,34 @@ mod tests {
         assert!(parse_address(&[2]).is_err());
         assert!(parse_link(&[0; 8]).is_err());
         assert!(parse_route(&[0; 6]).is_err());
+    }
+
+    /// A netlink message header and `body`.
+    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = ((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(body);
+        m.resize(m.len().next_multiple_of(4), 0);
+        m
+    }
+
+    #[test]
+    fn only_new_link_announcements_are_counted_and_a_truncated_one_is_an_error() {
+        let link = ifinfomsg(7, IFF_UP, 0);
+        let mut data = message(RTM_NEWLINK, &link);
+        data.extend(message(RTM_DELLINK, &link));
+        data.extend(message(RTM_NEWLINK, &[1, 2, 3]));
+        data.extend(message(RTM_NEWADDR, &link));
+        assert_eq!(count_new_links(&data).unwrap(), 2);
+        assert_eq!(count_new_links(&[]).unwrap(), 0);
+        assert!(count_new_links(&data[..data.len() - 4]).is_err());
+        assert!(count_new_links(&[0; 3]).is_err());
+        let mut short = message(RTM_NEWLINK, &link);
+        short[..4].copy_from_slice(&4u32.to_ne_bytes());
+        assert!(
+            count_new_links(&short).is_err(),
+            "a length below the header"
+        );
     }
 }
