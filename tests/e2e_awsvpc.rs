@@ -693,6 +693,40 @@ OUT = {"vpc": vpc, "subnet": subnet, "group": group}
     );
     w.stop_and_check_released(&many.iter().collect::<Vec<_>>(), &agent)
         .await;
+
+    // An ENI that never appears: ACS gives 3 s (waitTimeoutMs), nothing with its MAC is
+    // plugged; the task stops with the reason naming the ENI, and nothing of it stays in Docker.
+    w.sim.post(
+        "/ec2sim/enis/config",
+        serde_json::json!({"wait_timeout_ms": 3000}),
+    );
+    let lost = w.run_awsvpc(&awsvpc_td).await;
+    let eni = w.sim.get(&format!("/ec2sim/enis?task_arn={lost}"))["enis"][0].clone();
+    let described = wait_task_status(
+        &w.sim,
+        &w.cluster,
+        &lost,
+        "STOPPED",
+        Duration::from_secs(60),
+        &agent,
+    )
+    .await;
+    let reason = described.stopped_reason().unwrap_or_default().to_owned();
+    let want = format!(
+        "ENI {} ({}) did not appear on this instance within 3 s",
+        eni["eni_id"].as_str().unwrap(),
+        eni["mac"].as_str().unwrap()
+    );
+    assert!(reason.contains(&want), "{reason:?}, want {want:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.containers_of(&lost) > 0 {
+        assert!(Instant::now() < deadline, "the lost task's containers stay");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    w.sim.post(
+        "/ec2sim/enis/config",
+        serde_json::json!({"wait_timeout_ms": 30000}),
+    );
     agent.terminate();
 
     // kill -9 of the agent right after it moved a task's ENI into the pause's namespace and
