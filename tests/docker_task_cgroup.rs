@@ -234,8 +234,10 @@ async fn task_limits_reach_the_kernel_and_leave_with_the_task() {
         .await;
     let hog_stop = container_change(&changes, &arn, "hog", ReportStatus::Stopped).unwrap();
     assert_eq!(hog_stop.exit_code, Some(137), "{hog_stop:?}");
-    let state = &inspect(&hog_id)["State"];
-    assert_eq!(state["OOMKilled"], json!(true), "{state}");
+    // Docker's `OOMKilled` is not asserted: dockerd sets it from the OOM notification of the
+    // container's own cgroup, which an OOM at the task's (parent) level raises only sometimes
+    // (CI saw exit 137 with `OOMKilled: false`). The kernel's counters below are the proof.
+    eprintln!("hog state: {}", inspect(&hog_id)["State"]);
     // It was the task cgroup's limit that stopped it: the kernel counts the charges refused
     // at the task's level (v1 counts the kill itself in the victim's own cgroup, gone now),
     // and the task's usage never went past its 64 MiB.
