@@ -54,6 +54,41 @@ world_docker() {
     for _ in $(seq 200); do docker info >/dev/null 2>&1 && break; sleep 0.1; done
     docker info >/dev/null 2>&1 || { log "dockerd did not start; see $CACHE/dockerd.log"; tail -20 "$CACHE/dockerd.log" >&2; return 1; }
   fi
+  world_orphan_cgroups
+}
+
+# The systemd "instance" of the tests mounts the cgroup v1 controllers the host leaves unmounted
+# (perf_event, net_cls,net_prio, hugetlb here). The kernel keeps such a hierarchy after the
+# instance is gone, and while it exists containerd finds a controller it cannot see mounted and
+# `docker stats` reads 0B for every container. tests/systemd/common.rs releases them when its last
+# instance stops; this does it for a machine a killed test run left so. Each hierarchy is mounted
+# privately, its empty cgroups removed deepest first, and unmounted: the kernel then destroys it.
+world_orphan_cgroups() {
+  [ -r /proc/cgroups ] || return 0
+  [ -z "$(docker ps -q --filter label=ecs-hostd.test=systemd 2>/dev/null)" ] || return 0
+  local h ctrls first d
+  for h in $(awk '!/^#/ && $2 != 0 {print $2}' /proc/cgroups | sort -u); do
+    ctrls=$(awk -v h="$h" '!/^#/ && $2 == h {print $1}' /proc/cgroups | paste -sd, -)
+    first=${ctrls%%,*}
+    awk -v c="$first" '/ - cgroup / { n = split($NF, o, ","); for (i = 1; i <= n; i++) if (o[i] == c) f = 1 }
+      END { exit !f }' /proc/self/mountinfo && continue
+    # A removed cgroup stays among its parent's children until the kernel frees it, and the
+    # hierarchy dies only when unmounted without children: unmount after a pause, and again
+    # until it is gone.
+    d=$(mktemp -d)
+    for _ in 1 2 3 4 5; do
+      mount -t cgroup -o "$ctrls" none "$d" 2>/dev/null || break
+      find "$d" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null || true
+      sleep 0.5
+      umount "$d"
+      sleep 0.5
+      awk -v h="$h" '!/^#/ && $2 == h { f = 1 } END { exit !f }' /proc/cgroups || {
+        log "released the cgroup hierarchy $ctrls that only a stopped instance mounted"
+        break
+      }
+    done
+    rmdir "$d"
+  done
 }
 
 # A static busybox image (no registry is reachable): httpd, sh, sleep and every other applet.

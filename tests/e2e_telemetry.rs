@@ -141,14 +141,14 @@ fn container_of(task: &str, name: &str) -> String {
 fn docker_memory_mib(id: &str) -> f64 {
     let out = docker(&["stats", "--no-stream", "--format", "{{json .}}", id]);
     let v: Value = serde_json::from_str(&out).unwrap();
-    let usage = v["MemUsage"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let mem = v["MemUsage"].as_str().unwrap();
+    assert!(
+        !mem.replace(' ', "").ends_with("/0B"),
+        "docker stats reads no memory at all for {id} ({mem}): containerd cannot load the \
+         host's cgroups (a v1 hierarchy the host does not mount? scripts/world.sh \
+         world_orphan_cgroups releases those)"
+    );
+    let usage = mem.split('/').next().unwrap().trim().to_owned();
     let (num, unit) = usage.split_at(usage.find(|c: char| c.is_ascii_alphabetic()).unwrap());
     let n: f64 = num.parse().unwrap();
     match unit {

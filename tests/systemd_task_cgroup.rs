@@ -142,4 +142,37 @@ fn task_limits_are_a_systemd_slice_with_the_systemd_cgroup_driver() {
             .is_none();
         (gone && no_container).then_some(())
     });
+
+    // The host is left as the test found it: the instance's systemd mounted the v1 controllers
+    // the host leaves unmounted, and with the instance gone the shared engine still reads
+    // containers' memory (a kept hierarchy made `docker stats` say 0B for every container).
+    drop(inst);
+    wait_for(
+        "the instance's own cgroup hierarchies to go",
+        Duration::from_secs(30),
+        || common::orphan_cgroup_hierarchies().is_empty().then_some(()),
+    );
+    let probe = common::ok(Command::new("docker").args([
+        "run",
+        "-d",
+        "--rm",
+        "--label",
+        "ecs-hostd.test=probe",
+        IMAGE,
+        "sleep",
+        "30",
+    ]));
+    let probe = probe.trim().to_owned();
+    let usage = common::ok(Command::new("docker").args([
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}",
+        &probe,
+    ]));
+    let _ = common::run(Command::new("docker").args(["rm", "-f", &probe]));
+    assert!(
+        !usage.trim().starts_with("0B"),
+        "docker stats on the host after the instance: {usage}"
+    );
 }
