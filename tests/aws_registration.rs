@@ -88,6 +88,22 @@ async fn registers_with_this_hosts_resources_and_the_configured_attributes() {
             .any(|a| a["name"] == "com.amazonaws.ecs.capability.docker-remote-api.1.32"),
         "Docker 20.10 supports API 1.41: {desc}"
     );
+    // What round 2 added, as ECS stores it (DescribeContainerInstances through the AWS SDK): Docker
+    // volumes with the local driver; task-level limits (this host has cgroup v1 with Docker's
+    // cgroupfs driver, and ECS_ENABLE_TASK_CPU_MEM_LIMIT is on by default); pid/ipc `task`
+    // (scripts/world.sh gives Docker the pause image under its default name).
+    for flag in [
+        "docker-plugin.local",
+        "task-cpu-mem-limit",
+        "increased-task-cpu-limit",
+        "pid-ipc-namespace-sharing",
+    ] {
+        let name = format!("ecs.capability.{flag}");
+        assert!(
+            attrs.iter().any(|a| a["name"] == name.as_str()),
+            "{name} not registered: {desc}"
+        );
+    }
     // Logging drivers: the configured ones this Docker has (docker info), and none.
     let drivers: Vec<&str> = attrs
         .iter()
