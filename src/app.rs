@@ -18,6 +18,10 @@
 mod subsystems;
 mod telemetry;
 
+/// What the agent's stats collector samples (the engine's running containers, woken by its
+/// snapshots): the same wiring for tests that run the engine in process.
+pub use telemetry::EngineTargets;
+
 use std::sync::Arc;
 use std::time::Duration;
 

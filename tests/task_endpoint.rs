@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::*;
 use ecs_hostd::credentials::{RoleCredentials, RoleType};
+use ecs_hostd::app::EngineTargets;
 use ecs_hostd::stats;
 use ecs_hostd::task_endpoint::{self, EndpointState, InstanceFacts, audit, limit};
 use ecs_hostd::tasks::{ReportStatus, TaskControl};
@@ -59,37 +60,6 @@ impl task_endpoint::tags::TagSource for NoEcs {
             message: "no ECS in this test".into(),
             ..Default::default()
         })
-    }
-}
-
-/// The running containers of the engine's tasks, as the agent hands them to the collector.
-fn running(view: &ecs_hostd::engine::introspection::EngineView) -> Vec<stats::Running> {
-    view.snapshot()
-        .metadata
-        .tasks
-        .iter()
-        .flat_map(|t| t.containers.iter())
-        .filter(|c| c.running)
-        .filter_map(|c| {
-            Some(stats::Running {
-                docker_id: c.docker_id.clone()?,
-                name: c.docker_name.clone(),
-                started_at: None,
-            })
-        })
-        .collect()
-}
-
-/// The collector's targets: the engine's running containers, woken by its snapshots.
-struct EngineTargets(ecs_hostd::engine::introspection::EngineView);
-
-impl stats::Targets for EngineTargets {
-    fn running(&self) -> Vec<stats::Running> {
-        running(&self.0)
-    }
-
-    async fn changed(&mut self) -> bool {
-        self.0.changed().await
     }
 }
 

@@ -37,7 +37,7 @@ fn running(snap: &Snapshot) -> impl Iterator<Item = (&TaskFacts, Vec<&ContainerF
 
 /// The collector's targets: the engine's running containers, and its snapshot channel to wake
 /// an idle collector when a task starts.
-pub(super) struct EngineTargets(pub(super) EngineView);
+pub struct EngineTargets(pub EngineView);
 
 impl stats::Targets for EngineTargets {
     fn running(&self) -> Vec<stats::Running> {
