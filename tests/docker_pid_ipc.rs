@@ -177,6 +177,7 @@ async fn task_pid_and_ipc_namespaces_are_shared_through_the_pause_container() {
     s.engine.task_cleanup_wait = Duration::from_secs(1);
     s.engine.task_cleanup_wait_jitter = Duration::ZERO;
     let eng = start(s).await;
+    let before = eng.calls.snapshot();
     let both = json!({"pidMode": "task", "ipcMode": "task"});
     let started = Instant::now();
     eng.engine
@@ -307,6 +308,27 @@ async fn task_pid_and_ipc_namespaces_are_shared_through_the_pause_container() {
     })
     .await;
     no_pause_reported(&eng.changes());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with(None, &format!("com.amazonaws.ecs.task-arn={b}")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "task b's containers were not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What Docker was asked, counted at the engine's runtime: one pause per task and each
+    // container created, started, stopped and removed exactly once.
+    let after = eng.calls.snapshot();
+    let count = |calls: &[(&str, u64)], op: &str| {
+        calls.iter().find(|(o, _)| *o == op).map_or(0, |(_, n)| *n)
+    };
+    for op in ["create", "start", "stop", "remove"] {
+        assert_eq!(
+            count(&after, op) - count(&before, op),
+            6,
+            "{op}: 2 tasks of 2 containers and a pause each: {after:?}"
+        );
+    }
     eng.shutdown().await;
 }
 

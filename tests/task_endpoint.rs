@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ecs_hostd::credentials::{RoleCredentials, RoleType};
 use ecs_hostd::app::EngineTargets;
+use ecs_hostd::credentials::{RoleCredentials, RoleType};
 use ecs_hostd::stats;
 use ecs_hostd::task_endpoint::{self, EndpointState, InstanceFacts, audit, limit};
 use ecs_hostd::tasks::{ReportStatus, TaskControl};
