@@ -730,6 +730,17 @@ impl LoopState {
                     dirty.insert(t.spec.arn.clone());
                 }
             }
+            // Records written before the task cgroup joined the task's resources (it was made
+            // at each create then): a container still to create gets it from that step.
+            if shared.parts.settings.task_cgroups.is_some()
+                && !t.resources.cgroup
+                && t.known < TaskStatus::Stopped
+                && t.desired != TaskStatus::Stopped
+            {
+                t.resources.cgroup = true;
+                t.resources.ready = false;
+                dirty.insert(t.spec.arn.clone());
+            }
             register_pending_credentials(&shared.parts.credentials, &t);
             tasks.insert(t.spec.arn.clone(), t);
         }
@@ -972,9 +983,13 @@ impl LoopState {
                 "Task asks for a feature this agent does not implement; stopping it.");
             rec.refuse(&why.to_string());
         } else if let Some(cgroups) = &self.settings().task_cgroups {
-            if let Err(e) = cgroups.limits(&rec.spec) {
-                warn!(task.arn = %arn, error = %e, "Task cannot run within its task-level limits; stopping it.");
-                rec.refuse(&e.to_string());
+            match cgroups.limits(&rec.spec) {
+                // Made once, with the task's other resources, before its first create.
+                Ok(_) => rec.resources.cgroup = true,
+                Err(e) => {
+                    warn!(task.arn = %arn, error = %e, "Task cannot run within its task-level limits; stopping it.");
+                    rec.refuse(&e.to_string());
+                }
             }
         } else if task_cgroup::asks_for_limits(&rec.spec) {
             warn!(task.arn = %arn, cpu = ?rec.spec.cpu, memory_mib = ?rec.spec.memory,
@@ -1594,7 +1609,9 @@ impl LoopState {
                 let name = crec.docker_name.clone();
                 let map = self.map_ctx(rec, spec);
                 let mut body = docker::create_body(rec, spec, &map);
-                let cgroup = self.task_cgroup(rec, body.as_mut().ok());
+                if let Ok(body) = body.as_mut() {
+                    self.set_cgroup_parent(rec, body);
+                }
                 if let Some(img) = self.images.get_mut(&spec.image) {
                     img.last_used_at = now;
                     self.images_dirty.insert(spec.image.clone());
@@ -1603,9 +1620,6 @@ impl LoopState {
                 Box::pin(async move {
                     let result = async {
                         let body = body.map_err(|e| RuntimeError::Refused(e.to_string()))?;
-                        if let Some(cgroup) = cgroup {
-                            cgroup.await?;
-                        }
                         let created = runtime.create(&name, body).await;
                         hooks.at("create.after").await;
                         match created {
@@ -1707,18 +1721,22 @@ impl LoopState {
                 let Some(rec) = self.tasks.get(&task_arn) else {
                     return;
                 };
+                let cgroup = match &self.settings().task_cgroups {
+                    Some(cgroups) if rec.resources.cgroup => Some(TaskCgroup {
+                        cgroups: cgroups.clone(),
+                        task_id: rec.spec.task_id().to_owned(),
+                        limits: cgroups.limits(&rec.spec),
+                    }),
+                    _ => None,
+                };
                 let wants = volumes::plan(rec);
                 let match_full = self.settings().engine.shared_volume_match_full_config;
-                info!(task.arn = %task_arn, volumes = wants.len(), "Preparing the task's volumes.");
+                info!(task.arn = %task_arn, cgroup = cgroup.is_some(), volumes = wants.len(), "Preparing the task's resources.");
                 Box::pin(async move {
-                    let result = volumes::prepare(&*runtime, &wants, match_full)
+                    let result = prepare_resources(&*runtime, cgroup, &wants, match_full)
                         .await
-                        .map_err(|e| {
-                            warn!(task.arn = %task_arn, error = %e, retryable = e.is_retryable(), "Task volumes not prepared.");
-                            reconcile::ResourceFailure {
-                                retryable: e.is_retryable(),
-                                message: e.to_string(),
-                            }
+                        .inspect_err(|f| {
+                            warn!(task.arn = %task_arn, error = %f.message, retryable = f.retryable, "Task resources not prepared.");
                         });
                     Done::Action(key, Box::new(Outcome::TaskResources { task_arn, result }))
                 })
@@ -1857,31 +1875,18 @@ impl LoopState {
         self.actions.spawn(fut);
     }
 
-    /// The task's cgroup, when task cgroups are on: sets the container's `CgroupParent` in
-    /// `body` (the agent's override, after `dockerConfig.hostConfig`) and returns the creation
-    /// (idempotent) to await before the container's create.
-    fn task_cgroup(
-        &self,
-        rec: &TaskRecord,
-        body: Option<&mut bollard::models::ContainerCreateBody>,
-    ) -> Option<impl std::future::Future<Output = Result<(), RuntimeError>> + Send + 'static> {
-        let cgroups = self.settings().task_cgroups.clone()?;
-        let task_id = rec.spec.task_id().to_owned();
-        let planned = cgroups
-            .limits(&rec.spec)
-            .and_then(|limits| Ok((cgroups.parent(&task_id)?, limits)));
-        if let (Ok((parent, _)), Some(body)) = (&planned, body) {
+    /// Puts the container in the task's cgroup, when the task has one (made by
+    /// `EnsureTaskResources` before any create): `CgroupParent` in `body`, the agent's override
+    /// after `dockerConfig.hostConfig`.
+    fn set_cgroup_parent(&self, rec: &TaskRecord, body: &mut bollard::models::ContainerCreateBody) {
+        let Some(cgroups) = self.settings().task_cgroups.as_ref() else {
+            return;
+        };
+        if let (true, Ok(parent)) = (rec.resources.cgroup, cgroups.parent(rec.spec.task_id())) {
             body.host_config
                 .get_or_insert_with(Default::default)
-                .cgroup_parent = Some(parent.clone());
+                .cgroup_parent = Some(parent);
         }
-        Some(async move {
-            let (_, limits) = planned.map_err(|e| RuntimeError::Refused(e.to_string()))?;
-            cgroups
-                .ensure(&task_id, &limits)
-                .await
-                .map_err(|e| RuntimeError::Refused(e.to_string()))
-        })
     }
 
     fn map_ctx(&self, rec: &TaskRecord, spec: &model::ContainerSpec) -> MapCtx {
@@ -2168,6 +2173,38 @@ async fn adopt(
             "name {name} conflicted but no such container exists"
         ))),
     }
+}
+
+/// A task's cgroup to make: where, for which task, with which limits (or why none).
+struct TaskCgroup {
+    cgroups: task_cgroup::TaskCgroups,
+    task_id: String,
+    limits: Result<task_cgroup::Limits, task_cgroup::Error>,
+}
+
+/// The task's resources, once per task before its first create: its cgroup, then its volumes.
+async fn prepare_resources(
+    runtime: &dyn ContainerRuntime,
+    cgroup: Option<TaskCgroup>,
+    wants: &[volumes::Want],
+    match_full: bool,
+) -> Result<(), reconcile::ResourceFailure> {
+    if let Some(cg) = cgroup {
+        let made = match cg.limits {
+            Ok(limits) => cg.cgroups.ensure(&cg.task_id, &limits).await,
+            Err(e) => Err(e),
+        };
+        made.map_err(|e| reconcile::ResourceFailure {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        })?;
+    }
+    volumes::prepare(runtime, wants, match_full)
+        .await
+        .map_err(|e| reconcile::ResourceFailure {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        })
 }
 
 async fn remove_task(

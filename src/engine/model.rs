@@ -1066,7 +1066,7 @@ pub struct TaskRecord {
     pub cleanup_jitter: f64,
     /// Docker volume names of task volumes (fixed at delivery).
     pub volumes: BTreeMap<String, VolumeSource>,
-    /// The once-per-task step before the first create (its Docker volumes).
+    /// The once-per-task step before the first create (its task cgroup and Docker volumes).
     #[serde(default)]
     pub resources: TaskResources,
     /// Containers: the internal ones first (in creation order), then the task's, in task order.
@@ -1080,11 +1080,15 @@ pub struct TaskRecord {
     pub network: Option<eni::TaskNet>,
 }
 
-/// The task's resources, prepared once per task before its first container create: its Docker
-/// volumes (`engine::volumes`; a task cgroup can join the same step). Persisted, so a restart
-/// does not prepare again what was prepared.
+/// The task's resources, prepared once per task before its first container create: its task
+/// cgroup (`engine::task_cgroup`, when [`TaskResources::cgroup`]), then its Docker volumes
+/// (`engine::volumes`). Persisted, so a restart does not prepare again what was prepared.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskResources {
+    /// The task gets a task cgroup, its containers' parent: set when task cgroups are on, at
+    /// admission (the task's limits can be had) or at load for a record older than this flag.
+    #[serde(default)]
+    pub cgroup: bool,
     /// Prepared: containers may be created.
     #[serde(default)]
     pub ready: bool,
@@ -1237,11 +1241,14 @@ impl TaskRecord {
         self.containers.iter().find(|c| c.name == name)
     }
 
-    /// Whether the task has resources to prepare before its first create (Docker volumes).
+    /// Whether the task has resources to prepare before its first create (a task cgroup,
+    /// Docker volumes).
     pub fn has_resources(&self) -> bool {
-        self.volumes
-            .values()
-            .any(|v| matches!(v, VolumeSource::Docker { .. }))
+        self.resources.cgroup
+            || self
+                .volumes
+                .values()
+                .any(|v| matches!(v, VolumeSource::Docker { .. }))
     }
 
     /// Whether it holds host resources (admitted and not yet stopped).

@@ -91,8 +91,8 @@ pub enum Action {
         /// Task.
         task_arn: String,
     },
-    /// Prepare the task's resources (its Docker volumes: `engine::volumes`), once per task,
-    /// before its first container create.
+    /// Prepare the task's resources (its task cgroup: `engine::task_cgroup`, then its Docker
+    /// volumes: `engine::volumes`), once per task, before its first container create.
     EnsureTaskResources {
         /// Task.
         task_arn: String,
@@ -412,8 +412,9 @@ pub fn reconcile(rec: &TaskRecord, world: &World<'_>, ctx: &Ctx) -> Plan {
         if let SecretsGate::Failed(why) = &ctx.secrets {
             stop_before_create(&mut r, world, why);
         }
-        // The task's resources (its Docker volumes) are prepared once, beside the pulls, before
-        // the first create; one that cannot be had stops the task before anything is created.
+        // The task's resources (its cgroup, its Docker volumes) are prepared once, beside the
+        // pulls, before the first create; one that cannot be had stops the task before anything
+        // is created.
         let resources_ready = r.resources.ready || !r.has_resources();
         let mut resources_failed = false;
         if !resources_ready {
@@ -839,7 +840,8 @@ pub enum NetOutcome {
 pub struct ResourceFailure {
     /// The task's stop reason if it gives up.
     pub message: String,
-    /// Worth another attempt (Docker unwell) rather than final (a volume that is not there).
+    /// Worth another attempt (Docker or systemd unwell) rather than final (a volume that is not
+    /// there, limits the task cannot have).
     pub retryable: bool,
 }
 

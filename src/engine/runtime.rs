@@ -261,6 +261,8 @@ pub struct FakeContainer {
     pub hostname: Option<String>,
     /// `HostConfig.Dns` given at create.
     pub dns: Vec<String>,
+    /// `HostConfig.CgroupParent` given at create.
+    pub cgroup_parent: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -609,6 +611,10 @@ impl ContainerRuntime for FakeRuntime {
                     .as_ref()
                     .and_then(|h| h.dns.clone())
                     .unwrap_or_default(),
+                cgroup_parent: body
+                    .host_config
+                    .as_ref()
+                    .and_then(|h| h.cgroup_parent.clone()),
             },
         );
         inner.creates.push(name.to_owned());

@@ -1,6 +1,7 @@
 //! Task-level CPU and memory limits (container-features.md §7): one cgroup per task, the parent
-//! of every container of the task (`HostConfig.CgroupParent`), created before the task's first
-//! container and removed at its cleanup.
+//! of every container of the task (`HostConfig.CgroupParent`), created once per task with its
+//! other resources before its first container (the engine's `EnsureTaskResources`, before its
+//! Docker volumes) and removed at its cleanup.
 //!
 //! ```text
 //! TaskSpec ─► limits() (pure) ─► Limits ─► TaskCgroups::ensure ─► cgroup v1 files  /sys/fs/cgroup/{cpu,memory,pids}/ecs/<id>
@@ -87,6 +88,14 @@ pub enum Error {
     /// The blocking file work panicked or was cancelled.
     #[error("task cgroup: {0}")]
     Join(String),
+}
+
+impl Error {
+    /// Only systemd not answering (or the blocking work lost) is worth another attempt; a task
+    /// id, limits or a hierarchy the kernel refuses stay so.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Systemd { .. } | Error::Join(_))
+    }
 }
 
 /// CPU limit of a task cgroup.
@@ -335,7 +344,7 @@ impl TaskCgroups {
     }
 
     /// Creates the task's cgroup with `limits`, or brings an existing one to them (a restarted
-    /// agent, a second container of the task): safe to repeat.
+    /// agent, a retried attempt): safe to repeat.
     pub async fn ensure(&self, task_id: &str, limits: &Limits) -> Result<(), Error> {
         let id = checked(task_id)?.to_owned();
         match &self.layout {

@@ -699,6 +699,155 @@ async fn a_missing_shared_volume_stops_the_task_before_anything_is_created() {
     assert!(r.fake.volumes().is_empty(), "{:?}", r.fake.volumes());
 }
 
+/// systemd for task cgroups: counts the slices started; every call fails with `fail` when set.
+#[derive(Default)]
+struct CountingSlices {
+    started: std::sync::Mutex<Vec<String>>,
+    fail: Option<String>,
+}
+
+#[async_trait]
+impl task_cgroup::Slices for CountingSlices {
+    async fn start_slice(
+        &self,
+        slice: &str,
+        _properties: &[task_cgroup::SliceProperty],
+    ) -> Result<(), String> {
+        self.started.lock().unwrap().push(slice.to_owned());
+        self.fail.clone().map_or(Ok(()), Err)
+    }
+    async fn stop_slice(&self, _slice: &str) -> Result<(), String> {
+        self.fail.clone().map_or(Ok(()), Err)
+    }
+}
+
+/// Settings with task cgroups on, as systemd slices made by `slices`.
+fn cgroup_settings(slices: &Arc<CountingSlices>) -> Settings {
+    let mut s = settings(Duration::from_secs(3600));
+    s.task_cgroups = Some(task_cgroup::TaskCgroups {
+        layout: task_cgroup::Layout::Systemd {
+            v2: true,
+            slices: slices.clone(),
+        },
+        cpu_period: Duration::from_millis(100),
+        pids_limit: None,
+    });
+    s
+}
+
+const CG_ARN: &str = "arn:aws:ecs:us-east-1:1:task/c/0123abcd";
+const CG_SLICE: &str = "ecstasks-0123abcd.slice";
+
+/// Delivers `t` while the engine settles (one `settle`, so that every outcome is committed).
+async fn deliver_and_settle(e: &Engine, t: serde_json::Value) {
+    let (r, s) = tokio::join!(e.deliver(t), e.settle(20));
+    s.unwrap();
+    r.unwrap();
+}
+
+/// A task of three containers with a task memory limit.
+fn cgroup_task() -> serde_json::Value {
+    let mut t = task(
+        CG_ARN,
+        serde_json::json!([c("a", true), c("b", true), c("c", false)]),
+    );
+    t["memory"] = serde_json::json!(256);
+    t
+}
+
+#[tokio::test]
+async fn the_task_cgroup_is_made_once_per_task_not_per_container() {
+    let slices = Arc::new(CountingSlices::default());
+    let r = rig_with(
+        Arc::new(FakeRuntime::with_images(&[])),
+        cgroup_settings(&slices),
+    );
+    deliver_and_settle(&r.engine, cgroup_task()).await;
+    assert_eq!(
+        statuses(&r.sink.changes(), CG_ARN),
+        vec![ReportStatus::Running]
+    );
+    assert_eq!(*slices.started.lock().unwrap(), vec![CG_SLICE]);
+    let containers = r.fake.containers();
+    assert_eq!(containers.len(), 3);
+    for (name, c) in &containers {
+        assert_eq!(c.cgroup_parent.as_deref(), Some(CG_SLICE), "{name}");
+    }
+
+    // A restarted engine on the same store does not make it again.
+    let sink2 = Arc::new(RecordingSink::default());
+    let engine2 = build(&r.fake, &sink2, &r.store, cgroup_settings(&slices));
+    engine2.settle(10).await.unwrap();
+    assert_eq!(slices.started.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_task_cgroup_that_cannot_be_made_stops_the_task_before_any_create() {
+    let slices = Arc::new(CountingSlices {
+        fail: Some("org.freedesktop.DBus.Error.AccessDenied: no".into()),
+        ..CountingSlices::default()
+    });
+    let r = rig_with(
+        Arc::new(FakeRuntime::with_images(&[])),
+        cgroup_settings(&slices),
+    );
+    deliver_and_settle(&r.engine, cgroup_task()).await;
+    // systemd may answer later: asked once for the task, then again after a delay.
+    assert_eq!(slices.started.lock().unwrap().len(), 1);
+    assert!(statuses(&r.sink.changes(), CG_ARN).is_empty());
+    r.engine.advance_clock(1.5);
+    r.engine.settle(10).await.unwrap();
+    r.engine.advance_clock(2.5);
+    r.engine.settle(10).await.unwrap();
+    assert_eq!(
+        slices.started.lock().unwrap().len(),
+        reconcile::MAX_ATTEMPTS as usize
+    );
+    let changes = r.sink.changes();
+    assert_eq!(statuses(&changes, CG_ARN), vec![ReportStatus::Stopped]);
+    let why = format!("task cgroup slice {CG_SLICE}: org.freedesktop.DBus.Error.AccessDenied: no");
+    let last = changes.last().unwrap();
+    assert_eq!(last.reason.as_deref(), Some(why.as_str()));
+    for c in &last.containers {
+        assert_eq!(
+            c.reason.as_deref(),
+            Some(why.as_str()),
+            "{}",
+            c.container_name
+        );
+    }
+    assert!(r.fake.creates().is_empty());
+}
+
+#[tokio::test]
+async fn a_record_from_before_the_cgroup_flag_gets_its_cgroup_before_its_creates() {
+    let fake = Arc::new(FakeRuntime::with_images(&[]));
+    let dir = tmpdir();
+    let store = Store::open(&dir.path().join("s.redb")).unwrap();
+    // As an earlier agent left it: resources prepared (its volumes), nothing created, no flag
+    // (that agent made the cgroup at each create).
+    let mut rec = TaskRecord::new(TaskSpec::from_json(&cgroup_task()).unwrap(), 0, 0.0).unwrap();
+    rec.resources.ready = true;
+    store
+        .transaction(|tx| {
+            store::put_task(tx, &rec)?;
+            store::put_seq(tx, 1)
+        })
+        .unwrap();
+    let slices = Arc::new(CountingSlices::default());
+    let sink = Arc::new(RecordingSink::default());
+    let engine = build(&fake, &sink, &store, cgroup_settings(&slices));
+    engine.settle(20).await.unwrap();
+    assert_eq!(
+        statuses(&sink.changes(), CG_ARN),
+        vec![ReportStatus::Running]
+    );
+    assert_eq!(*slices.started.lock().unwrap(), vec![CG_SLICE]);
+    for (name, c) in &fake.containers() {
+        assert_eq!(c.cgroup_parent.as_deref(), Some(CG_SLICE), "{name}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model-based property test.
 

@@ -977,6 +977,44 @@ fn a_task_without_docker_volumes_has_no_resource_step() {
     );
 }
 
+#[test]
+fn a_task_cgroup_is_a_resource_made_before_any_create() {
+    let mut r = rec(serde_json::json!([
+        {"name": "a", "image": "i", "essential": true},
+        {"name": "b", "image": "i", "essential": true},
+    ]));
+    r.resources.cgroup = true;
+    let asked = |p: &Plan| {
+        p.actions
+            .iter()
+            .filter(|a| matches!(a, Action::EnsureTaskResources { .. }))
+            .count()
+    };
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!(asked(&p), 1, "{:?}", p.actions);
+    assert_eq!(creates(&p), 0);
+
+    // Pulled, the cgroup not made yet: no create.
+    let r = pulled(p.record);
+    let busy = [ActionKey::Resources("t".into())];
+    let p = run(&r, &[], &busy, &ctx());
+    assert_eq!((creates(&p), asked(&p)), (0, 0), "{:?}", p.actions);
+
+    // Made: both containers are created, the cgroup is not made again.
+    let mut r = p.record;
+    assert!(apply(
+        &mut r,
+        &Outcome::TaskResources {
+            task_arn: "t".into(),
+            result: Ok(())
+        },
+        1000.0,
+        2
+    ));
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!((creates(&p), asked(&p)), (2, 0), "{:?}", p.actions);
+}
+
 fn creates(p: &Plan) -> usize {
     p.actions
         .iter()
