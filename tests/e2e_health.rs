@@ -325,4 +325,29 @@ async fn disabling_health_checks_withdraws_the_capability() {
         !names.contains(&"ecs.capability.container-health-check"),
         "{names:?}"
     );
+    // So ECS never places a health-checked task here: ec2sim computes the definition's
+    // requiresAttributes as ECS does and refuses the instance for the one it lacks.
+    let td = register_task_definition(
+        sim,
+        &unique("nohealth"),
+        vec![checked("app", true, "true")],
+        None,
+    )
+    .await;
+    let out = sim
+        .ecs()
+        .await
+        .run_task()
+        .cluster(cluster)
+        .task_definition(&td)
+        .send()
+        .await
+        .unwrap();
+    assert!(out.tasks().is_empty(), "placed: {:?}", out.tasks());
+    let reasons: Vec<(&str, &str)> = out
+        .failures()
+        .iter()
+        .map(|f| (f.arn().unwrap_or_default(), f.reason().unwrap_or_default()))
+        .collect();
+    assert_eq!(reasons, [(instance.as_str(), "ATTRIBUTE")]);
 }

@@ -297,6 +297,30 @@ async fn tasks_the_agent_cannot_run_are_reported_stopped_with_a_reason() {
         .task_definition_arn()
         .unwrap()
         .to_owned();
+    // This agent (no 169.254.170.2 NAT in the tests) does not advertise task IAM roles, so ECS
+    // (and ec2sim) would not place the task here. It still arrives after a changed setting or
+    // from an old placement: the instance is given the attribute behind the agent's back.
+    let instance = w.agent.metadata().unwrap()["ContainerInstanceArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.sim
+        .ecs()
+        .await
+        .put_attributes()
+        .cluster(&w.cluster)
+        .attributes(
+            aws_sdk_ecs::types::Attribute::builder()
+                .name("com.amazonaws.ecs.capability.task-iam-role")
+                // moto finds an instance by its id, not its ARN.
+                .target_id(instance.rsplit('/').next().unwrap())
+                .target_type(aws_sdk_ecs::types::TargetType::ContainerInstance)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
     let task = run(&w, &td).await;
     let t = wait_status(&w, &task, "STOPPED", Duration::from_secs(30)).await;
     let reason = t.stopped_reason().unwrap_or_default();
@@ -321,10 +345,6 @@ async fn tasks_the_agent_cannot_run_are_reported_stopped_with_a_reason() {
 
     // An unreadable task (two containers of one name): reported STOPPED with the official
     // agent's reason, and its payload never acknowledged.
-    let instance = w.agent.metadata().unwrap()["ContainerInstanceArn"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let bad = task.replace(task.rsplit('/').next().unwrap(), "unreadable0001");
     let twin = json!({"name": "twin", "image": image(), "essential": true});
     w.sim.post(

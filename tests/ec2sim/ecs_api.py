@@ -36,6 +36,7 @@ from ecr_api import EcrRegistry
 from enis import ATTACHMENT_STATUSES, TaskEni, TaskEnis
 from journal import Journal
 from motohost import MotoHost
+from placement import missing_attributes
 
 LOG = logging.getLogger("ec2sim.ecs")
 
@@ -606,7 +607,8 @@ def _validate_attachments(attachments, required: bool) -> list[dict]:
 
 
 def _placement_failures(backend, cluster, task_definition: str) -> list[dict]:
-    """RunTask failures as ECS reports them: the first missing resource of each active instance."""
+    """RunTask failures as ECS reports them: for each active instance, ``ATTRIBUTE`` when it lacks
+    one of the definition's ``requiresAttributes``, else its first missing resource."""
     needs = backend._calculate_task_resource_requirements(
         backend.describe_task_definition(task_definition)
     )
@@ -616,7 +618,9 @@ def _placement_failures(backend, cluster, task_definition: str) -> list[dict]:
             continue
         remaining = {r["name"]: r for r in instance.remaining_resources}
         reserved = remaining.get("PORTS", {}).get("stringSetValue", [])
-        if needs["CPU"] > remaining["CPU"]["integerValue"]:
+        if missing_attributes(instance, needs.get("ATTRIBUTES") or []):
+            reason = "ATTRIBUTE"
+        elif needs["CPU"] > remaining["CPU"]["integerValue"]:
             reason = "RESOURCE:CPU"
         elif needs["MEMORY"] > remaining["MEMORY"]["integerValue"]:
             reason = "RESOURCE:MEMORY"

@@ -22,6 +22,7 @@ from moto.moto_api import state_manager
 from moto.server import ThreadedMotoServer
 
 from awsproto import AwsCall
+from placement import missing_attributes, required_attributes
 
 ACCOUNT_ID = "123456789012"
 LOG = logging.getLogger("ec2sim.moto")
@@ -47,6 +48,7 @@ class MotoHost:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         _patch_dynamic_host_ports()
         _patch_eni_dns_name()
+        _patch_required_attributes()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
@@ -141,6 +143,39 @@ def _patch_dynamic_host_ports() -> None:
         return needs
 
     EC2ContainerServiceBackend._calculate_task_resource_requirements = staticmethod(requirements)
+
+
+def _patch_required_attributes() -> None:
+    """Give task definitions ECS's ``requiresAttributes`` and place tasks only on instances that
+    advertise all of them (container-features.md §11.2; moto does neither).
+
+    The names are computed at registration (``placement.required_attributes``) and shown by
+    Register/DescribeTaskDefinition; placement sees them as one more requirement beside moto's
+    CPU, memory and ports.
+    """
+    register = EC2ContainerServiceBackend.register_task_definition
+    requirements = EC2ContainerServiceBackend._calculate_task_resource_requirements
+    can_be_placed = EC2ContainerServiceBackend._can_be_placed
+
+    def register_task_definition(self, *args, **kwargs):
+        definition = register(self, *args, **kwargs)
+        definition.requires_attributes = [{"name": n} for n in required_attributes(definition)]
+        return definition
+
+    def needs(task_definition):
+        out = requirements(task_definition)
+        out["ATTRIBUTES"] = [a["name"] for a in getattr(task_definition, "requires_attributes", [])]
+        return out
+
+    def placeable(container_instance, task_resource_requirements):
+        required = task_resource_requirements.get("ATTRIBUTES") or []
+        if missing_attributes(container_instance, required):
+            return False
+        return can_be_placed(container_instance, task_resource_requirements)
+
+    EC2ContainerServiceBackend.register_task_definition = register_task_definition
+    EC2ContainerServiceBackend._calculate_task_resource_requirements = staticmethod(needs)
+    EC2ContainerServiceBackend._can_be_placed = staticmethod(placeable)
 
 
 def _patch_eni_dns_name() -> None:

@@ -139,8 +139,46 @@ def total_resources(cpu=2048, memory=3000):
     ]
 
 
+#: What a capable agent advertises (every attribute placement.required_attributes can ask for
+#: in these tests): instances register with them unless a test passes its own ``attributes``.
+CAPABLE = [
+    *(f"com.amazonaws.ecs.capability.docker-remote-api.1.{v}" for v in range(17, 33)),
+    *(
+        "com.amazonaws.ecs.capability." + n
+        for n in (
+            "task-iam-role",
+            "privileged-container",
+            "ecr-auth",
+            "logging-driver.json-file",
+            "logging-driver.awslogs",
+            "logging-driver.none",
+        )
+    ),
+    *(
+        "ecs.capability." + n
+        for n in (
+            "task-eni",
+            "pid-ipc-namespace-sharing",
+            "task-cpu-mem-limit",
+            "docker-plugin.local",
+            "container-health-check",
+            "container-ordering",
+            "secrets.ssm.environment-variables",
+            "secrets.asm.environment-variables",
+            "secrets.ssm.bootstrap.log-driver",
+            "secrets.asm.bootstrap.log-driver",
+            "env-files.s3",
+            "private-registry-authentication.secretsmanager",
+            "execution-role-awslogs",
+            "execution-role-ecr-pull",
+        )
+    ),
+]
+
+
 def register(sim: Sim, cluster: str, prefix: str = "", **extra):
     ecs = sim.client("ecs")
+    extra.setdefault("attributes", [{"name": n} for n in CAPABLE])
     return ecs.register_container_instance(
         cluster=cluster,
         instanceIdentityDocument=identity(sim, prefix),
@@ -1557,6 +1595,139 @@ def test_run_task_failures(sim):
     described = ecs.describe_container_instances(cluster=cluster, containerInstances=[instance_arn])
     remaining = {r["name"]: r for r in described["containerInstances"][0]["remainingResources"]}
     assert remaining["MEMORY"]["integerValue"] == 3000
+
+
+def test_task_definitions_carry_the_attributes_ecs_requires(sim):
+    ecs = sim.client("ecs")
+    plain = ecs.register_task_definition(
+        family=unique("plain"),
+        containerDefinitions=[{"name": "a", "image": "busybox", "memory": 32}],
+    )["taskDefinition"]
+    assert plain.get("requiresAttributes", []) == []
+    family = unique("rich")
+    ecs.register_task_definition(
+        family=family,
+        taskRoleArn="arn:aws:iam::123456789012:role/app",
+        executionRoleArn="arn:aws:iam::123456789012:role/exec",
+        networkMode="awsvpc",
+        pidMode="task",
+        cpu="256",
+        memory="512",
+        volumes=[
+            {"name": "v", "dockerVolumeConfiguration": {"scope": "task", "driver": "local"}},
+            {"name": "p", "dockerVolumeConfiguration": {"driver": "rexray/ebs:latest"}},
+        ],
+        containerDefinitions=[
+            {
+                "name": "app",
+                "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1",
+                "memory": 128,
+                "healthCheck": {"command": ["CMD", "true"]},
+                "secrets": [
+                    {"name": "A", "valueFrom": "/param"},
+                    {
+                        "name": "B",
+                        "valueFrom": "arn:aws:secretsmanager:us-east-1:123456789012:secret:s",
+                    },
+                ],
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {"awslogs-group": "g"},
+                    "secretOptions": [{"name": "k", "valueFrom": "/logkey"}],
+                },
+                "environmentFiles": [{"value": "arn:aws:s3:::b/e.env", "type": "s3"}],
+                "dependsOn": [{"containerName": "side", "condition": "START"}],
+                "privileged": True,
+                "linuxParameters": {"initProcessEnabled": True},
+            },
+            {
+                "name": "side",
+                "image": "busybox",
+                "memory": 32,
+                "repositoryCredentials": {"credentialsParameter": "arn:aws:secretsmanager:x"},
+                "ulimits": [{"name": "nofile", "softLimit": 1, "hardLimit": 2}],
+            },
+        ],
+    )
+    described = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    names = sorted(a["name"] for a in described["requiresAttributes"])
+    legacy, current = "com.amazonaws.ecs.capability.", "ecs.capability."
+    assert names == sorted(
+        [
+            legacy + "task-iam-role",
+            legacy + "ecr-auth",
+            legacy + "logging-driver.awslogs",
+            legacy + "privileged-container",
+            legacy + "docker-remote-api.1.18",
+            legacy + "docker-remote-api.1.24",
+            legacy + "docker-remote-api.1.25",
+            current + "task-eni",
+            current + "pid-ipc-namespace-sharing",
+            current + "task-cpu-mem-limit",
+            current + "docker-plugin.local",
+            current + "docker-plugin.rexray/ebs.latest",
+            current + "container-health-check",
+            current + "secrets.ssm.environment-variables",
+            current + "secrets.asm.environment-variables",
+            current + "secrets.ssm.bootstrap.log-driver",
+            current + "execution-role-awslogs",
+            current + "execution-role-ecr-pull",
+            current + "env-files.s3",
+            current + "container-ordering",
+            current + "private-registry-authentication.secretsmanager",
+        ]
+    )
+
+
+def test_run_task_places_only_where_every_required_attribute_is(sim):
+    ecs = sim.client("ecs")
+    cluster = unique("attrs")
+    ecs.create_cluster(clusterName=cluster)
+    instance_arn = register(sim, cluster, new_instance_prefix(sim), attributes=[])[
+        "containerInstanceArn"
+    ]
+    family = unique("health")
+    ecs.register_task_definition(
+        family=family,
+        containerDefinitions=[
+            {
+                "name": "a",
+                "image": "busybox",
+                "memory": 32,
+                "healthCheck": {"command": ["CMD", "true"]},
+            }
+        ],
+    )
+    # moto's PutAttributes finds an instance by its id, not its ARN.
+    target = instance_arn.rsplit("/", 1)[-1]
+    refused = ecs.run_task(cluster=cluster, taskDefinition=family)
+    assert refused["tasks"] == []
+    assert refused["failures"] == [{"arn": instance_arn, "reason": "ATTRIBUTE"}]
+    # One of the two is not enough.
+    ecs.put_attributes(
+        cluster=cluster,
+        attributes=[
+            {
+                "name": "ecs.capability.container-health-check",
+                "targetId": target,
+                "targetType": "container-instance",
+            }
+        ],
+    )
+    assert ecs.run_task(cluster=cluster, taskDefinition=family)["tasks"] == []
+    ecs.put_attributes(
+        cluster=cluster,
+        attributes=[
+            {
+                "name": "com.amazonaws.ecs.capability.docker-remote-api.1.24",
+                "targetId": target,
+                "targetType": "container-instance",
+            }
+        ],
+    )
+    placed = ecs.run_task(cluster=cluster, taskDefinition=family)
+    assert len(placed["tasks"]) == 1
+    assert placed["tasks"][0]["containerInstanceArn"] == instance_arn
 
 
 def hang_on_token(sim: Sim) -> None:
