@@ -19,7 +19,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use serde_json::{Value, json};
 
 use ecs_hostd::ecs::sdk::SdkEcs;
-use ecs_hostd::ecs::{EcsApi, RegisterRequest, Resources};
+use ecs_hostd::ecs::{Attribute, EcsApi, RegisterRequest, Resources};
 use ecs_hostd::imds::{ImdsClient, InstanceMetadata};
 use ecs_hostd::tasks::{DeliverError, TaskControl};
 
@@ -210,7 +210,11 @@ impl Ec2sim {
                     ports: vec![22],
                     ports_udp: vec![],
                 },
-                attributes: vec![],
+                // The task definitions here have task and execution roles: ECS places them only
+                // on an instance that advertises task IAM roles (ec2sim too).
+                attributes: vec![Attribute::flag(
+                    "com.amazonaws.ecs.capability.task-iam-role",
+                )],
                 tags: Default::default(),
                 client_token: uuid::Uuid::new_v4().to_string(),
             })
