@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hyper::Method;
+use hyper::header::HeaderValue;
 use serde::Deserialize;
 
 use crate::backoff::Policy;
@@ -177,7 +178,8 @@ pub async fn vpc_facts(imds: &dyn InstanceMetadata) -> Result<Option<VpcFacts>, 
 }
 
 struct Token {
-    value: String,
+    /// As the header every read sends (a clone shares its bytes).
+    value: HeaderValue,
     expires: Instant,
 }
 
@@ -233,7 +235,7 @@ impl ImdsClient {
         &self.endpoint
     }
 
-    fn cached_token(&self) -> Option<String> {
+    fn cached_token(&self) -> Option<HeaderValue> {
         let guard = self.token.lock().expect("token lock");
         guard
             .as_ref()
@@ -246,14 +248,10 @@ impl ImdsClient {
     }
 
     /// Fetches a new token. `Err(Ok(e))` is final (IMDSv2 refused), `Err(Err(msg))` retryable.
-    async fn fetch_token(&self, wire: &wire::Wire) -> Result<String, Result<Error, String>> {
-        let ttl = self.ttl.as_secs().max(1).to_string();
+    async fn fetch_token(&self, wire: &wire::Wire) -> Result<HeaderValue, Result<Error, String>> {
+        let ttl = HeaderValue::from(self.ttl.as_secs().max(1));
         let resp = wire
-            .send(
-                Method::PUT,
-                "latest/api/token",
-                &[("x-aws-ec2-metadata-token-ttl-seconds", &ttl)],
-            )
+            .send(Method::PUT, "latest/api/token", &[(wire::TOKEN_TTL, ttl)])
             .await
             .map_err(|e| Err(format!("token request failed: {e}")))?;
         let status = resp.status.as_u16();
@@ -272,7 +270,9 @@ impl ImdsClient {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs)
             .unwrap_or(self.ttl);
-        let value = resp.body.map_err(|e| Err(format!("token body: {e}")))?;
+        let body = resp.body.map_err(|e| Err(format!("token body: {e}")))?;
+        let value = HeaderValue::try_from(body.trim())
+            .map_err(|_| Err("token body is not a header value".to_owned()))?;
         *self.token.lock().expect("token lock") = Some(Token {
             value: value.clone(),
             expires: Instant::now() + granted,
@@ -297,15 +297,13 @@ impl InstanceMetadata for ImdsClient {
             attempts += 1;
             let token = match self.cached_token() {
                 Some(t) => Ok(t),
-                None => self.fetch_token(wire).await,
+                // Boxed: once in six hours, and kept out of every read's future.
+                None => Box::pin(self.fetch_token(wire)).await,
             };
             last = match token {
                 Err(Ok(fatal)) => return Err(fatal),
                 Err(Err(msg)) => msg,
-                Ok(token) => match wire
-                    .send(Method::GET, path, &[("x-aws-ec2-metadata-token", &token)])
-                    .await
-                {
+                Ok(token) => match wire.send(Method::GET, path, &[(wire::TOKEN, token)]).await {
                     Err(e) => e,
                     Ok(resp) => match resp.status.as_u16() {
                         200 => match resp.body {

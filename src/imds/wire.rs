@@ -15,6 +15,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
+use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -33,6 +34,12 @@ pub(super) struct Answer {
 /// closed when its read ends.
 pub(super) const MAX_IDLE: usize = 4;
 
+/// IMDSv2's session token header (sent with every read).
+pub(super) const TOKEN: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
+/// The token's TTL header (sent with the token request, and in its answer).
+pub(super) const TOKEN_TTL: HeaderName =
+    HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+
 type Connection = http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
 
 struct Conn {
@@ -44,8 +51,8 @@ struct Conn {
 pub(super) struct Wire {
     /// `host:port` to connect to.
     addr: String,
-    /// `Host` header value.
-    host: String,
+    /// The `Host` header (made once).
+    host: HeaderValue,
     /// Path before `latest/...` (empty on EC2; a test world may serve several instances).
     prefix: String,
     timeout: Duration,
@@ -67,7 +74,8 @@ impl Wire {
         let port = authority.port_u16().unwrap_or(80);
         Ok(Wire {
             addr: format!("{}:{port}", authority.host()),
-            host: authority.as_str().to_owned(),
+            host: HeaderValue::from_str(authority.as_str())
+                .map_err(|e| format!("IMDS endpoint {endpoint:?}: {e}"))?,
             prefix: uri.path().trim_end_matches('/').to_owned(),
             timeout,
             idle: Mutex::new(Vec::new()),
@@ -114,27 +122,30 @@ impl Wire {
         &self,
         method: Method,
         path: &str,
-        headers: &[(&str, &str)],
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Answer, String> {
-        let target = format!("{}/{}", self.prefix, path.trim_start_matches('/'));
+        // Parsed once per request (the same URI for a retry on a fresh connection), with the
+        // headers made before: a Spot instance sends this every second.
+        let uri = Uri::try_from(format!("{}/{}", self.prefix, path.trim_start_matches('/')))
+            .map_err(|e| format!("bad request: {e}"))?;
         let work = async {
             let mut reused = self.take_idle();
             loop {
                 let was_reused = reused.is_some();
                 let mut c = match reused.take() {
                     Some(c) => c,
-                    None => self.connect().await?,
+                    // Boxed: rare, and kept out of every request's future.
+                    None => Box::pin(self.connect()).await?,
                 };
-                let mut req = Request::builder()
-                    .method(method.clone())
-                    .uri(target.as_str())
-                    .header(hyper::header::HOST, &self.host);
+                let mut req = Request::new(Empty::<Bytes>::new());
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = uri.clone();
+                let h = req.headers_mut();
+                h.reserve(headers.len() + 1);
+                h.insert(HOST, self.host.clone());
                 for (k, v) in headers {
-                    req = req.header(*k, *v);
+                    h.insert(k.clone(), v.clone());
                 }
-                let req = req
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|e| format!("bad request: {e}"))?;
                 match exchange(&mut c, req).await {
                     Ok(answer) => {
                         if !answer.ended && !c.sender.is_closed() {
@@ -169,18 +180,20 @@ async fn exchange(c: &mut Conn, req: Request<Empty<Bytes>>) -> Result<Answer, Fa
             .send_request(req)
             .await
             .map_err(|e| Failure::Unsent(describe(&e)))?;
-        let (parts, body) = resp.into_parts();
-        let body = match body.collect().await {
-            Ok(b) => String::from_utf8(b.to_bytes().to_vec()).map_err(|e| e.to_string()),
+        // What the head says is taken before the body is read; the head is not kept.
+        let status = resp.status();
+        let ttl_header = resp
+            .headers()
+            .get(&TOKEN_TTL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match resp.into_body().collect().await {
+            Ok(b) => String::from_utf8(Vec::from(b.to_bytes())).map_err(|e| e.to_string()),
             Err(e) => return Err(Failure::Broken(describe(&e))),
         };
         Ok(Answer {
-            status: parts.status,
-            ttl_header: parts
-                .headers
-                .get("x-aws-ec2-metadata-token-ttl-seconds")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            status,
+            ttl_header,
             body,
             ended: false,
         })
