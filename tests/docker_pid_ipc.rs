@@ -19,6 +19,18 @@ use ecs_hostd::engine::model::internal::{DEFAULT_PAUSE_IMAGE, NAMESPACE_PAUSE_NA
 use ecs_hostd::tasks::{ReportStatus, TaskChange, TaskControl};
 use serde_json::{Value, json};
 
+/// Waits until Docker has no container of task `arn` left (the engine's cleanup).
+async fn wait_removed(arn: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with(None, &format!("com.amazonaws.ecs.task-arn={arn}")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the containers of {arn} were not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A user container: one identifiable `sleep` under a shell that exits at once on SIGTERM.
 fn sleeper(tag: u32) -> Vec<String> {
     vec![
@@ -294,28 +306,14 @@ async fn task_pid_and_ipc_namespaces_are_shared_through_the_pause_container() {
     assert_each_once(&changes);
 
     // Cleanup removes the pause with the others.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !containers_with(None, &format!("com.amazonaws.ecs.task-arn={a}")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "task a's containers were not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_removed(&a).await;
     eng.engine.stop(&b).await.unwrap();
     eng.wait_changes("task b STOPPED", Duration::from_secs(60), |c| {
         task_reached(c, &b, ReportStatus::Stopped)
     })
     .await;
     no_pause_reported(&eng.changes());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !containers_with(None, &format!("com.amazonaws.ecs.task-arn={b}")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "task b's containers were not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_removed(&b).await;
     // What Docker was asked, counted at the engine's runtime: one pause per task and each
     // container created, started, stopped and removed exactly once.
     let after = eng.calls.snapshot();
