@@ -60,8 +60,8 @@ world_docker() {
 # The systemd "instance" of the tests mounts the cgroup v1 controllers the host leaves unmounted
 # (perf_event, net_cls,net_prio, hugetlb here). The kernel keeps such a hierarchy after the
 # instance is gone, and while it exists containerd finds a controller it cannot see mounted and
-# `docker stats` reads 0B for every container. tests/systemd/common.rs releases them when its last
-# instance stops; this does it for a machine a killed test run left so. Each hierarchy is mounted
+# `docker stats` reads 0B for every container. tests/systemd/common.rs calls this when its last
+# instance stops, and world_setup for a machine a killed test run left so. Each hierarchy is mounted
 # privately, its empty cgroups removed deepest first, and unmounted: the kernel then destroys it.
 world_orphan_cgroups() {
   [ -r /proc/cgroups ] || return 0

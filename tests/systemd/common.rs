@@ -484,8 +484,7 @@ impl Drop for Instance {
         let _ = run(Command::new("docker").args(["rm", "-f", "-v", &self.name]));
         // Files the inner engine left (root-owned layers) go with the scratch dir.
         let _ = std::fs::remove_dir_all(self.scratch.path());
-        let last_here = LIVE_INSTANCES.fetch_sub(1, Ordering::SeqCst) == 1;
-        if last_here && no_instance_running() {
+        if LIVE_INSTANCES.fetch_sub(1, Ordering::SeqCst) == 1 {
             release_orphan_cgroup_hierarchies();
         }
     }
@@ -493,13 +492,6 @@ impl Drop for Instance {
 
 /// Instances of this test process not yet dropped (booting ones included).
 static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether no instance container (of any test process) runs on the shared engine.
-fn no_instance_running() -> bool {
-    let out =
-        run(Command::new("docker").args(["ps", "-q", "--filter", "label=ecs-hostd.test=systemd"]));
-    out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace)
-}
 
 /// The v1 cgroup hierarchies the kernel keeps (`/proc/cgroups`) that the host itself does not
 /// mount (`/proc/self/mountinfo`): their ids and controllers joined by commas (`net_cls,net_prio`).
@@ -535,42 +527,18 @@ pub fn orphan_cgroup_hierarchies() -> Vec<(u32, String)> {
 /// net_cls, hugetlb on the test machines) and makes its slices in them. The kernel keeps such a
 /// hierarchy, and every host process's place in it, after the instance is gone; containerd's
 /// cgroup loader then finds a controller it cannot see mounted and `docker stats` reads 0 for
-/// every container of the shared engine. This mounts each such hierarchy privately, removes its
-/// (empty) cgroups deepest first and unmounts it. A removed cgroup stays among its parent's
-/// children until the kernel frees it, and a hierarchy dies only when unmounted without
-/// children, so this pauses before unmounting and tries again until the hierarchy is gone
-/// (`scripts/world.sh`'s `world_orphan_cgroups` does the same for a machine a killed run left).
-pub fn release_orphan_cgroup_hierarchies() {
-    let exists = |h: u32| orphan_cgroup_hierarchies().iter().any(|(id, _)| *id == h);
-    for (h, ctrls) in orphan_cgroup_hierarchies() {
-        let dir = tempfile::tempdir().expect("mount point");
-        let point = dir.path().display().to_string();
-        for _ in 0..5 {
-            let mounted =
-                run(Command::new("mount").args(["-t", "cgroup", "-o", &ctrls, "none", &point]));
-            if !mounted.status.success() {
-                break;
-            }
-            let mut dirs = Vec::new();
-            let mut stack = vec![dir.path().to_path_buf()];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
-                        dirs.push(e.path());
-                    }
-                }
-            }
-            dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for d in dirs {
-                let _ = std::fs::remove_dir(&d);
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            let _ = run(Command::new("umount").arg(&point));
-            std::thread::sleep(Duration::from_millis(500));
-            if !exists(h) {
-                break;
-            }
-        }
+/// every container of the shared engine. `scripts/world.sh`'s `world_orphan_cgroups` releases
+/// them (the same step `world_setup` takes for a machine a killed run left); it does nothing
+/// while an instance container runs.
+fn release_orphan_cgroup_hierarchies() {
+    let out = run(Command::new("bash")
+        .arg("-c")
+        .arg("source scripts/world.sh && world_orphan_cgroups")
+        .current_dir(ROOT));
+    if !out.status.success() {
+        eprintln!(
+            "releasing the instances' cgroup hierarchies failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
