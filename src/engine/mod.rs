@@ -1882,7 +1882,10 @@ impl LoopState {
         let Some(cgroups) = self.settings().task_cgroups.as_ref() else {
             return;
         };
-        if let (true, Ok(parent)) = (rec.resources.cgroup, cgroups.parent(rec.spec.task_id())) {
+        if !rec.resources.cgroup {
+            return;
+        }
+        if let Ok(parent) = cgroups.parent(rec.spec.task_id()) {
             body.host_config
                 .get_or_insert_with(Default::default)
                 .cgroup_parent = Some(parent);
@@ -2194,17 +2197,11 @@ async fn prepare_resources(
             Ok(limits) => cg.cgroups.ensure(&cg.task_id, &limits).await,
             Err(e) => Err(e),
         };
-        made.map_err(|e| reconcile::ResourceFailure {
-            retryable: e.is_retryable(),
-            message: e.to_string(),
-        })?;
+        made.map_err(|e| reconcile::ResourceFailure::new(e.is_retryable(), &e))?;
     }
     volumes::prepare(runtime, wants, match_full)
         .await
-        .map_err(|e| reconcile::ResourceFailure {
-            retryable: e.is_retryable(),
-            message: e.to_string(),
-        })
+        .map_err(|e| reconcile::ResourceFailure::new(e.is_retryable(), &e))
 }
 
 async fn remove_task(

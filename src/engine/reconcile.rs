@@ -845,6 +845,16 @@ pub struct ResourceFailure {
     pub retryable: bool,
 }
 
+impl ResourceFailure {
+    /// A failure to prepare the task's resources, with the error as the stop reason.
+    pub fn new(retryable: bool, error: &dyn std::fmt::Display) -> ResourceFailure {
+        ResourceFailure {
+            message: error.to_string(),
+            retryable,
+        }
+    }
+}
+
 fn retry_delay(attempts: u32) -> f64 {
     (2f64.powi(attempts.saturating_sub(1).min(8) as i32)).min(MAX_RETRY_DELAY)
 }

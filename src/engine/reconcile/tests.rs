@@ -863,13 +863,7 @@ fn task_resources_are_asked_once_beside_the_pulls_and_gate_every_create() {
     ]);
     let r = with_volume(two);
     let p = run(&r, &[], &[], &ctx());
-    let asked = |p: &Plan| {
-        p.actions
-            .iter()
-            .filter(|a| matches!(a, Action::EnsureTaskResources { .. }))
-            .count()
-    };
-    assert_eq!(asked(&p), 1, "{:?}", p.actions);
+    assert_eq!(resource_asks(&p), 1, "{:?}", p.actions);
     assert!(
         p.actions
             .iter()
@@ -881,23 +875,14 @@ fn task_resources_are_asked_once_beside_the_pulls_and_gate_every_create() {
     let busy = [ActionKey::Resources("t".into())];
     let p = run(&r, &[], &busy, &ctx());
     assert_eq!(creates(&p), 0);
-    assert_eq!(asked(&p), 0);
+    assert_eq!(resource_asks(&p), 0);
 
     // Prepared: both containers are created, nothing is prepared again.
-    let mut r = p.record;
-    assert!(apply(
-        &mut r,
-        &Outcome::TaskResources {
-            task_arn: "t".into(),
-            result: Ok(())
-        },
-        1000.0,
-        2
-    ));
+    let r = resources_prepared(p.record);
     assert!(r.resources.ready);
     let p = run(&r, &[], &[], &ctx());
     assert_eq!(creates(&p), 2);
-    assert_eq!(asked(&p), 0);
+    assert_eq!(resource_asks(&p), 0);
 }
 
 #[test]
@@ -930,11 +915,7 @@ fn a_volume_that_cannot_be_had_stops_the_task_before_any_create() {
         ..ctx()
     };
     let p = run(&r, &[], &[], &later);
-    assert!(
-        p.actions
-            .iter()
-            .any(|a| matches!(a, Action::EnsureTaskResources { .. }))
-    );
+    assert_eq!(resource_asks(&p), 1, "{:?}", p.actions);
 
     // Then final: the task stops with the reason, nothing created.
     apply(
@@ -970,11 +951,7 @@ fn a_task_without_docker_volumes_has_no_resource_step() {
     r.admitted = true;
     let p = run(&pulled(r), &[], &[], &ctx());
     assert_eq!(creates(&p), 1);
-    assert!(
-        !p.actions
-            .iter()
-            .any(|a| matches!(a, Action::EnsureTaskResources { .. }))
-    );
+    assert_eq!(resource_asks(&p), 0, "{:?}", p.actions);
 }
 
 #[test]
@@ -984,24 +961,32 @@ fn a_task_cgroup_is_a_resource_made_before_any_create() {
         {"name": "b", "image": "i", "essential": true},
     ]));
     r.resources.cgroup = true;
-    let asked = |p: &Plan| {
-        p.actions
-            .iter()
-            .filter(|a| matches!(a, Action::EnsureTaskResources { .. }))
-            .count()
-    };
     let p = run(&r, &[], &[], &ctx());
-    assert_eq!(asked(&p), 1, "{:?}", p.actions);
+    assert_eq!(resource_asks(&p), 1, "{:?}", p.actions);
     assert_eq!(creates(&p), 0);
 
     // Pulled, the cgroup not made yet: no create.
     let r = pulled(p.record);
     let busy = [ActionKey::Resources("t".into())];
     let p = run(&r, &[], &busy, &ctx());
-    assert_eq!((creates(&p), asked(&p)), (0, 0), "{:?}", p.actions);
+    assert_eq!((creates(&p), resource_asks(&p)), (0, 0), "{:?}", p.actions);
 
     // Made: both containers are created, the cgroup is not made again.
-    let mut r = p.record;
+    let r = resources_prepared(p.record);
+    let p = run(&r, &[], &[], &ctx());
+    assert_eq!((creates(&p), resource_asks(&p)), (2, 0), "{:?}", p.actions);
+}
+
+/// The `EnsureTaskResources` asks of a plan.
+fn resource_asks(p: &Plan) -> usize {
+    p.actions
+        .iter()
+        .filter(|a| matches!(a, Action::EnsureTaskResources { .. }))
+        .count()
+}
+
+/// `r` after its resources step succeeded.
+fn resources_prepared(mut r: TaskRecord) -> TaskRecord {
     assert!(apply(
         &mut r,
         &Outcome::TaskResources {
@@ -1011,8 +996,7 @@ fn a_task_cgroup_is_a_resource_made_before_any_create() {
         1000.0,
         2
     ));
-    let p = run(&r, &[], &[], &ctx());
-    assert_eq!((creates(&p), asked(&p)), (2, 0), "{:?}", p.actions);
+    r
 }
 
 fn creates(p: &Plan) -> usize {
